@@ -1,0 +1,252 @@
+//! Configuration: TOML -> raw sections (serde, `deny_unknown_fields`, documented
+//! defaults) -> a validated [`Config`].
+//!
+//! Every key has a default, so an empty file is a valid configuration for a
+//! local broker. Unknown keys are rejected: a typo must never silently fall
+//! back to a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::domain::Rules;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of its allowed range.
+    #[error("invalid config value `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where receipts come from and where outputs go.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// The embedded store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Batching of work.
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+    /// The game's rules.
+    #[serde(default)]
+    pub rules: Rules,
+}
+
+/// `[kafka]`: broker, group and topic names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma separated.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Consumer group; the group's committed offsets are only for lag monitoring.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Topic of receipt events (key = user_id).
+    #[serde(default = "default_receipts_topic")]
+    pub receipts_topic: String,
+    /// Compacted topic of projections (key = user_id), the latest state per user.
+    #[serde(default = "default_projections_topic")]
+    pub projections_topic: String,
+    /// Topic of gamification events (level-ups).
+    #[serde(default = "default_events_topic")]
+    pub events_topic: String,
+    /// Dead-letter topic: rejected receipts with their reason in headers.
+    #[serde(default = "default_dlq_topic")]
+    pub dlq_topic: String,
+    /// librdkafka settings passed through to every client (security.protocol, sasl.*, ssl.*).
+    /// They override mallquest's own client defaults.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+}
+
+/// `[store]`: the embedded key-value store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the store; created on first start.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+/// `[processing]`: batching.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    /// How often state and offsets are committed (one atomic batch, one durable persist), in milliseconds.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_group_id() -> String {
+    "mallquest".into()
+}
+fn default_receipts_topic() -> String {
+    "receipts".into()
+}
+fn default_projections_topic() -> String {
+    "user-projections".into()
+}
+fn default_events_topic() -> String {
+    "gamification-events".into()
+}
+fn default_dlq_topic() -> String {
+    "receipts-dlq".into()
+}
+fn default_store_path() -> PathBuf {
+    PathBuf::from("data/mallquest")
+}
+const fn default_commit_interval_ms() -> u64 {
+    100
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: default_brokers(),
+            group_id: default_group_id(),
+            receipts_topic: default_receipts_topic(),
+            projections_topic: default_projections_topic(),
+            events_topic: default_events_topic(),
+            dlq_topic: default_dlq_topic(),
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_store_path(),
+        }
+    }
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        Self {
+            commit_interval_ms: default_commit_interval_ms(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.message().to_owned(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        for (key, value) in [
+            ("kafka.brokers", &k.brokers),
+            ("kafka.group_id", &k.group_id),
+            ("kafka.receipts_topic", &k.receipts_topic),
+            ("kafka.projections_topic", &k.projections_topic),
+            ("kafka.events_topic", &k.events_topic),
+            ("kafka.dlq_topic", &k.dlq_topic),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must not be empty".into(),
+                });
+            }
+        }
+        if self.processing.commit_interval_ms == 0 || self.processing.commit_interval_ms > 60_000 {
+            return Err(ConfigError::Invalid {
+                key: "processing.commit_interval_ms",
+                message: format!(
+                    "must be between 1 and 60000, got {}",
+                    self.processing.commit_interval_ms
+                ),
+            });
+        }
+        self.rules
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.kafka.projections_topic, "user-projections");
+        assert_eq!(c.store.path, PathBuf::from("data/mallquest"));
+        assert_eq!(c.processing.commit_interval_ms, 100);
+        assert_eq!(c.rules.currency, "AED");
+        assert_eq!(c.rules.level_up_bonus_coins, 50);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = Config::parse("[kafka]\nbrokerz = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("brokerz"), "{err}");
+        let err = Config::parse("[nope]\n").unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn example_config_in_repo_parses() {
+        let text = include_str!("../config/mallquest.toml");
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.rules.multiplier_pct("s-electronics-01"), 200);
+        assert_eq!(c.rules.multiplier_pct("anything-else"), 100);
+    }
+
+    #[test]
+    fn zero_commit_interval_is_rejected() {
+        let err = Config::parse("[processing]\ncommit_interval_ms = 0\n").unwrap_err();
+        assert!(err.to_string().contains("commit_interval_ms"));
+    }
+
+    #[test]
+    fn client_settings_pass_through() {
+        let c = Config::parse("[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n").unwrap();
+        assert_eq!(c.kafka.client["security.protocol"], "SASL_SSL");
+    }
+}

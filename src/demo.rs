@@ -1,0 +1,216 @@
+//! `mallquest demo`: the simulator feeds the same fold, store and commit code as `run`,
+//! through an in-process source, with no external service.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::Config;
+use crate::domain::Reject;
+use crate::pipeline::{BatchStats, MemorySink, Processor, Record};
+use crate::sim::{Mix, Simulator};
+use crate::store::Store;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Receipts to generate.
+    pub receipts: u64,
+    /// Distinct shoppers.
+    pub users: u64,
+    /// Stores in the mall.
+    pub stores: u32,
+    /// Seed of the simulator.
+    pub seed: u64,
+    /// Store directory; a fresh temporary one when absent.
+    pub dir: Option<PathBuf>,
+    /// Partitions the stream is spread over, as Kafka would.
+    pub partitions: i32,
+}
+
+/// The demo's result.
+#[derive(Debug)]
+pub struct DemoSummary {
+    /// Counts over the whole run.
+    pub stats: BatchStats,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Users in the store.
+    pub users: u64,
+    /// Top 10 by XP: (user_id, xp, level, coins).
+    pub top: Vec<(String, i64, u32, i64)>,
+    /// Users per level.
+    pub levels: BTreeMap<u32, u64>,
+    /// Where the store is.
+    pub store_path: PathBuf,
+}
+
+/// A min-heap entry for the top 10: (xp, user_id reversed so ties keep the smaller id, level, coins).
+type TopEntry = Reverse<(i64, Reverse<String>, u32, i64)>;
+
+const TOPIC: &str = "demo-receipts";
+
+/// Runs the demo and returns its summary.
+pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoSummary> {
+    let (dir, _temp) = match &opts.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("mallquest-demo-")
+                .tempdir()
+                .context("failed to create a temporary directory")?;
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    let store = Arc::new(Store::open(&dir)?);
+    let mut processor = Processor::new(Arc::clone(&store), config.rules.clone());
+    let mut sink = MemorySink {
+        counts_only: true,
+        ..MemorySink::default()
+    };
+    let mut sim = Simulator::new(opts.seed, opts.users, opts.stores, Mix::default());
+    let partitions = opts.partitions.max(1);
+    let mut next_offset = vec![0i64; partitions as usize];
+    for (p, o) in next_offset.iter_mut().enumerate() {
+        *o = store.offset(TOPIC, p as i32)?.unwrap_or(0);
+    }
+
+    let bar = if progress {
+        ProgressBar::new(opts.receipts)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} receipts {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let interval = Duration::from_millis(config.processing.commit_interval_ms);
+    let started = Instant::now();
+    let mut last_commit = Instant::now();
+    let mut total = BatchStats::default();
+    for i in 0..opts.receipts {
+        let e = sim.next_event();
+        let p = partition_of(&e.key, partitions);
+        let offset = next_offset[p as usize];
+        next_offset[p as usize] += 1;
+        processor.process(Record {
+            topic: TOPIC,
+            partition: p,
+            offset,
+            key: Some(e.key.as_bytes()),
+            payload: Some(&e.payload),
+        })?;
+        if processor.pending_records() >= 50_000 || last_commit.elapsed() >= interval {
+            total.add(&processor.commit(&mut sink)?);
+            last_commit = Instant::now();
+            bar.set_position(i + 1);
+        }
+    }
+    total.add(&processor.commit(&mut sink)?);
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+
+    let mut users = 0u64;
+    let mut levels = BTreeMap::new();
+    let mut top: BinaryHeap<TopEntry> = BinaryHeap::new();
+    for u in store.users() {
+        let u = u?;
+        users += 1;
+        *levels.entry(u.level).or_default() += 1;
+        top.push(Reverse((u.xp, Reverse(u.user_id), u.level, u.coins)));
+        if top.len() > 10 {
+            top.pop();
+        }
+    }
+    let mut top: Vec<_> = top
+        .into_iter()
+        .map(|Reverse((xp, Reverse(id), level, coins))| (id, xp, level, coins))
+        .collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let store_path = dir.clone();
+    drop(processor);
+    if let Some(t) = _temp {
+        // Keep nothing behind for a temporary store.
+        drop(store);
+        drop(t);
+    }
+    Ok(DemoSummary {
+        stats: total,
+        elapsed,
+        users,
+        top,
+        levels,
+        store_path,
+    })
+}
+
+/// The partition a key goes to: stable across runs.
+fn partition_of(key: &str, partitions: i32) -> i32 {
+    // FNV-1a: deterministic, unlike the std hasher's random seed.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % partitions as u64) as i32
+}
+
+impl std::fmt::Display for DemoSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.stats;
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        writeln!(f, "mallquest demo")?;
+        writeln!(
+            f,
+            "  receipts     {} in {:.2} s = {:.0} events/s",
+            s.records,
+            secs,
+            s.records as f64 / secs
+        )?;
+        writeln!(
+            f,
+            "  applied      {}  duplicates {}  rejected {}  level-ups {}",
+            s.applied,
+            s.duplicates,
+            s.rejected.values().sum::<u64>(),
+            s.level_ups
+        )?;
+        writeln!(f, "  users        {}", self.users)?;
+        writeln!(f, "  store        {}", self.store_path.display())?;
+        writeln!(f, "\n  top 10 by XP")?;
+        writeln!(
+            f,
+            "  {:>4}  {:<12} {:>10} {:>6} {:>10}",
+            "rank", "user", "xp", "level", "coins"
+        )?;
+        for (i, (id, xp, level, coins)) in self.top.iter().enumerate() {
+            writeln!(
+                f,
+                "  {:>4}  {:<12} {:>10} {:>6} {:>10}",
+                i + 1,
+                id,
+                xp,
+                level,
+                coins
+            )?;
+        }
+        writeln!(f, "\n  level histogram")?;
+        let max = self.levels.values().copied().max().unwrap_or(1).max(1);
+        for (level, n) in &self.levels {
+            let bar = "#".repeat(((n * 40).div_ceil(max)) as usize);
+            writeln!(f, "  {level:>4} {n:>8} {bar}")?;
+        }
+        writeln!(f, "\n  rejects by reason")?;
+        for r in Reject::ALL {
+            if let Some(n) = s.rejected.get(&r) {
+                writeln!(f, "  {:<24} {n}", r.as_str())?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! `[rules]`: how coins, XP and levels are earned.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The game's rules. Defaults are those of the config reference.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    /// The only accepted currency (ISO 4217 code); receipts naming another are rejected.
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    /// Coins earned per 1.00 of currency spent (before the store multiplier).
+    #[serde(default = "default_coins_per_unit")]
+    pub coins_per_unit: i64,
+    /// XP earned by every purchase, whatever its amount.
+    #[serde(default = "default_xp_per_receipt")]
+    pub xp_per_receipt: i64,
+    /// XP earned per whole 1.00 spent.
+    #[serde(default = "default_xp_per_unit")]
+    pub xp_per_unit: i64,
+    /// XP scale of levels: level = 1 + isqrt(xp / level_xp_base).
+    #[serde(default = "default_level_xp_base")]
+    pub level_xp_base: i64,
+    /// The highest level.
+    #[serde(default = "default_max_level")]
+    pub max_level: u32,
+    /// Coins granted for each level gained.
+    #[serde(default = "default_level_up_bonus_coins")]
+    pub level_up_bonus_coins: i64,
+    /// Coin multiplier per store_id, in percent; stores not listed earn 100.
+    #[serde(default)]
+    pub store_multipliers: BTreeMap<String, i64>,
+}
+
+fn default_currency() -> String {
+    "AED".into()
+}
+const fn default_coins_per_unit() -> i64 {
+    1
+}
+const fn default_xp_per_receipt() -> i64 {
+    10
+}
+const fn default_xp_per_unit() -> i64 {
+    1
+}
+const fn default_level_xp_base() -> i64 {
+    100
+}
+const fn default_max_level() -> u32 {
+    100
+}
+const fn default_level_up_bonus_coins() -> i64 {
+    50
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            currency: default_currency(),
+            coins_per_unit: default_coins_per_unit(),
+            xp_per_receipt: default_xp_per_receipt(),
+            xp_per_unit: default_xp_per_unit(),
+            level_xp_base: default_level_xp_base(),
+            max_level: default_max_level(),
+            level_up_bonus_coins: default_level_up_bonus_coins(),
+            store_multipliers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Bound on every per-unit rate: with amounts capped at 1,000,000.00 this keeps one
+/// receipt's earnings far inside i64, so only lifetime totals need overflow checks.
+const MAX_RATE: i64 = 1_000_000;
+
+impl Rules {
+    /// The coin multiplier of a store, in percent.
+    pub fn multiplier_pct(&self, store_id: &str) -> i64 {
+        self.store_multipliers.get(store_id).copied().unwrap_or(100)
+    }
+
+    /// The level for an XP total: `min(max_level, 1 + isqrt(xp / level_xp_base))`.
+    pub fn level_for(&self, xp: i64) -> u32 {
+        let steps = (xp.max(0) / self.level_xp_base) as u64;
+        let level = 1u64.saturating_add(steps.isqrt());
+        level.min(u64::from(self.max_level)) as u32
+    }
+
+    /// Checks ranges; returns the offending key and why.
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        let c = &self.currency;
+        if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err((
+                "rules.currency",
+                format!("must be a 3-letter ISO code, got {c:?}"),
+            ));
+        }
+        for (key, v) in [
+            ("rules.coins_per_unit", self.coins_per_unit),
+            ("rules.xp_per_receipt", self.xp_per_receipt),
+            ("rules.xp_per_unit", self.xp_per_unit),
+            ("rules.level_up_bonus_coins", self.level_up_bonus_coins),
+        ] {
+            if !(0..=MAX_RATE).contains(&v) {
+                return Err((key, format!("must be between 0 and {MAX_RATE}, got {v}")));
+            }
+        }
+        if !(1..=i64::from(u32::MAX)).contains(&self.level_xp_base) {
+            return Err((
+                "rules.level_xp_base",
+                format!("must be at least 1, got {}", self.level_xp_base),
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_level) {
+            return Err((
+                "rules.max_level",
+                format!("must be between 1 and 100000, got {}", self.max_level),
+            ));
+        }
+        for (store, pct) in &self.store_multipliers {
+            if !(0..=10_000).contains(pct) {
+                return Err((
+                    "rules.store_multipliers",
+                    format!("{store:?} must be a percentage between 0 and 10000, got {pct}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_follows_isqrt_of_xp_steps() {
+        let r = Rules::default();
+        assert_eq!(r.level_for(0), 1);
+        assert_eq!(r.level_for(99), 1);
+        assert_eq!(r.level_for(100), 2);
+        assert_eq!(r.level_for(399), 2);
+        assert_eq!(r.level_for(400), 3);
+        assert_eq!(r.level_for(97_764), 32);
+    }
+
+    #[test]
+    fn level_is_capped_at_max_level() {
+        let r = Rules {
+            max_level: 5,
+            ..Rules::default()
+        };
+        assert_eq!(r.level_for(i64::MAX), 5);
+    }
+
+    #[test]
+    fn out_of_range_rates_are_rejected() {
+        let r = Rules {
+            level_xp_base: 0,
+            ..Rules::default()
+        };
+        assert_eq!(r.validate().unwrap_err().0, "rules.level_xp_base");
+        let r = Rules {
+            currency: "aed".into(),
+            ..Rules::default()
+        };
+        assert_eq!(r.validate().unwrap_err().0, "rules.currency");
+    }
+}

@@ -1,0 +1,255 @@
+//! The consumer loop of `mallquest run`.
+//!
+//! The group's committed offsets are never trusted for correctness: on every assignment
+//! each partition is positioned at the processor's own position (the store's offset plus
+//! the batch in hand). Offsets are still committed to the group after every store
+//! commit, so that lag can be monitored with the usual tools.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::pipeline::{CommitError, Positions, Processor, Record};
+use crate::store::Store;
+use crate::telemetry;
+
+/// Positions newly assigned partitions at the processor's own offsets.
+struct StoreSeekingContext {
+    store: Arc<Store>,
+    positions: Positions,
+    topic: String,
+    /// A failure inside the rebalance callback, reported by the main loop.
+    fatal: Mutex<Option<String>>,
+}
+
+impl ClientContext for StoreSeekingContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        telemetry::kafka_error(&format_args!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for StoreSeekingContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut assigned = Vec::new();
+                for e in tpl.elements() {
+                    let p = e.partition();
+                    match Processor::resume_offset(&self.store, &self.positions, &self.topic, p) {
+                        Ok(o) => assigned.push((p, o)),
+                        Err(e) => {
+                            self.set_fatal(format!(
+                                "reading the stored offset of partition {p}: {e:#}"
+                            ));
+                            let _ = consumer.unassign();
+                            return;
+                        }
+                    }
+                }
+                for (p, o) in &assigned {
+                    let offset = o.map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(e) = tpl.set_partition_offset(&self.topic, *p, offset) {
+                        self.set_fatal(format!("setting the offset of partition {p}: {e}"));
+                    }
+                }
+                telemetry::partitions_assigned(&assigned);
+                if let Err(e) = consumer.assign(tpl) {
+                    self.set_fatal(format!("assigning partitions: {e}"));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                telemetry::partitions_revoked(&ps);
+                let _ = consumer.unassign();
+            }
+            other => {
+                telemetry::kafka_error(&format_args!("rebalance error: {other:?}"));
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl StoreSeekingContext {
+    fn set_fatal(&self, msg: String) {
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert(msg);
+        }
+    }
+}
+
+/// A stable identity for static group membership: the same store on the same host is
+/// the same member, so a restarted processor gets its partitions back at once instead
+/// of waiting for the broker to time the old session out.
+fn default_instance_id(config: &Config) -> String {
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "host".into());
+    let path =
+        std::fs::canonicalize(&config.store.path).unwrap_or_else(|_| config.store.path.clone());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    format!("mallquest-{host}-{:016x}", h.finish())
+}
+
+/// The longest backoff between retries of a failed commit.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Most records folded into one batch, whatever the commit interval.
+const MAX_BATCH_RECORDS: u64 = 50_000;
+
+/// Runs until `shutdown` is set, then commits the batch in hand and returns.
+pub fn run(config: &Config, store: Arc<Store>, shutdown: &AtomicBool) -> anyhow::Result<()> {
+    let kafka = &config.kafka;
+    let mut processor = Processor::new(Arc::clone(&store), config.rules.clone());
+    let context = StoreSeekingContext {
+        store: Arc::clone(&store),
+        positions: processor.positions(),
+        topic: kafka.receipts_topic.clone(),
+        fatal: Mutex::new(None),
+    };
+    let instance_id = default_instance_id(config);
+    let consumer: BaseConsumer<StoreSeekingContext> = super::client_config(
+        kafka,
+        &[
+            ("group.id", &kafka.group_id),
+            ("group.instance.id", &instance_id),
+            ("session.timeout.ms", "10000"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+        ],
+    )
+    .create_with_context(context)
+    .context("failed to create the Kafka consumer")?;
+    consumer
+        .subscribe(&[&kafka.receipts_topic])
+        .with_context(|| format!("failed to subscribe to {}", kafka.receipts_topic))?;
+    let mut sink = super::KafkaSink::new(kafka)?;
+    info!(message = "Consuming.", topic = %kafka.receipts_topic, group = %kafka.group_id, instance_id = %instance_id);
+
+    let interval = Duration::from_millis(config.processing.commit_interval_ms);
+    let mut deadline = Instant::now() + interval;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if let Some(msg) = consumer
+            .context()
+            .fatal
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+        {
+            anyhow::bail!("rebalance failed: {msg}");
+        }
+        let stopping = shutdown.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if !stopping && now < deadline && processor.pending_records() < MAX_BATCH_RECORDS {
+            match consumer.poll(deadline - now) {
+                None => {}
+                Some(Ok(m)) => {
+                    processor.process(Record {
+                        topic: m.topic(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key(),
+                        payload: m.payload(),
+                    })?;
+                }
+                Some(Err(e)) => telemetry::kafka_error(&e),
+            }
+            continue;
+        }
+        let started = Instant::now();
+        match processor.commit(&mut sink) {
+            Ok(stats) => {
+                if stats.records > 0 {
+                    telemetry::batch_committed(&stats, started.elapsed(), store.disk_bytes());
+                    commit_to_group(&consumer, &stats.offsets);
+                }
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                let stage = match &e {
+                    CommitError::Publish(_) => "publish",
+                    CommitError::Store(_) => "store",
+                };
+                telemetry::commit_failed(&anyhow::Error::new(e), stage, backoff);
+                // Replay from the stored offsets: the batch in hand was dropped.
+                rewind_to_store(&consumer, &processor, &kafka.receipts_topic)?;
+                sleep_unless(shutdown, backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if stopping {
+                    anyhow::bail!("stopping with a batch that could not be committed; it will be replayed on restart");
+                }
+            }
+        }
+        if stopping {
+            info!(message = "Stopped after committing the batch in hand.");
+            return Ok(());
+        }
+        deadline = Instant::now() + interval;
+    }
+}
+
+/// Commits the store's offsets to the group, for lag monitoring only.
+fn commit_to_group(
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    offsets: &BTreeMap<(String, i32), i64>,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, p), next) in offsets {
+        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        warn!(message = "Failed to commit offsets to the group (lag reporting only).", error = %e);
+    }
+}
+
+/// Re-positions every assigned partition at the store's offset.
+fn rewind_to_store(
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    processor: &Processor,
+    topic: &str,
+) -> anyhow::Result<()> {
+    let assignment = consumer
+        .assignment()
+        .context("failed to read the assignment")?;
+    let mut tpl = TopicPartitionList::new();
+    for e in assignment.elements() {
+        let stored = processor.store().offset(topic, e.partition())?;
+        tpl.add_partition_offset(
+            topic,
+            e.partition(),
+            stored.map_or(Offset::Beginning, Offset::Offset),
+        )
+        .context("failed to build the assignment")?;
+    }
+    consumer
+        .assign(&tpl)
+        .context("failed to re-assign partitions")?;
+    Ok(())
+}
+
+fn sleep_unless(flag: &AtomicBool, total: Duration) {
+    let until = Instant::now() + total;
+    while !flag.load(Ordering::Relaxed) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,154 @@
+//! The output sink: projections, level-up events and dead letters, delivered before
+//! the store commits the batch that produced them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+
+use crate::codec;
+use crate::config::KafkaConfig;
+use crate::pipeline::{Outputs, Sink};
+
+/// Counts delivery failures of the batch in flight.
+#[derive(Default)]
+pub(crate) struct DeliveryTracker {
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// Publishes a batch's outputs and waits until the broker acknowledged every one.
+pub struct KafkaSink {
+    producer: BaseProducer<DeliveryTracker>,
+    projections_topic: String,
+    events_topic: String,
+    dlq_topic: String,
+}
+
+/// How long a batch may wait for delivery before it is given up and replayed.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl KafkaSink {
+    /// A producer with bounded queues and acks from all replicas.
+    pub fn new(kafka: &KafkaConfig) -> anyhow::Result<Self> {
+        let timeout_ms = DELIVERY_TIMEOUT.as_millis().to_string();
+        let producer = super::client_config(
+            kafka,
+            &[
+                ("acks", "all"),
+                ("linger.ms", "5"),
+                ("queue.buffering.max.messages", "100000"),
+                ("message.timeout.ms", &timeout_ms),
+                ("message.max.bytes", "2000000"),
+            ],
+        )
+        .create_with_context(DeliveryTracker::default())
+        .context("failed to create the Kafka producer")?;
+        Ok(Self {
+            producer,
+            projections_topic: kafka.projections_topic.clone(),
+            events_topic: kafka.events_topic.clone(),
+            dlq_topic: kafka.dlq_topic.clone(),
+        })
+    }
+
+    fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                // The local queue is bounded: wait for deliveries to make room.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(e).context("failed to enqueue an output"),
+            }
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn publish(&mut self, out: &Outputs) -> anyhow::Result<()> {
+        let tracker = self.producer.context();
+        tracker.failed.store(0, Ordering::Relaxed);
+        for p in &out.projections {
+            let value = codec::encode_projection(p);
+            self.send(
+                BaseRecord::to(&self.projections_topic)
+                    .key(p.user_id.as_bytes())
+                    .payload(&value[..]),
+            )?;
+        }
+        for l in &out.level_ups {
+            let value = codec::encode_level_up(l);
+            self.send(
+                BaseRecord::to(&self.events_topic)
+                    .key(l.user_id.as_bytes())
+                    .payload(&value[..]),
+            )?;
+        }
+        for d in &out.dead_letters {
+            let partition = d.partition.to_string();
+            let offset = d.offset.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: codec::HEADER_REASON,
+                    value: Some(d.reason.as_str()),
+                })
+                .insert(Header {
+                    key: codec::HEADER_SOURCE_TOPIC,
+                    value: Some(d.topic.as_str()),
+                })
+                .insert(Header {
+                    key: codec::HEADER_SOURCE_PARTITION,
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: codec::HEADER_SOURCE_OFFSET,
+                    value: Some(offset.as_str()),
+                });
+            let mut record = BaseRecord::<[u8], [u8]>::to(&self.dlq_topic).headers(headers);
+            if let Some(k) = &d.key {
+                record = record.key(&k[..]);
+            }
+            if let Some(v) = &d.payload {
+                record = record.payload(&v[..]);
+            }
+            self.send(record)?;
+        }
+        self.producer
+            .flush(DELIVERY_TIMEOUT + Duration::from_secs(5))
+            .context("outputs were not all delivered in time")?;
+        let failed = tracker.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let last = tracker
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|l| l.clone())
+                .unwrap_or_default();
+            anyhow::bail!("{failed} outputs failed to deliver (last error: {last})");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! mallquest: point-of-sale receipts from Kafka folded, exactly once, into per-user
+//! loyalty projections (coins, XP, level, spend) in an embedded store, with every change
+//! published to a compacted topic.
+//!
+//! # Layout
+//! - [`cli`]: command-line arguments.
+//! - [`config`]: the TOML config, raw and validated.
+//! - [`domain`]: the rules and the fold; pure, no I/O.
+//! - [`codec`]: bytes <-> receipts, projections and level-up events; agrees with `schemas/`.
+//! - [`store`]: the embedded store (fjall); the only module that names the engine.
+//! - [`kafka`]: the consumer loop of `run`, the producer sink, topic set-up.
+//! - [`pipeline`]: decode -> fold -> publish -> store, one batch at a time.
+//! - [`sim`]: the seeded POS simulator.
+//! - [`demo`]: `mallquest demo`, the pipeline fed in-process.
+//! - [`telemetry`]: every metric name and log line.
+//! - [`shutdown`]: signal handling.
+
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod kafka;
+pub mod pipeline;
+pub mod shutdown;
+pub mod sim;
+pub mod store;
+pub mod telemetry;

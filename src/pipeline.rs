@@ -1,0 +1,383 @@
+//! source -> decode -> fold -> publish -> store: the only place that knows the order.
+//!
+//! A [`Processor`] folds records into a pending [`WriteSet`] (state, ledger and offsets
+//! of the batch in hand). [`Processor::commit`] first publishes the batch's outputs and
+//! waits until every one is delivered, then writes the batch to the store in one atomic,
+//! fsync'd write. So the stored offsets never run ahead of delivered outputs: a crash
+//! anywhere replays the batch from the stored offsets, which folds to the same state and
+//! republishes identical outputs (at-least-once outputs, exactly-once state).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::codec;
+use crate::domain::{self, Effect, LevelUp, Reject, Rules, Source, UserState};
+use crate::store::{Store, StoreError, WriteSet};
+use crate::telemetry;
+
+/// One input record, borrowed from its source.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// Topic it was read from.
+    pub topic: &'a str,
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// The Kafka key (must be the user_id).
+    pub key: Option<&'a [u8]>,
+    /// The value bytes.
+    pub payload: Option<&'a [u8]>,
+}
+
+/// A rejected record, kept whole for the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The original key.
+    pub key: Option<Vec<u8>>,
+    /// The original bytes.
+    pub payload: Option<Vec<u8>>,
+    /// Why it was rejected.
+    pub reason: Reject,
+    /// Where it came from.
+    pub topic: String,
+    /// Where it came from.
+    pub partition: i32,
+    /// Where it came from.
+    pub offset: i64,
+}
+
+/// What one commit publishes.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Latest state of every user changed in the batch.
+    pub projections: Vec<UserState>,
+    /// Level-ups in fold order.
+    pub level_ups: Vec<LevelUp>,
+    /// Rejected records in fold order.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Where outputs go. `publish` returns only once every output is delivered.
+pub trait Sink {
+    /// Publishes and waits for delivery; an error means some output may be missing.
+    fn publish(&mut self, outputs: &Outputs) -> anyhow::Result<()>;
+}
+
+/// Counts of one batch, for logs and the demo summary.
+#[derive(Debug, Default, Clone)]
+pub struct BatchStats {
+    /// Records folded.
+    pub records: u64,
+    /// Receipts that changed state.
+    pub applied: u64,
+    /// Exact duplicates, ignored.
+    pub duplicates: u64,
+    /// Rejected records by reason.
+    pub rejected: BTreeMap<Reject, u64>,
+    /// Level-up events.
+    pub level_ups: u64,
+    /// Users published.
+    pub users_published: u64,
+    /// Next offsets the batch committed, by (topic, partition).
+    pub offsets: BTreeMap<(String, i32), i64>,
+}
+
+impl BatchStats {
+    /// Adds another batch's counts.
+    pub fn add(&mut self, o: &BatchStats) {
+        self.records += o.records;
+        self.applied += o.applied;
+        self.duplicates += o.duplicates;
+        for (r, n) in &o.rejected {
+            *self.rejected.entry(*r).or_default() += n;
+        }
+        self.level_ups += o.level_ups;
+        self.users_published += o.users_published;
+    }
+}
+
+/// Why a commit failed. The batch in hand was dropped; resume from [`Processor::resume_offset`].
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Outputs could not all be delivered; the store was not written.
+    #[error("failed to publish outputs")]
+    Publish(#[source] anyhow::Error),
+    /// The store write failed after outputs were delivered; they will be published again.
+    #[error("failed to write the store")]
+    Store(#[from] StoreError),
+}
+
+/// The processor's read position per (topic, partition): the next offset to fold.
+/// Shared with the Kafka rebalance callback, which seeks newly assigned partitions to it.
+pub type Positions = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
+/// Folds records into a pending batch and commits it.
+pub struct Processor {
+    store: Arc<Store>,
+    rules: Rules,
+    pending: WriteSet,
+    level_ups: Vec<LevelUp>,
+    dead_letters: Vec<DeadLetter>,
+    stats: BatchStats,
+    positions: Positions,
+}
+
+impl Processor {
+    /// A processor over `store` with `rules`.
+    pub fn new(store: Arc<Store>, rules: Rules) -> Self {
+        Self {
+            store,
+            rules,
+            pending: WriteSet::default(),
+            level_ups: Vec::new(),
+            dead_letters: Vec::new(),
+            stats: BatchStats::default(),
+            positions: Positions::default(),
+        }
+    }
+
+    /// The shared read positions (for the rebalance callback).
+    pub fn positions(&self) -> Positions {
+        Arc::clone(&self.positions)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Where to resume a partition: the in-memory position (store plus batch in hand),
+    /// else the store's offset, else `None` (from the beginning).
+    pub fn resume_offset(
+        store: &Store,
+        positions: &Positions,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, StoreError> {
+        let known = positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(topic.to_owned(), partition))
+            .copied();
+        match known {
+            Some(o) => Ok(Some(o)),
+            None => store.offset(topic, partition),
+        }
+    }
+
+    /// Records folded since the last commit.
+    pub fn pending_records(&self) -> u64 {
+        self.stats.records
+    }
+
+    /// Folds one record into the batch in hand.
+    ///
+    /// Returns `false` (and does nothing) for a record below the partition's position:
+    /// it was folded before, and folding it again would count it twice.
+    pub fn process(&mut self, rec: Record<'_>) -> Result<bool, StoreError> {
+        let pos_key = (rec.topic.to_owned(), rec.partition);
+        let position = Self::resume_offset(&self.store, &self.positions, rec.topic, rec.partition)?;
+        if position.is_some_and(|p| rec.offset < p) {
+            return Ok(false);
+        }
+        match self.fold(rec) {
+            Ok(()) => {}
+            Err(Folded::Rejected(reason)) => {
+                telemetry::receipt_rejected(reason, rec.partition, rec.offset);
+                *self.stats.rejected.entry(reason).or_default() += 1;
+                self.dead_letters.push(DeadLetter {
+                    key: rec.key.map(<[u8]>::to_vec),
+                    payload: rec.payload.map(<[u8]>::to_vec),
+                    reason,
+                    topic: rec.topic.to_owned(),
+                    partition: rec.partition,
+                    offset: rec.offset,
+                });
+            }
+            Err(Folded::Store(e)) => return Err(e),
+        }
+        self.stats.records += 1;
+        let next = rec.offset + 1;
+        self.pending.offsets.insert(pos_key.clone(), next);
+        self.positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pos_key, next);
+        Ok(true)
+    }
+
+    fn fold(&mut self, rec: Record<'_>) -> Result<(), Folded> {
+        let receipt = codec::decode_receipt(rec.key, rec.payload, &self.rules)?;
+        let p = rec.partition;
+        let user_key = (p, receipt.user_id.clone());
+        let existing = self.ledger(p, &receipt.user_id, &receipt.receipt_id)?;
+        let original = match &receipt.kind {
+            domain::ReceiptKind::Refund { refund_of } => {
+                self.ledger(p, &receipt.user_id, refund_of)?
+            }
+            domain::ReceiptKind::Purchase => None,
+        };
+        let source = Source {
+            partition: p,
+            offset: rec.offset,
+        };
+        // Apply in place when the user is already in the batch; otherwise load it and
+        // keep it only if the receipt changed it, so that rejects publish nothing.
+        let mut loaded = None;
+        let state = match self.pending.users.get_mut(&user_key) {
+            Some(s) => s,
+            None => loaded.insert(
+                self.store
+                    .user(p, &receipt.user_id)?
+                    .unwrap_or_else(|| UserState::new(&receipt.user_id)),
+            ),
+        };
+        let effect = domain::apply(
+            state,
+            existing.as_ref(),
+            original.as_ref(),
+            &receipt,
+            source,
+            &self.rules,
+        )?;
+        match effect {
+            Effect::Duplicate => {
+                self.stats.duplicates += 1;
+                telemetry::receipt_duplicate();
+            }
+            Effect::Applied {
+                entry,
+                original: updated,
+                level_up,
+                coins_delta,
+            } => {
+                self.stats.applied += 1;
+                telemetry::receipt_applied(coins_delta);
+                if let Some(state) = loaded {
+                    self.pending.users.insert(user_key, state);
+                }
+                if let (Some(updated), domain::ReceiptKind::Refund { refund_of }) =
+                    (updated, &receipt.kind)
+                {
+                    self.pending
+                        .ledger
+                        .insert((p, receipt.user_id.clone(), refund_of.clone()), updated);
+                }
+                self.pending.ledger.insert(
+                    (p, receipt.user_id.clone(), receipt.receipt_id.clone()),
+                    entry,
+                );
+                if let Some(up) = level_up {
+                    telemetry::level_up(u64::from(up.to_level - up.from_level));
+                    self.stats.level_ups += 1;
+                    self.level_ups.push(up);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ledger(
+        &self,
+        p: i32,
+        user_id: &str,
+        receipt_id: &str,
+    ) -> Result<Option<domain::LedgerEntry>, StoreError> {
+        let key = (p, user_id.to_owned(), receipt_id.to_owned());
+        match self.pending.ledger.get(&key) {
+            Some(e) => Ok(Some(e.clone())),
+            None => self.store.ledger_entry(p, user_id, receipt_id),
+        }
+    }
+
+    /// Publishes the batch's outputs, waits for delivery, then writes the batch to the
+    /// store atomically and durably. On error the batch is dropped (see [`Self::reset`]).
+    pub fn commit(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
+        if self.pending.is_empty() && self.dead_letters.is_empty() {
+            return Ok(BatchStats::default());
+        }
+        let mut outputs = Outputs {
+            projections: self.pending.users.values().cloned().collect(),
+            level_ups: std::mem::take(&mut self.level_ups),
+            dead_letters: std::mem::take(&mut self.dead_letters),
+        };
+        // A stable order makes replays publish identically.
+        outputs
+            .projections
+            .sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        if let Err(e) = sink.publish(&outputs) {
+            self.reset();
+            return Err(CommitError::Publish(e));
+        }
+        if let Err(e) = self.store.commit(&self.pending) {
+            self.reset();
+            return Err(CommitError::Store(e));
+        }
+        let committed = std::mem::take(&mut self.pending);
+        let mut stats = std::mem::take(&mut self.stats);
+        stats.users_published = outputs.projections.len() as u64;
+        stats.offsets = committed.offsets;
+        Ok(stats)
+    }
+
+    /// Drops the batch in hand; positions fall back to the store's offsets.
+    pub fn reset(&mut self) {
+        self.pending = WriteSet::default();
+        self.level_ups.clear();
+        self.dead_letters.clear();
+        self.stats = BatchStats::default();
+        self.positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+enum Folded {
+    Rejected(Reject),
+    Store(StoreError),
+}
+
+impl From<Reject> for Folded {
+    fn from(r: Reject) -> Self {
+        Folded::Rejected(r)
+    }
+}
+
+impl From<StoreError> for Folded {
+    fn from(e: StoreError) -> Self {
+        Folded::Store(e)
+    }
+}
+
+/// A sink that keeps what it is given: the demo's output, and the tests'.
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    /// Last published projection per user.
+    pub projections: BTreeMap<String, UserState>,
+    /// Every level-up published.
+    pub level_ups: Vec<LevelUp>,
+    /// Every dead letter published.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Keep only counts, not the dead letters and level-ups themselves (bounded memory).
+    pub counts_only: bool,
+    /// Projections published, counted.
+    pub projections_published: u64,
+}
+
+impl Sink for MemorySink {
+    fn publish(&mut self, outputs: &Outputs) -> anyhow::Result<()> {
+        self.projections_published += outputs.projections.len() as u64;
+        if self.counts_only {
+            return Ok(());
+        }
+        for p in &outputs.projections {
+            self.projections.insert(p.user_id.clone(), p.clone());
+        }
+        self.level_ups.extend(outputs.level_ups.iter().cloned());
+        self.dead_letters
+            .extend(outputs.dead_letters.iter().cloned());
+        Ok(())
+    }
+}

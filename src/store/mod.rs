@@ -1,0 +1,286 @@
+//! The embedded store (fjall). The only module that names the engine.
+//!
+//! Keyspaces, all keyed by Kafka partition first so that a partition's state is one
+//! contiguous range that can later move between instances:
+//! - `users`:   `partition (i32 BE) | user_id` -> [`UserState`]
+//! - `ledger`:  `partition | user_id | 0x00 | receipt_id` -> [`LedgerEntry`]
+//! - `offsets`: `topic | 0x00 | partition` -> next offset to read (i64 BE)
+//!
+//! ids never contain control characters (the codec rejects them), so 0x00 separates.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::domain::{LedgerEntry, UserState};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be opened or created.
+    #[error("failed to open store at {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: fjall::Error,
+    },
+    /// A read or write failed (disk full, I/O error).
+    #[error("store {op} failed")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: fjall::Error,
+    },
+    /// A stored value could not be decoded: the store is corrupt or from another version.
+    #[error("corrupt {what} in store: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+/// Everything one commit writes, in one atomic batch.
+#[derive(Debug, Default)]
+pub struct WriteSet {
+    /// Latest state of every user changed in the batch, by (partition, user_id).
+    pub users: HashMap<(i32, String), UserState>,
+    /// New or updated ledger entries, by (partition, user_id, receipt_id).
+    pub ledger: HashMap<(i32, String, String), LedgerEntry>,
+    /// Next offset to read, by (topic, partition).
+    pub offsets: BTreeMap<(String, i32), i64>,
+}
+
+impl WriteSet {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.ledger.is_empty() && self.offsets.is_empty()
+    }
+}
+
+/// The opened store.
+pub struct Store {
+    path: PathBuf,
+    db: Database,
+    users: Keyspace,
+    ledger: Keyspace,
+    offsets: Keyspace,
+}
+
+fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + user_id.len());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(user_id.as_bytes());
+    k
+}
+
+fn ledger_key(partition: i32, user_id: &str, receipt_id: &str) -> Vec<u8> {
+    let mut k = user_key(partition, user_id);
+    k.push(0);
+    k.extend_from_slice(receipt_id.as_bytes());
+    k
+}
+
+fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 5);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Plain structs of strings and integers always serialise.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn io(op: &'static str) -> impl FnOnce(fjall::Error) -> StoreError {
+    move |source| StoreError::Io { op, source }
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it if absent.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let db = Database::builder(path).open().map_err(open_err)?;
+        let users = db
+            .keyspace("users", KeyspaceCreateOptions::default)
+            .map_err(open_err)?;
+        let ledger = db
+            .keyspace("ledger", KeyspaceCreateOptions::default)
+            .map_err(open_err)?;
+        let offsets = db
+            .keyspace("offsets", KeyspaceCreateOptions::default)
+            .map_err(open_err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            db,
+            users,
+            ledger,
+            offsets,
+        })
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// One user's state in one partition.
+    pub fn user(&self, partition: i32, user_id: &str) -> Result<Option<UserState>, StoreError> {
+        self.users
+            .get(user_key(partition, user_id))
+            .map_err(io("read user"))?
+            .map(|v| decode("user", &v))
+            .transpose()
+    }
+
+    /// A user's state, in whichever partition holds it.
+    pub fn find_user(&self, user_id: &str) -> Result<Option<UserState>, StoreError> {
+        for partition in self.partitions()? {
+            if let Some(u) = self.user(partition, user_id)? {
+                return Ok(Some(u));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One ledger entry.
+    pub fn ledger_entry(
+        &self,
+        partition: i32,
+        user_id: &str,
+        receipt_id: &str,
+    ) -> Result<Option<LedgerEntry>, StoreError> {
+        self.ledger
+            .get(ledger_key(partition, user_id, receipt_id))
+            .map_err(io("read ledger"))?
+            .map(|v| decode("ledger entry", &v))
+            .transpose()
+    }
+
+    /// The next offset to read of one topic partition, if any was committed.
+    pub fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        match self
+            .offsets
+            .get(offset_key(topic, partition))
+            .map_err(io("read offset"))?
+        {
+            None => Ok(None),
+            Some(v) => {
+                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "offset",
+                    detail: format!("{} bytes, expected 8", v.len()),
+                })?;
+                Ok(Some(i64::from_be_bytes(bytes)))
+            }
+        }
+    }
+
+    /// Every stored offset: (topic, partition) -> next offset.
+    pub fn offsets(&self) -> Result<BTreeMap<(String, i32), i64>, StoreError> {
+        let mut out = BTreeMap::new();
+        for kv in self.offsets.iter() {
+            let (k, v) = kv.into_inner().map_err(io("scan offsets"))?;
+            let corrupt = || StoreError::Corrupt {
+                what: "offset",
+                detail: "malformed key or value".into(),
+            };
+            let split = k.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
+            let topic = std::str::from_utf8(&k[..split]).map_err(|_| corrupt())?;
+            let p: [u8; 4] = k[split + 1..].try_into().map_err(|_| corrupt())?;
+            let o: [u8; 8] = v.as_ref().try_into().map_err(|_| corrupt())?;
+            out.insert(
+                (topic.to_owned(), i32::from_be_bytes(p)),
+                i64::from_be_bytes(o),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Partitions that hold state (those with a stored offset).
+    pub fn partitions(&self) -> Result<Vec<i32>, StoreError> {
+        let mut ps: Vec<i32> = self.offsets()?.keys().map(|(_, p)| *p).collect();
+        ps.sort_unstable();
+        ps.dedup();
+        Ok(ps)
+    }
+
+    /// Every user state, in key order (partition, then user_id).
+    pub fn users(&self) -> impl Iterator<Item = Result<UserState, StoreError>> + '_ {
+        self.users.iter().map(|kv| {
+            let v = kv.value().map_err(io("scan users"))?;
+            decode("user", &v)
+        })
+    }
+
+    /// Writes a whole batch atomically and persists it durably (fsync) before returning.
+    pub fn commit(&self, set: &WriteSet) -> Result<(), StoreError> {
+        if set.is_empty() {
+            return Ok(());
+        }
+        // Offsets are written in the same batch as the state they produced: that is
+        // what makes a replay after a crash exact.
+        let mut batch = self.db.batch();
+        for ((p, user_id), state) in &set.users {
+            batch.insert(&self.users, user_key(*p, user_id), encode(state));
+        }
+        for ((p, user_id, receipt_id), entry) in &set.ledger {
+            batch.insert(
+                &self.ledger,
+                ledger_key(*p, user_id, receipt_id),
+                encode(entry),
+            );
+        }
+        for ((topic, p), next) in &set.offsets {
+            batch.insert(
+                &self.offsets,
+                offset_key(topic, *p),
+                next.to_be_bytes().to_vec(),
+            );
+        }
+        batch.commit().map_err(io("commit batch"))?;
+        self.db.persist(PersistMode::SyncAll).map_err(io("persist"))
+    }
+
+    /// Bytes on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::UserState;
+
+    #[test]
+    fn committed_batch_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut set = WriteSet::default();
+            let mut u = UserState::new("u-1");
+            u.coins = 42;
+            set.users.insert((3, "u-1".into()), u);
+            set.offsets.insert(("receipts".into(), 3), 17);
+            store.commit(&set).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.user(3, "u-1").unwrap().unwrap().coins, 42);
+        assert_eq!(store.find_user("u-1").unwrap().unwrap().coins, 42);
+        assert_eq!(store.offset("receipts", 3).unwrap(), Some(17));
+        assert_eq!(store.offset("receipts", 4).unwrap(), None);
+        assert_eq!(store.partitions().unwrap(), vec![3]);
+        assert_eq!(store.users().count(), 1);
+    }
+}
