@@ -1,0 +1,96 @@
+//! The golden vectors of `tests/golden/` (copied from the team's shared set).
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use mallquest::domain::Rules;
+use serde_json::Value;
+
+/// One record of `receipts.jsonl`.
+#[derive(Debug, Clone)]
+pub struct GoldenRecord {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+fn lines(name: &str) -> Vec<Value> {
+    let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {path}: {e}"))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub fn receipts() -> Vec<GoldenRecord> {
+    lines("receipts.jsonl")
+        .into_iter()
+        .map(|v| GoldenRecord {
+            offset: v["offset"].as_i64().unwrap(),
+            key: v["key"].as_str().map(|s| s.as_bytes().to_vec()),
+            value: match v.get("value").and_then(Value::as_str) {
+                Some(s) => s.as_bytes().to_vec(),
+                None => base64::engine::general_purpose::STANDARD
+                    .decode(v["value_base64"].as_str().unwrap())
+                    .unwrap(),
+            },
+        })
+        .collect()
+}
+
+/// Expected final projection per user, as JSON.
+pub fn projections() -> BTreeMap<String, Value> {
+    lines("expected-projections.jsonl")
+        .into_iter()
+        .map(|v| (v["user_id"].as_str().unwrap().to_owned(), v))
+        .collect()
+}
+
+/// Expected (offset, reason) of every rejected record.
+pub fn dlq() -> Vec<(i64, String)> {
+    lines("expected-dlq.jsonl")
+        .into_iter()
+        .map(|v| (v["offset"].as_i64().unwrap(), v["reason"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// Expected per user: (total bonus coins, highest to_level).
+pub fn level_ups() -> BTreeMap<String, (i64, u64)> {
+    let mut out: BTreeMap<String, (i64, u64)> = BTreeMap::new();
+    for v in lines("expected-level-ups.jsonl") {
+        let e = out.entry(v["user_id"].as_str().unwrap().to_owned()).or_default();
+        e.0 += v["bonus_coins"].as_i64().unwrap();
+        e.1 = e.1.max(v["to_level"].as_u64().unwrap());
+    }
+    out
+}
+
+/// The rules the golden vectors were worked out with.
+pub fn rules() -> Rules {
+    let mut r = Rules::default();
+    r.store_multipliers.insert("s-07".into(), 200);
+    r.store_multipliers.insert("s-13".into(), 150);
+    r
+}
+
+/// Compares a projection JSON to the expected one: timestamps as instants, the rest exactly.
+pub fn assert_projection_eq(actual: &Value, expected: &Value) {
+    let obj = expected.as_object().unwrap();
+    let actual_obj = actual.as_object().unwrap();
+    assert_eq!(
+        actual_obj.keys().collect::<Vec<_>>().len(),
+        obj.len(),
+        "field sets differ: {actual} vs {expected}"
+    );
+    for (k, want) in obj {
+        let got = &actual[k];
+        if k.ends_with("_at") {
+            let inst = |v: &Value| v.as_str().map(|s| mallquest::domain::Timestamp::parse_rfc3339(s).unwrap());
+            assert_eq!(inst(got), inst(want), "{k} of {}", expected["user_id"]);
+        } else {
+            assert_eq!(got, want, "{k} of {}", expected["user_id"]);
+        }
+    }
+}
