@@ -42,14 +42,18 @@ fn golden_stream_gives_expected_projections_in_store_and_outputs() {
         let expected = golden::projections();
         assert_eq!(sink.projections.len(), expected.len());
         for (user, want) in &expected {
-            let published = serde_json::to_value(ProjectionJson::from_state(&sink.projections[user])).unwrap();
+            let published =
+                serde_json::to_value(ProjectionJson::from_state(&sink.projections[user])).unwrap();
             golden::assert_projection_eq(&published, want);
             let stored = store.find_user(user).unwrap().unwrap();
             let stored = serde_json::to_value(ProjectionJson::from_state(&stored)).unwrap();
             golden::assert_projection_eq(&stored, want);
         }
         assert_eq!(store.users().count(), expected.len());
-        assert_eq!(store.offset(TOPIC, 0).unwrap(), Some(golden::receipts().len() as i64));
+        assert_eq!(
+            store.offset(TOPIC, 0).unwrap(),
+            Some(golden::receipts().len() as i64)
+        );
     }
 }
 

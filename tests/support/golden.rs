@@ -52,7 +52,12 @@ pub fn projections() -> BTreeMap<String, Value> {
 pub fn dlq() -> Vec<(i64, String)> {
     lines("expected-dlq.jsonl")
         .into_iter()
-        .map(|v| (v["offset"].as_i64().unwrap(), v["reason"].as_str().unwrap().to_owned()))
+        .map(|v| {
+            (
+                v["offset"].as_i64().unwrap(),
+                v["reason"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -60,7 +65,9 @@ pub fn dlq() -> Vec<(i64, String)> {
 pub fn level_ups() -> BTreeMap<String, (i64, u64)> {
     let mut out: BTreeMap<String, (i64, u64)> = BTreeMap::new();
     for v in lines("expected-level-ups.jsonl") {
-        let e = out.entry(v["user_id"].as_str().unwrap().to_owned()).or_default();
+        let e = out
+            .entry(v["user_id"].as_str().unwrap().to_owned())
+            .or_default();
         e.0 += v["bonus_coins"].as_i64().unwrap();
         e.1 = e.1.max(v["to_level"].as_u64().unwrap());
     }
@@ -87,7 +94,10 @@ pub fn assert_projection_eq(actual: &Value, expected: &Value) {
     for (k, want) in obj {
         let got = &actual[k];
         if k.ends_with("_at") {
-            let inst = |v: &Value| v.as_str().map(|s| mallquest::domain::Timestamp::parse_rfc3339(s).unwrap());
+            let inst = |v: &Value| {
+                v.as_str()
+                    .map(|s| mallquest::domain::Timestamp::parse_rfc3339(s).unwrap())
+            };
             assert_eq!(inst(got), inst(want), "{k} of {}", expected["user_id"]);
         } else {
             assert_eq!(got, want, "{k} of {}", expected["user_id"]);

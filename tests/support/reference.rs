@@ -59,7 +59,10 @@ pub fn fold(rules: &Rules, records: &[(i32, i64, Option<Vec<u8>>, Vec<u8>)]) -> 
         };
         let lkey = (r.user_id.clone(), r.receipt_id.clone());
         if let Some(s) = ledger.get(&lkey) {
-            let same = s.kind == r.kind && s.store == r.store_id && s.amount == r.amount && s.at == r.issued_at;
+            let same = s.kind == r.kind
+                && s.store == r.store_id
+                && s.amount == r.amount
+                && s.at == r.issued_at;
             if !same {
                 out.dlq.insert((*p, *o), "conflicting_duplicate".into());
             }
@@ -71,8 +74,13 @@ pub fn fold(rules: &Rules, records: &[(i32, i64, Option<Vec<u8>>, Vec<u8>)]) -> 
         });
         match &r.kind {
             ReceiptKind::Purchase => {
-                let pct = rules.store_multipliers.get(&r.store_id).copied().unwrap_or(100);
-                let coins = (r.amount as i128 * rules.coins_per_unit as i128 * pct as i128 / 10_000) as i64;
+                let pct = rules
+                    .store_multipliers
+                    .get(&r.store_id)
+                    .copied()
+                    .unwrap_or(100);
+                let coins =
+                    (r.amount as i128 * rules.coins_per_unit as i128 * pct as i128 / 10_000) as i64;
                 let xp = rules.xp_per_receipt + (r.amount / 100) * rules.xp_per_unit;
                 u.xp += xp;
                 let mut level = 1 + ((u.xp / rules.level_xp_base) as f64).sqrt().floor() as u64;
@@ -113,7 +121,11 @@ pub fn fold(rules: &Rules, records: &[(i32, i64, Option<Vec<u8>>, Vec<u8>)]) -> 
             }
             ReceiptKind::Refund { refund_of } => {
                 let okey = (r.user_id.clone(), refund_of.clone());
-                let Some(orig) = ledger.get(&okey).filter(|s| s.kind == ReceiptKind::Purchase).cloned() else {
+                let Some(orig) = ledger
+                    .get(&okey)
+                    .filter(|s| s.kind == ReceiptKind::Purchase)
+                    .cloned()
+                else {
                     out.dlq.insert((*p, *o), "unknown_original".into());
                     continue;
                 };
@@ -122,7 +134,9 @@ pub fn fold(rules: &Rules, records: &[(i32, i64, Option<Vec<u8>>, Vec<u8>)]) -> 
                     out.dlq.insert((*p, *o), "refund_exceeds_original".into());
                     continue;
                 }
-                let part = |earned: i64, refunded: i64| (earned as i128 * refunded as i128 / orig.amount as i128) as i64;
+                let part = |earned: i64, refunded: i64| {
+                    (earned as i128 * refunded as i128 / orig.amount as i128) as i64
+                };
                 u.coins -= part(orig.coins, r1) - part(orig.coins, orig.refunded);
                 u.xp -= part(orig.xp, r1) - part(orig.xp, orig.refunded);
                 u.spent -= r.amount;
