@@ -6,7 +6,6 @@
 //! commit, so that lag can be monitored with the usual tools.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -94,20 +93,6 @@ impl StoreSeekingContext {
     }
 }
 
-/// A stable identity for static group membership: the same store on the same host is
-/// the same member, so a restarted processor gets its partitions back at once instead
-/// of waiting for the broker to time the old session out.
-fn default_instance_id(config: &Config) -> String {
-    let host = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "host".into());
-    let path =
-        std::fs::canonicalize(&config.store.path).unwrap_or_else(|_| config.store.path.clone());
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    path.hash(&mut h);
-    format!("mallquest-{host}-{:016x}", h.finish())
-}
-
 /// The longest backoff between retries of a failed commit.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -124,13 +109,16 @@ pub fn run(config: &Config, store: Arc<Store>, shutdown: &AtomicBool) -> anyhow:
         topic: kafka.receipts_topic.clone(),
         fatal: Mutex::new(None),
     };
-    let instance_id = default_instance_id(config);
+    // A short session: a killed processor's partitions go back to the group within
+    // seconds, not after the 45 s default. Static membership (`group.instance.id` in
+    // [kafka.client]) is the alternative on brokers that support it well; Tansu's
+    // group coordinator looped in rebalances with it (see ARCHITECTURE.md).
     let consumer: BaseConsumer<StoreSeekingContext> = super::client_config(
         kafka,
         &[
             ("group.id", &kafka.group_id),
-            ("group.instance.id", &instance_id),
-            ("session.timeout.ms", "10000"),
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "1000"),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
@@ -143,7 +131,7 @@ pub fn run(config: &Config, store: Arc<Store>, shutdown: &AtomicBool) -> anyhow:
         .subscribe(&[&kafka.receipts_topic])
         .with_context(|| format!("failed to subscribe to {}", kafka.receipts_topic))?;
     let mut sink = super::KafkaSink::new(kafka)?;
-    info!(message = "Consuming.", topic = %kafka.receipts_topic, group = %kafka.group_id, instance_id = %instance_id);
+    info!(message = "Consuming.", topic = %kafka.receipts_topic, group = %kafka.group_id);
 
     let interval = Duration::from_millis(config.processing.commit_interval_ms);
     let mut deadline = Instant::now() + interval;

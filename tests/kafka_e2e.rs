@@ -1,0 +1,290 @@
+//! `mallquest run` against a real Kafka-protocol broker (Tansu): the golden stream end
+//! to end, the crash test (SIGKILL at random moments), and graceful shutdown on SIGTERM.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mallquest::codec::{self, ProjectionJson};
+use mallquest::domain::Rules;
+use mallquest::sim::{Mix, Simulator};
+use mallquest::store::Store;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use support::broker::{Broker, Read};
+use support::processor::{write_config, Run};
+use support::{golden, reference};
+
+const GOLDEN_RULES: &str = "[rules.store_multipliers]\n\"s-07\" = 200\n\"s-13\" = 150\n";
+
+fn last_per_key(reads: &[Read]) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for r in reads {
+        let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            v["user_id"],
+            key.as_str(),
+            "projection key must be its user_id"
+        );
+        out.insert(key, v);
+    }
+    out
+}
+
+/// Timestamps compared as instants, everything else exactly.
+fn same_projection(a: &Value, b: &Value) -> bool {
+    let (Some(ao), Some(bo)) = (a.as_object(), b.as_object()) else {
+        return false;
+    };
+    ao.len() == bo.len()
+        && bo.iter().all(|(k, bv)| {
+            let av = &a[k];
+            if k.ends_with("_at") {
+                let t = |v: &Value| {
+                    v.as_str()
+                        .and_then(mallquest::domain::Timestamp::parse_rfc3339)
+                };
+                t(av) == t(bv)
+            } else {
+                av == bv
+            }
+        })
+}
+
+/// Waits until the last projection per key on the topic equals `expected` for every user.
+fn wait_for_projections(
+    broker: &Broker,
+    run: &mut Run,
+    expected: &BTreeMap<String, Value>,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = last_per_key(&broker.read_all("user-projections"));
+        let missing = expected
+            .iter()
+            .filter(|(k, v)| !got.get(*k).is_some_and(|g| same_projection(g, v)))
+            .count();
+        if missing == 0 && got.len() == expected.len() {
+            return;
+        }
+        assert!(run.is_running(), "mallquest exited early:\n{}", run.log());
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} users not (yet) correct on the topic after {within:?}\n{}",
+            expected.len(),
+            run.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn stored_projections(store: &std::path::Path) -> BTreeMap<String, Value> {
+    let store = Store::open(store).unwrap();
+    store
+        .users()
+        .map(|u| {
+            let u = u.unwrap();
+            (
+                u.user_id.clone(),
+                serde_json::to_value(ProjectionJson::from_state(&u)).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// (partition, offset) -> reason of every DLQ record, checking headers and that each
+/// carries the original key and bytes.
+fn dlq_by_source(broker: &Broker, receipts: &[Read]) -> BTreeMap<(i32, i64), String> {
+    let by_pos: BTreeMap<(i32, i64), &Read> = receipts
+        .iter()
+        .map(|r| ((r.partition, r.offset), r))
+        .collect();
+    let mut out = BTreeMap::new();
+    for d in broker.read_all("receipts-dlq") {
+        let h = &d.headers;
+        assert_eq!(h[codec::HEADER_SOURCE_TOPIC], "receipts");
+        let pos = (
+            h[codec::HEADER_SOURCE_PARTITION].parse().unwrap(),
+            h[codec::HEADER_SOURCE_OFFSET].parse().unwrap(),
+        );
+        let original = by_pos[&pos];
+        assert_eq!(d.key, original.key, "DLQ keeps the original key");
+        assert_eq!(d.value, original.value, "DLQ keeps the original bytes");
+        let reason = h[codec::HEADER_REASON].clone();
+        if let Some(prev) = out.insert(pos, reason.clone()) {
+            assert_eq!(prev, reason, "a replay gave another reason");
+        }
+    }
+    out
+}
+
+#[test]
+fn golden_stream_through_real_broker_matches_expected() {
+    let broker = Broker::start();
+    broker.create_topic("receipts", 1, false);
+    let records: Vec<_> = golden::receipts()
+        .into_iter()
+        .map(|r| (r.key, r.value))
+        .collect();
+    broker.produce("receipts", &records);
+    let receipts = broker.read_all("receipts");
+    assert_eq!(receipts.len(), records.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = write_config(dir.path(), &broker.bootstrap(), GOLDEN_RULES);
+    let mut run = Run::new(config, store.clone());
+    run.start();
+    let expected = golden::projections();
+    wait_for_projections(&broker, &mut run, &expected, Duration::from_secs(180));
+    let status = run.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}\n{}", run.log());
+
+    // The store agrees with the topic and the golden file.
+    let stored = stored_projections(&store);
+    assert_eq!(stored.len(), expected.len());
+    for (user, want) in &expected {
+        golden::assert_projection_eq(&stored[user], want);
+    }
+    // Every rejected record is in the DLQ with the expected reason.
+    let dlq: Vec<(i64, String)> = dlq_by_source(&broker, &receipts)
+        .into_iter()
+        .map(|((_, o), r)| (o, r))
+        .collect();
+    assert_eq!(dlq, golden::dlq());
+    // Level-ups (at least once: count each receipt's event once).
+    let mut seen = BTreeSet::new();
+    let mut ups = BTreeMap::<String, (i64, u64)>::new();
+    for e in broker.read_all("gamification-events") {
+        let v: Value = serde_json::from_slice(e.value.as_deref().unwrap()).unwrap();
+        assert_eq!(v["type"], "level_up");
+        if seen.insert(v["receipt_id"].as_str().unwrap().to_owned()) {
+            let u = ups
+                .entry(v["user_id"].as_str().unwrap().to_owned())
+                .or_default();
+            u.0 += v["bonus_coins"].as_i64().unwrap();
+            u.1 = u.1.max(v["to_level"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(ups, golden::level_ups());
+}
+
+fn simulated(seed: u64, n: usize, users: u64) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    let mix = Mix {
+        refunds: 80,
+        duplicates: 40,
+        bad: 20,
+    };
+    let mut sim = Simulator::new(seed, users, 20, mix);
+    (0..n)
+        .map(|_| {
+            let e = sim.next_event();
+            (Some(e.key.into_bytes()), e.payload)
+        })
+        .collect()
+}
+
+fn reference_of(receipts: &[Read]) -> reference::Expected {
+    let records: Vec<_> = receipts
+        .iter()
+        .map(|r| {
+            (
+                r.partition,
+                r.offset,
+                r.key.clone(),
+                r.value.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    reference::fold(&Rules::default(), &records)
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_and_doubles_nothing() {
+    let broker = Broker::start();
+    broker.create_topic("receipts", 3, false);
+    broker.produce("receipts", &simulated(11, 30_000, 500));
+    let receipts = broker.read_all("receipts");
+    assert_eq!(receipts.len(), 30_000);
+    let expected = reference_of(&receipts);
+    assert!(!expected.dlq.is_empty() && expected.projections.len() > 100);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store) = write_config(dir.path(), &broker.bootstrap(), "");
+    let mut run = Run::new(config, store.clone());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    run.start();
+    let kills = 6;
+    for _ in 0..kills {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(300..3000)));
+        run.kill();
+        run.start();
+    }
+    wait_for_projections(
+        &broker,
+        &mut run,
+        &expected.projections,
+        Duration::from_secs(300),
+    );
+    let status = run.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}\n{}", run.log());
+
+    assert_eq!(stored_projections(&store), expected.projections);
+    assert_eq!(dlq_by_source(&broker, &receipts), expected.dlq);
+    let store = Store::open(&store).unwrap();
+    for p in 0..3 {
+        let n = receipts.iter().filter(|r| r.partition == p).count() as i64;
+        assert_eq!(store.offset("receipts", p).unwrap(), Some(n));
+    }
+}
+
+#[test]
+fn sigterm_mid_stream_commits_a_consistent_prefix_and_exits_zero() {
+    let broker = Broker::start();
+    broker.create_topic("receipts", 2, false);
+    broker.produce("receipts", &simulated(5, 40_000, 2_000));
+    let receipts = broker.read_all("receipts");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store_path) = write_config(dir.path(), &broker.bootstrap(), "");
+    let mut run = Run::new(config, store_path.clone());
+    run.start();
+    // Stop it while it is consuming: as soon as the first projections appear.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while broker.read_all("user-projections").is_empty() {
+        assert!(Instant::now() < deadline, "no output\n{}", run.log());
+        assert!(run.is_running(), "exited early\n{}", run.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = run.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}\n{}", run.log());
+    assert!(
+        run.log()
+            .contains("Stopped after committing the batch in hand"),
+        "{}",
+        run.log()
+    );
+
+    // The store holds exactly the fold of the prefix its offsets name.
+    let store = Arc::new(Store::open(&store_path).unwrap());
+    let mut prefix = Vec::new();
+    for r in &receipts {
+        let next = store.offset("receipts", r.partition).unwrap().unwrap_or(0);
+        if r.offset < next {
+            prefix.push(r.clone());
+        }
+    }
+    assert!(!prefix.is_empty());
+    let expected = reference_of(&prefix);
+    drop(store);
+    let stored = stored_projections(&store_path);
+    assert_eq!(stored, expected.projections);
+    // Nothing committed is missing from the topic: its last value per user is the stored one.
+    let topic = last_per_key(&broker.read_all("user-projections"));
+    for (user, v) in &stored {
+        assert_eq!(&topic[user], v, "topic and store disagree for {user}");
+    }
+}
