@@ -43,6 +43,39 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Publish simulated POS receipts to Kafka at a steady rate.
+    Simulate {
+        /// Bootstrap brokers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Topic to publish to.
+        #[arg(long, default_value = "receipts")]
+        topic: String,
+        /// Receipts per second (0 = as fast as possible).
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Receipts to publish.
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Distinct shoppers.
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        /// Stores in the mall.
+        #[arg(long, default_value_t = 40)]
+        stores: u32,
+        /// Seed (same seed, same stream).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Refunds, per mille of events.
+        #[arg(long, default_value_t = 50)]
+        refunds_permille: u32,
+        /// Exact duplicates, per mille.
+        #[arg(long, default_value_t = 20)]
+        duplicates_permille: u32,
+        /// Bad events, per mille.
+        #[arg(long, default_value_t = 10)]
+        bad_permille: u32,
+    },
     /// Print every projection in the store as JSON lines (the store must not be in use).
     Dump {
         /// Config file naming the store.

@@ -11,6 +11,7 @@
 //! - [`kafka`]: the consumer loop of `run`, the producer sink, topic set-up.
 //! - [`pipeline`]: decode -> fold -> publish -> store, one batch at a time.
 //! - [`sim`]: the seeded POS simulator.
+//! - [`simulate`]: `mallquest simulate`, the simulator publishing to Kafka.
 //! - [`demo`]: `mallquest demo`, the pipeline fed in-process.
 //! - [`telemetry`]: every metric name and log line.
 //! - [`shutdown`]: signal handling.
@@ -24,5 +25,6 @@ pub mod kafka;
 pub mod pipeline;
 pub mod shutdown;
 pub mod sim;
+pub mod simulate;
 pub mod store;
 pub mod telemetry;

@@ -9,7 +9,7 @@ use clap::Parser as _;
 use mallquest::cli::{Cli, Command};
 use mallquest::config::Config;
 use mallquest::store::Store;
-use mallquest::{codec, demo, kafka, shutdown};
+use mallquest::{codec, demo, kafka, shutdown, simulate};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +57,39 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             };
             let summary = demo::run(&config, &opts, true)?;
             print!("{summary}");
+            Ok(())
+        }
+        Command::Simulate {
+            brokers,
+            topic,
+            rate,
+            count,
+            users,
+            stores,
+            seed,
+            refunds_permille,
+            duplicates_permille,
+            bad_permille,
+        } => {
+            let opts = simulate::SimulateOptions {
+                brokers,
+                topic,
+                rate,
+                count,
+                users,
+                stores,
+                seed,
+                mix: mallquest::sim::Mix {
+                    refunds: refunds_permille,
+                    duplicates: duplicates_permille,
+                    bad: bad_permille,
+                },
+            };
+            let (n, secs) = simulate::run(&opts)?;
+            println!(
+                "published {n} receipts in {secs:.2} s = {:.0} receipts/s",
+                n as f64 / secs.max(1e-9)
+            );
             Ok(())
         }
         Command::Dump { config } => {

@@ -206,9 +206,9 @@ fn reference_of(receipts: &[Read]) -> reference::Expected {
 fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     let broker = Broker::start();
     broker.create_topic("receipts", 3, false);
-    broker.produce("receipts", &simulated(11, 30_000, 500));
+    broker.produce("receipts", &simulated(11, 60_000, 500));
     let receipts = broker.read_all("receipts");
-    assert_eq!(receipts.len(), 30_000);
+    assert_eq!(receipts.len(), 60_000);
     let expected = reference_of(&receipts);
     assert!(!expected.dlq.is_empty() && expected.projections.len() > 100);
 
@@ -219,7 +219,18 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     run.start();
     let kills = 6;
     for _ in 0..kills {
-        std::thread::sleep(Duration::from_millis(rng.gen_range(300..3000)));
+        // Kill while it is folding: once it holds partitions, at a random moment.
+        let assigned = run.log().matches("Partitions assigned").count();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while run.log().matches("Partitions assigned").count() == assigned {
+            assert!(
+                Instant::now() < deadline,
+                "no assignment after restart\n{}",
+                run.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(400..2500)));
         run.kill();
         run.start();
     }
@@ -231,6 +242,37 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     );
     let status = run.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit {status:?}\n{}", run.log());
+
+    // The kills landed mid-stream: some restart resumed from a stored offset that was
+    // neither the start nor the end of its partition.
+    let log = run.log();
+    let resumed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Partitions assigned"))
+        .collect();
+    eprintln!("{} assignments:\n{}", resumed.len(), resumed.join("\n"));
+    let ends: BTreeMap<i32, i64> = (0..3)
+        .map(|p| {
+            (
+                p,
+                receipts.iter().filter(|r| r.partition == p).count() as i64,
+            )
+        })
+        .collect();
+    let mid_stream = resumed.iter().any(|l| {
+        (0..3).any(|p| {
+            let pat = format!("({p}, Some(");
+            l.split(&pat)
+                .nth(1)
+                .and_then(|rest| rest.split(')').next())
+                .and_then(|n| n.parse::<i64>().ok())
+                .is_some_and(|o| o > 0 && o < ends[&p])
+        })
+    });
+    assert!(
+        mid_stream,
+        "no restart resumed mid-stream; the kills missed the processing"
+    );
 
     assert_eq!(stored_projections(&store), expected.projections);
     assert_eq!(dlq_by_source(&broker, &receipts), expected.dlq);

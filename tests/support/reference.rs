@@ -44,8 +44,11 @@ pub struct Expected {
     pub level_ups: BTreeMap<String, (i64, u64)>,
 }
 
-/// Folds records given as (partition, offset, key, value) in the order given.
-pub fn fold(rules: &Rules, records: &[(i32, i64, Option<Vec<u8>>, Vec<u8>)]) -> Expected {
+/// An input record: (partition, offset, key, value).
+pub type InputRecord = (i32, i64, Option<Vec<u8>>, Vec<u8>);
+
+/// Folds records in the order given.
+pub fn fold(rules: &Rules, records: &[InputRecord]) -> Expected {
     let mut users: HashMap<String, User> = HashMap::new();
     let mut ledger: HashMap<(String, String), Seen> = HashMap::new();
     let mut out = Expected::default();
