@@ -46,6 +46,41 @@ pub struct Config {
     /// The game's rules.
     #[serde(default)]
     pub rules: Rules,
+    /// The query API and metrics endpoint.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the query API, health checks and `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer token required on `/v1/*` when set; off by default.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Longest time a request may take, slow clients included, in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+const fn default_request_timeout_ms() -> u64 {
+    5_000
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            token: None,
+            request_timeout_ms: default_request_timeout_ms(),
+        }
+    }
 }
 
 /// `[kafka]`: broker, group and topic names.
@@ -198,6 +233,27 @@ impl Config {
                 message: format!(
                     "must be between 1 and 60000, got {}",
                     self.processing.commit_interval_ms
+                ),
+            });
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "http.listen",
+                message: format!("must be IP:PORT, got {:?}", self.http.listen),
+            });
+        }
+        if self.http.token.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::Invalid {
+                key: "http.token",
+                message: "must not be empty (leave it out to turn auth off)".into(),
+            });
+        }
+        if !(1..=600_000).contains(&self.http.request_timeout_ms) {
+            return Err(ConfigError::Invalid {
+                key: "http.request_timeout_ms",
+                message: format!(
+                    "must be between 1 and 600000, got {}",
+                    self.http.request_timeout_ms
                 ),
             });
         }

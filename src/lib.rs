@@ -13,6 +13,8 @@
 //! - [`sim`]: the seeded POS simulator.
 //! - [`simulate`]: `mallquest simulate`, the simulator publishing to Kafka.
 //! - [`demo`]: `mallquest demo`, the pipeline fed in-process.
+//! - [`http`]: the query API, health checks, `/metrics`, `/openapi.json`.
+//! - [`status`]: assignment, readiness and freshness, shared by the consumer and the API.
 //! - [`telemetry`]: every metric name and log line.
 //! - [`shutdown`]: signal handling.
 
@@ -21,10 +23,12 @@ pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod http;
 pub mod kafka;
 pub mod pipeline;
 pub mod shutdown;
 pub mod sim;
 pub mod simulate;
+pub mod status;
 pub mod store;
 pub mod telemetry;

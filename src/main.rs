@@ -3,13 +3,15 @@
 use std::io::Write as _;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use mallquest::cli::{Cli, Command};
 use mallquest::config::Config;
+use mallquest::status::Status;
 use mallquest::store::Store;
-use mallquest::{codec, demo, kafka, shutdown, simulate};
+use mallquest::{codec, demo, http, kafka, shutdown, simulate, telemetry};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -107,10 +109,47 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics =
+        telemetry::install_prometheus().context("failed to install the metrics recorder")?;
+    let upkeep = metrics.clone();
+    // Upkeep drains histogram buckets so that they cannot grow without bound.
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let store = Arc::new(Store::open(&config.store.path)?);
+    let status = Arc::new(Status::default());
+    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.http.listen))?;
+    let app = http::router(
+        http::AppState {
+            store: Arc::clone(&store),
+            status: Arc::clone(&status),
+            metrics: Some(metrics),
+            token: config.http.token.as_deref().map(Arc::from),
+        },
+        Duration::from_millis(config.http.request_timeout_ms),
+    );
+    tracing::info!(message = "Serving the query API.", listen = %config.http.listen);
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(http::serve(listener, app, async move {
+        let _ = stopped.await;
+    }));
+
     kafka::ensure_output_topics(&config.kafka).await?;
     let flag = Arc::new(AtomicBool::new(false));
     tokio::spawn(shutdown::on_signal(Arc::clone(&flag)));
-    let worker = tokio::task::spawn_blocking(move || kafka::run(&config, store, &flag));
-    worker.await.context("the consumer thread panicked")?
+    let worker = tokio::task::spawn_blocking(move || kafka::run(&config, store, status, &flag));
+    let result = worker.await.context("the consumer thread panicked")?;
+    let _ = stop_http.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(message = "HTTP server error.", error = %e),
+        Ok(_) => {}
+        Err(_) => tracing::warn!(message = "HTTP requests still running at exit."),
+    }
+    result
 }

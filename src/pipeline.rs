@@ -209,6 +209,7 @@ impl Processor {
 
     fn fold(&mut self, rec: Record<'_>) -> Result<(), Folded> {
         let receipt = codec::decode_receipt(rec.key, rec.payload, &self.rules)?;
+        telemetry::event_age(age_seconds(receipt.issued_at));
         let p = rec.partition;
         let user_key = (p, receipt.user_id.clone());
         let existing = self.ledger(p, &receipt.user_id, &receipt.receipt_id)?;
@@ -332,6 +333,15 @@ impl Processor {
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
     }
+}
+
+/// Seconds from `issued_at` to now (negative for clocks ahead of ours).
+fn age_seconds(issued_at: domain::Timestamp) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (now.as_secs() as i64 - issued_at.secs) as f64
+        + (f64::from(now.subsec_nanos()) - f64::from(issued_at.nanos)) / 1e9
 }
 
 enum Folded {

@@ -14,12 +14,14 @@ use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::pipeline::{CommitError, Positions, Processor, Record};
+use crate::status::Status;
 use crate::store::Store;
 use crate::telemetry;
 
@@ -30,11 +32,26 @@ struct StoreSeekingContext {
     topic: String,
     /// A failure inside the rebalance callback, reported by the main loop.
     fatal: Mutex<Option<String>>,
+    /// What the HTTP API reports.
+    status: Arc<Status>,
 }
 
 impl ClientContext for StoreSeekingContext {
     fn error(&self, error: KafkaError, reason: &str) {
         telemetry::kafka_error(&format_args!("{error}: {reason}"));
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        // librdkafka's own lag figure per partition: no extra broker requests.
+        if let Some(t) = statistics.topics.get(&self.topic) {
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.consumer_lag >= 0 {
+                    telemetry::consumer_lag(*p, s.consumer_lag);
+                }
+            }
+        }
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        telemetry::broker_up(up);
     }
 }
 
@@ -70,11 +87,15 @@ impl ConsumerContext for StoreSeekingContext {
                 telemetry::partitions_assigned(&assigned);
                 if let Err(e) = consumer.assign(tpl) {
                     self.set_fatal(format!("assigning partitions: {e}"));
+                } else {
+                    self.status
+                        .assigned(assigned.iter().map(|(p, _)| *p).collect());
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 telemetry::partitions_revoked(&ps);
+                self.status.revoked();
                 let _ = consumer.unassign();
             }
             other => {
@@ -100,7 +121,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BATCH_RECORDS: u64 = 50_000;
 
 /// Runs until `shutdown` is set, then commits the batch in hand and returns.
-pub fn run(config: &Config, store: Arc<Store>, shutdown: &AtomicBool) -> anyhow::Result<()> {
+pub fn run(
+    config: &Config,
+    store: Arc<Store>,
+    status: Arc<Status>,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<()> {
     let kafka = &config.kafka;
     let mut processor = Processor::new(Arc::clone(&store), config.rules.clone());
     let context = StoreSeekingContext {
@@ -108,7 +134,9 @@ pub fn run(config: &Config, store: Arc<Store>, shutdown: &AtomicBool) -> anyhow:
         positions: processor.positions(),
         topic: kafka.receipts_topic.clone(),
         fatal: Mutex::new(None),
+        status: Arc::clone(&status),
     };
+    status.stored(&store.offsets()?);
     // A short session: a killed processor's partitions go back to the group within
     // seconds, not after the 45 s default. Static membership (`group.instance.id` in
     // [kafka.client]) is the alternative on brokers that support it well; Tansu's
@@ -123,6 +151,7 @@ pub fn run(config: &Config, store: Arc<Store>, shutdown: &AtomicBool) -> anyhow:
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
             ("enable.partition.eof", "false"),
+            ("statistics.interval.ms", "5000"),
         ],
     )
     .create_with_context(context)
@@ -168,7 +197,13 @@ pub fn run(config: &Config, store: Arc<Store>, shutdown: &AtomicBool) -> anyhow:
         match processor.commit(&mut sink) {
             Ok(stats) => {
                 if stats.records > 0 {
-                    telemetry::batch_committed(&stats, started.elapsed(), store.disk_bytes());
+                    telemetry::batch_committed(
+                        &stats,
+                        started.elapsed(),
+                        store.disk_bytes(),
+                        store.approximate_users(),
+                    );
+                    status.committed(&stats.offsets);
                     commit_to_group(&consumer, &stats.offsets);
                 }
                 backoff = Duration::from_millis(100);
@@ -178,7 +213,9 @@ pub fn run(config: &Config, store: Arc<Store>, shutdown: &AtomicBool) -> anyhow:
                     CommitError::Publish(_) => "publish",
                     CommitError::Store(_) => "store",
                 };
-                telemetry::commit_failed(&anyhow::Error::new(e), stage, backoff);
+                let e = anyhow::Error::new(e);
+                status.commit_failed(format!("{stage}: {e:#}"));
+                telemetry::commit_failed(&e, stage, backoff);
                 // Replay from the stored offsets: the batch in hand was dropped.
                 rewind_to_store(&consumer, &processor, &kafka.receipts_topic)?;
                 sleep_unless(shutdown, backoff);

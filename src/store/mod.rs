@@ -5,6 +5,8 @@
 //! - `users`:   `partition (i32 BE) | user_id` -> [`UserState`]
 //! - `ledger`:  `partition | user_id | 0x00 | receipt_id` -> [`LedgerEntry`]
 //! - `offsets`: `topic | 0x00 | partition` -> next offset to read (i64 BE)
+//! - `board`:   `board kind (u8) | descending score (u64 BE) | user_id` -> partition:
+//!   the leaderboard index, kept in the same write batch as the state it indexes.
 //!
 //! ids never contain control characters (the codec rejects them), so 0x00 separates.
 
@@ -39,6 +41,49 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
 }
 
+/// What a leaderboard ranks by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Board {
+    /// Experience points.
+    Xp,
+    /// Coins held.
+    Coins,
+    /// Total spent (purchases less refunds).
+    Spent,
+}
+
+impl Board {
+    /// Every board.
+    pub const ALL: [Board; 3] = [Board::Xp, Board::Coins, Board::Spent];
+
+    fn tag(self) -> u8 {
+        match self {
+            Board::Xp => b'x',
+            Board::Coins => b'c',
+            Board::Spent => b's',
+        }
+    }
+
+    fn score(self, u: &UserState) -> i64 {
+        match self {
+            Board::Xp => u.xp,
+            Board::Coins => u.coins,
+            Board::Spent => u.total_spent,
+        }
+    }
+}
+
+fn board_key(board: Board, u: &UserState) -> Vec<u8> {
+    // Flip the sign bit so that i64 order is byte order, then invert so that the highest
+    // score comes first; ties then sort by user_id ascending.
+    let ordered = (board.score(u) as u64) ^ (1 << 63);
+    let mut k = Vec::with_capacity(9 + u.user_id.len());
+    k.push(board.tag());
+    k.extend_from_slice(&(!ordered).to_be_bytes());
+    k.extend_from_slice(u.user_id.as_bytes());
+    k
+}
+
 /// Everything one commit writes, in one atomic batch.
 #[derive(Debug, Default)]
 pub struct WriteSet {
@@ -64,6 +109,7 @@ pub struct Store {
     users: Keyspace,
     ledger: Keyspace,
     offsets: Keyspace,
+    board: Keyspace,
 }
 
 fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
@@ -121,12 +167,16 @@ impl Store {
         let offsets = db
             .keyspace("offsets", KeyspaceCreateOptions::default)
             .map_err(open_err)?;
+        let board = db
+            .keyspace("board", KeyspaceCreateOptions::default)
+            .map_err(open_err)?;
         Ok(Self {
             path: path.to_owned(),
             db,
             users,
             ledger,
             offsets,
+            board,
         })
     }
 
@@ -232,6 +282,15 @@ impl Store {
         // what makes a replay after a crash exact.
         let mut batch = self.db.batch();
         for ((p, user_id), state) in &set.users {
+            // Re-index: drop the old scores' keys, add the new ones, in the same batch.
+            if let Some(old) = self.user(*p, user_id)? {
+                for b in Board::ALL {
+                    batch.remove(&self.board, board_key(b, &old));
+                }
+            }
+            for b in Board::ALL {
+                batch.insert(&self.board, board_key(b, state), p.to_be_bytes().to_vec());
+            }
             batch.insert(&self.users, user_key(*p, user_id), encode(state));
         }
         for ((p, user_id, receipt_id), entry) in &set.ledger {
@@ -250,6 +309,34 @@ impl Store {
         }
         batch.commit().map_err(io("commit batch"))?;
         self.db.persist(PersistMode::SyncAll).map_err(io("persist"))
+    }
+
+    /// The top `limit` users by `board`, highest first, ties by user_id ascending.
+    /// Reads `limit` index entries and their users: never scans every user.
+    pub fn leaderboard(&self, board: Board, limit: usize) -> Result<Vec<UserState>, StoreError> {
+        let mut out = Vec::with_capacity(limit);
+        for kv in self.board.prefix([board.tag()]).take(limit) {
+            let (k, v) = kv.into_inner().map_err(io("scan leaderboard"))?;
+            let corrupt = || StoreError::Corrupt {
+                what: "leaderboard entry",
+                detail: "malformed key or value".into(),
+            };
+            let user_id = k
+                .get(9..)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or_else(corrupt)?;
+            let p: [u8; 4] = v.as_ref().try_into().map_err(|_| corrupt())?;
+            let user = self
+                .user(i32::from_be_bytes(p), user_id)?
+                .ok_or_else(corrupt)?;
+            out.push(user);
+        }
+        Ok(out)
+    }
+
+    /// Approximate number of users (for the `mallquest_users` gauge).
+    pub fn approximate_users(&self) -> u64 {
+        self.users.approximate_len() as u64
     }
 
     /// Bytes on disk.
@@ -282,5 +369,45 @@ mod tests {
         assert_eq!(store.offset("receipts", 4).unwrap(), None);
         assert_eq!(store.partitions().unwrap(), vec![3]);
         assert_eq!(store.users().count(), 1);
+    }
+
+    fn user(id: &str, xp: i64, coins: i64) -> UserState {
+        let mut u = UserState::new(id);
+        u.xp = xp;
+        u.coins = coins;
+        u.total_spent = xp * 10;
+        u
+    }
+
+    #[test]
+    fn leaderboard_index_follows_updates_with_ties_by_user_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut set = WriteSet::default();
+        for (i, (id, xp)) in [("u-b", 50), ("u-a", 50), ("u-c", 10), ("u-d", -5)]
+            .iter()
+            .enumerate()
+        {
+            set.users
+                .insert((i as i32 % 2, id.to_string()), user(id, *xp, 100 - *xp));
+        }
+        set.offsets.insert(("t".into(), 0), 1);
+        store.commit(&set).unwrap();
+        let ids = |b| -> Vec<String> {
+            store
+                .leaderboard(b, 10)
+                .unwrap()
+                .into_iter()
+                .map(|u| u.user_id)
+                .collect()
+        };
+        assert_eq!(ids(Board::Xp), ["u-a", "u-b", "u-c", "u-d"]);
+        assert_eq!(ids(Board::Coins), ["u-d", "u-c", "u-a", "u-b"]);
+        // An update moves the user and leaves no stale entry behind.
+        let mut set = WriteSet::default();
+        set.users.insert((0, "u-c".into()), user("u-c", 999, 0));
+        store.commit(&set).unwrap();
+        assert_eq!(ids(Board::Xp), ["u-c", "u-a", "u-b", "u-d"]);
+        assert_eq!(store.leaderboard(Board::Xp, 2).unwrap().len(), 2);
     }
 }

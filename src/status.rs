@@ -1,0 +1,123 @@
+//! What the consumer loop tells the HTTP API: assignment, readiness and how fresh the
+//! stored state is.
+
+use std::collections::BTreeMap;
+use std::sync::{PoisonError, RwLock};
+
+/// Shared between the consumer thread and the HTTP handlers.
+#[derive(Debug, Default)]
+pub struct Status {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Partitions held, once the group assigned them and they were positioned at the
+    /// store's offsets; `None` before the first assignment.
+    assigned: Option<Vec<i32>>,
+    /// The last commit's failure, cleared by the next success.
+    commit_error: Option<String>,
+    /// Next offsets of the state the store holds, `topic/partition=offset` joined by `,`.
+    offsets: String,
+}
+
+/// Why the processor is not ready.
+pub type NotReady = String;
+
+impl Status {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Partitions were assigned and positioned at the store's offsets.
+    pub fn assigned(&self, partitions: Vec<i32>) {
+        self.write().assigned = Some(partitions);
+    }
+
+    /// Partitions were revoked.
+    pub fn revoked(&self) {
+        self.write().assigned = Some(Vec::new());
+    }
+
+    /// A batch was committed: these are the store's offsets now.
+    pub fn committed(&self, offsets: &BTreeMap<(String, i32), i64>) {
+        let mut w = self.write();
+        w.commit_error = None;
+        if !offsets.is_empty() {
+            let mut all: BTreeMap<(String, i32), i64> = parse_offsets(&w.offsets);
+            all.extend(offsets.iter().map(|(k, v)| (k.clone(), *v)));
+            w.offsets = all
+                .iter()
+                .map(|((t, p), o)| format!("{t}/{p}={o}"))
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+    }
+
+    /// Seeds the freshness header from the store at start.
+    pub fn stored(&self, offsets: &BTreeMap<(String, i32), i64>) {
+        self.committed(offsets);
+    }
+
+    /// A commit failed.
+    pub fn commit_failed(&self, why: String) {
+        self.write().commit_error = Some(why);
+    }
+
+    /// `Ok` when partitions are held and the last commit succeeded.
+    pub fn ready(&self) -> Result<(), NotReady> {
+        let r = self.read();
+        if let Some(e) = &r.commit_error {
+            return Err(format!("last commit failed: {e}"));
+        }
+        match &r.assigned {
+            None => Err("no partitions assigned yet (joining the consumer group)".into()),
+            Some(p) if p.is_empty() => Err("no partitions assigned".into()),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The store's offsets as a header value (`receipts/0=120,receipts/1=98`).
+    pub fn offsets_header(&self) -> String {
+        self.read().offsets.clone()
+    }
+}
+
+fn parse_offsets(s: &str) -> BTreeMap<(String, i32), i64> {
+    s.split(',')
+        .filter_map(|part| {
+            let (tp, o) = part.split_once('=')?;
+            let (t, p) = tp.rsplit_once('/')?;
+            Some(((t.to_owned(), p.parse().ok()?), o.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_with_partitions_and_a_good_last_commit() {
+        let s = Status::default();
+        assert!(s.ready().is_err());
+        s.assigned(vec![0, 1]);
+        assert!(s.ready().is_ok());
+        s.commit_failed("disk full".into());
+        assert!(s.ready().unwrap_err().contains("disk full"));
+        let mut o = BTreeMap::new();
+        o.insert(("receipts".to_string(), 1), 98);
+        s.committed(&o);
+        assert!(s.ready().is_ok());
+        o.clear();
+        o.insert(("receipts".to_string(), 0), 120);
+        s.committed(&o);
+        assert_eq!(s.offsets_header(), "receipts/0=120,receipts/1=98");
+        s.revoked();
+        assert!(s.ready().is_err());
+    }
+}
