@@ -76,7 +76,8 @@ pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::Prome
         )?
         .set_buckets_for_metric(Matcher::Full(EVENT_AGE_SECONDS.into()), &age)?
         .install_recorder()?;
-    // Describe the counters so they show with HELP even before the first increment.
+    describe();
+    // Zero the counters so that they show before the first increment.
     for r in Reject::ALL {
         counter!(REJECTED_TOTAL, "reason" => r.as_str()).increment(0);
     }
@@ -87,6 +88,56 @@ pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::Prome
     counter!(COINS_REVERSED_TOTAL).increment(0);
     counter!(LEVEL_UPS_TOTAL).increment(0);
     Ok(handle)
+}
+
+/// HELP text of every metric.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        RECEIPTS_TOTAL,
+        "Receipts folded, by outcome (applied, duplicate, rejected)."
+    );
+    describe_counter!(
+        REJECTED_TOTAL,
+        "Receipts sent to the dead-letter topic, by reason."
+    );
+    describe_counter!(
+        COINS_AWARDED_TOTAL,
+        "Coins granted by purchases and level-up bonuses."
+    );
+    describe_counter!(COINS_REVERSED_TOTAL, "Coins taken back by refunds.");
+    describe_counter!(LEVEL_UPS_TOTAL, "Levels gained by shoppers.");
+    describe_histogram!(
+        BATCH_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to publish and persist one batch."
+    );
+    describe_counter!(
+        COMMIT_FAILURES_TOTAL,
+        "Commits that failed and were replayed, by stage (publish, store)."
+    );
+    describe_counter!(KAFKA_ERRORS_TOTAL, "Errors reported by the Kafka client.");
+    describe_gauge!(STORE_BYTES, Unit::Bytes, "Bytes of the store on disk.");
+    describe_gauge!(USERS, "Users in the store (approximate).");
+    describe_histogram!(
+        EVENT_AGE_SECONDS,
+        Unit::Seconds,
+        "Processing time minus the receipt's issued_at."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Messages behind the high watermark, per partition."
+    );
+    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by route and status.");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "HTTP request latency by route."
+    );
+    describe_gauge!(
+        BROKER_UP,
+        "1 when the consumer's broker connection is up, else 0."
+    );
 }
 
 /// An HTTP request finished.

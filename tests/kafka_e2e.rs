@@ -135,11 +135,61 @@ fn golden_stream_through_real_broker_matches_expected() {
     assert_eq!(receipts.len(), records.len());
 
     let dir = tempfile::tempdir().unwrap();
-    let (config, store) = write_config(dir.path(), &broker.bootstrap(), GOLDEN_RULES);
+    let (config, store, http) = write_config(dir.path(), &broker.bootstrap(), GOLDEN_RULES);
     let mut run = Run::new(config, store.clone());
     run.start();
     let expected = golden::projections();
     wait_for_projections(&broker, &mut run, &expected, Duration::from_secs(180));
+
+    // The API, over a real socket, serves exactly what the topic holds.
+    let topic = last_per_key(&broker.read_all("user-projections"));
+    for (user, on_topic) in &topic {
+        let r = support::http::get(&http, &format!("/v1/users/{user}")).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(&serde_json::from_slice::<Value>(&r.body).unwrap(), on_topic);
+        assert_eq!(r.headers["x-mallquest-offsets"], "receipts/0=2991");
+    }
+    assert_eq!(support::http::get(&http, "/readyz").unwrap().status, 200);
+    let board = support::http::get(&http, "/v1/leaderboard?by=coins&limit=3").unwrap();
+    let board: Value = serde_json::from_slice(&board.body).unwrap();
+    let top = topic
+        .values()
+        .max_by_key(|v| {
+            (
+                v["coins"].as_i64(),
+                std::cmp::Reverse(v["user_id"].as_str().map(str::to_owned)),
+            )
+        })
+        .unwrap();
+    assert_eq!(board["entries"][0]["user_id"], top["user_id"]);
+
+    // Metrics: valid exposition (promtool), the counts of this stream, and a real
+    // Prometheus server scrapes them.
+    // Lag comes from the client's statistics (every 5 s): caught up means 0.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let metrics = support::http::get(&http, "/metrics").unwrap();
+        assert_eq!(metrics.status, 200);
+        let text = String::from_utf8(metrics.body).unwrap();
+        if text.contains("mallquest_consumer_lag{partition=\"0\"} 0\n") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no zero lag reported:\n{text}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    support::prometheus::promtool_check(&text);
+    let rejected: f64 =
+        support::prometheus::sample(&text, "mallquest_receipts_total{outcome=\"rejected\"}");
+    assert!(rejected >= golden::dlq().len() as f64, "{rejected}");
+    for name in mallquest::telemetry::ALL_METRICS {
+        if name != mallquest::telemetry::COMMIT_FAILURES_TOTAL
+            && name != mallquest::telemetry::KAFKA_ERRORS_TOTAL
+        {
+            assert!(text.contains(name), "{name} missing from /metrics");
+        }
+    }
+    support::prometheus::scrape_and_query(&http, "mallquest_level_ups_total");
+
     let status = run.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit {status:?}\n{}", run.log());
 
@@ -213,7 +263,7 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     assert!(!expected.dlq.is_empty() && expected.projections.len() > 100);
 
     let dir = tempfile::tempdir().unwrap();
-    let (config, store) = write_config(dir.path(), &broker.bootstrap(), "");
+    let (config, store, _) = write_config(dir.path(), &broker.bootstrap(), "");
     let mut run = Run::new(config, store.clone());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     run.start();
@@ -291,7 +341,7 @@ fn sigterm_mid_stream_commits_a_consistent_prefix_and_exits_zero() {
     let receipts = broker.read_all("receipts");
 
     let dir = tempfile::tempdir().unwrap();
-    let (config, store_path) = write_config(dir.path(), &broker.bootstrap(), "");
+    let (config, store_path, _) = write_config(dir.path(), &broker.bootstrap(), "");
     let mut run = Run::new(config, store_path.clone());
     run.start();
     // Stop it while it is consuming: as soon as the first projections appear.

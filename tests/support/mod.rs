@@ -3,5 +3,7 @@
 
 pub mod broker;
 pub mod golden;
+pub mod http;
 pub mod processor;
+pub mod prometheus;
 pub mod reference;

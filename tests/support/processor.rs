@@ -12,19 +12,27 @@ pub struct Run {
     starts: u32,
 }
 
-pub fn write_config(dir: &Path, bootstrap: &str, rules_extra: &str) -> (PathBuf, PathBuf) {
+/// Writes a config for a test broker; returns (config path, store path, HTTP address).
+pub fn write_config(dir: &Path, bootstrap: &str, rules_extra: &str) -> (PathBuf, PathBuf, String) {
     let store = dir.join("store");
     let config = dir.join("mallquest.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = format!("127.0.0.1:{port}");
     std::fs::write(
         &config,
         format!(
             "[kafka]\nbrokers = \"{bootstrap}\"\ngroup_id = \"mq-test\"\n\
-             [store]\npath = \"{}\"\n[processing]\ncommit_interval_ms = 50\n{rules_extra}",
+             [store]\npath = \"{}\"\n[processing]\ncommit_interval_ms = 50\n\
+             [http]\nlisten = \"{http}\"\n{rules_extra}",
             store.display()
         ),
     )
     .unwrap();
-    (config, store)
+    (config, store, http)
 }
 
 impl Run {
