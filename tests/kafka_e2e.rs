@@ -188,7 +188,28 @@ fn golden_stream_through_real_broker_matches_expected() {
             assert!(text.contains(name), "{name} missing from /metrics");
         }
     }
-    support::prometheus::scrape_and_query(&http, "mallquest_level_ups_total");
+    // ... and accepts every query of the Grafana dashboard.
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/grafana/dashboards/mallquest.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    support::prometheus::scrape_and_query(&http, "mallquest_level_ups_total", &exprs);
 
     let status = run.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit {status:?}\n{}", run.log());

@@ -42,8 +42,9 @@ pub fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{series} not in exposition"))
 }
 
-/// Starts Prometheus scraping `target` every second and waits until `query` has a value.
-pub fn scrape_and_query(target: &str, query: &str) {
+/// Starts Prometheus scraping `target` every second, waits until `query` has a value,
+/// then evaluates each of `also_valid` and requires Prometheus to accept it.
+pub fn scrape_and_query(target: &str, query: &str, also_valid: &[String]) {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
