@@ -87,6 +87,20 @@ pub fn scrape_and_query(target: &str, query: &str, also_valid: &[String]) {
                     up["data"]["result"][0]["value"][1], "1",
                     "scrape target not up: {up}"
                 );
+                for expr in also_valid {
+                    let q: String = expr
+                        .bytes()
+                        .map(|b| match b {
+                            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                                (b as char).to_string()
+                            }
+                            _ => format!("%{b:02X}"),
+                        })
+                        .collect();
+                    let r = super::http::get(&addr, &format!("/api/v1/query?query={q}")).unwrap();
+                    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                    assert_eq!(v["status"], "success", "Prometheus rejected {expr}: {v}");
+                }
                 break;
             }
         }
