@@ -110,6 +110,9 @@ pub struct Store {
     ledger: Keyspace,
     offsets: Keyspace,
     board: Keyspace,
+    /// Partitions with state, cached: user look-ups by id try each, and must not scan
+    /// the offsets keyspace on every request.
+    partitions: std::sync::RwLock<Vec<i32>>,
 }
 
 fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
@@ -170,14 +173,18 @@ impl Store {
         let board = db
             .keyspace("board", KeyspaceCreateOptions::default)
             .map_err(open_err)?;
-        Ok(Self {
+        let store = Self {
             path: path.to_owned(),
             db,
             users,
             ledger,
             offsets,
             board,
-        })
+            partitions: std::sync::RwLock::default(),
+        };
+        let known = store.scan_partitions()?;
+        *store.partitions.write().unwrap_or_else(std::sync::PoisonError::into_inner) = known;
+        Ok(store)
     }
 
     /// Where the store lives.
@@ -259,6 +266,14 @@ impl Store {
 
     /// Partitions that hold state (those with a stored offset).
     pub fn partitions(&self) -> Result<Vec<i32>, StoreError> {
+        Ok(self
+            .partitions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone())
+    }
+
+    fn scan_partitions(&self) -> Result<Vec<i32>, StoreError> {
         let mut ps: Vec<i32> = self.offsets()?.keys().map(|(_, p)| *p).collect();
         ps.sort_unstable();
         ps.dedup();

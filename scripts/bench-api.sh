@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Benchmark: query latency of GET /v1/users/{id} under wrk (not our load generator) over a
+# store of ~1,000,000 users, at 1,000 connections, while `run` ingests from Tansu.
+# Usage: scripts/bench-api.sh [DEMO_RECEIPTS] [USERS] [CONNECTIONS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RECEIPTS="${1:-4000000}"
+USERS="${2:-1300000}"
+CONNS="${3:-1000}"
+SECS="${4:-30}"
+command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
+TANSU="$(scripts/install-tansu.sh)"
+cargo build --release --locked -q
+BIN="$PWD/target/release/mallquest"
+WORK="$(mktemp -d)"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+HTTP=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cleanup() { kill "${RUN_PID:-}" "${SIM_PID:-}" "${TANSU_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || true
+
+# BENCH_STORE: a store directory to keep between runs (filled once, 4 minutes here).
+STORE="${BENCH_STORE:-$WORK/store}"
+if [ ! -d "$STORE" ]; then
+  echo "== filling the store: demo --receipts $RECEIPTS --users $USERS"
+  RUST_LOG=warn "$BIN" demo --receipts "$RECEIPTS" --users "$USERS" --dir "$STORE" | sed -n '1,5p'
+fi
+
+(cd "$WORK" && exec "$TANSU" broker --listener-url "tcp://127.0.0.1:$PORT" \
+  --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db >tansu.log 2>&1) &
+TANSU_PID=$!
+for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+"$TANSU" topic create --broker "tcp://127.0.0.1:$PORT" --partitions 3 receipts >/dev/null
+cat >"$WORK/mq.toml" <<TOML
+[kafka]
+brokers = "127.0.0.1:$PORT"
+[store]
+path = "$STORE"
+[http]
+listen = "127.0.0.1:$HTTP"
+TOML
+RUST_LOG=warn "$BIN" run --config "$WORK/mq.toml" 2>"$WORK/run.log" &
+RUN_PID=$!
+"$BIN" simulate --brokers "127.0.0.1:$PORT" --rate 2000 --count 10000000 --users "$USERS" --seed 9 >/dev/null 2>&1 &
+SIM_PID=$!
+for _ in $(seq 200); do curl -fs "http://127.0.0.1:$HTTP/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+
+cat >"$WORK/users.lua" <<LUA
+math.randomseed(42)
+request = function()
+  return wrk.format("GET", string.format("/v1/users/u-%08d", math.random(0, $USERS - 1)))
+end
+LUA
+echo "== wrk -t2 -c$CONNS -d${SECS}s while run ingests ~2,000 receipts/s"
+wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -s "$WORK/users.lua" "http://127.0.0.1:$HTTP"
+echo "== ingest during the run (mallquest_receipts_total):"
+curl -fs "http://127.0.0.1:$HTTP/metrics" | grep -E '^mallquest_receipts_total|^mallquest_users ' || true
