@@ -30,10 +30,13 @@ fi
   --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db >tansu.log 2>&1) &
 TANSU_PID=$!
 for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
-"$TANSU" topic create --broker "tcp://127.0.0.1:$PORT" --partitions 3 receipts >/dev/null
+# A topic name of its own: a kept store holds offsets of earlier runs' topics.
+TOPIC="bench-$(date +%s)"
+"$TANSU" topic create --broker "tcp://127.0.0.1:$PORT" --partitions 3 "$TOPIC" >/dev/null
 cat >"$WORK/mq.toml" <<TOML
 [kafka]
 brokers = "127.0.0.1:$PORT"
+receipts_topic = "$TOPIC"
 [store]
 path = "$STORE"
 [http]
@@ -41,7 +44,7 @@ listen = "127.0.0.1:$HTTP"
 TOML
 RUST_LOG=warn "$BIN" run --config "$WORK/mq.toml" 2>"$WORK/run.log" &
 RUN_PID=$!
-"$BIN" simulate --brokers "127.0.0.1:$PORT" --rate 2000 --count 10000000 --users "$USERS" --seed 9 >/dev/null 2>&1 &
+"$BIN" simulate --brokers "127.0.0.1:$PORT" --topic "$TOPIC" --rate 2000 --count 10000000 --users "$USERS" --seed 9 >/dev/null 2>&1 &
 SIM_PID=$!
 for _ in $(seq 200); do curl -fs "http://127.0.0.1:$HTTP/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 

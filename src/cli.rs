@@ -22,6 +22,13 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Refold the receipts topic from its beginning into an empty store, then keep running
+    /// like `run` (for a lost or corrupted store; the topic must still hold every receipt).
+    Rebuild {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Fold a simulated stream with no external service and print a summary.
     Demo {
         /// Receipts to simulate.

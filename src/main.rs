@@ -17,7 +17,8 @@ use tracing_subscriber::EnvFilter;
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -35,7 +36,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = Config::load(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("failed to start the runtime")?;
-            runtime.block_on(run(config))
+            runtime.block_on(run(config, kafka::Start::Normal))
+        }
+        Command::Rebuild { config } => {
+            let config = Config::load(&config)?;
+            let runtime = tokio::runtime::Runtime::new().context("failed to start the runtime")?;
+            runtime.block_on(run(config, kafka::Start::Rebuild))
         }
         Command::Demo {
             receipts,
@@ -108,7 +114,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
     let metrics =
         telemetry::install_prometheus().context("failed to install the metrics recorder")?;
     let upkeep = metrics.clone();
@@ -120,7 +126,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
             upkeep.run_upkeep();
         }
     });
-    let store = Arc::new(Store::open(&config.store.path)?);
+    let store = Arc::new(Store::open(&config.store.path).with_context(|| {
+        format!(
+            "the store at {} cannot be used: restore it from a backup, or move it aside and run \
+             `mallquest rebuild` to refold the receipts topic",
+            config.store.path.display()
+        )
+    })?);
     let status = Arc::new(Status::default());
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
@@ -143,7 +155,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     kafka::ensure_output_topics(&config.kafka).await?;
     let flag = Arc::new(AtomicBool::new(false));
     tokio::spawn(shutdown::on_signal(Arc::clone(&flag)));
-    let worker = tokio::task::spawn_blocking(move || kafka::run(&config, store, status, &flag));
+    let worker =
+        tokio::task::spawn_blocking(move || kafka::run(&config, store, status, &flag, start));
     let result = worker.await.context("the consumer thread panicked")?;
     let _ = stop_http.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {

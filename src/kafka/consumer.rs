@@ -120,12 +120,24 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Most records folded into one batch, whatever the commit interval.
 const MAX_BATCH_RECORDS: u64 = 50_000;
 
+/// How `run` treats a store with no state for the receipts topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Refuse to start on an empty store if the group has committed offsets: the store
+    /// was lost or replaced, and folding from scratch would publish zeroed projections
+    /// over good ones (unless the topic still holds every receipt: that is `Rebuild`).
+    Normal,
+    /// Refold the receipts topic from the beginning into an empty store.
+    Rebuild,
+}
+
 /// Runs until `shutdown` is set, then commits the batch in hand and returns.
 pub fn run(
     config: &Config,
     store: Arc<Store>,
     status: Arc<Status>,
     shutdown: &AtomicBool,
+    start: Start,
 ) -> anyhow::Result<()> {
     let kafka = &config.kafka;
     let mut processor = Processor::new(Arc::clone(&store), config.rules.clone());
@@ -156,6 +168,7 @@ pub fn run(
     )
     .create_with_context(context)
     .context("failed to create the Kafka consumer")?;
+    check_start(&consumer, &store, &kafka.receipts_topic, start)?;
     consumer
         .subscribe(&[&kafka.receipts_topic])
         .with_context(|| format!("failed to subscribe to {}", kafka.receipts_topic))?;
@@ -230,6 +243,64 @@ pub fn run(
             return Ok(());
         }
         deadline = Instant::now() + interval;
+    }
+}
+
+/// Refuses a start that would publish zeroed projections over good ones.
+fn check_start(
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    store: &Store,
+    topic: &str,
+    start: Start,
+) -> anyhow::Result<()> {
+    let has_state = store.offsets()?.keys().any(|(t, _)| t == topic);
+    let path = store.path().display();
+    match (start, has_state) {
+        (Start::Normal, true) => Ok(()),
+        (Start::Rebuild, true) => anyhow::bail!(
+            "the store at {path} already holds state for {topic}; `rebuild` only fills an empty store: \
+             move the directory aside (or delete it) and run `mallquest rebuild` again"
+        ),
+        (Start::Rebuild, false) => {
+            info!(message = "Rebuilding the store from the beginning of the topic.", topic, path = %path);
+            Ok(())
+        }
+        (Start::Normal, false) => {
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .context("failed to read the receipts topic's metadata")?;
+            let mut tpl = TopicPartitionList::new();
+            for t in md.topics().iter().filter(|t| t.name() == topic) {
+                for p in t.partitions() {
+                    tpl.add_partition(topic, p.id());
+                }
+            }
+            if tpl.count() == 0 {
+                return Ok(());
+            }
+            let committed = consumer
+                .committed_offsets(tpl, Duration::from_secs(10))
+                .context("failed to read the group's committed offsets")?;
+            let progressed: Vec<String> = committed
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) if o > 0 => Some(format!("{}={o}", e.partition())),
+                    _ => None,
+                })
+                .collect();
+            if progressed.is_empty() {
+                return Ok(());
+            }
+            anyhow::bail!(
+                "the store at {path} holds no state for {topic}, but the consumer group has committed \
+                 offsets ({}): the store was deleted or replaced. Restore it from a backup, or run \
+                 `mallquest rebuild --config ...` to refold the topic from its beginning (only if the \
+                 topic still holds every receipt). Refusing to start, so that zeroed projections are \
+                 never published over good ones.",
+                progressed.join(", ")
+            )
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 mod consumer;
 mod producer;
 
-pub use consumer::run;
+pub use consumer::{run, Start};
 pub use producer::KafkaSink;
 
 use std::time::Duration;

@@ -183,7 +183,10 @@ impl Store {
             partitions: std::sync::RwLock::default(),
         };
         let known = store.scan_partitions()?;
-        *store.partitions.write().unwrap_or_else(std::sync::PoisonError::into_inner) = known;
+        *store
+            .partitions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = known;
         Ok(store)
     }
 
@@ -323,7 +326,19 @@ impl Store {
             );
         }
         batch.commit().map_err(io("commit batch"))?;
-        self.db.persist(PersistMode::SyncAll).map_err(io("persist"))
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(io("persist"))?;
+        let mut known = self
+            .partitions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (_, p) in set.offsets.keys() {
+            if let Err(at) = known.binary_search(p) {
+                known.insert(at, *p);
+            }
+        }
+        Ok(())
     }
 
     /// The top `limit` users by `board`, highest first, ties by user_id ascending.
@@ -408,6 +423,8 @@ mod tests {
         }
         set.offsets.insert(("t".into(), 0), 1);
         store.commit(&set).unwrap();
+        // Found by id at once, without a reopen (the partition list is cached).
+        assert_eq!(store.find_user("u-c").unwrap().unwrap().xp, 10);
         let ids = |b| -> Vec<String> {
             store
                 .leaderboard(b, 10)

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 pub struct Run {
     pub config: PathBuf,
     pub store: PathBuf,
+    /// The subcommand: `run` (default) or `rebuild`.
+    pub command: &'static str,
     child: Option<Child>,
     log: PathBuf,
     starts: u32,
@@ -41,6 +43,7 @@ impl Run {
         Run {
             config,
             store,
+            command: "run",
             child: None,
             log,
             starts: 0,
@@ -56,7 +59,7 @@ impl Run {
             .open(&self.log)
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_mallquest"))
-            .args(["run", "--config"])
+            .args([self.command, "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -98,6 +101,22 @@ impl Run {
         }
     }
 
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("not running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("mallquest did not exit within {within:?}\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(c) => c.try_wait().unwrap().is_none(),
@@ -107,6 +126,17 @@ impl Run {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// CPU seconds (user + system) the running process has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.as_ref().expect("not running").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command name (which may hold spaces) start after ')'.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        ticks / 100.0
     }
 }
 

@@ -1,0 +1,126 @@
+//! Faults on the real broker: the broker goes away for 30 s mid-run and comes back on the
+//! same data file. The processor waits without spinning, resumes, and loses nothing.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use mallquest::domain::Rules;
+use mallquest::sim::{Mix, Simulator};
+use serde_json::Value;
+use support::broker::{Broker, Read};
+use support::processor::{write_config, Run};
+use support::reference;
+
+fn last_per_key(reads: &[Read]) -> BTreeMap<String, Value> {
+    reads
+        .iter()
+        .map(|r| {
+            (
+                String::from_utf8(r.key.clone().unwrap()).unwrap(),
+                serde_json::from_slice(r.value.as_deref().unwrap()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn expected_for(broker: &Broker) -> reference::Expected {
+    let receipts = broker.read_all("receipts");
+    let records: Vec<_> = receipts
+        .iter()
+        .map(|r| {
+            (
+                r.partition,
+                r.offset,
+                r.key.clone(),
+                r.value.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    reference::fold(&Rules::default(), &records)
+}
+
+fn wait_for(broker: &Broker, run: &mut Run, expected: &BTreeMap<String, Value>, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if &last_per_key(&broker.read_all("user-projections")) == expected {
+            return;
+        }
+        assert!(run.is_running(), "mallquest exited\n{}", run.log());
+        assert!(
+            Instant::now() < deadline,
+            "projections not complete after {within:?}\n{}",
+            run.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn broker_outage_of_30_s_loses_nothing_and_does_not_spin() {
+    let mut broker = Broker::start();
+    broker.create_topic("receipts", 2, false);
+    let mut sim = Simulator::new(3, 300, 10, Mix::default());
+    let mut batch = |n: usize| -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+        (0..n)
+            .map(|_| {
+                let e = sim.next_event();
+                (Some(e.key.into_bytes()), e.payload)
+            })
+            .collect()
+    };
+    broker.produce("receipts", &batch(10_000));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store, http) = write_config(dir.path(), &broker.bootstrap(), "");
+    let mut run = Run::new(config, store);
+    run.start();
+    wait_for(
+        &broker,
+        &mut run,
+        &expected_for(&broker).projections,
+        Duration::from_secs(120),
+    );
+
+    // The broker goes away for 30 s.
+    broker.stop();
+    let cpu_before = run.cpu_seconds();
+    std::thread::sleep(Duration::from_secs(30));
+    let cpu_during = run.cpu_seconds() - cpu_before;
+    assert!(
+        run.is_running(),
+        "the processor must wait for the broker\n{}",
+        run.log()
+    );
+    assert!(
+        cpu_during < 3.0,
+        "{cpu_during:.2} CPU-seconds in a 30 s outage: busy loop?"
+    );
+    // It says so in logs and metrics.
+    assert!(run.log().contains("Kafka client error"), "{}", run.log());
+    let metrics = support::http::get(&http, "/metrics").unwrap();
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.contains("mallquest_broker_up 0") || text.contains("mallquest_kafka_errors_total"),
+        "{text}"
+    );
+
+    // It comes back on the same data file; more receipts arrive; nothing is lost.
+    broker.restart();
+    broker.produce("receipts", &batch(10_000));
+    let expected = expected_for(&broker);
+    assert_eq!(broker.read_all("receipts").len(), 20_000);
+    wait_for(
+        &broker,
+        &mut run,
+        &expected.projections,
+        Duration::from_secs(180),
+    );
+    assert!(
+        run.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        run.log()
+    );
+    eprintln!("outage: {cpu_during:.2} CPU-seconds in 30 s");
+}
