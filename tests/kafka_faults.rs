@@ -124,3 +124,94 @@ fn broker_outage_of_30_s_loses_nothing_and_does_not_spin() {
     );
     eprintln!("outage: {cpu_during:.2} CPU-seconds in 30 s");
 }
+
+/// Commits offsets for the test group from outside, as a confused operator or tool would.
+fn force_group_offsets(broker: &Broker, offsets: &[(i32, i64)]) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "mq-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        tpl.add_partition_offset("receipts", *p, Offset::Offset(*o))
+            .unwrap();
+    }
+    consumer.commit(&tpl, CommitMode::Sync).unwrap();
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    for e in got.elements() {
+        assert_eq!(
+            e.offset(),
+            Offset::Offset(offsets.iter().find(|(p, _)| *p == e.partition()).unwrap().1)
+        );
+    }
+}
+
+#[test]
+fn group_offsets_ahead_of_or_behind_the_store_are_ignored() {
+    let broker = Broker::start();
+    broker.create_topic("receipts", 2, false);
+    let mut sim = Simulator::new(8, 200, 10, Mix::default());
+    let mut batch = |n: usize| -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+        (0..n)
+            .map(|_| {
+                let e = sim.next_event();
+                (Some(e.key.into_bytes()), e.payload)
+            })
+            .collect()
+    };
+    broker.produce("receipts", &batch(5_000));
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store, _) = write_config(dir.path(), &broker.bootstrap(), "");
+    let mut run = Run::new(config, store);
+    run.start();
+    wait_for(
+        &broker,
+        &mut run,
+        &expected_for(&broker).projections,
+        Duration::from_secs(120),
+    );
+    assert!(run.terminate(Duration::from_secs(30)).success());
+
+    // Ahead: the group claims everything up to far past the end was read.
+    force_group_offsets(&broker, &[(0, 1_000_000), (1, 1_000_000)]);
+    broker.produce("receipts", &batch(5_000));
+    run.start();
+    wait_for(
+        &broker,
+        &mut run,
+        &expected_for(&broker).projections,
+        Duration::from_secs(120),
+    );
+    assert!(run.terminate(Duration::from_secs(30)).success());
+
+    // Behind: the group claims nothing was read; replaying from 0 would double count.
+    force_group_offsets(&broker, &[(0, 0), (1, 0)]);
+    broker.produce("receipts", &batch(5_000));
+    run.start();
+    let expected = expected_for(&broker);
+    wait_for(
+        &broker,
+        &mut run,
+        &expected.projections,
+        Duration::from_secs(120),
+    );
+    assert!(run.terminate(Duration::from_secs(30)).success());
+    let store = mallquest::store::Store::open(&run.store).unwrap();
+    let stored: BTreeMap<String, Value> = store
+        .users()
+        .map(|u| {
+            let u = u.unwrap();
+            (
+                u.user_id.clone(),
+                serde_json::to_value(mallquest::codec::ProjectionJson::from_state(&u)).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(stored, expected.projections);
+}
