@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The long forms of the reliability tests (not run by scripts/test.sh):
+#   1. the crash test with 50 SIGKILLs over 100,000 receipts (refunds, duplicates, bad events);
+#   2. 1,000,000 generated hostile inputs through the decoder and the fold;
+#   3. 2,000 random streams with crashes against the reference fold.
+# Usage: scripts/soak.sh [KILLS] [RECEIPTS] [FUZZ_CASES]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KILLS="${1:-50}"
+RECEIPTS="${2:-100000}"
+FUZZ="${3:-1000000}"
+TANSU_BIN="$(scripts/install-tansu.sh)"
+export TANSU_BIN
+
+echo "== crash test: $KILLS SIGKILLs over $RECEIPTS receipts"
+MALLQUEST_CRASH_KILLS="$KILLS" MALLQUEST_CRASH_RECEIPTS="$RECEIPTS" \
+  cargo test --release --locked --test kafka_e2e sigkill -- --nocapture --test-threads=1 2>&1 \
+  | grep -E 'kills over|^test |test result'
+
+echo "== $FUZZ generated hostile inputs (decoder and fold)"
+PROPTEST_CASES="$FUZZ" cargo test --release --locked --test decode_fuzz -- --test-threads=2 2>&1 | grep -E '^test |test result'
+
+echo "== 2000 random streams with crashes vs the reference fold"
+PROPTEST_CASES=2000 cargo test --release --locked --test fold_prop 2>&1 | grep -E '^test |test result'
