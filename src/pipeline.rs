@@ -226,13 +226,14 @@ impl Processor {
         // Apply in place when the user is already in the batch; otherwise load it and
         // keep it only if the receipt changed it, so that rejects publish nothing.
         let mut loaded = None;
+        let mut previous = None;
         let state = match self.pending.users.get_mut(&user_key) {
             Some(s) => s,
-            None => loaded.insert(
-                self.store
-                    .user(p, &receipt.user_id)?
-                    .unwrap_or_else(|| UserState::new(&receipt.user_id)),
-            ),
+            None => {
+                let stored = self.store.user(p, &receipt.user_id)?;
+                previous = Some(stored.as_ref().map(crate::store::scores));
+                loaded.insert(stored.unwrap_or_else(|| UserState::new(&receipt.user_id)))
+            }
         };
         let effect = domain::apply(
             state,
@@ -255,7 +256,10 @@ impl Processor {
             } => {
                 self.stats.applied += 1;
                 telemetry::receipt_applied(coins_delta);
-                if let Some(state) = loaded {
+                if let (Some(state), Some(previous)) = (loaded, previous) {
+                    self.pending
+                        .previous_scores
+                        .insert(user_key.clone(), previous);
                     self.pending.users.insert(user_key, state);
                 }
                 if let (Some(updated), domain::ReceiptKind::Refund { refund_of }) =

@@ -50,6 +50,25 @@ fn golden_stream_gives_expected_projections_in_store_and_outputs() {
             golden::assert_projection_eq(&stored, want);
         }
         assert_eq!(store.users().count(), expected.len());
+        // The leaderboard index, re-indexed at every commit, matches a full sort.
+        for board in mallquest::store::Board::ALL {
+            let mut all: Vec<_> = store.users().map(Result::unwrap).collect();
+            let score = |u: &mallquest::domain::UserState| {
+                mallquest::store::scores(u)[mallquest::store::Board::ALL
+                    .iter()
+                    .position(|b| *b == board)
+                    .unwrap()]
+            };
+            all.sort_by(|a, b| score(b).cmp(&score(a)).then(a.user_id.cmp(&b.user_id)));
+            let ranked: Vec<String> = store
+                .leaderboard(board, 1000)
+                .unwrap()
+                .into_iter()
+                .map(|u| u.user_id)
+                .collect();
+            let want: Vec<String> = all.into_iter().map(|u| u.user_id).collect();
+            assert_eq!(ranked, want, "{board:?} after commits of {commit_every}");
+        }
         assert_eq!(
             store.offset(TOPIC, 0).unwrap(),
             Some(golden::receipts().len() as i64)

@@ -74,14 +74,26 @@ impl Board {
 }
 
 fn board_key(board: Board, u: &UserState) -> Vec<u8> {
+    board_key_for(board, board.score(u), &u.user_id)
+}
+
+fn board_key_for(board: Board, score: i64, user_id: &str) -> Vec<u8> {
     // Flip the sign bit so that i64 order is byte order, then invert so that the highest
     // score comes first; ties then sort by user_id ascending.
-    let ordered = (board.score(u) as u64) ^ (1 << 63);
-    let mut k = Vec::with_capacity(9 + u.user_id.len());
+    let ordered = (score as u64) ^ (1 << 63);
+    let mut k = Vec::with_capacity(9 + user_id.len());
     k.push(board.tag());
     k.extend_from_slice(&(!ordered).to_be_bytes());
-    k.extend_from_slice(u.user_id.as_bytes());
+    k.extend_from_slice(user_id.as_bytes());
     k
+}
+
+/// A user's scores on every board, in [`Board::ALL`] order.
+pub type Scores = [i64; 3];
+
+/// The scores the leaderboard index holds for a stored user.
+pub fn scores(u: &UserState) -> Scores {
+    Board::ALL.map(|b| b.score(u))
 }
 
 /// Everything one commit writes, in one atomic batch.
@@ -93,6 +105,10 @@ pub struct WriteSet {
     pub ledger: HashMap<(i32, String, String), LedgerEntry>,
     /// Next offset to read, by (topic, partition).
     pub offsets: BTreeMap<(String, i32), i64>,
+    /// For users in `users`: their scores as stored before this batch (`None`: new user),
+    /// so that the commit can re-index them without reading them again. Users missing
+    /// here are read from the store.
+    pub previous_scores: HashMap<(i32, String), Option<Scores>>,
 }
 
 impl WriteSet {
@@ -301,9 +317,13 @@ impl Store {
         let mut batch = self.db.batch();
         for ((p, user_id), state) in &set.users {
             // Re-index: drop the old scores' keys, add the new ones, in the same batch.
-            if let Some(old) = self.user(*p, user_id)? {
-                for b in Board::ALL {
-                    batch.remove(&self.board, board_key(b, &old));
+            let previous = match set.previous_scores.get(&(*p, user_id.clone())) {
+                Some(known) => *known,
+                None => self.user(*p, user_id)?.as_ref().map(scores),
+            };
+            if let Some(old) = previous {
+                for (b, score) in Board::ALL.into_iter().zip(old) {
+                    batch.remove(&self.board, board_key_for(b, score, user_id));
                 }
             }
             for b in Board::ALL {
