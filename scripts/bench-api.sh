@@ -15,7 +15,12 @@ BIN="$PWD/target/release/mallquest"
 WORK="$(mktemp -d)"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 HTTP=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cleanup() { kill "${RUN_PID:-}" "${SIM_PID:-}" "${TANSU_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() {
+  # The processor first, while the broker is still there to take its last commit.
+  kill "${SIM_PID:-}" 2>/dev/null || true
+  if [ -n "${RUN_PID:-}" ]; then kill -TERM "$RUN_PID" 2>/dev/null || true; wait "$RUN_PID" 2>/dev/null || true; fi
+  kill "${TANSU_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"
+}
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || true
 
@@ -44,7 +49,7 @@ listen = "127.0.0.1:$HTTP"
 TOML
 RUST_LOG=warn "$BIN" run --config "$WORK/mq.toml" 2>"$WORK/run.log" &
 RUN_PID=$!
-"$BIN" simulate --brokers "127.0.0.1:$PORT" --topic "$TOPIC" --rate 2000 --count 10000000 --users "$USERS" --seed 9 >/dev/null 2>&1 &
+"$BIN" simulate --brokers "127.0.0.1:$PORT" --topic "$TOPIC" --rate 2000 --count 10000000 --users "$USERS" --seed "$(date +%s)" >/dev/null 2>&1 &
 SIM_PID=$!
 for _ in $(seq 200); do curl -fs "http://127.0.0.1:$HTTP/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 

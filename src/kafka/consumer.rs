@@ -174,7 +174,47 @@ pub fn run(
         .with_context(|| format!("failed to subscribe to {}", kafka.receipts_topic))?;
     let mut sink = super::KafkaSink::new(kafka)?;
     info!(message = "Consuming.", topic = %kafka.receipts_topic, group = %kafka.group_id);
+    let result = consume(
+        config,
+        &consumer,
+        &mut processor,
+        &mut sink,
+        &store,
+        &status,
+        shutdown,
+    );
+    close_within(consumer, CLOSE_TIMEOUT);
+    result
+}
 
+/// How long closing the consumer (leaving the group) may take before `run` returns anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Closes the consumer, but gives up after `timeout`: with the broker gone, librdkafka's
+/// close waits for the group coordinator forever, and a SIGTERM must still end the process.
+/// The batch in hand is committed before this, so nothing is lost by giving up.
+fn close_within(consumer: BaseConsumer<StoreSeekingContext>, timeout: Duration) {
+    let (done, closed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(consumer);
+        let _ = done.send(());
+    });
+    if closed.recv_timeout(timeout).is_err() {
+        warn!(message = "The consumer did not close in time (broker unreachable?); exiting without leaving the group.", timeout_s = timeout.as_secs());
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn consume(
+    config: &Config,
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    processor: &mut Processor,
+    sink: &mut super::KafkaSink,
+    store: &Arc<Store>,
+    status: &Status,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<()> {
+    let kafka = &config.kafka;
     let interval = Duration::from_millis(config.processing.commit_interval_ms);
     let mut deadline = Instant::now() + interval;
     let mut backoff = Duration::from_millis(100);
@@ -207,7 +247,7 @@ pub fn run(
             continue;
         }
         let started = Instant::now();
-        match processor.commit(&mut sink) {
+        match processor.commit(sink) {
             Ok(stats) => {
                 if stats.records > 0 {
                     telemetry::batch_committed(
@@ -217,7 +257,7 @@ pub fn run(
                         store.approximate_users(),
                     );
                     status.committed(&stats.offsets);
-                    commit_to_group(&consumer, &stats.offsets);
+                    commit_to_group(consumer, &stats.offsets);
                 }
                 backoff = Duration::from_millis(100);
             }
@@ -230,7 +270,7 @@ pub fn run(
                 status.commit_failed(format!("{stage}: {e:#}"));
                 telemetry::commit_failed(&e, stage, backoff);
                 // Replay from the stored offsets: the batch in hand was dropped.
-                rewind_to_store(&consumer, &processor, &kafka.receipts_topic)?;
+                rewind_to_store(consumer, processor, &kafka.receipts_topic)?;
                 sleep_unless(shutdown, backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 if stopping {
