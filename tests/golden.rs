@@ -6,33 +6,14 @@ mod support;
 use std::sync::Arc;
 
 use mallquest::codec::ProjectionJson;
-use mallquest::pipeline::{MemorySink, Processor, Record};
+use mallquest::pipeline::MemorySink;
 use mallquest::store::Store;
 use support::golden;
 
 const TOPIC: &str = "receipts";
 
 fn fold_golden(commit_every: usize) -> (MemorySink, Arc<Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let mut processor = Processor::new(Arc::clone(&store), golden::rules());
-    let mut sink = MemorySink::default();
-    for (i, r) in golden::receipts().iter().enumerate() {
-        processor
-            .process(Record {
-                topic: TOPIC,
-                partition: 0,
-                offset: r.offset,
-                key: r.key.as_deref(),
-                payload: Some(&r.value),
-            })
-            .unwrap();
-        if (i + 1) % commit_every == 0 {
-            processor.commit(&mut sink).unwrap();
-        }
-    }
-    processor.commit(&mut sink).unwrap();
-    (sink, store, dir)
+    golden::fold_into_store(commit_every)
 }
 
 #[test]

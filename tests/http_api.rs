@@ -10,9 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use mallquest::codec;
 use mallquest::http::{router, AppState, HEADER_OFFSETS, OPENAPI, ROUTES};
-use mallquest::pipeline::{MemorySink, Processor, Record};
 use mallquest::status::Status;
-use mallquest::store::Store;
 use serde_json::Value;
 use support::golden;
 use tower::ServiceExt as _;
@@ -23,23 +21,9 @@ struct Fixture {
 }
 
 fn fixture(token: Option<&str>) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let mut p = Processor::new(Arc::clone(&store), golden::rules());
-    let mut sink = MemorySink::default();
-    for r in golden::receipts() {
-        p.process(Record {
-            topic: "receipts",
-            partition: 0,
-            offset: r.offset,
-            key: r.key.as_deref(),
-            payload: Some(&r.value),
-        })
-        .unwrap();
-    }
-    let stats = p.commit(&mut sink).unwrap();
+    let (_, store, dir) = golden::fold_into_store(usize::MAX);
     let status = Arc::new(Status::default());
-    status.committed(&stats.offsets);
+    status.committed(&store.offsets().unwrap());
     Fixture {
         state: AppState {
             store,

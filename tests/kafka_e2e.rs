@@ -8,31 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mallquest::codec::{self, ProjectionJson};
-use mallquest::domain::Rules;
 use mallquest::sim::{Mix, Simulator};
 use mallquest::store::Store;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use support::broker::{Broker, Read};
+use support::golden;
 use support::processor::{write_config, Run};
-use support::{golden, reference};
+use support::streams::{last_per_key, reference_of, take, Records};
 
 const GOLDEN_RULES: &str = "[rules.store_multipliers]\n\"s-07\" = 200\n\"s-13\" = 150\n";
-
-fn last_per_key(reads: &[Read]) -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    for r in reads {
-        let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
-        let v: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
-        assert_eq!(
-            v["user_id"],
-            key.as_str(),
-            "projection key must be its user_id"
-        );
-        out.insert(key, v);
-    }
-    out
-}
 
 /// Timestamps compared as instants, everything else exactly.
 fn same_projection(a: &Value, b: &Value) -> bool {
@@ -243,34 +228,13 @@ fn golden_stream_through_real_broker_matches_expected() {
     assert_eq!(ups, golden::level_ups());
 }
 
-fn simulated(seed: u64, n: usize, users: u64) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+fn simulated(seed: u64, n: usize, users: u64) -> Records {
     let mix = Mix {
         refunds: 80,
         duplicates: 40,
         bad: 20,
     };
-    let mut sim = Simulator::new(seed, users, 20, mix);
-    (0..n)
-        .map(|_| {
-            let e = sim.next_event();
-            (Some(e.key.into_bytes()), e.payload)
-        })
-        .collect()
-}
-
-fn reference_of(receipts: &[Read]) -> reference::Expected {
-    let records: Vec<_> = receipts
-        .iter()
-        .map(|r| {
-            (
-                r.partition,
-                r.offset,
-                r.key.clone(),
-                r.value.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
-    reference::fold(&Rules::default(), &records)
+    take(&mut Simulator::new(seed, users, 20, mix), n)
 }
 
 #[test]

@@ -6,39 +6,15 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use mallquest::domain::Rules;
 use mallquest::sim::{Mix, Simulator};
 use serde_json::Value;
-use support::broker::{Broker, Read};
+use support::broker::Broker;
 use support::processor::{write_config, Run};
 use support::reference;
-
-fn last_per_key(reads: &[Read]) -> BTreeMap<String, Value> {
-    reads
-        .iter()
-        .map(|r| {
-            (
-                String::from_utf8(r.key.clone().unwrap()).unwrap(),
-                serde_json::from_slice(r.value.as_deref().unwrap()).unwrap(),
-            )
-        })
-        .collect()
-}
+use support::streams::{last_per_key, reference_of, take};
 
 fn expected_for(broker: &Broker) -> reference::Expected {
-    let receipts = broker.read_all("receipts");
-    let records: Vec<_> = receipts
-        .iter()
-        .map(|r| {
-            (
-                r.partition,
-                r.offset,
-                r.key.clone(),
-                r.value.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
-    reference::fold(&Rules::default(), &records)
+    reference_of(&broker.read_all("receipts"))
 }
 
 fn wait_for(broker: &Broker, run: &mut Run, expected: &BTreeMap<String, Value>, within: Duration) {
@@ -62,14 +38,7 @@ fn broker_outage_of_30_s_loses_nothing_and_does_not_spin() {
     let mut broker = Broker::start();
     broker.create_topic("receipts", 2, false);
     let mut sim = Simulator::new(3, 300, 10, Mix::default());
-    let mut batch = |n: usize| -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
-        (0..n)
-            .map(|_| {
-                let e = sim.next_event();
-                (Some(e.key.into_bytes()), e.payload)
-            })
-            .collect()
-    };
+    let mut batch = |n: usize| take(&mut sim, n);
     broker.produce("receipts", &batch(10_000));
 
     let dir = tempfile::tempdir().unwrap();
@@ -157,14 +126,7 @@ fn group_offsets_ahead_of_or_behind_the_store_are_ignored() {
     let broker = Broker::start();
     broker.create_topic("receipts", 2, false);
     let mut sim = Simulator::new(8, 200, 10, Mix::default());
-    let mut batch = |n: usize| -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
-        (0..n)
-            .map(|_| {
-                let e = sim.next_event();
-                (Some(e.key.into_bytes()), e.payload)
-            })
-            .collect()
-    };
+    let mut batch = |n: usize| take(&mut sim, n);
     broker.produce("receipts", &batch(5_000));
     let dir = tempfile::tempdir().unwrap();
     let (config, store, _) = write_config(dir.path(), &broker.bootstrap(), "");
@@ -225,12 +187,7 @@ fn sigterm_as_the_broker_goes_away_mid_stream_still_exits_and_loses_nothing() {
     let mut broker = Broker::start();
     broker.create_topic("receipts", 3, false);
     let mut sim = Simulator::new(4, 500, 5, Mix::default());
-    let records: Vec<_> = (0..40_000)
-        .map(|_| {
-            let e = sim.next_event();
-            (Some(e.key.into_bytes()), e.payload)
-        })
-        .collect();
+    let records = take(&mut sim, 40_000);
     broker.produce("receipts", &records);
     let dir = tempfile::tempdir().unwrap();
     let (config, store, _) = write_config(dir.path(), &broker.bootstrap(), "");

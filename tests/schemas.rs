@@ -3,12 +3,9 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use mallquest::codec::{self, decode_receipt};
 use mallquest::domain::Reject;
-use mallquest::pipeline::{MemorySink, Processor, Record};
-use mallquest::store::Store;
+use mallquest::pipeline::MemorySink;
 use serde_json::Value;
 use support::golden;
 
@@ -19,22 +16,7 @@ fn schema(name: &str) -> jsonschema::Validator {
 }
 
 fn folded_golden() -> MemorySink {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let mut p = Processor::new(store, golden::rules());
-    let mut sink = MemorySink::default();
-    for r in golden::receipts() {
-        p.process(Record {
-            topic: "receipts",
-            partition: 0,
-            offset: r.offset,
-            key: r.key.as_deref(),
-            payload: Some(&r.value),
-        })
-        .unwrap();
-    }
-    p.commit(&mut sink).unwrap();
-    sink
+    golden::fold_into_store(usize::MAX).0
 }
 
 #[test]

@@ -3,7 +3,11 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
+use std::sync::Arc;
+
 use mallquest::domain::Rules;
+use mallquest::pipeline::{MemorySink, Processor, Record};
+use mallquest::store::Store;
 use serde_json::Value;
 
 /// One record of `receipts.jsonl`.
@@ -103,4 +107,29 @@ pub fn assert_projection_eq(actual: &Value, expected: &Value) {
             assert_eq!(got, want, "{k} of {}", expected["user_id"]);
         }
     }
+}
+
+/// Folds the golden stream through the real pipeline into a fresh store, committing every
+/// `commit_every` records. Returns what was published, the store, and its directory.
+pub fn fold_into_store(commit_every: usize) -> (MemorySink, Arc<Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let mut processor = Processor::new(Arc::clone(&store), rules());
+    let mut sink = MemorySink::default();
+    for (i, r) in receipts().iter().enumerate() {
+        processor
+            .process(Record {
+                topic: "receipts",
+                partition: 0,
+                offset: r.offset,
+                key: r.key.as_deref(),
+                payload: Some(&r.value),
+            })
+            .unwrap();
+        if (i + 1) % commit_every == 0 {
+            processor.commit(&mut sink).unwrap();
+        }
+    }
+    processor.commit(&mut sink).unwrap();
+    (sink, store, dir)
 }

@@ -7,3 +7,4 @@ pub mod http;
 pub mod processor;
 pub mod prometheus;
 pub mod reference;
+pub mod streams;

@@ -79,26 +79,13 @@ impl Run {
 
     /// SIGTERM, then waits for the exit status (at most `within`).
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("not running");
+        let pid = self.child.as_ref().expect("not running").id();
         let ok = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!(
-                    "mallquest did not stop within {within:?} of SIGTERM\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_exit(within)
     }
 
     /// Waits for the process to exit by itself.
