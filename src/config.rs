@@ -118,6 +118,19 @@ pub struct StoreConfig {
     /// Directory of the store; created on first start.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// Committed user states kept in memory in front of the store (0 turns it off).
+    #[serde(default = "default_hot_users")]
+    pub hot_users: usize,
+    /// The store's block cache, in MiB.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
+}
+
+const fn default_hot_users() -> usize {
+    crate::pipeline::DEFAULT_HOT_USERS
+}
+const fn default_cache_mb() -> u64 {
+    256
 }
 
 /// `[processing]`: batching.
@@ -172,6 +185,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: default_store_path(),
+            hot_users: default_hot_users(),
+            cache_mb: default_cache_mb(),
         }
     }
 }

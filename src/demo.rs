@@ -67,8 +67,12 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
             (t.path().to_owned(), Some(t))
         }
     };
-    let store = Arc::new(Store::open(&dir)?);
-    let mut processor = Processor::new(Arc::clone(&store), config.rules.clone());
+    let store = Arc::new(Store::open_with_cache(&dir, config.store.cache_mb << 20)?);
+    let mut processor = Processor::with_hot_users(
+        Arc::clone(&store),
+        config.rules.clone(),
+        config.store.hot_users,
+    );
     let mut sink = MemorySink {
         counts_only: true,
         ..MemorySink::default()

@@ -126,13 +126,17 @@ async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
             upkeep.run_upkeep();
         }
     });
-    let store = Arc::new(Store::open(&config.store.path).with_context(|| {
-        format!(
+    let store = Arc::new(
+        Store::open_with_cache(&config.store.path, config.store.cache_mb << 20).with_context(
+            || {
+                format!(
             "the store at {} cannot be used: restore it from a backup, or move it aside and run \
              `mallquest rebuild` to refold the receipts topic",
             config.store.path.display()
         )
-    })?);
+            },
+        )?,
+    );
     let status = Arc::new(Status::default());
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await

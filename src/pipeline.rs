@@ -112,9 +112,17 @@ pub enum CommitError {
 /// Shared with the Kafka rebalance callback, which seeks newly assigned partitions to it.
 pub type Positions = Arc<Mutex<HashMap<(String, i32), i64>>>;
 
+type HotSet = quick_cache::unsync::Cache<(i32, String), UserState>;
+
+/// Default size of the hot set, in users (`[store] hot_users`).
+pub const DEFAULT_HOT_USERS: usize = 50_000;
+
 /// Folds records into a pending batch and commits it.
 pub struct Processor {
     store: Arc<Store>,
+    /// Committed states of recently changed users: a bounded hot set in front of the store
+    /// (never the batch in hand, so dropping a batch never leaves it stale).
+    hot: Option<HotSet>,
     rules: Rules,
     pending: WriteSet,
     level_ups: Vec<LevelUp>,
@@ -126,7 +134,13 @@ pub struct Processor {
 impl Processor {
     /// A processor over `store` with `rules`.
     pub fn new(store: Arc<Store>, rules: Rules) -> Self {
+        Self::with_hot_users(store, rules, DEFAULT_HOT_USERS)
+    }
+
+    /// A processor whose hot set holds at most `hot_users` users (0: none).
+    pub fn with_hot_users(store: Arc<Store>, rules: Rules, hot_users: usize) -> Self {
         Self {
+            hot: (hot_users > 0).then(|| HotSet::new(hot_users)),
             store,
             rules,
             pending: WriteSet::default(),
@@ -164,6 +178,11 @@ impl Processor {
             Some(o) => Ok(Some(o)),
             None => store.offset(topic, partition),
         }
+    }
+
+    /// Users in the hot set now.
+    pub fn hot_users(&self) -> usize {
+        self.hot.as_ref().map_or(0, HotSet::len)
     }
 
     /// Records folded since the last commit.
@@ -230,7 +249,11 @@ impl Processor {
         let state = match self.pending.users.get_mut(&user_key) {
             Some(s) => s,
             None => {
-                let stored = self.store.user(p, &receipt.user_id)?;
+                let cached = self.hot.as_ref().and_then(|h| h.get(&user_key).cloned());
+                let stored = match cached {
+                    Some(u) => Some(u),
+                    None => self.store.user(p, &receipt.user_id)?,
+                };
                 previous = Some(stored.as_ref().map(crate::store::scores));
                 loaded.insert(stored.unwrap_or_else(|| UserState::new(&receipt.user_id)))
             }
@@ -319,7 +342,12 @@ impl Processor {
             self.reset();
             return Err(CommitError::Store(e));
         }
-        let committed = std::mem::take(&mut self.pending);
+        let mut committed = std::mem::take(&mut self.pending);
+        if let Some(hot) = &mut self.hot {
+            for (k, u) in committed.users.drain() {
+                hot.insert(k, u);
+            }
+        }
         let mut stats = std::mem::take(&mut self.stats);
         stats.users_published = outputs.projections.len() as u64;
         stats.offsets = committed.offsets;

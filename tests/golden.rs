@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use mallquest::codec::ProjectionJson;
-use mallquest::pipeline::MemorySink;
+use mallquest::pipeline::{MemorySink, Processor, Record};
 use mallquest::store::Store;
 use support::golden;
 
@@ -101,4 +101,108 @@ fn reference_fold_agrees_with_golden_vectors() {
     let dlq: Vec<(i64, String)> = exp.dlq.into_iter().map(|((_, o), r)| (o, r)).collect();
     assert_eq!(dlq, golden::dlq());
     assert_eq!(exp.level_ups, golden::level_ups());
+}
+
+#[test]
+fn a_hot_set_far_smaller_than_the_users_stays_bounded_and_exact() {
+    // 200 users through a hot set of 7: it never holds more, and the result is the same.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let mut processor = Processor::with_hot_users(Arc::clone(&store), golden::rules(), 7);
+    let mut sink = MemorySink::default();
+    let mut max_hot = 0;
+    for (i, r) in golden::receipts().iter().enumerate() {
+        processor
+            .process(Record {
+                topic: TOPIC,
+                partition: 0,
+                offset: r.offset,
+                key: r.key.as_deref(),
+                payload: Some(&r.value),
+            })
+            .unwrap();
+        if (i + 1) % 13 == 0 {
+            processor.commit(&mut sink).unwrap();
+            max_hot = max_hot.max(processor.hot_users());
+        }
+    }
+    processor.commit(&mut sink).unwrap();
+    assert!(max_hot > 0 && max_hot <= 7, "hot set held {max_hot}");
+    for (user, want) in golden::projections() {
+        let got = serde_json::to_value(ProjectionJson::from_state(
+            &store.find_user(&user).unwrap().unwrap(),
+        ))
+        .unwrap();
+        golden::assert_projection_eq(&got, &want);
+    }
+}
+
+/// Fails every `every`-th publish, as a broker that rejects a produce request would.
+struct FlakySink {
+    inner: MemorySink,
+    calls: usize,
+    every: usize,
+}
+
+impl mallquest::pipeline::Sink for FlakySink {
+    fn publish(&mut self, outputs: &mallquest::pipeline::Outputs) -> anyhow::Result<()> {
+        self.calls += 1;
+        if self.calls % self.every == 0 {
+            anyhow::bail!("injected produce failure");
+        }
+        self.inner.publish(outputs)
+    }
+}
+
+#[test]
+fn failed_publishes_never_advance_the_store_and_replays_are_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let mut processor = Processor::with_hot_users(Arc::clone(&store), golden::rules(), 50);
+    let mut sink = FlakySink {
+        inner: MemorySink::default(),
+        calls: 0,
+        every: 3,
+    };
+    let receipts = golden::receipts();
+    let mut next = 0usize;
+    let mut failures = 0;
+    while next < receipts.len() {
+        let end = (next + 41).min(receipts.len());
+        for r in &receipts[next..end] {
+            processor
+                .process(Record {
+                    topic: TOPIC,
+                    partition: 0,
+                    offset: r.offset,
+                    key: r.key.as_deref(),
+                    payload: Some(&r.value),
+                })
+                .unwrap();
+        }
+        let before = store.offset(TOPIC, 0).unwrap();
+        match processor.commit(&mut sink) {
+            Ok(_) => next = end,
+            Err(_) => {
+                failures += 1;
+                // Offsets never advance past outputs that were not delivered.
+                assert_eq!(store.offset(TOPIC, 0).unwrap(), before);
+                // Replay from the store's offset, as the consumer's rewind does.
+                next = before.unwrap_or(0) as usize;
+            }
+        }
+    }
+    assert!(failures > 10, "{failures}");
+    for (user, want) in golden::projections() {
+        let got = serde_json::to_value(ProjectionJson::from_state(
+            &store.find_user(&user).unwrap().unwrap(),
+        ))
+        .unwrap();
+        golden::assert_projection_eq(&got, &want);
+        // The last delivered projection of each user is its stored state.
+        let published =
+            serde_json::to_value(ProjectionJson::from_state(&sink.inner.projections[&user]))
+                .unwrap();
+        assert_eq!(published, got);
+    }
 }

@@ -140,7 +140,11 @@ pub fn run(
     start: Start,
 ) -> anyhow::Result<()> {
     let kafka = &config.kafka;
-    let mut processor = Processor::new(Arc::clone(&store), config.rules.clone());
+    let mut processor = Processor::with_hot_users(
+        Arc::clone(&store),
+        config.rules.clone(),
+        config.store.hot_users,
+    );
     let context = StoreSeekingContext {
         store: Arc::clone(&store),
         positions: processor.positions(),

@@ -172,11 +172,19 @@ fn io(op: &'static str) -> impl FnOnce(fjall::Error) -> StoreError {
 impl Store {
     /// Opens the store at `path`, creating it if absent.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, 256 << 20)
+    }
+
+    /// Opens the store with a block cache of `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
         };
-        let db = Database::builder(path).open().map_err(open_err)?;
+        let db = Database::builder(path)
+            .cache_size(cache_bytes)
+            .open()
+            .map_err(open_err)?;
         let users = db
             .keyspace("users", KeyspaceCreateOptions::default)
             .map_err(open_err)?;
