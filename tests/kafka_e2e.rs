@@ -267,7 +267,7 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
             .log()
             .matches("Partitions assigned. partitions=[(")
             .count();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         while run
             .log()
             .matches("Partitions assigned. partitions=[(")
@@ -283,6 +283,9 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
         }
         std::thread::sleep(Duration::from_millis(rng.gen_range(400..2500)));
         run.kill();
+        // Down for a session timeout: Tansu gives a member that joins while the killed
+        // one still holds the partitions an empty assignment, sometimes for minutes.
+        std::thread::sleep(Duration::from_secs(7));
         run.start();
     }
     wait_for_projections(

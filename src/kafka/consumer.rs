@@ -79,7 +79,9 @@ impl ConsumerContext for StoreSeekingContext {
                     }
                 }
                 for (p, o) in &assigned {
-                    let offset = o.map_or(Offset::Beginning, Offset::Offset);
+                    // Offset 0, not `Beginning`: no offset look-up round trip first; if the
+                    // log no longer starts at 0, auto.offset.reset=earliest moves it there.
+                    let offset = o.map_or(Offset::Offset(0), Offset::Offset);
                     if let Err(e) = tpl.set_partition_offset(&self.topic, *p, offset) {
                         self.set_fatal(format!("setting the offset of partition {p}: {e}"));
                     }
@@ -162,6 +164,9 @@ pub fn run(
         &[
             ("group.id", &kafka.group_id),
             ("session.timeout.ms", "6000"),
+            // The loop polls at least every commit (publish waits at most ~35 s), so a
+            // minute bounds how long a rebalance can wait for a member that is gone.
+            ("max.poll.interval.ms", "60000"),
             ("heartbeat.interval.ms", "1000"),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
@@ -377,7 +382,7 @@ fn rewind_to_store(
         tpl.add_partition_offset(
             topic,
             e.partition(),
-            stored.map_or(Offset::Beginning, Offset::Offset),
+            stored.map_or(Offset::Offset(0), Offset::Offset),
         )
         .context("failed to build the assignment")?;
     }
