@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use mallquest::codec::ProjectionJson;
-use mallquest::pipeline::{MemorySink, Processor, Record};
+use mallquest::pipeline::{MemorySink, Processor};
 use mallquest::store::Store;
 use support::golden;
 
@@ -112,15 +112,7 @@ fn a_hot_set_far_smaller_than_the_users_stays_bounded_and_exact() {
     let mut sink = MemorySink::default();
     let mut max_hot = 0;
     for (i, r) in golden::receipts().iter().enumerate() {
-        processor
-            .process(Record {
-                topic: TOPIC,
-                partition: 0,
-                offset: r.offset,
-                key: r.key.as_deref(),
-                payload: Some(&r.value),
-            })
-            .unwrap();
+        golden::feed(&mut processor, r);
         if (i + 1) % 13 == 0 {
             processor.commit(&mut sink).unwrap();
             max_hot = max_hot.max(processor.hot_users());
@@ -170,15 +162,7 @@ fn failed_publishes_never_advance_the_store_and_replays_are_exact() {
     while next < receipts.len() {
         let end = (next + 41).min(receipts.len());
         for r in &receipts[next..end] {
-            processor
-                .process(Record {
-                    topic: TOPIC,
-                    partition: 0,
-                    offset: r.offset,
-                    key: r.key.as_deref(),
-                    payload: Some(&r.value),
-                })
-                .unwrap();
+            golden::feed(&mut processor, r);
         }
         let before = store.offset(TOPIC, 0).unwrap();
         match processor.commit(&mut sink) {

@@ -117,19 +117,24 @@ pub fn fold_into_store(commit_every: usize) -> (MemorySink, Arc<Store>, tempfile
     let mut processor = Processor::new(Arc::clone(&store), rules());
     let mut sink = MemorySink::default();
     for (i, r) in receipts().iter().enumerate() {
-        processor
-            .process(Record {
-                topic: "receipts",
-                partition: 0,
-                offset: r.offset,
-                key: r.key.as_deref(),
-                payload: Some(&r.value),
-            })
-            .unwrap();
+        feed(&mut processor, r);
         if (i + 1) % commit_every == 0 {
             processor.commit(&mut sink).unwrap();
         }
     }
     processor.commit(&mut sink).unwrap();
     (sink, store, dir)
+}
+
+/// Folds one golden record (partition 0 of "receipts") into the batch in hand.
+pub fn feed(processor: &mut Processor, r: &GoldenRecord) {
+    processor
+        .process(Record {
+            topic: "receipts",
+            partition: 0,
+            offset: r.offset,
+            key: r.key.as_deref(),
+            payload: Some(&r.value),
+        })
+        .unwrap();
 }
