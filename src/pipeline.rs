@@ -195,8 +195,18 @@ impl Processor {
     /// Returns `false` (and does nothing) for a record below the partition's position:
     /// it was folded before, and folding it again would count it twice.
     pub fn process(&mut self, rec: Record<'_>) -> Result<bool, StoreError> {
+        // One key per record, used for the look-up and both inserts below.
         let pos_key = (rec.topic.to_owned(), rec.partition);
-        let position = Self::resume_offset(&self.store, &self.positions, rec.topic, rec.partition)?;
+        let known = self
+            .positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pos_key)
+            .copied();
+        let position = match known {
+            Some(o) => Some(o),
+            None => self.store.offset(rec.topic, rec.partition)?,
+        };
         if position.is_some_and(|p| rec.offset < p) {
             return Ok(false);
         }
@@ -218,11 +228,11 @@ impl Processor {
         }
         self.stats.records += 1;
         let next = rec.offset + 1;
-        self.pending.offsets.insert(pos_key.clone(), next);
         self.positions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(pos_key, next);
+            .insert(pos_key.clone(), next);
+        self.pending.offsets.insert(pos_key, next);
         Ok(true)
     }
 

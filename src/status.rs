@@ -58,11 +58,6 @@ impl Status {
         }
     }
 
-    /// Seeds the freshness header from the store at start.
-    pub fn stored(&self, offsets: &BTreeMap<(String, i32), i64>) {
-        self.committed(offsets);
-    }
-
     /// A commit failed.
     pub fn commit_failed(&self, why: String) {
         self.write().commit_error = Some(why);

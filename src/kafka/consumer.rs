@@ -154,7 +154,8 @@ pub fn run(
         fatal: Mutex::new(None),
         status: Arc::clone(&status),
     };
-    status.stored(&store.offsets()?);
+    // Seeds the freshness header with what the store already holds.
+    status.committed(&store.offsets()?);
     // A short session: a killed processor's partitions go back to the group within
     // seconds, not after the 45 s default. Static membership (`group.instance.id` in
     // [kafka.client]) is the alternative on brokers that support it well; Tansu's
