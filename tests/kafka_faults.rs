@@ -33,14 +33,21 @@ fn wait_for(broker: &Broker, run: &mut Run, expected: &BTreeMap<String, Value>, 
     }
 }
 
-#[test]
-fn broker_outage_of_30_s_loses_nothing_and_does_not_spin() {
-    let mut broker = Broker::start();
-    broker.create_topic("receipts", 2, false);
-    let mut sim = Simulator::new(3, 300, 10, Mix::default());
-    let mut batch = |n: usize| take(&mut sim, n);
-    broker.produce("receipts", &batch(10_000));
+/// A broker with `n` simulated receipts on a `partitions`-partition topic, folded by a
+/// running processor until its projections equal the reference fold.
+struct Folded {
+    broker: Broker,
+    sim: Simulator,
+    run: Run,
+    http: String,
+    _dir: tempfile::TempDir,
+}
 
+fn folded(partitions: i32, seed: u64, users: u64, n: usize) -> Folded {
+    let broker = Broker::start();
+    broker.create_topic("receipts", partitions, false);
+    let mut sim = Simulator::new(seed, users, 10, Mix::default());
+    broker.produce("receipts", &take(&mut sim, n));
     let dir = tempfile::tempdir().unwrap();
     let (config, store, http) = write_config(dir.path(), &broker.bootstrap(), "");
     let mut run = Run::new(config, store);
@@ -51,6 +58,25 @@ fn broker_outage_of_30_s_loses_nothing_and_does_not_spin() {
         &expected_for(&broker).projections,
         Duration::from_secs(120),
     );
+    Folded {
+        broker,
+        sim,
+        run,
+        http,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn broker_outage_of_30_s_loses_nothing_and_does_not_spin() {
+    let Folded {
+        mut broker,
+        mut sim,
+        mut run,
+        http,
+        _dir,
+    } = folded(2, 3, 300, 10_000);
+    let mut batch = |n: usize| take(&mut sim, n);
 
     // The broker goes away for 30 s.
     broker.stop();
@@ -123,21 +149,14 @@ fn force_group_offsets(broker: &Broker, offsets: &[(i32, i64)]) {
 
 #[test]
 fn group_offsets_ahead_of_or_behind_the_store_are_ignored() {
-    let broker = Broker::start();
-    broker.create_topic("receipts", 2, false);
-    let mut sim = Simulator::new(8, 200, 10, Mix::default());
+    let Folded {
+        broker,
+        mut sim,
+        mut run,
+        _dir,
+        ..
+    } = folded(2, 8, 200, 5_000);
     let mut batch = |n: usize| take(&mut sim, n);
-    broker.produce("receipts", &batch(5_000));
-    let dir = tempfile::tempdir().unwrap();
-    let (config, store, _) = write_config(dir.path(), &broker.bootstrap(), "");
-    let mut run = Run::new(config, store);
-    run.start();
-    wait_for(
-        &broker,
-        &mut run,
-        &expected_for(&broker).projections,
-        Duration::from_secs(120),
-    );
     assert!(run.terminate(Duration::from_secs(30)).success());
 
     // Ahead: the group claims everything up to far past the end was read.
