@@ -124,6 +124,14 @@ pub struct StoreConfig {
     /// The store's block cache, in MiB.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
+    /// How often `run` rewrites the whole ledger to drop entries older than the dedup
+    /// window, in minutes (0: only fjall's own compactions drop them).
+    #[serde(default = "default_compact_every_minutes")]
+    pub compact_every_minutes: u64,
+}
+
+const fn default_compact_every_minutes() -> u64 {
+    60
 }
 
 const fn default_hot_users() -> usize {
@@ -140,6 +148,10 @@ pub struct ProcessingConfig {
     /// How often state and offsets are committed (one atomic batch, one durable persist), in milliseconds.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// How far back, in days of event time, duplicates and refunds are checked; older
+    /// receipts are rejected as `too_old` and older ledger entries are compacted away.
+    #[serde(default = "default_dedup_window_days")]
+    pub dedup_window_days: u32,
 }
 
 fn default_brokers() -> String {
@@ -162,6 +174,9 @@ fn default_dlq_topic() -> String {
 }
 fn default_store_path() -> PathBuf {
     PathBuf::from("data/mallquest")
+}
+const fn default_dedup_window_days() -> u32 {
+    90
 }
 const fn default_commit_interval_ms() -> u64 {
     100
@@ -187,6 +202,7 @@ impl Default for StoreConfig {
             path: default_store_path(),
             hot_users: default_hot_users(),
             cache_mb: default_cache_mb(),
+            compact_every_minutes: default_compact_every_minutes(),
         }
     }
 }
@@ -195,6 +211,7 @@ impl Default for ProcessingConfig {
     fn default() -> Self {
         Self {
             commit_interval_ms: default_commit_interval_ms(),
+            dedup_window_days: default_dedup_window_days(),
         }
     }
 }
@@ -248,6 +265,15 @@ impl Config {
                 message: format!(
                     "must be between 1 and 60000, got {}",
                     self.processing.commit_interval_ms
+                ),
+            });
+        }
+        if !(1..=36_500).contains(&self.processing.dedup_window_days) {
+            return Err(ConfigError::Invalid {
+                key: "processing.dedup_window_days",
+                message: format!(
+                    "must be between 1 and 36500, got {}",
+                    self.processing.dedup_window_days
                 ),
             });
         }
@@ -307,6 +333,13 @@ mod tests {
         let c = Config::parse(text).unwrap();
         assert_eq!(c.rules.multiplier_pct("s-electronics-01"), 200);
         assert_eq!(c.rules.multiplier_pct("anything-else"), 100);
+    }
+
+    #[test]
+    fn dedup_window_defaults_to_90_days_and_zero_is_rejected() {
+        assert_eq!(Config::parse("").unwrap().processing.dedup_window_days, 90);
+        let err = Config::parse("[processing]\ndedup_window_days = 0\n").unwrap_err();
+        assert!(err.to_string().contains("dedup_window_days"));
     }
 
     #[test]

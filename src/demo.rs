@@ -72,7 +72,8 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
         Arc::clone(&store),
         config.rules.clone(),
         config.store.hot_users,
-    );
+    )
+    .with_dedup_window_days(config.processing.dedup_window_days);
     let mut sink = MemorySink {
         counts_only: true,
         ..MemorySink::default()

@@ -116,6 +116,25 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Drops ledger entries older than the dedup window every `every`, off the fold's thread.
+async fn compact_ledger(store: Arc<Store>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await; // the first tick is immediate: skip it
+    loop {
+        tick.tick().await;
+        let store = Arc::clone(&store);
+        let started = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || store.compact_ledger()).await {
+            Ok(Ok(())) => tracing::info!(
+                message = "Compacted the ledger.",
+                took_ms = started.elapsed().as_millis() as u64
+            ),
+            Ok(Err(e)) => tracing::warn!(message = "Ledger compaction failed.", error = %e),
+            Err(e) => tracing::warn!(message = "Ledger compaction panicked.", error = %e),
+        }
+    }
+}
+
 async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
     let metrics =
         telemetry::install_prometheus().context("failed to install the metrics recorder")?;
@@ -158,6 +177,12 @@ async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
 
+    if config.store.compact_every_minutes > 0 {
+        tokio::spawn(compact_ledger(
+            Arc::clone(&store),
+            Duration::from_secs(config.store.compact_every_minutes * 60),
+        ));
+    }
     kafka::ensure_output_topics(&config.kafka).await?;
     let flag = Arc::new(AtomicBool::new(false));
     tokio::spawn(shutdown::on_signal(Arc::clone(&flag)));

@@ -117,6 +117,11 @@ type HotSet = quick_cache::unsync::Cache<(i32, String), UserState>;
 /// Default size of the hot set, in users (`[store] hot_users`).
 pub const DEFAULT_HOT_USERS: usize = 50_000;
 
+/// Default dedup window, in days of event time (`[processing] dedup_window_days`).
+pub const DEFAULT_DEDUP_WINDOW_DAYS: u32 = 90;
+
+const SECS_PER_DAY: i64 = 86_400;
+
 /// Folds records into a pending batch and commits it.
 pub struct Processor {
     store: Arc<Store>,
@@ -129,6 +134,8 @@ pub struct Processor {
     dead_letters: Vec<DeadLetter>,
     stats: BatchStats,
     positions: Positions,
+    /// The dedup window in seconds of event time.
+    window_secs: i64,
 }
 
 impl Processor {
@@ -139,6 +146,8 @@ impl Processor {
 
     /// A processor whose hot set holds at most `hot_users` users (0: none).
     pub fn with_hot_users(store: Arc<Store>, rules: Rules, hot_users: usize) -> Self {
+        let window_secs = i64::from(DEFAULT_DEDUP_WINDOW_DAYS) * SECS_PER_DAY;
+        store.set_dedup_window_secs(window_secs);
         Self {
             hot: (hot_users > 0).then(|| HotSet::new(hot_users)),
             store,
@@ -148,7 +157,26 @@ impl Processor {
             dead_letters: Vec::new(),
             stats: BatchStats::default(),
             positions: Positions::default(),
+            window_secs,
         }
+    }
+
+    /// Checks duplicates and refunds `days` back in event time (default 90); older
+    /// receipts are rejected as `too_old`, older ledger entries are dead.
+    pub fn with_dedup_window_days(mut self, days: u32) -> Self {
+        self.window_secs = i64::from(days.max(1)) * SECS_PER_DAY;
+        self.store.set_dedup_window_secs(self.window_secs);
+        self
+    }
+
+    /// The oldest issued_at (seconds) partition `p` still checks: its mark (pending or
+    /// committed) less the window. `None` before any receipt was applied.
+    fn cutoff(&self, p: i32) -> Option<i64> {
+        let mark = match self.pending.marks.get(&p) {
+            Some(m) => Some(*m),
+            None => self.store.mark(p),
+        };
+        mark.map(|m| m.saturating_sub(self.window_secs))
     }
 
     /// The shared read positions (for the rebalance callback).
@@ -240,11 +268,21 @@ impl Processor {
         let receipt = codec::decode_receipt(rec.key, rec.payload, &self.rules)?;
         telemetry::event_age(age_seconds(receipt.issued_at));
         let p = rec.partition;
+        // Event time decides, never the wall clock, so that a replay decides the same;
+        // and entries past the cutoff count as absent whether or not compaction has
+        // removed them yet.
+        let cutoff = self.cutoff(p);
+        if cutoff.is_some_and(|c| receipt.issued_at.secs < c) {
+            return Err(Reject::TooOld.into());
+        }
+        let live = |e: Option<domain::LedgerEntry>| {
+            e.filter(|e| cutoff.is_none_or(|c| e.issued_at.secs >= c))
+        };
         let user_key = (p, receipt.user_id.clone());
-        let existing = self.ledger(p, &receipt.user_id, &receipt.receipt_id)?;
+        let existing = live(self.ledger(p, &receipt.user_id, &receipt.receipt_id)?);
         let original = match &receipt.kind {
             domain::ReceiptKind::Refund { refund_of } => {
-                self.ledger(p, &receipt.user_id, refund_of)?
+                live(self.ledger(p, &receipt.user_id, refund_of)?)
             }
             domain::ReceiptKind::Purchase => None,
         };
@@ -289,6 +327,10 @@ impl Processor {
             } => {
                 self.stats.applied += 1;
                 telemetry::receipt_applied(coins_delta);
+                let mark = self.pending.marks.get(&p).copied().or(self.store.mark(p));
+                if mark.is_none_or(|m| receipt.issued_at.secs > m) {
+                    self.pending.marks.insert(p, receipt.issued_at.secs);
+                }
                 if let (Some(state), Some(previous)) = (loaded, previous) {
                     self.pending
                         .previous_scores

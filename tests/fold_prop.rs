@@ -2,6 +2,8 @@
 //! random points (a crash drops the batch in hand and reopens the store, like SIGKILL),
 //! ends in exactly the state the naive reference fold computes.
 //! Shaped after sled's tests: random operations against the real store and a model.
+//! Receipts spread over a week against a 2-day dedup window, with forced ledger
+//! compactions, so that `too_old` and forgotten ledger entries are exercised too.
 
 mod support;
 
@@ -15,6 +17,11 @@ use proptest::prelude::*;
 
 const TOPIC: &str = "receipts";
 const PARTITIONS: usize = 2;
+const WINDOW_DAYS: u32 = 2;
+
+fn processor(store: &Arc<Store>, rules: &Rules) -> Processor {
+    Processor::new(Arc::clone(store), rules.clone()).with_dedup_window_days(WINDOW_DAYS)
+}
 
 #[derive(Debug, Clone)]
 struct Spec {
@@ -24,6 +31,7 @@ struct Spec {
     pick: usize,
     store: u8,
     as_number: bool,
+    day: u8,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +39,7 @@ enum Action {
     Next(usize),
     Commit,
     Crash,
+    Compact,
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -41,14 +50,16 @@ fn spec() -> impl Strategy<Value = Spec> {
         any::<usize>(),
         0u8..3,
         any::<bool>(),
+        0u8..7,
     )
-        .prop_map(|(user, kind, amount, pick, store, as_number)| Spec {
+        .prop_map(|(user, kind, amount, pick, store, as_number, day)| Spec {
             user,
             kind,
             amount,
             pick,
             store,
             as_number,
+            day,
         })
 }
 
@@ -57,6 +68,7 @@ fn action() -> impl Strategy<Value = Action> {
         8 => (0..PARTITIONS).prop_map(Action::Next),
         2 => Just(Action::Commit),
         1 => Just(Action::Crash),
+        1 => Just(Action::Compact),
     ]
 }
 
@@ -80,7 +92,7 @@ fn build(specs: &[Spec]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
             "user_id": user,
             "store_id": format!("s-{}", s.store),
             "amount": amount_json,
-            "issued_at": format!("2026-11-18T{:02}:{:02}:00+0{}:00", 10 + s.amount % 10, s.amount % 60, s.store),
+            "issued_at": format!("2026-11-{:02}T{:02}:{:02}:00+0{}:00", 18 + s.day, 10 + s.amount % 10, s.amount % 60, s.store),
         });
         let p = s.user as usize % PARTITIONS;
         let value = match s.kind {
@@ -135,7 +147,7 @@ fn run_case(specs: &[Spec], actions: &[Action]) {
     let logs = build(specs);
     let dir = tempfile::tempdir().unwrap();
     let mut store = Arc::new(Store::open(dir.path()).unwrap());
-    let mut processor = Processor::new(Arc::clone(&store), rules.clone());
+    let mut processor = processor(&store, &rules);
     let mut sink = MemorySink::default();
     let mut cursor = [0usize; PARTITIONS];
     let mut step = 0usize;
@@ -183,12 +195,16 @@ fn run_case(specs: &[Spec], actions: &[Action]) {
             Action::Commit => {
                 processor.commit(&mut sink).unwrap();
             }
+            Action::Compact => {
+                // Forgotten entries are removed for real: decisions must not change.
+                store.compact_ledger().unwrap();
+            }
             Action::Crash => {
                 // Lose the batch in hand and every handle, then resume from the store.
                 drop(processor);
                 drop(store);
                 store = Arc::new(Store::open(dir.path()).unwrap());
-                processor = Processor::new(Arc::clone(&store), rules.clone());
+                processor = self::processor(&store, &rules);
                 for (p, c) in cursor.iter_mut().enumerate() {
                     *c = store.offset(TOPIC, p as i32).unwrap().unwrap_or(0) as usize;
                 }
@@ -203,7 +219,7 @@ fn run_case(specs: &[Spec], actions: &[Action]) {
             records.push((p as i32, o as i64, Some(k.clone()), v.clone()));
         }
     }
-    let expected = support::reference::fold(&rules, &records);
+    let expected = support::reference::fold_windowed(&rules, &records, WINDOW_DAYS.into());
     let stored: Vec<_> = store.users().map(Result::unwrap).collect();
     assert_eq!(stored.len(), expected.projections.len());
     for u in &stored {
@@ -248,6 +264,7 @@ fn crash_before_commit_replays_without_double_counting() {
             pick: i * 7,
             store: (i % 3) as u8,
             as_number: i % 2 == 0,
+            day: (i % 7) as u8,
         })
         .collect();
     let actions = [

@@ -36,11 +36,14 @@ pub enum Reject {
     ConflictingDuplicate,
     /// The user's totals would overflow a 64-bit integer.
     Overflow,
+    /// issued_at is older than the dedup window (measured back from the partition's
+    /// highest applied issued_at): it can no longer be checked for duplicates.
+    TooOld,
 }
 
 impl Reject {
     /// Every reason, in a stable order.
-    pub const ALL: [Reject; 10] = [
+    pub const ALL: [Reject; 11] = [
         Reject::TooLarge,
         Reject::InvalidJson,
         Reject::Schema,
@@ -51,6 +54,7 @@ impl Reject {
         Reject::RefundExceedsOriginal,
         Reject::ConflictingDuplicate,
         Reject::Overflow,
+        Reject::TooOld,
     ];
 
     /// The reason as written in the DLQ header and in metrics.
@@ -66,6 +70,7 @@ impl Reject {
             Reject::RefundExceedsOriginal => "refund_exceeds_original",
             Reject::ConflictingDuplicate => "conflicting_duplicate",
             Reject::Overflow => "overflow",
+            Reject::TooOld => "too_old",
         }
     }
 

@@ -146,7 +146,8 @@ pub fn run(
         Arc::clone(&store),
         config.rules.clone(),
         config.store.hot_users,
-    );
+    )
+    .with_dedup_window_days(config.processing.dedup_window_days);
     let context = StoreSeekingContext {
         store: Arc::clone(&store),
         positions: processor.positions(),

@@ -7,11 +7,21 @@
 //! - `offsets`: `topic | 0x00 | partition` -> next offset to read (i64 BE)
 //! - `board`:   `board kind (u8) | descending score (u64 BE) | user_id` -> partition:
 //!   the leaderboard index, kept in the same write batch as the state it indexes.
+//! - `marks`:   `partition` -> highest applied issued_at, in seconds (i64 BE): the event
+//!   time the dedup window is measured against.
+//!
+//! Ledger entries older than the window (`mark - window`) are dead: the processor treats
+//! them as absent, and a compaction filter drops them when fjall rewrites their table
+//! ([`Store::compact_ledger`] forces that for the whole ledger).
 //!
 //! ids never contain control characters (the codec rejects them), so 0x00 separates.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use fjall::compaction::filter::{CompactionFilter, Context, Factory, ItemAccessor, Verdict};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::de::DeserializeOwned;
@@ -105,6 +115,8 @@ pub struct WriteSet {
     pub ledger: HashMap<(i32, String, String), LedgerEntry>,
     /// Next offset to read, by (topic, partition).
     pub offsets: BTreeMap<(String, i32), i64>,
+    /// New event-time marks (seconds), by partition.
+    pub marks: BTreeMap<i32, i64>,
     /// For users in `users`: their scores as stored before this batch (`None`: new user),
     /// so that the commit can re-index them without reading them again. Users missing
     /// here are read from the store.
@@ -114,7 +126,10 @@ pub struct WriteSet {
 impl WriteSet {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty() && self.ledger.is_empty() && self.offsets.is_empty()
+        self.users.is_empty()
+            && self.ledger.is_empty()
+            && self.offsets.is_empty()
+            && self.marks.is_empty()
     }
 }
 
@@ -126,6 +141,9 @@ pub struct Store {
     ledger: Keyspace,
     offsets: Keyspace,
     board: Keyspace,
+    marks_ks: Keyspace,
+    /// Committed marks and the window, shared with the ledger's compaction filter.
+    expiry: Arc<Expiry>,
     /// Partitions with state, cached: user look-ups by id try each, and must not scan
     /// the offsets keyspace on every request.
     partitions: std::sync::RwLock<Vec<i32>>,
@@ -151,6 +169,95 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&partition.to_be_bytes());
     k
+}
+
+/// What decides that a ledger entry is dead: the committed mark of its partition and
+/// the dedup window. Shared between the store and the ledger's compaction filter.
+#[derive(Debug, Default)]
+struct Expiry {
+    /// The window in seconds; 0 until a processor sets it (then nothing expires).
+    window_secs: AtomicI64,
+    /// Committed marks by partition.
+    marks: RwLock<HashMap<i32, i64>>,
+}
+
+impl Expiry {
+    fn cutoffs(&self) -> HashMap<i32, i64> {
+        let window = self.window_secs.load(Ordering::Relaxed);
+        if window <= 0 {
+            return HashMap::new();
+        }
+        self.marks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(p, m)| (*p, m.saturating_sub(window)))
+            .collect()
+    }
+}
+
+/// The first secs of a ledger value's `issued_at`, without decoding the rest.
+#[derive(serde::Deserialize)]
+struct IssuedAt {
+    issued_at: crate::domain::Timestamp,
+}
+
+/// Drops ledger entries whose issued_at is before their partition's cutoff.
+struct LedgerFilter {
+    cutoffs: HashMap<i32, i64>,
+    removed: u64,
+}
+
+impl CompactionFilter for LedgerFilter {
+    fn filter_item(
+        &mut self,
+        item: ItemAccessor<'_>,
+        _: &Context,
+    ) -> fjall::compaction::filter::CompactionFilterResult {
+        let Some(p) = item
+            .key()
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        else {
+            return Ok(Verdict::Keep);
+        };
+        let Some(cutoff) = self.cutoffs.get(&i32::from_be_bytes(p)) else {
+            return Ok(Verdict::Keep);
+        };
+        let value = item.value()?;
+        // An entry that does not decode is kept: the reader reports it as corrupt.
+        match serde_json::from_slice::<IssuedAt>(&value) {
+            Ok(e) if e.issued_at.secs < *cutoff => {
+                self.removed += 1;
+                Ok(Verdict::Remove)
+            }
+            _ => Ok(Verdict::Keep),
+        }
+    }
+
+    fn finish(self: Box<Self>) {
+        if self.removed > 0 {
+            tracing::debug!(
+                removed = self.removed,
+                "compaction dropped expired ledger entries"
+            );
+        }
+    }
+}
+
+struct LedgerFilterFactory(Arc<Expiry>);
+
+impl Factory for LedgerFilterFactory {
+    fn name(&self) -> &str {
+        "mallquest-ledger-window"
+    }
+
+    fn make_filter(&self, _: &Context) -> Box<dyn CompactionFilter> {
+        Box::new(LedgerFilter {
+            cutoffs: self.0.cutoffs(),
+            removed: 0,
+        })
+    }
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -181,8 +288,13 @@ impl Store {
             path: path.to_owned(),
             source,
         };
+        let expiry = Arc::new(Expiry::default());
+        let factory: Arc<dyn Factory> = Arc::new(LedgerFilterFactory(Arc::clone(&expiry)));
         let db = Database::builder(path)
             .cache_size(cache_bytes)
+            .with_compaction_filter_factories(Arc::new(move |keyspace: &str| {
+                (keyspace == "ledger").then(|| Arc::clone(&factory))
+            }))
             .open()
             .map_err(open_err)?;
         let users = db
@@ -197,6 +309,9 @@ impl Store {
         let board = db
             .keyspace("board", KeyspaceCreateOptions::default)
             .map_err(open_err)?;
+        let marks_ks = db
+            .keyspace("marks", KeyspaceCreateOptions::default)
+            .map_err(open_err)?;
         let store = Self {
             path: path.to_owned(),
             db,
@@ -204,8 +319,16 @@ impl Store {
             ledger,
             offsets,
             board,
+            marks_ks,
+            expiry,
             partitions: std::sync::RwLock::default(),
         };
+        let marks = store.scan_marks()?;
+        *store
+            .expiry
+            .marks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = marks;
         let known = store.scan_partitions()?;
         *store
             .partitions
@@ -291,6 +414,64 @@ impl Store {
         Ok(out)
     }
 
+    /// The dedup window the compaction filter applies, in seconds (0: keep everything).
+    pub fn set_dedup_window_secs(&self, secs: i64) {
+        self.expiry.window_secs.store(secs, Ordering::Relaxed);
+    }
+
+    /// The committed event-time mark of a partition, in seconds.
+    pub fn mark(&self, partition: i32) -> Option<i64> {
+        self.expiry
+            .marks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .copied()
+    }
+
+    /// Every committed mark, by partition.
+    pub fn marks(&self) -> HashMap<i32, i64> {
+        self.expiry
+            .marks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn scan_marks(&self) -> Result<HashMap<i32, i64>, StoreError> {
+        let mut out = HashMap::new();
+        for kv in self.marks_ks.iter() {
+            let (k, v) = kv.into_inner().map_err(io("scan marks"))?;
+            let corrupt = || StoreError::Corrupt {
+                what: "mark",
+                detail: "malformed key or value".into(),
+            };
+            let p: [u8; 4] = k.as_ref().try_into().map_err(|_| corrupt())?;
+            let m: [u8; 8] = v.as_ref().try_into().map_err(|_| corrupt())?;
+            out.insert(i32::from_be_bytes(p), i64::from_be_bytes(m));
+        }
+        Ok(out)
+    }
+
+    /// Rewrites the whole ledger now, dropping entries older than the window; fjall's own
+    /// compactions drop them too, but only in the tables they happen to rewrite.
+    pub fn compact_ledger(&self) -> Result<(), StoreError> {
+        self.ledger
+            .rotate_memtable_and_wait()
+            .map_err(io("flush ledger"))?;
+        self.ledger.major_compact().map_err(io("compact ledger"))
+    }
+
+    /// Ledger entries on disk, counted by a scan (for tests and `dump`).
+    pub fn ledger_len(&self) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for kv in self.ledger.iter() {
+            kv.key().map_err(io("scan ledger"))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Partitions that hold state (those with a stored offset).
     pub fn partitions(&self) -> Result<Vec<i32>, StoreError> {
         Ok(self
@@ -353,10 +534,21 @@ impl Store {
                 next.to_be_bytes().to_vec(),
             );
         }
+        for (p, mark) in &set.marks {
+            batch.insert(&self.marks_ks, p.to_be_bytes(), mark.to_be_bytes());
+        }
         batch.commit().map_err(io("commit batch"))?;
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(io("persist"))?;
+        if !set.marks.is_empty() {
+            let mut marks = self
+                .expiry
+                .marks
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            marks.extend(set.marks.iter().map(|(p, m)| (*p, *m)));
+        }
         let mut known = self
             .partitions
             .write()

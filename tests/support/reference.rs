@@ -47,8 +47,16 @@ pub struct Expected {
 /// An input record: (partition, offset, key, value).
 pub type InputRecord = (i32, i64, Option<Vec<u8>>, Vec<u8>);
 
-/// Folds records in the order given.
+/// Folds records in the order given, with the default 90-day dedup window.
+#[allow(dead_code)] // not every test binary uses both forms
 pub fn fold(rules: &Rules, records: &[InputRecord]) -> Expected {
+    fold_windowed(rules, records, 90)
+}
+
+/// Folds records in the order given. A receipt more than `window_days` before the newest
+/// receipt applied in its partition is `too_old`; ledger entries that old are forgotten.
+pub fn fold_windowed(rules: &Rules, records: &[InputRecord], window_days: i64) -> Expected {
+    let mut newest: HashMap<i32, i64> = HashMap::new();
     let mut users: HashMap<String, User> = HashMap::new();
     let mut ledger: HashMap<(String, String), Seen> = HashMap::new();
     let mut out = Expected::default();
@@ -60,8 +68,14 @@ pub fn fold(rules: &Rules, records: &[InputRecord]) -> Expected {
                 continue;
             }
         };
+        let oldest = newest.get(p).map(|n| n - window_days * 86_400);
+        if oldest.is_some_and(|oldest| r.issued_at.secs < oldest) {
+            out.dlq.insert((*p, *o), "too_old".into());
+            continue;
+        }
+        let remembered = |s: &&Seen| oldest.is_none_or(|oldest| s.at.secs >= oldest);
         let lkey = (r.user_id.clone(), r.receipt_id.clone());
-        if let Some(s) = ledger.get(&lkey) {
+        if let Some(s) = ledger.get(&lkey).filter(remembered) {
             let same = s.kind == r.kind
                 && s.store == r.store_id
                 && s.amount == r.amount
@@ -126,6 +140,7 @@ pub fn fold(rules: &Rules, records: &[InputRecord]) -> Expected {
                 let okey = (r.user_id.clone(), refund_of.clone());
                 let Some(orig) = ledger
                     .get(&okey)
+                    .filter(remembered)
                     .filter(|s| s.kind == ReceiptKind::Purchase)
                     .cloned()
                 else {
@@ -162,6 +177,8 @@ pub fn fold(rules: &Rules, records: &[InputRecord]) -> Expected {
         u.version += 1;
         u.source = (*p, *o);
         users.insert(r.user_id.clone(), u);
+        let n = newest.entry(*p).or_insert(r.issued_at.secs);
+        *n = (*n).max(r.issued_at.secs);
     }
     for (id, u) in users {
         let ts = |t: Option<Timestamp>| t.map(|t| t.to_rfc3339());

@@ -1,0 +1,184 @@
+//! The dedup window: the ledger keeps only what the window needs. Compaction removes
+//! entries older than the window, a receipt older than the window is `too_old`, and
+//! neither depends on when compaction ran.
+
+use std::sync::Arc;
+
+use mallquest::domain::{Reject, Rules};
+use mallquest::pipeline::{MemorySink, Processor, Record};
+use mallquest::store::Store;
+
+const TOPIC: &str = "receipts";
+const DAYS: i64 = 200;
+const PER_DAY: i64 = 50;
+const WINDOW_DAYS: u32 = 90;
+
+fn receipt(id: &str, user: &str, day: i64, extra: &str) -> Vec<u8> {
+    // 2026-01-01T00:00:00Z plus `day` days.
+    let secs = 1_767_225_600 + day * 86_400;
+    let at = chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap()
+        .to_rfc3339();
+    format!(
+        r#"{{"receipt_id":"{id}","user_id":"{user}","store_id":"s-1","amount":"10.00","issued_at":"{at}"{extra}}}"#
+    )
+    .into_bytes()
+}
+
+struct Fold {
+    store: Arc<Store>,
+    processor: Processor,
+    sink: MemorySink,
+    offset: i64,
+}
+
+impl Fold {
+    fn new(dir: &std::path::Path) -> Self {
+        let store = Arc::new(Store::open(dir).unwrap());
+        let processor = Processor::new(Arc::clone(&store), Rules::default())
+            .with_dedup_window_days(WINDOW_DAYS);
+        Self {
+            store,
+            processor,
+            sink: MemorySink::default(),
+            offset: 0,
+        }
+    }
+
+    fn feed(&mut self, user: &str, value: &[u8]) {
+        self.processor
+            .process(Record {
+                topic: TOPIC,
+                partition: 0,
+                offset: self.offset,
+                key: Some(user.as_bytes()),
+                payload: Some(value),
+            })
+            .unwrap();
+        self.offset += 1;
+        self.processor.commit(&mut self.sink).unwrap();
+    }
+
+    fn last_reason(&self) -> Option<Reject> {
+        self.sink
+            .dead_letters
+            .last()
+            .filter(|d| d.offset == self.offset - 1)
+            .map(|d| d.reason)
+    }
+}
+
+/// 200 days of purchases, 50 a day, one user per day.
+fn history(fold: &mut Fold) {
+    for day in 0..DAYS {
+        for i in 0..PER_DAY {
+            let user = format!("u-{day}");
+            fold.feed(&user, &receipt(&format!("r-{day}-{i}"), &user, day, ""));
+        }
+    }
+}
+
+#[test]
+fn compaction_removes_ledger_entries_out_of_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fold = Fold::new(dir.path());
+    history(&mut fold);
+    assert_eq!(fold.store.ledger_len().unwrap(), (DAYS * PER_DAY) as u64);
+
+    fold.store.compact_ledger().unwrap();
+    // Newest day is 199; the window keeps days 109..=199 (issued_at >= mark - 90 days).
+    let kept_days = i64::from(WINDOW_DAYS) + 1;
+    assert_eq!(
+        fold.store.ledger_len().unwrap(),
+        (kept_days * PER_DAY) as u64,
+        "the ledger must hold exactly the receipts within the window"
+    );
+    // Users and their totals are untouched by compaction.
+    assert_eq!(fold.store.users().count() as i64, DAYS);
+    let u0 = fold.store.user(0, "u-0").unwrap().unwrap();
+    assert_eq!(u0.receipt_count, PER_DAY as u64);
+
+    // The committed mark survives a reopen, and so does the window's effect.
+    drop(fold);
+    let mut fold = Fold::new(dir.path());
+    fold.offset = DAYS * PER_DAY;
+    assert_eq!(
+        fold.store.mark(0),
+        Some(1_767_225_600 + (DAYS - 1) * 86_400)
+    );
+    assert_eq!(
+        fold.store.ledger_len().unwrap(),
+        (kept_days * PER_DAY) as u64
+    );
+}
+
+#[test]
+fn too_old_receipts_are_rejected_and_forgotten_entries_count_as_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fold = Fold::new(dir.path());
+    history(&mut fold);
+
+    // Older than the window: too_old, whether new or an exact duplicate.
+    fold.feed("u-5", &receipt("r-new-old", "u-5", 5, ""));
+    assert_eq!(fold.last_reason(), Some(Reject::TooOld));
+    fold.feed("u-5", &receipt("r-5-0", "u-5", 5, ""));
+    assert_eq!(fold.last_reason(), Some(Reject::TooOld));
+    // Exactly at the window's edge: still checked, so an exact duplicate is ignored.
+    let edge = DAYS - 1 - i64::from(WINDOW_DAYS);
+    let user = format!("u-{edge}");
+    let before = fold.store.user(0, &user).unwrap().unwrap();
+    fold.feed(&user, &receipt(&format!("r-{edge}-0"), &user, edge, ""));
+    assert_eq!(fold.last_reason(), None);
+    assert_eq!(fold.store.user(0, &user).unwrap().unwrap(), before);
+
+    // A refund issued today of a purchase that fell out of the window: the ledger no
+    // longer knows the purchase, before and after compaction alike.
+    let today = DAYS - 1;
+    let refund = |n: u32| {
+        receipt(
+            &format!("refund-{n}"),
+            "u-3",
+            today,
+            r#","type":"refund","refund_of":"r-3-0""#,
+        )
+    };
+    fold.feed("u-3", &refund(1));
+    assert_eq!(fold.last_reason(), Some(Reject::UnknownOriginal));
+    fold.store.compact_ledger().unwrap();
+    fold.feed("u-3", &refund(2));
+    assert_eq!(fold.last_reason(), Some(Reject::UnknownOriginal));
+
+    // A refund of a purchase within the window still applies.
+    let recent = format!("u-{today}");
+    fold.feed(
+        &recent,
+        &receipt(
+            "refund-3",
+            &recent,
+            today,
+            &format!(r#","type":"refund","refund_of":"r-{today}-0""#),
+        ),
+    );
+    assert_eq!(fold.last_reason(), None);
+    assert_eq!(
+        fold.store.user(0, &recent).unwrap().unwrap().refund_count,
+        1
+    );
+}
+
+#[test]
+fn a_receipt_never_raises_the_window_past_itself() {
+    // The first receipt of a partition sets the mark; a receipt far in the past of it
+    // is too old, one within it is applied, and a later one moves the window forward.
+    let dir = tempfile::tempdir().unwrap();
+    let mut fold = Fold::new(dir.path());
+    fold.feed("u-a", &receipt("r-1", "u-a", 100, ""));
+    fold.feed("u-a", &receipt("r-2", "u-a", 9, ""));
+    assert_eq!(fold.last_reason(), Some(Reject::TooOld));
+    fold.feed("u-a", &receipt("r-3", "u-a", 10, ""));
+    assert_eq!(fold.last_reason(), None);
+    fold.feed("u-a", &receipt("r-4", "u-a", 150, ""));
+    fold.feed("u-a", &receipt("r-5", "u-a", 59, ""));
+    assert_eq!(fold.last_reason(), Some(Reject::TooOld));
+    assert_eq!(fold.store.user(0, "u-a").unwrap().unwrap().receipt_count, 3);
+}
