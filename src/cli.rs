@@ -83,10 +83,38 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         bad_permille: u32,
     },
+    /// Write the store to a compacted snapshot file, or create a store from one.
+    Snapshot {
+        /// Export or import.
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
     /// Print every projection in the store as JSON lines (the store must not be in use).
     Dump {
         /// Config file naming the store.
         #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// `mallquest snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotAction {
+    /// Write projections, offsets, marks and the ledger within the dedup window to FILE
+    /// (the store must not be in use: stop `run` first).
+    Export {
+        /// Snapshot file to write (replaced only once complete).
+        file: PathBuf,
+        /// Config file naming the store and the dedup window.
+        #[arg(long, default_value = "config/mallquest.toml")]
+        config: PathBuf,
+    },
+    /// Create the configured store from FILE (refuses an existing store).
+    Import {
+        /// Snapshot file to read.
+        file: PathBuf,
+        /// Config file naming the store.
+        #[arg(long, default_value = "config/mallquest.toml")]
         config: PathBuf,
     },
 }

@@ -13,6 +13,7 @@
 //! - [`sim`]: the seeded POS simulator.
 //! - [`simulate`]: `mallquest simulate`, the simulator publishing to Kafka.
 //! - [`demo`]: `mallquest demo`, the pipeline fed in-process.
+//! - [`snapshot`]: `mallquest snapshot export/import`, the store as one compacted file.
 //! - [`http`]: the query API, health checks, `/metrics`, `/openapi.json`.
 //! - [`status`]: assignment, readiness and freshness, shared by the consumer and the API.
 //! - [`telemetry`]: every metric name and log line.
@@ -29,6 +30,7 @@ pub mod pipeline;
 pub mod shutdown;
 pub mod sim;
 pub mod simulate;
+pub mod snapshot;
 pub mod status;
 pub mod store;
 pub mod telemetry;

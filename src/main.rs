@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use mallquest::cli::{Cli, Command};
+use mallquest::cli::{Cli, Command, SnapshotAction};
 use mallquest::config::Config;
 use mallquest::status::Status;
 use mallquest::store::Store;
-use mallquest::{codec, demo, http, kafka, shutdown, simulate, telemetry};
+use mallquest::{codec, demo, http, kafka, shutdown, simulate, snapshot, telemetry};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -99,6 +99,33 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "published {n} receipts in {secs:.2} s = {:.0} receipts/s",
                 n as f64 / secs.max(1e-9)
+            );
+            Ok(())
+        }
+        Command::Snapshot { action } => {
+            let started = std::time::Instant::now();
+            let (verb, counts) = match action {
+                SnapshotAction::Export { file, config } => {
+                    let config = Config::load(&config)?;
+                    let counts = snapshot::export(
+                        &config.store.path,
+                        &file,
+                        config.processing.dedup_window_days,
+                    )?;
+                    ("exported", counts)
+                }
+                SnapshotAction::Import { file, config } => {
+                    let config = Config::load(&config)?;
+                    ("imported", snapshot::import(&file, &config.store.path)?)
+                }
+            };
+            println!(
+                "{verb} {} users, {} ledger entries, {} offsets, {} marks in {:.2} s",
+                counts.users,
+                counts.ledger,
+                counts.offsets,
+                counts.marks,
+                started.elapsed().as_secs_f64()
             );
             Ok(())
         }

@@ -260,6 +260,16 @@ impl Factory for LedgerFilterFactory {
     }
 }
 
+fn partition_of(key: &[u8], what: &'static str) -> Result<i32, StoreError> {
+    key.get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(i32::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt {
+            what,
+            detail: "shorter than a partition".into(),
+        })
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Plain structs of strings and integers always serialise.
     serde_json::to_vec(v).unwrap_or_default()
@@ -486,6 +496,46 @@ impl Store {
         ps.sort_unstable();
         ps.dedup();
         Ok(ps)
+    }
+
+    /// Every user state with its partition, in key order.
+    pub fn users_by_partition(
+        &self,
+    ) -> impl Iterator<Item = Result<(i32, UserState), StoreError>> + '_ {
+        self.users.iter().map(|kv| {
+            let (k, v) = kv.into_inner().map_err(io("scan users"))?;
+            let p = partition_of(&k, "user key")?;
+            Ok((p, decode("user", &v)?))
+        })
+    }
+
+    /// Every ledger entry: (partition, user_id, receipt_id, entry), in key order.
+    pub fn ledger_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<(i32, String, String, LedgerEntry), StoreError>> + '_ {
+        self.ledger.iter().map(|kv| {
+            let (k, v) = kv.into_inner().map_err(io("scan ledger"))?;
+            let p = partition_of(&k, "ledger key")?;
+            let rest = std::str::from_utf8(&k[4..]).map_err(|_| StoreError::Corrupt {
+                what: "ledger key",
+                detail: "not UTF-8".into(),
+            })?;
+            let (user, receipt) = rest.split_once('\0').ok_or_else(|| StoreError::Corrupt {
+                what: "ledger key",
+                detail: "no separator".into(),
+            })?;
+            Ok((
+                p,
+                user.to_owned(),
+                receipt.to_owned(),
+                decode("ledger entry", &v)?,
+            ))
+        })
+    }
+
+    /// Users on disk (approximate; for progress bars).
+    pub fn approximate_ledger_len(&self) -> u64 {
+        self.ledger.approximate_len() as u64
     }
 
     /// Every user state, in key order (partition, then user_id).
