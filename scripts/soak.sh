@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The long forms of the reliability tests (not run by scripts/test.sh):
-#   1. the crash test with 50 SIGKILLs over 100,000 receipts (refunds, duplicates, bad events);
+#   1. the crash test with 50 SIGKILLs over 100,000 receipts (refunds, duplicates, bad events),
+#      with `[kafka] assignment = "manual"`; then 10 with group assignment (each kill waits
+#      out the 6 s session timeout: Tansu hands a rejoining member nothing before that);
 #   2. 1,000,000 generated hostile inputs through the decoder and the fold;
 #   3. 2,000 random streams with crashes against the reference fold.
 # Usage: scripts/soak.sh [KILLS] [RECEIPTS] [FUZZ_CASES]
@@ -14,7 +16,11 @@ export TANSU_BIN
 
 echo "== crash test: $KILLS SIGKILLs over $RECEIPTS receipts"
 MALLQUEST_CRASH_KILLS="$KILLS" MALLQUEST_CRASH_RECEIPTS="$RECEIPTS" \
-  cargo test --release --locked --test kafka_e2e sigkill -- --nocapture --test-threads=1 2>&1 \
+  cargo test --release --locked --test kafka_e2e sigkill_at -- --nocapture --test-threads=1 2>&1 \
+  | grep -E 'kills over|^test |test result'
+echo "== crash test, group assignment: 10 SIGKILLs over $RECEIPTS receipts"
+MALLQUEST_GROUP_CRASH_KILLS=10 MALLQUEST_CRASH_RECEIPTS="$RECEIPTS" \
+  cargo test --release --locked --test kafka_e2e sigkill_with -- --nocapture --test-threads=1 2>&1 \
   | grep -E 'kills over|^test |test result'
 
 echo "== $FUZZ generated hostile inputs (decoder and fold)"

@@ -105,10 +105,26 @@ pub struct KafkaConfig {
     /// Dead-letter topic: rejected receipts with their reason in headers.
     #[serde(default = "default_dlq_topic")]
     pub dlq_topic: String,
+    /// How partitions are obtained: `group` (subscribe; the group spreads partitions over
+    /// instances) or `manual` (this one instance takes every partition at start, with no
+    /// group membership: a restart resumes at once, never waiting for a rebalance).
+    #[serde(default)]
+    pub assignment: Assignment,
     /// librdkafka settings passed through to every client (security.protocol, sasl.*, ssl.*).
     /// They override mallquest's own client defaults.
     #[serde(default)]
     pub client: BTreeMap<String, String>,
+}
+
+/// `[kafka] assignment`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Assignment {
+    /// Subscribe with the consumer group.
+    #[default]
+    Group,
+    /// Assign every partition of the receipts topic to this instance.
+    Manual,
 }
 
 /// `[store]`: the embedded key-value store.
@@ -191,6 +207,7 @@ impl Default for KafkaConfig {
             projections_topic: default_projections_topic(),
             events_topic: default_events_topic(),
             dlq_topic: default_dlq_topic(),
+            assignment: Assignment::default(),
             client: BTreeMap::new(),
         }
     }
@@ -340,6 +357,17 @@ mod tests {
         assert_eq!(Config::parse("").unwrap().processing.dedup_window_days, 90);
         let err = Config::parse("[processing]\ndedup_window_days = 0\n").unwrap_err();
         assert!(err.to_string().contains("dedup_window_days"));
+    }
+
+    #[test]
+    fn assignment_is_group_by_default_and_manual_on_request() {
+        assert_eq!(
+            Config::parse("").unwrap().kafka.assignment,
+            Assignment::Group
+        );
+        let c = Config::parse("[kafka]\nassignment = \"manual\"\n").unwrap();
+        assert_eq!(c.kafka.assignment, Assignment::Manual);
+        assert!(Config::parse("[kafka]\nassignment = \"static\"\n").is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use support::broker::{Broker, Read};
 use support::golden;
-use support::processor::{write_config, Run};
+use support::processor::{write_config, write_config_with, Run};
 use support::streams::{last_per_key, reference_of, take, Records};
 
 const GOLDEN_RULES: &str = "[rules.store_multipliers]\n\"s-07\" = 200\n\"s-13\" = 150\n";
@@ -237,8 +237,27 @@ fn simulated(seed: u64, n: usize, users: u64) -> Records {
     take(&mut Simulator::new(seed, users, 20, mix), n)
 }
 
+/// How the crash test's processor gets its partitions.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// `[kafka] assignment = "group"`: after each kill, stay down for a session timeout.
+    Group,
+    /// `[kafka] assignment = "manual"`: restart at once.
+    Manual,
+}
+
 #[test]
 fn sigkill_at_random_moments_loses_and_doubles_nothing() {
+    // scripts/soak.sh raises the kills and receipts (50 kills over 100,000 receipts).
+    crash_test(Mode::Manual, "MALLQUEST_CRASH_KILLS", 20);
+}
+
+#[test]
+fn sigkill_with_group_assignment_loses_and_doubles_nothing() {
+    crash_test(Mode::Group, "MALLQUEST_GROUP_CRASH_KILLS", 4);
+}
+
+fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
     let broker = Broker::start();
     broker.create_topic("receipts", 3, false);
     // scripts/soak.sh raises these (50 kills over 100,000 receipts).
@@ -249,7 +268,7 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
             .unwrap_or(d)
     };
     let n = env("MALLQUEST_CRASH_RECEIPTS", 60_000);
-    let kills = env("MALLQUEST_CRASH_KILLS", 6);
+    let kills = env(kills_var, default_kills);
     broker.produce("receipts", &simulated(11, n, 500));
     let receipts = broker.read_all("receipts");
     assert_eq!(receipts.len(), n);
@@ -257,35 +276,57 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     assert!(!expected.dlq.is_empty() && expected.projections.len() > 100);
 
     let dir = tempfile::tempdir().unwrap();
-    let (config, store, http) = write_config(dir.path(), &broker.bootstrap(), "");
+    let kafka_extra = match mode {
+        Mode::Group => "",
+        Mode::Manual => "assignment = \"manual\"",
+    };
+    let (config, store, http) = write_config_with(dir.path(), &broker.bootstrap(), kafka_extra, "");
     let mut run = Run::new(config, store.clone());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     run.start();
-    for _ in 0..kills {
-        // Kill while it is folding: once it holds partitions, at a random moment.
-        let assigned = run
-            .log()
-            .matches("Partitions assigned. partitions=[(")
-            .count();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while run
-            .log()
+    let stored_offsets = || {
+        support::http::get(&http, "/v1/leaderboard?limit=1")
+            .ok()
+            .and_then(|r| r.headers.get("x-mallquest-offsets").cloned())
+    };
+    let assignments = |run: &Run| {
+        run.log()
             .matches("Partitions assigned. partitions=[(")
             .count()
-            == assigned
-        {
+    };
+    let mut assigned = 0;
+    for k in 0..kills {
+        // Kill while it is folding: once this start holds partitions and has committed a
+        // batch since (the store's offsets moved), at a random moment after that.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let progress = || {
             assert!(
                 Instant::now() < deadline,
-                "no assignment after restart\n{}",
+                "no progress after restart {k}\n{}",
                 run.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        while assignments(&run) == assigned {
+            progress();
         }
-        std::thread::sleep(Duration::from_millis(rng.gen_range(400..2500)));
+        assigned = assignments(&run);
+        let at_assignment = stored_offsets();
+        while stored_offsets().is_none() || stored_offsets() == at_assignment {
+            progress();
+        }
+        let pause = match mode {
+            Mode::Group => rng.gen_range(400..2500),
+            // A restart resumes at once; short pauses keep the kills inside the stream.
+            Mode::Manual => rng.gen_range(0..200),
+        };
+        std::thread::sleep(Duration::from_millis(pause));
         run.kill();
-        // Down for a session timeout: Tansu gives a member that joins while the killed
-        // one still holds the partitions an empty assignment, sometimes for minutes.
-        std::thread::sleep(Duration::from_secs(7));
+        if mode == Mode::Group {
+            // Down for a session timeout: Tansu gives a member that joins while the killed
+            // one still holds the partitions an empty assignment, sometimes for minutes.
+            std::thread::sleep(Duration::from_secs(7));
+        }
         run.start();
     }
     wait_for_projections(
@@ -349,18 +390,22 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
             )
         })
         .collect();
-    let mid_stream = resumed.iter().any(|l| {
-        (0..3).any(|p| {
-            let pat = format!("({p}, Some(");
-            l.split(&pat)
-                .nth(1)
-                .and_then(|rest| rest.split(')').next())
-                .and_then(|n| n.parse::<i64>().ok())
-                .is_some_and(|o| o > 0 && o < ends[&p])
+    let mid_stream = resumed
+        .iter()
+        .filter(|l| {
+            (0..3).any(|p| {
+                let pat = format!("({p}, Some(");
+                l.split(&pat)
+                    .nth(1)
+                    .and_then(|rest| rest.split(')').next())
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .is_some_and(|o| o > 0 && o < ends[&p])
+            })
         })
-    });
+        .count();
+    eprintln!("{kills} kills over {n} receipts: {mid_stream} restarts resumed mid-stream");
     assert!(
-        mid_stream,
+        mid_stream > 0,
         "no restart resumed mid-stream; the kills missed the processing"
     );
 

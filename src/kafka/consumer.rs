@@ -19,7 +19,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Assignment, Config};
 use crate::pipeline::{CommitError, Positions, Processor, Record};
 use crate::status::Status;
 use crate::store::Store;
@@ -180,9 +180,16 @@ pub fn run(
     .create_with_context(context)
     .context("failed to create the Kafka consumer")?;
     check_start(&consumer, &store, &kafka.receipts_topic, start)?;
-    consumer
-        .subscribe(&[&kafka.receipts_topic])
-        .with_context(|| format!("failed to subscribe to {}", kafka.receipts_topic))?;
+    match kafka.assignment {
+        Assignment::Group => consumer
+            .subscribe(&[&kafka.receipts_topic])
+            .with_context(|| format!("failed to subscribe to {}", kafka.receipts_topic))?,
+        Assignment::Manual => {
+            if !assign_all(&consumer, &kafka.receipts_topic, shutdown)? {
+                return Ok(());
+            }
+        }
+    }
     let mut sink = super::KafkaSink::new(kafka)?;
     info!(message = "Consuming.", topic = %kafka.receipts_topic, group = %kafka.group_id);
     let result = consume(
@@ -353,6 +360,57 @@ fn check_start(
             )
         }
     }
+}
+
+/// `[kafka] assignment = "manual"`: takes every partition of `topic`, each at the
+/// processor's own position, with no group membership. Waits for the topic to exist;
+/// returns `false` if asked to stop first.
+fn assign_all(
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    topic: &str,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<bool> {
+    let partitions = loop {
+        let found: Vec<i32> = match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(md) => md
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect(),
+            Err(e) => {
+                telemetry::kafka_error(&e);
+                Vec::new()
+            }
+        };
+        if !found.is_empty() {
+            break found;
+        }
+        warn!(
+            message = "Waiting for the receipts topic to have partitions.",
+            topic
+        );
+        sleep_unless(shutdown, Duration::from_secs(1));
+        if shutdown.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+    };
+    let ctx = consumer.context();
+    let mut tpl = TopicPartitionList::new();
+    let mut assigned = Vec::new();
+    for p in partitions {
+        let at = Processor::resume_offset(&ctx.store, &ctx.positions, topic, p)?;
+        tpl.add_partition_offset(topic, p, at.map_or(Offset::Offset(0), Offset::Offset))
+            .context("failed to build the assignment")?;
+        assigned.push((p, at));
+    }
+    consumer
+        .assign(&tpl)
+        .context("failed to assign partitions")?;
+    telemetry::partitions_assigned(&assigned);
+    ctx.status
+        .assigned(assigned.iter().map(|(p, _)| *p).collect());
+    Ok(true)
 }
 
 /// Commits the store's offsets to the group, for lag monitoring only.

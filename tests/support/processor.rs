@@ -16,6 +16,16 @@ pub struct Run {
 
 /// Writes a config for a test broker; returns (config path, store path, HTTP address).
 pub fn write_config(dir: &Path, bootstrap: &str, rules_extra: &str) -> (PathBuf, PathBuf, String) {
+    write_config_with(dir, bootstrap, "", rules_extra)
+}
+
+/// Like [`write_config`], with extra lines in `[kafka]`.
+pub fn write_config_with(
+    dir: &Path,
+    bootstrap: &str,
+    kafka_extra: &str,
+    rules_extra: &str,
+) -> (PathBuf, PathBuf, String) {
     let store = dir.join("store");
     let config = dir.join("mallquest.toml");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -27,7 +37,7 @@ pub fn write_config(dir: &Path, bootstrap: &str, rules_extra: &str) -> (PathBuf,
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{bootstrap}\"\ngroup_id = \"mq-test\"\n\
+            "[kafka]\nbrokers = \"{bootstrap}\"\ngroup_id = \"mq-test\"\n{kafka_extra}\n\
              [store]\npath = \"{}\"\n[processing]\ncommit_interval_ms = 50\n\
              [http]\nlisten = \"{http}\"\n{rules_extra}",
             store.display()
