@@ -17,6 +17,8 @@ struct Inner {
     assigned: Option<Vec<i32>>,
     /// The last commit's failure, cleared by the next success.
     commit_error: Option<String>,
+    /// Failed commits since start.
+    commit_failures: u64,
     /// Next offsets of the state the store holds, `topic/partition=offset` joined by `,`.
     offsets: String,
 }
@@ -60,7 +62,14 @@ impl Status {
 
     /// A commit failed.
     pub fn commit_failed(&self, why: String) {
-        self.write().commit_error = Some(why);
+        let mut w = self.write();
+        w.commit_error = Some(why);
+        w.commit_failures += 1;
+    }
+
+    /// Failed commits since start (each one dropped its batch for a replay).
+    pub fn commit_failures(&self) -> u64 {
+        self.read().commit_failures
     }
 
     /// `Ok` when partitions are held and the last commit succeeded.

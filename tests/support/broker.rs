@@ -122,9 +122,46 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// A client of this broker.
+    pub fn client(&self) -> Client {
+        Client {
+            bootstrap: self.bootstrap(),
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32, compact: bool) {
+        self.client().create_topic(name, partitions, compact);
+    }
+
+    pub fn produce(&self, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
+        self.client().produce(topic, records);
+    }
+
+    pub fn read_all(&self, topic: &str) -> Vec<Read> {
+        self.client().read_all(topic)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Admin, producer and reader helpers for any Kafka-protocol cluster (Tansu, or
+/// librdkafka's mock cluster).
+pub struct Client {
+    pub bootstrap: String,
+}
+
+impl Client {
     fn config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", self.bootstrap());
+        c.set("bootstrap.servers", &self.bootstrap);
         c
     }
 
@@ -233,15 +270,5 @@ impl Broker {
             }
         }
         out
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
