@@ -64,6 +64,13 @@ pub struct HttpConfig {
     /// Longest time a request may take, slow clients included, in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Connections served at once; more are closed on accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+const fn default_max_connections() -> usize {
+    crate::http::MAX_CONNECTIONS
 }
 
 fn default_listen() -> String {
@@ -79,6 +86,7 @@ impl Default for HttpConfig {
             listen: default_listen(),
             token: None,
             request_timeout_ms: default_request_timeout_ms(),
+            max_connections: default_max_connections(),
         }
     }
 }

@@ -200,9 +200,17 @@ async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
     );
     tracing::info!(message = "Serving the query API.", listen = %config.http.listen);
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve(listener, app, async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(http::serve(
+        listener,
+        app,
+        http::Limits {
+            head_timeout: Duration::from_millis(config.http.request_timeout_ms),
+            max_connections: config.http.max_connections,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     if config.store.compact_every_minutes > 0 {
         tokio::spawn(compact_ledger(

@@ -37,11 +37,13 @@ pub const CONSUMER_LAG: &str = "mallquest_consumer_lag";
 pub const HTTP_REQUESTS_TOTAL: &str = "mallquest_http_requests_total";
 /// HTTP request latency by route pattern.
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "mallquest_http_request_duration_seconds";
+/// Connections closed on accept because `[http] max_connections` were open.
+pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "mallquest_http_connections_refused_total";
 /// Whether the broker is reachable (1) or not (0), as the consumer last saw it.
 pub const BROKER_UP: &str = "mallquest_broker_up";
 
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 15] = [
+pub const ALL_METRICS: [&str; 16] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
@@ -56,6 +58,7 @@ pub const ALL_METRICS: [&str; 15] = [
     CONSUMER_LAG,
     HTTP_REQUESTS_TOTAL,
     HTTP_REQUEST_DURATION_SECONDS,
+    HTTP_CONNECTIONS_REFUSED_TOTAL,
     BROKER_UP,
 ];
 
@@ -129,6 +132,10 @@ fn describe() {
         "Messages behind the high watermark, per partition."
     );
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by route and status.");
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED_TOTAL,
+        "HTTP connections closed on accept because the connection limit was reached."
+    );
     describe_histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
         Unit::Seconds,
@@ -144,6 +151,11 @@ fn describe() {
 pub fn http_request(route: &'static str, status: u16, took: Duration) {
     counter!(HTTP_REQUESTS_TOTAL, "route" => route, "status" => status.to_string()).increment(1);
     histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route).record(took.as_secs_f64());
+}
+
+/// `n` connections were closed on accept (0: make the series exist).
+pub fn http_connections_refused(n: u64) {
+    counter!(HTTP_CONNECTIONS_REFUSED_TOTAL).increment(n);
 }
 
 /// A receipt was folded `age` after it was issued.

@@ -125,13 +125,86 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Serves until `stop` resolves, then drains in-flight requests.
+/// Default of `[http] max_connections`: most connections served at once; more are closed
+/// on accept. Each costs a task and a read buffer of at most [`MAX_REQUEST_HEAD`] bytes,
+/// so this bounds the API's memory under a connection flood.
+pub const MAX_CONNECTIONS: usize = 4_096;
+
+/// What one client may hold of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A connection must deliver each whole request head within this, or it is closed.
+    pub head_timeout: Duration,
+    /// Connections open at once; more are closed on accept.
+    pub max_connections: usize,
+}
+
+/// Longest request line plus headers; a longer one gets `431` and the connection closes.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// Serves `app` over HTTP/1.1 until `stop` resolves, then lets requests in flight finish.
+///
+/// Not `axum::serve`: that sets no timer, so a client that sends its headers slowly (or
+/// keeps an idle connection) holds a task forever. Here every connection must deliver a
+/// whole request head within `limits.head_timeout` (idle keep-alive connections too),
+/// heads are capped at [`MAX_REQUEST_HEAD`], and at most `limits.max_connections` are open.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    limits: Limits,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    telemetry::http_connections_refused(0);
+    let max = limits
+        .max_connections
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (io, _) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before accept: back
+                    // off briefly rather than spin.
+                    tracing::warn!(message = "Accept failed.", error = %e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            telemetry::http_connections_refused(1);
+            drop(io);
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let mut closed = closed.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.head_timeout)
+                .max_buf_size(MAX_REQUEST_HEAD);
+            let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = closed.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    // Every slot back: every connection has finished.
+    let _ = slots.acquire_many(max as u32).await;
+    Ok(())
 }

@@ -13,14 +13,25 @@ pub struct Response {
 }
 
 pub fn get(addr: &str, path: &str) -> std::io::Result<Response> {
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Sends `request` as given (any bytes) and reads the response until the server closes.
+pub fn raw(addr: &str, request: &[u8]) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    s.write_all(request)?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    // A server that answers before reading the whole request (431) may reset the
+    // connection after its answer: keep what arrived.
+    if let Err(e) = s.read_to_end(&mut raw) {
+        if raw.is_empty() {
+            return Err(e);
+        }
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
