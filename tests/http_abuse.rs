@@ -227,7 +227,7 @@ fn slow_and_idle_clients_are_cut_off_after_the_timeout() {
         s.set_nonblocking(true).unwrap();
         let r = s.read(&mut probe);
         s.set_nonblocking(false).unwrap();
-        if matches!(r, Ok(0)) || matches!(r, Ok(_)) {
+        if r.is_ok() {
             closed = true;
             break;
         }
@@ -257,7 +257,8 @@ fn thousands_of_connections_stay_within_the_cap_and_bounded_memory() {
     }
     let is_closed = |s: &mut TcpStream| {
         let mut buf = [0u8; 64];
-        match s.read(&mut buf) {
+        match s.peek(&mut buf) {
+            // EOF (refused) or an answer: either way the server is done with it.
             Ok(_) => true,
             Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
         }

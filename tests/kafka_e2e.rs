@@ -269,11 +269,21 @@ fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
     };
     let n = env("MALLQUEST_CRASH_RECEIPTS", 60_000);
     let kills = env(kills_var, default_kills);
-    broker.produce("receipts", &simulated(11, n, 500));
-    let receipts = broker.read_all("receipts");
-    assert_eq!(receipts.len(), n);
-    let expected = reference_of(&receipts);
-    assert!(!expected.dlq.is_empty() && expected.projections.len() > 100);
+    // Receipts arrive while the processor is killed, at a steady rate (as from the
+    // POS), so that every kill lands mid-stream whatever the processor's speed.
+    let rate = env("MALLQUEST_CRASH_RATE", 2_000);
+    let records = simulated(11, n, 500);
+    let producer = {
+        let client = broker.client();
+        std::thread::spawn(move || {
+            let chunk = (rate / 10).max(1);
+            for part in records.chunks(chunk) {
+                let started = Instant::now();
+                client.produce("receipts", part);
+                std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
+            }
+        })
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let kafka_extra = match mode {
@@ -284,11 +294,6 @@ fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
     let mut run = Run::new(config, store.clone());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     run.start();
-    let stored_offsets = || {
-        support::http::get(&http, "/v1/leaderboard?limit=1")
-            .ok()
-            .and_then(|r| r.headers.get("x-mallquest-offsets").cloned())
-    };
     let assignments = |run: &Run| {
         run.log()
             .matches("Partitions assigned. partitions=[(")
@@ -296,31 +301,19 @@ fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
     };
     let mut assigned = 0;
     for k in 0..kills {
-        // Kill while it is folding: once this start holds partitions and has committed a
-        // batch since (the store's offsets moved), at a random moment after that.
+        // Kill at a random moment once this start holds its partitions: before its first
+        // commit, mid-batch, or while publishing.
         let deadline = Instant::now() + Duration::from_secs(120);
-        let progress = || {
+        while assignments(&run) == assigned {
             assert!(
                 Instant::now() < deadline,
-                "no progress after restart {k}\n{}",
+                "no assignment after restart {k}\n{}",
                 run.log()
             );
             std::thread::sleep(Duration::from_millis(10));
-        };
-        while assignments(&run) == assigned {
-            progress();
         }
         assigned = assignments(&run);
-        let at_assignment = stored_offsets();
-        while stored_offsets().is_none() || stored_offsets() == at_assignment {
-            progress();
-        }
-        let pause = match mode {
-            Mode::Group => rng.gen_range(400..2500),
-            // A restart resumes at once; short pauses keep the kills inside the stream.
-            Mode::Manual => rng.gen_range(0..200),
-        };
-        std::thread::sleep(Duration::from_millis(pause));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..1500)));
         run.kill();
         if mode == Mode::Group {
             // Down for a session timeout: Tansu gives a member that joins while the killed
@@ -329,6 +322,12 @@ fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
         }
         run.start();
     }
+    let still_producing = !producer.is_finished();
+    producer.join().unwrap();
+    let receipts = broker.read_all("receipts");
+    assert_eq!(receipts.len(), n);
+    let expected = reference_of(&receipts);
+    assert!(!expected.dlq.is_empty() && expected.projections.len() > 100);
     wait_for_projections(
         &broker,
         &mut run,
@@ -403,7 +402,10 @@ fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
             })
         })
         .count();
-    eprintln!("{kills} kills over {n} receipts: {mid_stream} restarts resumed mid-stream");
+    eprintln!(
+        "{kills} kills over {n} receipts: {mid_stream} restarts resumed mid-stream; \
+         receipts were still arriving after the last kill: {still_producing}"
+    );
     assert!(
         mid_stream > 0,
         "no restart resumed mid-stream; the kills missed the processing"
