@@ -152,6 +152,14 @@ pub struct StoreConfig {
     /// window, in minutes (0: only fjall's own compactions drop them).
     #[serde(default = "default_compact_every_minutes")]
     pub compact_every_minutes: u64,
+    /// `run` stops folding (and resumes by itself) while the store's file system has less
+    /// than this free, in MiB, so that a full disk never fails a write (0: no check).
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
+}
+
+const fn default_min_free_mb() -> u64 {
+    256
 }
 
 const fn default_compact_every_minutes() -> u64 {
@@ -228,6 +236,7 @@ impl Default for StoreConfig {
             hot_users: default_hot_users(),
             cache_mb: default_cache_mb(),
             compact_every_minutes: default_compact_every_minutes(),
+            min_free_mb: default_min_free_mb(),
         }
     }
 }

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::config::{Assignment, Config};
 use crate::pipeline::{CommitError, Positions, Processor, Record};
 use crate::status::Status;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::telemetry;
 
 /// Positions newly assigned partitions at the processor's own offsets.
@@ -236,6 +236,9 @@ fn consume(
     let interval = Duration::from_millis(config.processing.commit_interval_ms);
     let mut deadline = Instant::now() + interval;
     let mut backoff = Duration::from_millis(100);
+    let min_free = config.store.min_free_mb.saturating_mul(1 << 20);
+    // Set while folding is paused for lack of disk space.
+    let mut disk_low = false;
     loop {
         if let Some(msg) = consumer
             .context()
@@ -264,6 +267,47 @@ fn consume(
             }
             continue;
         }
+        if min_free > 0 {
+            let free = store.free_bytes();
+            if free.is_some_and(|f| f < min_free) {
+                if !disk_low {
+                    // Drop the batch in hand before it is published or written; it is
+                    // folded again from the stored offsets when there is space.
+                    let why = format!(
+                        "disk low: {} MiB free at {}, [store] min_free_mb is {}; folding is paused until there is space",
+                        free.unwrap_or(0) >> 20,
+                        store.path().display(),
+                        config.store.min_free_mb
+                    );
+                    processor.reset();
+                    rewind_to_store(consumer, processor, &kafka.receipts_topic)?;
+                    status.commit_failed(why.clone());
+                    telemetry::commit_failed(&anyhow::anyhow!(why), "disk", Duration::from_secs(1));
+                    disk_low = true;
+                }
+                set_paused(consumer, true);
+                if stopping {
+                    info!(message = "Stopped while paused for disk space; nothing was in hand.");
+                    return Ok(());
+                }
+                // Keeps the group session alive; records that arrive are dropped unfolded
+                // and read again after the rewind below.
+                let _ = consumer.poll(Duration::from_secs(1));
+                continue;
+            }
+            if disk_low {
+                info!(
+                    message = "Disk space is back; resuming from the stored offsets.",
+                    free_mib = free.unwrap_or(0) >> 20
+                );
+                processor.reset();
+                rewind_to_store(consumer, processor, &kafka.receipts_topic)?;
+                set_paused(consumer, false);
+                disk_low = false;
+                deadline = Instant::now() + interval;
+                continue;
+            }
+        }
         let started = Instant::now();
         match processor.commit(sink) {
             Ok(stats) => {
@@ -276,8 +320,17 @@ fn consume(
                     );
                     status.committed(&stats.offsets);
                     commit_to_group(consumer, &stats.offsets);
+                    // Only a commit that wrote something proves the fault is gone.
+                    backoff = Duration::from_millis(100);
                 }
-                backoff = Duration::from_millis(100);
+            }
+            Err(CommitError::Store(StoreError::Poisoned)) => {
+                status.commit_failed(StoreError::Poisoned.to_string());
+                anyhow::bail!(
+                    "the store at {} cannot be written any more: {}",
+                    store.path().display(),
+                    StoreError::Poisoned
+                );
             }
             Err(e) => {
                 let stage = match &e {
@@ -450,6 +503,21 @@ fn rewind_to_store(
         .assign(&tpl)
         .context("failed to re-assign partitions")?;
     Ok(())
+}
+
+/// Pauses (or resumes) fetching of every assigned partition.
+fn set_paused(consumer: &BaseConsumer<StoreSeekingContext>, paused: bool) {
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let result = if paused {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    if let Err(e) = result {
+        telemetry::kafka_error(&e);
+    }
 }
 
 fn sleep_unless(flag: &AtomicBool, total: Duration) {

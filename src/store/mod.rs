@@ -46,6 +46,10 @@ pub enum StoreError {
         #[source]
         source: fjall::Error,
     },
+    /// A write failed earlier (disk full, I/O error) and fjall refuses all writes since:
+    /// only a restart, which recovers from the journal, can write again.
+    #[error("the store refuses writes after an earlier write failure (disk full?); restart mallquest once the cause is fixed: it recovers from its journal")]
+    Poisoned,
     /// A stored value could not be decoded: the store is corrupt or from another version.
     #[error("corrupt {what} in store: {detail}")]
     Corrupt { what: &'static str, detail: String },
@@ -283,7 +287,10 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, St
 }
 
 fn io(op: &'static str) -> impl FnOnce(fjall::Error) -> StoreError {
-    move |source| StoreError::Io { op, source }
+    move |source| match source {
+        fjall::Error::Poisoned => StoreError::Poisoned,
+        source => StoreError::Io { op, source },
+    }
 }
 
 impl Store {
@@ -637,6 +644,12 @@ impl Store {
     /// Approximate number of users (for the `mallquest_users` gauge).
     pub fn approximate_users(&self) -> u64 {
         self.users.approximate_len() as u64
+    }
+
+    /// Bytes free for unprivileged writers on the store's file system (`None`: unknown).
+    pub fn free_bytes(&self) -> Option<u64> {
+        let st = rustix::fs::statvfs(&self.path).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
     /// Bytes on disk.
