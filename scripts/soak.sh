@@ -4,7 +4,9 @@
 #      with `[kafka] assignment = "manual"`; then 10 with group assignment (each kill waits
 #      out the 6 s session timeout: Tansu hands a rejoining member nothing before that);
 #   2. 1,000,000 generated hostile inputs through the decoder and the fold;
-#   3. 2,000 random streams with crashes against the reference fold.
+#   3. 2,000 random streams with crashes against the reference fold;
+#   4. ten minutes of receipts at 1,000/s while the API is queried: RSS, lag and CPU every
+#      30 s, then the exactness check (tests/soak.rs; MALLQUEST_SOAK_SECS, _RATE, _USERS).
 # Usage: scripts/soak.sh [KILLS] [RECEIPTS] [FUZZ_CASES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +30,7 @@ PROPTEST_CASES="$FUZZ" cargo test --release --locked --test decode_fuzz -- --tes
 
 echo "== 2000 random streams with crashes vs the reference fold"
 PROPTEST_CASES=2000 cargo test --release --locked --test fold_prop 2>&1 | grep -E '^test |test result'
+
+echo "== ten minutes of steady load with queries"
+cargo test --release --locked --test soak -- --ignored --nocapture --test-threads=1 2>&1 \
+  | grep -E '^t=|^soak:|^test |test result'

@@ -135,6 +135,18 @@ impl Run {
         let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
         ticks / 100.0
     }
+
+    /// Resident memory of the running process, in KiB.
+    #[allow(dead_code)] // used by the soak test only
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("not running").id();
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
 }
 
 impl Drop for Run {

@@ -1,0 +1,158 @@
+//! The long run (scripts/soak.sh): receipts at a steady rate for ten minutes while the API
+//! is queried, with the processor's RSS, lag and store offsets sampled every 30 s; then
+//! the exactness check against the reference fold. `MALLQUEST_SOAK_SECS` and
+//! `MALLQUEST_SOAK_RATE` change the duration and the rate.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mallquest::sim::{Mix, Simulator};
+use support::broker::Broker;
+use support::processor::{write_config, Run};
+use support::streams::{last_per_key, reference_of, take};
+
+fn env(k: &str, d: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+fn lag(http: &str) -> Option<f64> {
+    let r = support::http::get(http, "/metrics").ok()?;
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("mallquest_consumer_lag{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+#[test]
+#[ignore = "ten minutes; run by scripts/soak.sh"]
+fn ten_minutes_steady_load_with_queries_levels_off_and_ends_exact() {
+    let secs = env("MALLQUEST_SOAK_SECS", 600);
+    let rate = env("MALLQUEST_SOAK_RATE", 1_000);
+    let users = env("MALLQUEST_SOAK_USERS", 200_000);
+    let broker = Broker::start();
+    broker.create_topic("receipts", 3, false);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _store, http) = write_config(dir.path(), &broker.bootstrap(), "");
+    let mut run = Run::new(config, _store);
+    run.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while support::http::get(&http, "/healthz").map(|r| r.status).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "the API never came up\n{}", run.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The POS: `rate` receipts a second, in tenths of a second.
+    let total = (secs * rate) as usize;
+    let producer = {
+        let client = broker.client();
+        std::thread::spawn(move || {
+            let mut sim = Simulator::new(99, users, 40, Mix::default());
+            let chunk = (rate / 10).max(1) as usize;
+            let started = Instant::now();
+            let mut sent = 0usize;
+            while sent < total {
+                let n = chunk.min(total - sent);
+                client.produce("receipts", &take(&mut sim, n));
+                sent += n;
+                // Keep to the schedule rather than to a sleep per chunk.
+                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                std::thread::sleep(due.saturating_sub(started.elapsed()));
+            }
+        })
+    };
+    // Shoppers asking for their stats and the leaderboard, as fast as answers come.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let queries = {
+        let (stop, ok, bad, http) = (
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&bad),
+            http.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let path = if i % 5 == 0 {
+                    "/v1/leaderboard?by=coins&limit=10".to_owned()
+                } else {
+                    format!("/v1/users/{}", Simulator::user_id(i * 7919 % users))
+                };
+                match support::http::get(&http, &path).map(|r| r.status) {
+                    Ok(200 | 404) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => bad.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while !producer.is_finished() {
+        std::thread::sleep(Duration::from_secs(30));
+        assert!(run.is_running(), "exited\n{}", run.log());
+        let sample = (
+            started.elapsed().as_secs(),
+            run.rss_kib(),
+            lag(&http).unwrap_or(-1.0),
+            run.cpu_seconds(),
+        );
+        eprintln!(
+            "t={:>4}s rss={:>7} KiB lag={:>6} cpu={:.1}s queries ok={} bad={}",
+            sample.0,
+            sample.1,
+            sample.2,
+            sample.3,
+            ok.load(Ordering::Relaxed),
+            bad.load(Ordering::Relaxed)
+        );
+        samples.push(sample);
+    }
+    producer.join().unwrap();
+
+    // Exactness: everything produced, folded once.
+    let receipts = broker.read_all("receipts");
+    assert_eq!(receipts.len(), total);
+    let expected = reference_of(&receipts);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let projections = last_per_key(&broker.read_all("user-projections"));
+        if projections == expected.projections {
+            break;
+        }
+        assert!(Instant::now() < deadline, "projections never matched");
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    queries.join().unwrap();
+    let final_rss = run.rss_kib();
+    let status = run.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}\n{}", run.log());
+
+    let queries_ok = ok.load(Ordering::Relaxed);
+    let queries_bad = bad.load(Ordering::Relaxed);
+    let half = samples[samples.len() / 2].1;
+    let max = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    eprintln!(
+        "soak: {total} receipts over {secs} s at {rate}/s, {} users; {queries_ok} queries \
+         answered, {queries_bad} failed; RSS at half time {half} KiB, max {max} KiB, at the \
+         end {final_rss} KiB ({:+.1}% from half time)",
+        expected.projections.len(),
+        (final_rss as f64 / half as f64 - 1.0) * 100.0
+    );
+    assert_eq!(queries_bad, 0, "API queries failed during the soak");
+    assert!(queries_ok > 0);
+    // Bounded: far under the 512 MiB target with default settings.
+    assert!(max < 512 * 1024, "RSS reached {max} KiB");
+}
