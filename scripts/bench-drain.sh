@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Benchmark: drain a pre-filled receipts topic through `mallquest run` on a real broker
-# (Tansu, sqlite engine). Prints receipts/s and the processor's CPU seconds.
-# Usage: scripts/bench-drain.sh [RECEIPTS] [PARTITIONS]
+# Benchmark: drain one pre-filled receipts topic on a real broker (Tansu, sqlite engine)
+# three ways, side by side:
+#   plain  - a plain rdkafka consumer that only reads (the ceiling this broker allows);
+#   mallquest run - the fold, with outputs published and the store written;
+#   quix   - the same fold written with Quix Streams (Python, RocksDB state).
+# Prints wall time, records/s and each process's own CPU time per record.
+# Usage: scripts/bench-drain.sh [RECEIPTS] [PARTITIONS]   (QUIX=0 skips Quix Streams)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N="${1:-200000}"
+N="${1:-1000000}"
 PARTS="${2:-3}"
 TANSU="$(scripts/install-tansu.sh)"
-cargo build --release --locked -q
+cargo build --release --locked -q --bin mallquest --example plain_consume
 BIN="$PWD/target/release/mallquest"
+PLAIN="$PWD/target/release/examples/plain_consume"
+if [ "${QUIX:-1}" != 0 ]; then
+  VENV="${XDG_CACHE_HOME:-$HOME/.cache}/mallquest/quix-venv"
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import quixstreams' 2>/dev/null || {
+    python3 -m venv "$VENV" && "$VENV/bin/pip" install -q quixstreams
+  }
+fi
 WORK="$(mktemp -d)"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cleanup() { kill "${RUN_PID:-}" "${TANSU_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -18,9 +29,21 @@ trap cleanup EXIT
   --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db >tansu.log 2>&1) &
 TANSU_PID=$!
 for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
-"$TANSU" topic create --broker "tcp://127.0.0.1:$PORT" --partitions "$PARTS" receipts >/dev/null
+for t in receipts quix-projections quix-dlq; do
+  # Quix Streams reads retention.ms back from the topic config; Tansu reports only what was set.
+  "$TANSU" topic create --broker "tcp://127.0.0.1:$PORT" --partitions "$PARTS" --config retention.ms=-1 --config retention.bytes=-1 "$t" >/dev/null
+done
 "$BIN" simulate --brokers "127.0.0.1:$PORT" --rate 0 --count "$N" --users 100000 --seed 1
 
+report() { # NAME WALL CPU
+  python3 -c "import sys; n=$N; name, wall, cpu = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]); print(f'{name:10} {n} records in {wall:7.2f} s = {n/wall:8.0f} records/s; own CPU {cpu:7.2f} s = {cpu/n*1e6:6.1f} us/record')" "$@"
+}
+
+# 1. The ceiling: read only.
+/usr/bin/time -f "%e %U %S" -o "$WORK/plain.time" "$PLAIN" "127.0.0.1:$PORT" receipts "$N" >/dev/null
+read -r W U S <"$WORK/plain.time"; PLAIN_LINE=$(report plain "$W" "$(echo "$U + $S" | bc)")
+
+# 2. mallquest run, until its store holds every record (debug logs count them).
 cat >"$WORK/mq.toml" <<TOML
 [kafka]
 brokers = "127.0.0.1:$PORT"
@@ -31,20 +54,25 @@ START=$(date +%s.%N)
 RUST_LOG=warn,mallquest::telemetry=debug "$BIN" run --config "$WORK/mq.toml" 2>"$WORK/run.log" &
 RUN_PID=$!
 while :; do
-  DONE=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/run.log" | grep -o 'records=[0-9]*' | cut -d= -f2 | paste -sd+ | bc 2>/dev/null || echo 0)
+  DONE=$(grep -o 'records=[0-9]*' "$WORK/run.log" | cut -d= -f2 | paste -sd+ | bc 2>/dev/null || echo 0)
   [ "${DONE:-0}" -ge "$N" ] && break
   kill -0 "$RUN_PID" || { cat "$WORK/run.log"; exit 1; }
   sleep 0.2
 done
 END=$(date +%s.%N)
-read -r UTIME STIME < <(awk '{print $14, $15}' "/proc/$RUN_PID/stat")
+read -r UT ST < <(awk '{print $14, $15}' "/proc/$RUN_PID/stat")
 TICKS=$(getconf CLK_TCK)
-kill -TERM "$RUN_PID"; wait "$RUN_PID"; RUN_PID=
-python3 - "$N" "$START" "$END" "$UTIME" "$STIME" "$TICKS" <<'PY'
-import sys
-n, start, end, ut, st, hz = int(sys.argv[1]), *map(float, sys.argv[2:])
-wall = end - start
-cpu = (ut + st) / hz
-print(f"drained {n} receipts in {wall:.2f} s (incl. group join) = {n/wall:.0f} receipts/s; "
-      f"processor CPU {cpu:.2f} s = {cpu/n*1e6:.1f} us/receipt")
-PY
+kill -TERM "$RUN_PID"; wait "$RUN_PID" || true; RUN_PID=
+MQ_LINE=$(report mallquest "$(echo "$END - $START" | bc)" "$(echo "($UT + $ST) / $TICKS" | bc -l)")
+
+# 3. Quix Streams.
+QUIX_LINE="quix       skipped (QUIX=0)"
+if [ "${QUIX:-1}" != 0 ]; then
+  /usr/bin/time -f "%e %U %S" -o "$WORK/quix.time" "$VENV/bin/python" bench/quix_fold.py \
+    "127.0.0.1:$PORT" receipts "$N" "$WORK/quix-state" >"$WORK/quix.log" 2>&1 || { cat "$WORK/quix.log"; exit 1; }
+  read -r W U S < <(tail -1 "$WORK/quix.time")
+  QUIX_LINE=$(report quix "$W" "$(echo "$U + $S" | bc)")
+fi
+echo "$PLAIN_LINE"
+echo "$MQ_LINE"
+echo "$QUIX_LINE"
