@@ -148,6 +148,9 @@ pub struct StoreConfig {
     /// The store's block cache, in MiB.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
+    /// The store's memtables, all keyspaces together, in MiB (at least 4).
+    #[serde(default = "default_write_buffer_mb")]
+    pub write_buffer_mb: u64,
     /// How often `run` rewrites the whole ledger to drop entries older than the dedup
     /// window, in minutes (0: only fjall's own compactions drop them).
     #[serde(default = "default_compact_every_minutes")]
@@ -168,6 +171,9 @@ const fn default_compact_every_minutes() -> u64 {
 
 const fn default_hot_users() -> usize {
     crate::pipeline::DEFAULT_HOT_USERS
+}
+const fn default_write_buffer_mb() -> u64 {
+    crate::store::DEFAULT_WRITE_BUFFER >> 20
 }
 const fn default_cache_mb() -> u64 {
     256
@@ -235,6 +241,7 @@ impl Default for StoreConfig {
             path: default_store_path(),
             hot_users: default_hot_users(),
             cache_mb: default_cache_mb(),
+            write_buffer_mb: default_write_buffer_mb(),
             compact_every_minutes: default_compact_every_minutes(),
             min_free_mb: default_min_free_mb(),
         }

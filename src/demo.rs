@@ -67,7 +67,11 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
             (t.path().to_owned(), Some(t))
         }
     };
-    let store = Arc::new(Store::open_with_cache(&dir, config.store.cache_mb << 20)?);
+    let store = Arc::new(Store::open_with_memory(
+        &dir,
+        config.store.cache_mb << 20,
+        config.store.write_buffer_mb << 20,
+    )?);
     let mut processor = Processor::with_hot_users(
         Arc::clone(&store),
         config.rules.clone(),

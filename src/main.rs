@@ -175,15 +175,18 @@ async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
         }
     });
     let store = Arc::new(
-        Store::open_with_cache(&config.store.path, config.store.cache_mb << 20).with_context(
-            || {
-                format!(
+        Store::open_with_memory(
+            &config.store.path,
+            config.store.cache_mb << 20,
+            config.store.write_buffer_mb << 20,
+        )
+        .with_context(|| {
+            format!(
             "the store at {} cannot be used: restore it from a backup, or move it aside and run \
              `mallquest rebuild` to refold the receipts topic",
             config.store.path.display()
         )
-            },
-        )?,
+        })?,
     );
     let status = Arc::new(Status::default());
     let listener = tokio::net::TcpListener::bind(&config.http.listen)

@@ -46,7 +46,11 @@ fn ten_minutes_steady_load_with_queries_levels_off_and_ends_exact() {
     run.start();
     let deadline = Instant::now() + Duration::from_secs(30);
     while support::http::get(&http, "/healthz").map(|r| r.status).ok() != Some(200) {
-        assert!(Instant::now() < deadline, "the API never came up\n{}", run.log());
+        assert!(
+            Instant::now() < deadline,
+            "the API never came up\n{}",
+            run.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 

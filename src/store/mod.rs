@@ -55,6 +55,9 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
 }
 
+/// Default memtable budget, all keyspaces together (`[store] write_buffer_mb`).
+pub const DEFAULT_WRITE_BUFFER: u64 = 64 << 20;
+
 /// What a leaderboard ranks by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Board {
@@ -296,11 +299,24 @@ fn io(op: &'static str) -> impl FnOnce(fjall::Error) -> StoreError {
 impl Store {
     /// Opens the store at `path`, creating it if absent.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(path, 256 << 20)
+        Self::open_with_memory(path, 256 << 20, DEFAULT_WRITE_BUFFER)
     }
 
-    /// Opens the store with a block cache of `cache_bytes`.
-    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+    /// Opens the store with a block cache of `cache_bytes` and memtables sized so that the
+    /// active ones of the three busy keyspaces (users, ledger, board) stay within
+    /// `write_buffer_bytes`: with both capped, the store's memory does not grow with the
+    /// number of users. (fjall 3.1's database-wide write-buffer cap is not implemented
+    /// yet, so the budget is enforced per keyspace.)
+    pub fn open_with_memory(
+        path: &Path,
+        cache_bytes: u64,
+        write_buffer_bytes: u64,
+    ) -> Result<Self, StoreError> {
+        let write_buffer_bytes = write_buffer_bytes.max(4 << 20);
+        // One keyspace's memtable is a quarter of the budget, so that a busy keyspace
+        // flushes before it alone can fill it.
+        let memtable = (write_buffer_bytes / 4).max(1 << 20);
+        let options = move || KeyspaceCreateOptions::default().max_memtable_size(memtable);
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -314,21 +330,11 @@ impl Store {
             }))
             .open()
             .map_err(open_err)?;
-        let users = db
-            .keyspace("users", KeyspaceCreateOptions::default)
-            .map_err(open_err)?;
-        let ledger = db
-            .keyspace("ledger", KeyspaceCreateOptions::default)
-            .map_err(open_err)?;
-        let offsets = db
-            .keyspace("offsets", KeyspaceCreateOptions::default)
-            .map_err(open_err)?;
-        let board = db
-            .keyspace("board", KeyspaceCreateOptions::default)
-            .map_err(open_err)?;
-        let marks_ks = db
-            .keyspace("marks", KeyspaceCreateOptions::default)
-            .map_err(open_err)?;
+        let users = db.keyspace("users", options).map_err(open_err)?;
+        let ledger = db.keyspace("ledger", options).map_err(open_err)?;
+        let offsets = db.keyspace("offsets", options).map_err(open_err)?;
+        let board = db.keyspace("board", options).map_err(open_err)?;
+        let marks_ks = db.keyspace("marks", options).map_err(open_err)?;
         let store = Self {
             path: path.to_owned(),
             db,
