@@ -58,10 +58,26 @@ pub struct Outputs {
     pub dead_letters: Vec<DeadLetter>,
 }
 
-/// Where outputs go. `publish` returns only once every output is delivered.
+/// Where outputs go.
 pub trait Sink {
-    /// Publishes and waits for delivery; an error means some output may be missing.
-    fn publish(&mut self, outputs: &Outputs) -> anyhow::Result<()>;
+    /// Starts publishing: enqueues every output, without waiting for delivery.
+    fn send(&mut self, outputs: &Outputs) -> anyhow::Result<()>;
+
+    /// Waits until everything sent so far is delivered; an error means some output of
+    /// the last `send` may be missing.
+    fn wait(&mut self) -> anyhow::Result<()>;
+
+    /// Publishes and waits for delivery.
+    fn publish(&mut self, outputs: &Outputs) -> anyhow::Result<()> {
+        self.send(outputs)?;
+        self.wait()
+    }
+}
+
+/// A batch whose outputs were sent, waiting for their delivery before it is stored.
+struct InFlight {
+    set: WriteSet,
+    stats: BatchStats,
 }
 
 /// Counts of one batch, for logs and the demo summary.
@@ -84,6 +100,12 @@ pub struct BatchStats {
 }
 
 impl BatchStats {
+    /// Adds a later batch: its counts, and its offsets over this one's.
+    pub fn add_batch(&mut self, o: BatchStats) {
+        self.add(&o);
+        self.offsets.extend(o.offsets);
+    }
+
     /// Adds another batch's counts.
     pub fn add(&mut self, o: &BatchStats) {
         self.records += o.records;
@@ -130,6 +152,9 @@ pub struct Processor {
     hot: Option<HotSet>,
     rules: Rules,
     pending: WriteSet,
+    /// The batch before `pending`: its outputs are sent but maybe not yet delivered, so
+    /// it is not in the store yet. `pending` was folded on top of it.
+    inflight: Option<InFlight>,
     level_ups: Vec<LevelUp>,
     dead_letters: Vec<DeadLetter>,
     stats: BatchStats,
@@ -153,6 +178,7 @@ impl Processor {
             store,
             rules,
             pending: WriteSet::default(),
+            inflight: None,
             level_ups: Vec::new(),
             dead_letters: Vec::new(),
             stats: BatchStats::default(),
@@ -172,11 +198,18 @@ impl Processor {
     /// The oldest issued_at (seconds) partition `p` still checks: its mark (pending or
     /// committed) less the window. `None` before any receipt was applied.
     fn cutoff(&self, p: i32) -> Option<i64> {
-        let mark = match self.pending.marks.get(&p) {
-            Some(m) => Some(*m),
-            None => self.store.mark(p),
-        };
-        mark.map(|m| m.saturating_sub(self.window_secs))
+        self.mark(p).map(|m| m.saturating_sub(self.window_secs))
+    }
+
+    /// Partition `p`'s mark: the batch in hand's, else the batch in flight's, else the
+    /// store's.
+    fn mark(&self, p: i32) -> Option<i64> {
+        self.pending
+            .marks
+            .get(&p)
+            .or_else(|| self.inflight.as_ref().and_then(|f| f.set.marks.get(&p)))
+            .copied()
+            .or_else(|| self.store.mark(p))
     }
 
     /// The shared read positions (for the rebalance callback).
@@ -297,10 +330,17 @@ impl Processor {
         let state = match self.pending.users.get_mut(&user_key) {
             Some(s) => s,
             None => {
-                let cached = self.hot.as_ref().and_then(|h| h.get(&user_key).cloned());
-                let stored = match cached {
+                // The batch in flight will be stored first: its state is the newest.
+                let flying = self
+                    .inflight
+                    .as_ref()
+                    .and_then(|f| f.set.users.get(&user_key).cloned());
+                let stored = match flying {
                     Some(u) => Some(u),
-                    None => self.store.user(p, &receipt.user_id)?,
+                    None => match self.hot.as_ref().and_then(|h| h.get(&user_key).cloned()) {
+                        Some(u) => Some(u),
+                        None => self.store.user(p, &receipt.user_id)?,
+                    },
                 };
                 previous = Some(stored.as_ref().map(crate::store::scores));
                 loaded.insert(stored.unwrap_or_else(|| UserState::new(&receipt.user_id)))
@@ -327,8 +367,7 @@ impl Processor {
             } => {
                 self.stats.applied += 1;
                 telemetry::receipt_applied(coins_delta);
-                let mark = self.pending.marks.get(&p).copied().or(self.store.mark(p));
-                if mark.is_none_or(|m| receipt.issued_at.secs > m) {
+                if self.mark(p).is_none_or(|m| receipt.issued_at.secs > m) {
                     self.pending.marks.insert(p, receipt.issued_at.secs);
                 }
                 if let (Some(state), Some(previous)) = (loaded, previous) {
@@ -365,17 +404,38 @@ impl Processor {
         receipt_id: &str,
     ) -> Result<Option<domain::LedgerEntry>, StoreError> {
         let key = (p, user_id.to_owned(), receipt_id.to_owned());
-        match self.pending.ledger.get(&key) {
+        let flying = || self.inflight.as_ref().and_then(|f| f.set.ledger.get(&key));
+        match self.pending.ledger.get(&key).or_else(flying) {
             Some(e) => Ok(Some(e.clone())),
             None => self.store.ledger_entry(p, user_id, receipt_id),
         }
     }
 
-    /// Publishes the batch's outputs, waits for delivery, then writes the batch to the
-    /// store atomically and durably. On error the batch is dropped (see [`Self::reset`]).
+    /// Publishes every batch in hand, waits for delivery, then writes them to the store
+    /// atomically and durably, one batch per write. On error every batch in hand is
+    /// dropped (see [`Self::reset`]). Returns the counts of what was written.
     pub fn commit(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
+        let mut stats = self.settle(sink)?;
+        self.send(sink)?;
+        stats.add_batch(self.settle(sink)?);
+        Ok(stats)
+    }
+
+    /// The pipelined commit of `run`: stores the batch in flight once its outputs are
+    /// delivered, then sends the batch in hand and returns without waiting, so that the
+    /// next batch is folded while the broker acknowledges this one. The store still never
+    /// runs ahead of delivered outputs. Returns the counts of the batch that was stored.
+    pub fn commit_pipelined(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
+        let stats = self.settle(sink)?;
+        self.send(sink)?;
+        Ok(stats)
+    }
+
+    /// Sends the batch in hand's outputs and makes it the batch in flight.
+    fn send(&mut self, sink: &mut dyn Sink) -> Result<(), CommitError> {
+        debug_assert!(self.inflight.is_none());
         if self.pending.is_empty() && self.dead_letters.is_empty() {
-            return Ok(BatchStats::default());
+            return Ok(());
         }
         let mut outputs = Outputs {
             projections: self.pending.users.values().cloned().collect(),
@@ -386,22 +446,41 @@ impl Processor {
         outputs
             .projections
             .sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        if let Err(e) = sink.publish(&outputs) {
+        if let Err(e) = sink.send(&outputs) {
             self.reset();
             return Err(CommitError::Publish(e));
         }
-        if let Err(e) = self.store.commit(&self.pending) {
+        let mut stats = std::mem::take(&mut self.stats);
+        stats.users_published = outputs.projections.len() as u64;
+        self.inflight = Some(InFlight {
+            set: std::mem::take(&mut self.pending),
+            stats,
+        });
+        Ok(())
+    }
+
+    /// Waits for the batch in flight's outputs, then writes it to the store.
+    fn settle(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
+        let Some(flight) = self.inflight.take() else {
+            return Ok(BatchStats::default());
+        };
+        if let Err(e) = sink.wait() {
+            self.reset();
+            return Err(CommitError::Publish(e));
+        }
+        if let Err(e) = self.store.commit(&flight.set) {
             self.reset();
             return Err(CommitError::Store(e));
         }
-        let mut committed = std::mem::take(&mut self.pending);
+        let InFlight {
+            set: mut committed,
+            mut stats,
+        } = flight;
         if let Some(hot) = &mut self.hot {
             for (k, u) in committed.users.drain() {
                 hot.insert(k, u);
             }
         }
-        let mut stats = std::mem::take(&mut self.stats);
-        stats.users_published = outputs.projections.len() as u64;
         stats.offsets = committed.offsets;
         Ok(stats)
     }
@@ -409,6 +488,7 @@ impl Processor {
     /// Drops the batch in hand; positions fall back to the store's offsets.
     pub fn reset(&mut self) {
         self.pending = WriteSet::default();
+        self.inflight = None;
         self.level_ups.clear();
         self.dead_letters.clear();
         self.stats = BatchStats::default();
@@ -461,7 +541,11 @@ pub struct MemorySink {
 }
 
 impl Sink for MemorySink {
-    fn publish(&mut self, outputs: &Outputs) -> anyhow::Result<()> {
+    fn wait(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn send(&mut self, outputs: &Outputs) -> anyhow::Result<()> {
         self.projections_published += outputs.projections.len() as u64;
         if self.counts_only {
             return Ok(());

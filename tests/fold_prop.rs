@@ -38,6 +38,8 @@ struct Spec {
 enum Action {
     Next(usize),
     Commit,
+    /// `run`'s commit: store the batch in flight, send the batch in hand.
+    CommitPipelined,
     Crash,
     Compact,
 }
@@ -66,7 +68,8 @@ fn spec() -> impl Strategy<Value = Spec> {
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         8 => (0..PARTITIONS).prop_map(Action::Next),
-        2 => Just(Action::Commit),
+        1 => Just(Action::Commit),
+        2 => Just(Action::CommitPipelined),
         1 => Just(Action::Crash),
         1 => Just(Action::Compact),
     ]
@@ -194,6 +197,9 @@ fn run_case(specs: &[Spec], actions: &[Action]) {
             }
             Action::Commit => {
                 processor.commit(&mut sink).unwrap();
+            }
+            Action::CommitPipelined => {
+                processor.commit_pipelined(&mut sink).unwrap();
             }
             Action::Compact => {
                 // Forgotten entries are removed for real: decisions must not change.

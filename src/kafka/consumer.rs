@@ -309,7 +309,14 @@ fn consume(
             }
         }
         let started = Instant::now();
-        match processor.commit(sink) {
+        // While running, the batch in hand is sent and the batch before it stored once
+        // its outputs are delivered; folding goes on meanwhile. Stopping flushes both.
+        let committed = if stopping {
+            processor.commit(sink)
+        } else {
+            processor.commit_pipelined(sink)
+        };
+        match committed {
             Ok(stats) => {
                 if stats.records > 0 {
                     telemetry::batch_committed(

@@ -72,7 +72,7 @@ impl KafkaSink {
         })
     }
 
-    fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
+    fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -88,12 +88,11 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    fn publish(&mut self, out: &Outputs) -> anyhow::Result<()> {
-        let tracker = self.producer.context();
-        tracker.failed.store(0, Ordering::Relaxed);
+    fn send(&mut self, out: &Outputs) -> anyhow::Result<()> {
+        self.producer.context().failed.store(0, Ordering::Relaxed);
         for p in &out.projections {
             let value = codec::encode_projection(p);
-            self.send(
+            self.enqueue(
                 BaseRecord::to(&self.projections_topic)
                     .key(p.user_id.as_bytes())
                     .payload(&value[..]),
@@ -101,7 +100,7 @@ impl Sink for KafkaSink {
         }
         for l in &out.level_ups {
             let value = codec::encode_level_up(l);
-            self.send(
+            self.enqueue(
                 BaseRecord::to(&self.events_topic)
                     .key(l.user_id.as_bytes())
                     .payload(&value[..]),
@@ -134,8 +133,13 @@ impl Sink for KafkaSink {
             if let Some(v) = &d.payload {
                 record = record.payload(&v[..]);
             }
-            self.send(record)?;
+            self.enqueue(record)?;
         }
+        Ok(())
+    }
+
+    fn wait(&mut self) -> anyhow::Result<()> {
+        let tracker = self.producer.context();
         self.producer
             .flush(DELIVERY_TIMEOUT + Duration::from_secs(5))
             .context("outputs were not all delivered in time")?;
