@@ -49,6 +49,10 @@ pub enum Command {
         /// Config file for the rules (default: built-in defaults).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Every user buys once, in order, first: `--receipts` >= `--users` then stores
+        /// every user (for scale benchmarks).
+        #[arg(long)]
+        every_user: bool,
     },
     /// Publish simulated POS receipts to Kafka at a steady rate.
     Simulate {

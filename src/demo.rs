@@ -31,6 +31,8 @@ pub struct DemoOptions {
     pub dir: Option<PathBuf>,
     /// Partitions the stream is spread over, as Kafka would.
     pub partitions: i32,
+    /// Every user buys once, in order, before the usual skewed picks.
+    pub every_user: bool,
 }
 
 /// The demo's result.
@@ -83,6 +85,9 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
         ..MemorySink::default()
     };
     let mut sim = Simulator::new(opts.seed, opts.users, opts.stores, Mix::default());
+    if opts.every_user {
+        sim = sim.every_user_first();
+    }
     let partitions = opts.partitions.max(1);
     let mut next_offset = vec![0i64; partitions as usize];
     for (p, o) in next_offset.iter_mut().enumerate() {

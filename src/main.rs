@@ -52,6 +52,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             seed,
             dir,
             config,
+            every_user,
         } => {
             let config = match config {
                 Some(p) => Config::load(&p)?,
@@ -64,6 +65,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 seed,
                 dir,
                 partitions: 4,
+                every_user,
             };
             let summary = demo::run(&config, &opts, true)?;
             print!("{summary}");

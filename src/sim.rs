@@ -55,6 +55,9 @@ pub struct Simulator {
     /// simulator's memory does not grow with the stream.
     recent: Vec<Recent>,
     base_secs: i64,
+    /// Users not yet picked in order (see [`Simulator::every_user_first`]).
+    in_order: u64,
+    picked: u64,
 }
 
 const RECENT: usize = 4096;
@@ -71,7 +74,16 @@ impl Simulator {
             recent: Vec::with_capacity(RECENT),
             // 2026-11-01T00:00:00Z
             base_secs: 1_793_491_200,
+            in_order: 0,
+            picked: 0,
         }
+    }
+
+    /// Picks every user once, in order, before the usual skewed picks: a stream of at
+    /// least `users` purchases then holds every user (for scale benchmarks).
+    pub fn every_user_first(mut self) -> Self {
+        self.in_order = self.users;
+        self
     }
 
     /// The user_id of user number `n`.
@@ -90,6 +102,10 @@ impl Simulator {
     }
 
     fn pick_user(&mut self) -> u64 {
+        if self.picked < self.in_order {
+            self.picked += 1;
+            return self.picked - 1;
+        }
         // Squaring a uniform value skews picks towards low user numbers.
         let u: f64 = self.rng.gen();
         ((u * u) * self.users as f64) as u64 % self.users

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use crate::codec;
@@ -18,6 +18,8 @@ use crate::pipeline::{Outputs, Sink};
 /// Counts delivery failures of the batch in flight.
 #[derive(Default)]
 pub(crate) struct DeliveryTracker {
+    /// Outputs enqueued whose delivery report has not been handled yet.
+    outstanding: AtomicU64,
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -34,12 +36,15 @@ impl ProducerContext for DeliveryTracker {
                 *last = Some(e.to_string());
             }
         }
+        // Last, so that a waiter that sees zero outstanding also sees the failure.
+        self.outstanding.fetch_sub(1, Ordering::Release);
     }
 }
 
 /// Publishes a batch's outputs and waits until the broker acknowledged every one.
 pub struct KafkaSink {
-    producer: BaseProducer<DeliveryTracker>,
+    /// Its own thread serves delivery reports as they arrive.
+    producer: ThreadedProducer<DeliveryTracker>,
     projections_topic: String,
     events_topic: String,
     dlq_topic: String,
@@ -73,15 +78,22 @@ impl KafkaSink {
     }
 
     fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
+        let outstanding = &self.producer.context().outstanding;
         loop {
+            // Counted before the send: the report may arrive before `send` returns.
+            outstanding.fetch_add(1, Ordering::Relaxed);
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 // The local queue is bounded: wait for deliveries to make room.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    outstanding.fetch_sub(1, Ordering::Relaxed);
                     record = r;
-                    self.producer.poll(Duration::from_millis(2));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((e, _)) => return Err(e).context("failed to enqueue an output"),
+                Err((e, _)) => {
+                    outstanding.fetch_sub(1, Ordering::Relaxed);
+                    return Err(e).context("failed to enqueue an output");
+                }
             }
         }
     }
@@ -140,16 +152,16 @@ impl Sink for KafkaSink {
 
     fn wait(&mut self) -> anyhow::Result<()> {
         let tracker = self.producer.context();
-        // Not `flush`: rdkafka's `BaseProducer::poll` always blocks for its whole timeout,
-        // so `flush` waits at least 100 ms whenever anything is in flight. Millisecond
-        // polls return about as soon as the last acknowledgement is in.
+        // Not `flush`: rdkafka's `poll` and `flush` wait out their whole timeout (at least
+        // 100 ms per batch), and short polls spin. The producer's own thread serves the
+        // delivery reports; this only sleeps until none is outstanding.
         let deadline = Instant::now() + DELIVERY_TIMEOUT + Duration::from_secs(5);
-        while self.producer.in_flight_count() > 0 {
+        while tracker.outstanding.load(Ordering::Acquire) > 0 {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "outputs were not all delivered in time"
             );
-            self.producer.poll(Duration::from_millis(1));
+            std::thread::sleep(Duration::from_millis(1));
         }
         let failed = tracker.failed.load(Ordering::Relaxed);
         if failed > 0 {

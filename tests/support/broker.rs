@@ -206,7 +206,8 @@ impl Client {
                     }
                 }
             }
-            producer.flush(Duration::from_secs(60)).unwrap();
+            // Generous: Tansu has been seen to stall for over a minute under a long soak.
+            producer.flush(Duration::from_secs(300)).unwrap();
         }
     }
 
