@@ -25,6 +25,12 @@ app = Application(
     auto_offset_reset="earliest",
     state_dir=STATE_DIR,
     loglevel="WARNING",
+    # Draining a backlog outruns the broker's acknowledgements: let the producer queue
+    # grow rather than fail with "Queue full".
+    producer_extra_config={
+        "queue.buffering.max.messages": 10_000_000,
+        "queue.buffering.max.kbytes": 2_097_151,
+    },
 )
 receipts = app.topic(TOPIC, value_deserializer="bytes", key_deserializer="str")
 projections = app.topic("quix-projections", value_serializer="json", key_serializer="str")

@@ -3,7 +3,7 @@
 # durable store) at a given number of users, then the store's size on disk and a snapshot
 # export and import of it. Prints receipts/s, CPU per million receipts, peak RSS, disk,
 # and the snapshot timings.
-# Usage: scripts/bench-scale.sh [USERS] [RECEIPTS]
+# Usage: scripts/bench-scale.sh [USERS] [RECEIPTS]   (SNAPSHOT=0 skips the snapshot part)
 #   every user buys once first (`demo --every-user`), so the store holds all USERS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,7 @@ print(f"fold: {n} receipts in {wall:.1f} s = {n/wall:.0f} receipts/s (incl. gene
 PY
 echo "disk: $(du -sb "$WORK/store" | cut -f1 | numfmt --to=iec-i)B in the store"
 
+[ "${SNAPSHOT:-1}" = 0 ] && exit 0
 printf '[store]\npath = "%s"\n' "$WORK/store" >"$WORK/a.toml"
 printf '[store]\npath = "%s"\n' "$WORK/imported" >"$WORK/b.toml"
 /usr/bin/time -f "export wall %e s, peak RSS %M KiB" "$BIN" snapshot export "$WORK/snap.jsonl" --config "$WORK/a.toml"
