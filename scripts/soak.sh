@@ -5,7 +5,7 @@
 #      out the 6 s session timeout: Tansu hands a rejoining member nothing before that);
 #   2. 1,000,000 generated hostile inputs through the decoder and the fold;
 #   3. 2,000 random streams with crashes against the reference fold;
-#   4. ten minutes of receipts at 1,000/s while the API is queried: RSS, lag and CPU every
+#   4. ten minutes of receipts at 500/s while the API is queried: RSS, lag and CPU every
 #      30 s, then the exactness check (tests/soak.rs; MALLQUEST_SOAK_SECS, _RATE, _USERS).
 # Usage: scripts/soak.sh [KILLS] [RECEIPTS] [FUZZ_CASES]
 set -euo pipefail

@@ -118,6 +118,7 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
             offset,
             key: Some(e.key.as_bytes()),
             payload: Some(&e.payload),
+            timestamp_ms: None,
         })?;
         if processor.pending_records() >= 50_000 || last_commit.elapsed() >= interval {
             total.add(&processor.commit(&mut sink)?);

@@ -28,6 +28,10 @@ pub struct Record<'a> {
     pub key: Option<&'a [u8]>,
     /// The value bytes.
     pub payload: Option<&'a [u8]>,
+    /// The record's Kafka timestamp (ms since the epoch), if it has one. Stored in the log
+    /// with the record, so a replay sees the same: it bounds how far one receipt can move
+    /// its partition's event-time mark.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// A rejected record, kept whole for the dead-letter topic.
@@ -143,6 +147,11 @@ pub const DEFAULT_HOT_USERS: usize = 50_000;
 pub const DEFAULT_DEDUP_WINDOW_DAYS: u32 = 90;
 
 const SECS_PER_DAY: i64 = 86_400;
+
+/// How far a receipt's `issued_at` may run ahead of its record's Kafka timestamp and
+/// still move the partition's mark that far: a POS clock set years ahead must not make
+/// every later receipt `too_old`.
+pub const MAX_CLOCK_SKEW_SECS: i64 = SECS_PER_DAY;
 
 /// Folds records into a pending batch and commits it.
 pub struct Processor {
@@ -367,8 +376,15 @@ impl Processor {
             } => {
                 self.stats.applied += 1;
                 telemetry::receipt_applied(coins_delta);
-                if self.mark(p).is_none_or(|m| receipt.issued_at.secs > m) {
-                    self.pending.marks.insert(p, receipt.issued_at.secs);
+                let at = match rec.timestamp_ms {
+                    Some(ms) => receipt
+                        .issued_at
+                        .secs
+                        .min(ms.div_euclid(1000).saturating_add(MAX_CLOCK_SKEW_SECS)),
+                    None => receipt.issued_at.secs,
+                };
+                if self.mark(p).is_none_or(|m| at > m) {
+                    self.pending.marks.insert(p, at);
                 }
                 if let (Some(state), Some(previous)) = (loaded, previous) {
                     self.pending

@@ -191,6 +191,7 @@ fn run_case(specs: &[Spec], actions: &[Action]) {
                         offset: cursor[p] as i64,
                         key: Some(k),
                         payload: Some(v),
+                        timestamp_ms: None,
                     })
                     .unwrap();
                 cursor[p] += 1;

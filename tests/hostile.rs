@@ -78,6 +78,7 @@ fn every_hostile_event_goes_to_the_dlq_with_its_reason_and_the_processor_keeps_g
             offset: o as i64,
             key: k.as_deref(),
             payload: Some(v),
+            timestamp_ms: None,
         })
         .unwrap();
     }

@@ -35,6 +35,7 @@ fn fold(store: &Arc<Store>, events: &[SimEvent], from: usize) -> MemorySink {
                     offset: offsets[p],
                     key: Some(e.key.as_bytes()),
                     payload: Some(&e.payload),
+                    timestamp_ms: None,
                 })
                 .unwrap();
             if i % 97 == 0 {
@@ -123,6 +124,7 @@ fn export_leaves_out_ledger_entries_older_than_the_window() {
                 offset: day,
                 key: Some(b"u-1"),
                 payload: Some(v.as_bytes()),
+                timestamp_ms: None,
             })
             .unwrap();
     }

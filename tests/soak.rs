@@ -36,7 +36,7 @@ fn lag(http: &str) -> Option<f64> {
 #[ignore = "ten minutes; run by scripts/soak.sh"]
 fn ten_minutes_steady_load_with_queries_levels_off_and_ends_exact() {
     let secs = env("MALLQUEST_SOAK_SECS", 600);
-    let rate = env("MALLQUEST_SOAK_RATE", 1_000);
+    let rate = env("MALLQUEST_SOAK_RATE", 500);
     let users = env("MALLQUEST_SOAK_USERS", 200_000);
     let broker = Broker::start();
     broker.create_topic("receipts", 3, false);

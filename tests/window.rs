@@ -46,6 +46,15 @@ impl Fold {
     }
 
     fn feed(&mut self, user: &str, value: &[u8]) {
+        self.feed_stamped(user, value, None);
+    }
+
+    /// Feeds a record carrying a Kafka timestamp of `day` (days after 2026-01-01).
+    fn feed_on(&mut self, user: &str, value: &[u8], day: i64) {
+        self.feed_stamped(user, value, Some((1_767_225_600 + day * 86_400) * 1000));
+    }
+
+    fn feed_stamped(&mut self, user: &str, value: &[u8], timestamp_ms: Option<i64>) {
         self.processor
             .process(Record {
                 topic: TOPIC,
@@ -53,6 +62,7 @@ impl Fold {
                 offset: self.offset,
                 key: Some(user.as_bytes()),
                 payload: Some(value),
+                timestamp_ms,
             })
             .unwrap();
         self.offset += 1;
@@ -181,4 +191,33 @@ fn a_receipt_never_raises_the_window_past_itself() {
     fold.feed("u-a", &receipt("r-5", "u-a", 59, ""));
     assert_eq!(fold.last_reason(), Some(Reject::TooOld));
     assert_eq!(fold.store.user(0, "u-a").unwrap().unwrap().receipt_count, 3);
+}
+
+#[test]
+fn a_receipt_from_a_clock_years_ahead_cannot_make_the_rest_too_old() {
+    // The record's Kafka timestamp bounds how far one receipt moves the mark (to one day
+    // past it); without a timestamp the receipt's own issued_at is all there is.
+    let far_future = 365 * 70;
+    for stamped in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fold = Fold::new(dir.path());
+        let feed = |fold: &mut Fold, id: &str, day: i64| {
+            let v = receipt(id, "u-a", day, "");
+            if stamped {
+                fold.feed_on("u-a", &v, 100);
+            } else {
+                fold.feed("u-a", &v);
+            }
+        };
+        feed(&mut fold, "r-1", 100);
+        feed(&mut fold, "r-future", far_future);
+        assert_eq!(fold.last_reason(), None, "the receipt itself is applied");
+        feed(&mut fold, "r-2", 50);
+        if stamped {
+            assert_eq!(fold.store.mark(0), Some(1_767_225_600 + 101 * 86_400));
+            assert_eq!(fold.last_reason(), None, "a normal receipt after it is applied");
+        } else {
+            assert_eq!(fold.last_reason(), Some(Reject::TooOld));
+        }
+    }
 }

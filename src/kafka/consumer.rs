@@ -265,6 +265,7 @@ fn consume(
                         offset: m.offset(),
                         key: m.key(),
                         payload: m.payload(),
+                        timestamp_ms: m.timestamp().to_millis().filter(|ms| *ms >= 0),
                     })?;
                 }
                 Some(Err(e)) => telemetry::kafka_error(&e),

@@ -135,6 +135,7 @@ pub fn feed(processor: &mut Processor, r: &GoldenRecord) {
             offset: r.offset,
             key: r.key.as_deref(),
             payload: Some(&r.value),
+            timestamp_ms: None,
         })
         .unwrap();
 }
