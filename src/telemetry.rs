@@ -21,7 +21,7 @@ pub const COINS_REVERSED_TOTAL: &str = "mallquest_coins_reversed_total";
 pub const LEVEL_UPS_TOTAL: &str = "mallquest_level_ups_total";
 /// Time to publish and persist one batch.
 pub const BATCH_DURATION_SECONDS: &str = "mallquest_batch_duration_seconds";
-/// Failed commits (publish or store), by stage.
+/// Failed commits (publish or store) and pauses for disk space (disk), by stage.
 pub const COMMIT_FAILURES_TOTAL: &str = "mallquest_commit_failures_total";
 /// Kafka client errors seen by the consumer.
 pub const KAFKA_ERRORS_TOTAL: &str = "mallquest_kafka_errors_total";
@@ -117,7 +117,7 @@ fn describe() {
     );
     describe_counter!(
         COMMIT_FAILURES_TOTAL,
-        "Commits that failed and were replayed, by stage (publish, store)."
+        "Commits that failed and were replayed, by stage (publish, store; disk: paused for space)."
     );
     describe_counter!(KAFKA_ERRORS_TOTAL, "Errors reported by the Kafka client.");
     describe_gauge!(STORE_BYTES, Unit::Bytes, "Bytes of the store on disk.");
