@@ -215,7 +215,11 @@ fn a_receipt_from_a_clock_years_ahead_cannot_make_the_rest_too_old() {
         feed(&mut fold, "r-2", 50);
         if stamped {
             assert_eq!(fold.store.mark(0), Some(1_767_225_600 + 101 * 86_400));
-            assert_eq!(fold.last_reason(), None, "a normal receipt after it is applied");
+            assert_eq!(
+                fold.last_reason(),
+                None,
+                "a normal receipt after it is applied"
+            );
         } else {
             assert_eq!(fold.last_reason(), Some(Reject::TooOld));
         }
