@@ -22,31 +22,23 @@ use support::broker::Broker;
 use support::processor::{write_config_with, Run};
 use support::streams::{last_per_key, reference_of, take};
 
-fn mount_tmpfs(at: &Path, size: &str) {
-    std::fs::create_dir_all(at).unwrap();
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(at)
-        .output()
-        .unwrap();
+/// Runs `mount ARGS... AT`, failing the test with mount's own message.
+fn mount(args: &[&str], at: &Path) {
+    let out = Command::new("mount").args(args).arg(at).output().unwrap();
     assert!(
         out.status.success(),
-        "cannot mount a tmpfs (run as root): {}",
+        "mount {args:?} failed (run as root): {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
+fn mount_tmpfs(at: &Path, size: &str) {
+    std::fs::create_dir_all(at).unwrap();
+    mount(&["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"], at);
+}
+
 fn resize_tmpfs(at: &Path, size: &str) {
-    let out = Command::new("mount")
-        .args(["-o", &format!("remount,size={size}")])
-        .arg(at)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mount(&["-o", &format!("remount,size={size}")], at);
 }
 
 /// Unmounts the tmpfs when the case ends, also on a failed assertion.

@@ -150,9 +150,13 @@ fn write_config(dir: &Path, store: &Path) -> std::path::PathBuf {
     config
 }
 
-fn mallquest(args: &[&str]) -> std::process::Output {
+/// `mallquest snapshot VERB FILE --config CONFIG`.
+fn snapshot_cli(verb: &str, file: &Path, config: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mallquest"))
-        .args(args)
+        .args(["snapshot", verb])
+        .arg(file)
+        .arg("--config")
+        .arg(config)
         .output()
         .unwrap()
 }
@@ -166,15 +170,8 @@ fn the_cli_refuses_bad_files_and_existing_stores_and_leaves_nothing_half_done() 
     drop(store);
     let config_a = write_config(dir.path(), &a);
     let file = dir.path().join("snap.jsonl");
-    let file_s = file.to_str().unwrap();
 
-    let out = mallquest(&[
-        "snapshot",
-        "export",
-        file_s,
-        "--config",
-        config_a.to_str().unwrap(),
-    ]);
+    let out = snapshot_cli("export", &file, &config_a);
     assert!(
         out.status.success(),
         "{}",
@@ -183,13 +180,7 @@ fn the_cli_refuses_bad_files_and_existing_stores_and_leaves_nothing_half_done() 
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("exported "));
 
     // Importing over an existing store is refused, and the store is left alone.
-    let out = mallquest(&[
-        "snapshot",
-        "import",
-        file_s,
-        "--config",
-        config_a.to_str().unwrap(),
-    ]);
+    let out = snapshot_cli("import", &file, &config_a);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 
@@ -199,13 +190,7 @@ fn the_cli_refuses_bad_files_and_existing_stores_and_leaves_nothing_half_done() 
     std::fs::write(&cut, &text[..text.len() / 2]).unwrap();
     let b = dir.path().join("b");
     let config_b = write_config(dir.path(), &b);
-    let out = mallquest(&[
-        "snapshot",
-        "import",
-        cut.to_str().unwrap(),
-        "--config",
-        config_b.to_str().unwrap(),
-    ]);
+    let out = snapshot_cli("import", &cut, &config_b);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -223,25 +208,13 @@ fn the_cli_refuses_bad_files_and_existing_stores_and_leaves_nothing_half_done() 
         .map(|(_, l)| format!("{l}\n"))
         .collect();
     std::fs::write(&cut, dropped).unwrap();
-    let out = mallquest(&[
-        "snapshot",
-        "import",
-        cut.to_str().unwrap(),
-        "--config",
-        config_b.to_str().unwrap(),
-    ]);
+    let out = snapshot_cli("import", &cut, &config_b);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("end line counts"));
     assert!(!b.exists());
 
     // The whole file imports.
-    let out = mallquest(&[
-        "snapshot",
-        "import",
-        file_s,
-        "--config",
-        config_b.to_str().unwrap(),
-    ]);
+    let out = snapshot_cli("import", &file, &config_b);
     assert!(
         out.status.success(),
         "{}",

@@ -546,7 +546,7 @@ impl Store {
         })
     }
 
-    /// Users on disk (approximate; for progress bars).
+    /// Ledger entries on disk (approximate; for progress bars).
     pub fn approximate_ledger_len(&self) -> u64 {
         self.ledger.approximate_len() as u64
     }
