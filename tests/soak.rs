@@ -2,6 +2,10 @@
 //! is queried, with the processor's RSS, lag and store offsets sampled every 30 s; then
 //! the exactness check against the reference fold. `MALLQUEST_SOAK_SECS` and
 //! `MALLQUEST_SOAK_RATE` change the duration and the rate.
+//!
+//! The processor fetches with `fetch.wait.max.ms` = `MALLQUEST_SOAK_FETCH_WAIT_MS` (500):
+//! Tansu 0.6 answers every fetch with a scan of its sqlite file that grows with the file,
+//! and at mallquest's own default (10 ms) it stalled at about 9.5 minutes in every attempt.
 
 mod support;
 
@@ -11,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use mallquest::sim::{Mix, Simulator};
 use support::broker::Broker;
-use support::processor::{write_config, Run};
+use support::processor::{write_config_with, Run};
 use support::streams::{last_per_key, reference_of, take};
 
 fn env(k: &str, d: u64) -> u64 {
@@ -41,7 +45,13 @@ fn ten_minutes_steady_load_with_queries_levels_off_and_ends_exact() {
     let broker = Broker::start();
     broker.create_topic("receipts", 3, false);
     let dir = tempfile::tempdir().unwrap();
-    let (config, _store, http) = write_config(dir.path(), &broker.bootstrap(), "");
+    let fetch_wait = env("MALLQUEST_SOAK_FETCH_WAIT_MS", 500);
+    let (config, _store, http) = write_config_with(
+        dir.path(),
+        &broker.bootstrap(),
+        &format!("[kafka.client]\n\"fetch.wait.max.ms\" = \"{fetch_wait}\"\n"),
+        "",
+    );
     let mut run = Run::new(config, _store);
     run.start();
     let deadline = Instant::now() + Duration::from_secs(30);
