@@ -1,13 +1,14 @@
 //! source -> decode -> fold -> publish -> store: the only place that knows the order.
 //!
 //! A [`Processor`] folds records into a pending [`WriteSet`] (state, ledger and offsets
-//! of the batch in hand). [`Processor::commit`] first publishes the batch's outputs and
-//! waits until every one is delivered, then writes the batch to the store in one atomic,
-//! fsync'd write. So the stored offsets never run ahead of delivered outputs: a crash
+//! of the batch in hand). Its outputs may be sent early, as soon as the source has
+//! nothing more in hand ([`Processor::send_changes`]), so that a projection does not wait
+//! out the commit interval. [`Processor::commit`] sends what is left, waits until every
+//! output is delivered, then writes the batch to the store in one atomic, fsync'd write. So the stored offsets never run ahead of delivered outputs: a crash
 //! anywhere replays the batch from the stored offsets, which folds to the same state and
 //! republishes identical outputs (at-least-once outputs, exactly-once state).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::codec;
@@ -64,11 +65,12 @@ pub struct Outputs {
 
 /// Where outputs go.
 pub trait Sink {
-    /// Starts publishing: enqueues every output, without waiting for delivery.
+    /// Starts publishing: enqueues every output, without waiting for delivery. It may be
+    /// called several times before a [`Sink::wait`].
     fn send(&mut self, outputs: &Outputs) -> anyhow::Result<()>;
 
-    /// Waits until everything sent so far is delivered; an error means some output of
-    /// the last `send` may be missing.
+    /// Waits until everything sent so far is delivered; an error means some output sent
+    /// since the last `wait` may be missing.
     fn wait(&mut self) -> anyhow::Result<()>;
 
     /// Publishes and waits for delivery.
@@ -164,7 +166,11 @@ pub struct Processor {
     /// The batch before `pending`: its outputs are sent but maybe not yet delivered, so
     /// it is not in the store yet. `pending` was folded on top of it.
     inflight: Option<InFlight>,
+    /// Users of `pending` changed since its outputs were last sent.
+    unsent: HashSet<(i32, String)>,
+    /// Level-ups of `pending` not sent yet.
     level_ups: Vec<LevelUp>,
+    /// Dead letters of `pending` not sent yet.
     dead_letters: Vec<DeadLetter>,
     stats: BatchStats,
     positions: Positions,
@@ -188,6 +194,7 @@ impl Processor {
             rules,
             pending: WriteSet::default(),
             inflight: None,
+            unsent: HashSet::new(),
             level_ups: Vec::new(),
             dead_letters: Vec::new(),
             stats: BatchStats::default(),
@@ -386,6 +393,7 @@ impl Processor {
                 if self.mark(p).is_none_or(|m| at > m) {
                     self.pending.marks.insert(p, at);
                 }
+                self.unsent.insert(user_key.clone());
                 if let (Some(state), Some(previous)) = (loaded, previous) {
                     self.pending
                         .previous_scores
@@ -447,18 +455,32 @@ impl Processor {
         Ok(stats)
     }
 
-    /// Sends the batch in hand's outputs and makes it the batch in flight.
-    fn send(&mut self, sink: &mut dyn Sink) -> Result<(), CommitError> {
-        debug_assert!(self.inflight.is_none());
-        if self.pending.is_empty() && self.dead_letters.is_empty() {
+    /// Whether the batch in hand has outputs that were not sent yet.
+    pub fn has_unsent(&self) -> bool {
+        !(self.unsent.is_empty() && self.level_ups.is_empty() && self.dead_letters.is_empty())
+    }
+
+    /// Sends the outputs of the batch in hand that were not sent yet, without waiting for
+    /// their delivery: the current state of every user changed since the last send, and
+    /// the new level-ups and dead letters. The batch stays in hand; the next commit waits
+    /// for these deliveries before it stores anything, so sending early never lets the
+    /// store run ahead of its outputs. A user changed again later is sent again, and the
+    /// last projection of a key is always its newest state. On error the batches in hand
+    /// are dropped, as for a failed commit.
+    pub fn send_changes(&mut self, sink: &mut dyn Sink) -> Result<(), CommitError> {
+        if !self.has_unsent() {
             return Ok(());
         }
         let mut outputs = Outputs {
-            projections: self.pending.users.values().cloned().collect(),
+            projections: self
+                .unsent
+                .drain()
+                .filter_map(|k| self.pending.users.get(&k).cloned())
+                .collect(),
             level_ups: std::mem::take(&mut self.level_ups),
             dead_letters: std::mem::take(&mut self.dead_letters),
         };
-        // A stable order makes replays publish identically.
+        // A stable order makes replays of the same batch publish identically.
         outputs
             .projections
             .sort_by(|a, b| a.user_id.cmp(&b.user_id));
@@ -466,8 +488,18 @@ impl Processor {
             self.reset();
             return Err(CommitError::Publish(e));
         }
-        let mut stats = std::mem::take(&mut self.stats);
-        stats.users_published = outputs.projections.len() as u64;
+        self.stats.users_published += outputs.projections.len() as u64;
+        Ok(())
+    }
+
+    /// Sends the batch in hand's unsent outputs and makes it the batch in flight.
+    fn send(&mut self, sink: &mut dyn Sink) -> Result<(), CommitError> {
+        debug_assert!(self.inflight.is_none());
+        self.send_changes(sink)?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let stats = std::mem::take(&mut self.stats);
         self.inflight = Some(InFlight {
             set: std::mem::take(&mut self.pending),
             stats,
@@ -505,6 +537,7 @@ impl Processor {
     pub fn reset(&mut self) {
         self.pending = WriteSet::default();
         self.inflight = None;
+        self.unsent.clear();
         self.level_ups.clear();
         self.dead_letters.clear();
         self.stats = BatchStats::default();

@@ -40,6 +40,8 @@ enum Action {
     Commit,
     /// `run`'s commit: store the batch in flight, send the batch in hand.
     CommitPipelined,
+    /// `run` with nothing more in hand: send the batch's changes early.
+    SendChanges,
     Crash,
     Compact,
 }
@@ -70,6 +72,7 @@ fn action() -> impl Strategy<Value = Action> {
         8 => (0..PARTITIONS).prop_map(Action::Next),
         1 => Just(Action::Commit),
         2 => Just(Action::CommitPipelined),
+        2 => Just(Action::SendChanges),
         1 => Just(Action::Crash),
         1 => Just(Action::Compact),
     ]
@@ -201,6 +204,9 @@ fn run_case(specs: &[Spec], actions: &[Action]) {
             }
             Action::CommitPipelined => {
                 processor.commit_pipelined(&mut sink).unwrap();
+            }
+            Action::SendChanges => {
+                processor.send_changes(&mut sink).unwrap();
             }
             Action::Compact => {
                 // Forgotten entries are removed for real: decisions must not change.

@@ -256,7 +256,28 @@ fn consume(
         let stopping = shutdown.load(Ordering::Relaxed);
         let now = Instant::now();
         if !stopping && now < deadline && processor.pending_records() < MAX_BATCH_RECORDS {
-            match consumer.poll(deadline - now) {
+            // Nothing more in hand: send the batch's outputs now rather than at the
+            // commit, so that a projection waits for the broker, not for the interval.
+            let mut next = consumer.poll(Duration::ZERO);
+            if next.is_none() && processor.has_unsent() {
+                if let Err(e) = processor.send_changes(sink) {
+                    recover(
+                        consumer,
+                        processor,
+                        status,
+                        e,
+                        &mut backoff,
+                        shutdown,
+                        kafka,
+                    )?;
+                    deadline = Instant::now() + interval;
+                    continue;
+                }
+            }
+            if next.is_none() {
+                next = consumer.poll(deadline.saturating_duration_since(Instant::now()));
+            }
+            match next {
                 None => {}
                 Some(Ok(m)) => {
                     processor.process(Record {
@@ -345,17 +366,15 @@ fn consume(
                 );
             }
             Err(e) => {
-                let stage = match &e {
-                    CommitError::Publish(_) => "publish",
-                    CommitError::Store(_) => "store",
-                };
-                let e = anyhow::Error::new(e);
-                status.commit_failed(format!("{stage}: {e:#}"));
-                telemetry::commit_failed(&e, stage, backoff);
-                // Replay from the stored offsets: the batch in hand was dropped.
-                rewind_to_store(consumer, processor, &kafka.receipts_topic)?;
-                sleep_unless(shutdown, backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                recover(
+                    consumer,
+                    processor,
+                    status,
+                    e,
+                    &mut backoff,
+                    shutdown,
+                    kafka,
+                )?;
                 if stopping {
                     anyhow::bail!("stopping with a batch that could not be committed; it will be replayed on restart");
                 }
@@ -367,6 +386,30 @@ fn consume(
         }
         deadline = Instant::now() + interval;
     }
+}
+
+/// After a failed commit or send (the batches in hand were dropped): reports it, rewinds
+/// to the stored offsets to replay them, and backs off.
+fn recover(
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    processor: &mut Processor,
+    status: &Status,
+    e: CommitError,
+    backoff: &mut Duration,
+    shutdown: &AtomicBool,
+    kafka: &crate::config::KafkaConfig,
+) -> anyhow::Result<()> {
+    let stage = match e {
+        CommitError::Publish(_) => "publish",
+        CommitError::Store(_) => "store",
+    };
+    let e = anyhow::Error::new(e);
+    status.commit_failed(format!("{stage}: {e:#}"));
+    telemetry::commit_failed(&e, stage, *backoff);
+    rewind_to_store(consumer, processor, &kafka.receipts_topic)?;
+    sleep_unless(shutdown, *backoff);
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    Ok(())
 }
 
 /// Refuses a start that would publish zeroed projections over good ones.

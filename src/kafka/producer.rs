@@ -101,7 +101,6 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn send(&mut self, out: &Outputs) -> anyhow::Result<()> {
-        self.producer.context().failed.store(0, Ordering::Relaxed);
         for p in &out.projections {
             let value = codec::encode_projection(p);
             self.enqueue(
@@ -163,7 +162,8 @@ impl Sink for KafkaSink {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        let failed = tracker.failed.load(Ordering::Relaxed);
+        // Every send since the last wait is settled: failures count once.
+        let failed = tracker.failed.swap(0, Ordering::Relaxed);
         if failed > 0 {
             let last = tracker
                 .last_error
