@@ -2,7 +2,8 @@
 # Benchmark: event-to-projection latency through `mallquest run` on a real broker (Tansu,
 # sqlite engine): purchases stamped with the current time at RATE/s for SECONDS, each
 # for a new shopper; latency = projection read from the topic - its issued_at.
-# Usage: scripts/bench-latency.sh [RATE] [SECONDS] [PARTITIONS]   (COMMIT_INTERVAL_MS=100)
+# Usage: scripts/bench-latency.sh [RATE] [SECONDS] [PARTITIONS]   (COMMIT_INTERVAL_MS=100;
+#   EXTRA_TOML is appended to mallquest's config, e.g. $'[kafka.client]\n"linger.ms" = "20"')
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE="${1:-5000}"
@@ -30,6 +31,7 @@ path = "$WORK/store"
 listen = "127.0.0.1:$HTTP"
 [processing]
 commit_interval_ms = ${COMMIT_INTERVAL_MS:-100}
+${EXTRA_TOML:-}
 TOML
 "$BIN" run --config "$WORK/mq.toml" 2>"$WORK/run.log" &
 RUN_PID=$!
