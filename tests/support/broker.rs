@@ -240,12 +240,18 @@ impl Client {
             return out;
         }
         consumer.assign(&tpl).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Times out only without progress: a large topic on a slow broker takes long.
+        let patience = Duration::from_secs(60);
+        let mut deadline = Instant::now() + patience;
         let mut done: BTreeMap<i32, bool> = want.keys().map(|p| (*p, false)).collect();
         while done.values().any(|d| !d) {
-            assert!(Instant::now() < deadline, "reading {topic} timed out");
+            assert!(
+                Instant::now() < deadline,
+                "reading {topic} timed out: nothing read for {patience:?}"
+            );
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
+                    deadline = Instant::now() + patience;
                     let mut headers = BTreeMap::new();
                     if let Some(h) = m.headers() {
                         for h in h.iter() {
