@@ -1,7 +1,8 @@
 //! The long run (scripts/soak.sh): receipts at a steady rate for ten minutes while the API
 //! is queried, with the processor's RSS, lag and store offsets sampled every 30 s; then
-//! the exactness check against the reference fold. `MALLQUEST_SOAK_SECS` and
-//! `MALLQUEST_SOAK_RATE` change the duration and the rate.
+//! the exactness check against the reference fold. `MALLQUEST_SOAK_SECS`,
+//! `MALLQUEST_SOAK_RATE` and `MALLQUEST_SOAK_CACHE_MB` change the duration, the rate and
+//! the block cache.
 //!
 //! Two allowances for the test broker, neither of which mallquest itself sees:
 //! - The projections topic is created without `cleanup.policy = compact`. Every 10 minutes
@@ -52,12 +53,25 @@ fn ten_minutes_steady_load_with_queries_levels_off_and_ends_exact() {
     broker.create_topic("user-projections", 3, false);
     let dir = tempfile::tempdir().unwrap();
     let fetch_wait = env("MALLQUEST_SOAK_FETCH_WAIT_MS", 500);
+    // `[store] cache_mb` (default 256): RSS grows until the block cache is full, which at
+    // this rate takes longer than ten minutes; a small cache shows the plateau sooner.
+    let cache = std::env::var("MALLQUEST_SOAK_CACHE_MB")
+        .map(|mb| format!("cache_mb = {mb}\n"))
+        .unwrap_or_default();
     let (config, _store, http) = write_config_with(
         dir.path(),
         &broker.bootstrap(),
         &format!("[kafka.client]\n\"fetch.wait.max.ms\" = \"{fetch_wait}\"\n"),
         "",
     );
+    if !cache.is_empty() {
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            text.replace("[store]\n", &format!("[store]\n{cache}")),
+        )
+        .unwrap();
+    }
     let mut run = Run::new(config, _store);
     run.start();
     let deadline = Instant::now() + Duration::from_secs(30);
