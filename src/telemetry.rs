@@ -29,6 +29,10 @@ pub const KAFKA_ERRORS_TOTAL: &str = "mallquest_kafka_errors_total";
 pub const STORE_BYTES: &str = "mallquest_store_bytes";
 /// Users in the store (approximate).
 pub const USERS: &str = "mallquest_users";
+/// Bytes held by the store's block cache (at most `[store] cache_mb`).
+pub const STORE_CACHE_BYTES: &str = "mallquest_store_cache_bytes";
+/// Bytes held by the store's memtables, active and sealed (those waiting for a flush).
+pub const STORE_WRITE_BUFFER_BYTES: &str = "mallquest_store_write_buffer_bytes";
 /// Processing time minus a receipt's issued_at.
 pub const EVENT_AGE_SECONDS: &str = "mallquest_event_age_seconds";
 /// Messages behind the partition's high watermark, per partition.
@@ -43,7 +47,7 @@ pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "mallquest_http_connections_ref
 pub const BROKER_UP: &str = "mallquest_broker_up";
 
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 16] = [
+pub const ALL_METRICS: [&str; 18] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
@@ -54,6 +58,8 @@ pub const ALL_METRICS: [&str; 16] = [
     KAFKA_ERRORS_TOTAL,
     STORE_BYTES,
     USERS,
+    STORE_CACHE_BYTES,
+    STORE_WRITE_BUFFER_BYTES,
     EVENT_AGE_SECONDS,
     CONSUMER_LAG,
     HTTP_REQUESTS_TOTAL,
@@ -121,6 +127,16 @@ fn describe() {
     );
     describe_counter!(KAFKA_ERRORS_TOTAL, "Errors reported by the Kafka client.");
     describe_gauge!(STORE_BYTES, Unit::Bytes, "Bytes of the store on disk.");
+    describe_gauge!(
+        STORE_CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes held by the store's block cache (at most [store] cache_mb)."
+    );
+    describe_gauge!(
+        STORE_WRITE_BUFFER_BYTES,
+        Unit::Bytes,
+        "Bytes held by the store's memtables, including sealed ones waiting for a flush."
+    );
     describe_gauge!(USERS, "Users in the store (approximate).");
     describe_histogram!(
         EVENT_AGE_SECONDS,
@@ -206,10 +222,13 @@ pub fn level_up(levels: u64) {
 }
 
 /// A batch was published and persisted.
-pub fn batch_committed(stats: &BatchStats, took: Duration, store_bytes: u64, users: u64) {
+pub fn batch_committed(stats: &BatchStats, took: Duration, store: &crate::store::Store) {
     histogram!(BATCH_DURATION_SECONDS).record(took.as_secs_f64());
-    gauge!(STORE_BYTES).set(store_bytes as f64);
-    gauge!(USERS).set(users as f64);
+    gauge!(STORE_BYTES).set(store.disk_bytes() as f64);
+    gauge!(USERS).set(store.approximate_users() as f64);
+    let memory = store.memory();
+    gauge!(STORE_CACHE_BYTES).set(memory.cache_bytes as f64);
+    gauge!(STORE_WRITE_BUFFER_BYTES).set(memory.write_buffer_bytes as f64);
     debug!(
         message = "Batch committed.",
         records = stats.records,

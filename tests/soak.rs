@@ -31,12 +31,16 @@ fn env(k: &str, d: u64) -> u64 {
         .unwrap_or(d)
 }
 
-fn lag(http: &str) -> Option<f64> {
+/// The sum of the samples of `metric` (every label set) on `/metrics`.
+fn metric(http: &str, metric: &str) -> Option<f64> {
     let r = support::http::get(http, "/metrics").ok()?;
     let text = String::from_utf8_lossy(&r.body).to_string();
     Some(
         text.lines()
-            .filter(|l| l.starts_with("mallquest_consumer_lag{"))
+            .filter(|l| {
+                l.strip_prefix(metric)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum(),
     )
@@ -139,17 +143,22 @@ fn ten_minutes_steady_load_with_queries_levels_off_and_ends_exact() {
         let sample = (
             started.elapsed().as_secs(),
             run.rss_kib(),
-            lag(&http).unwrap_or(-1.0),
+            metric(&http, "mallquest_consumer_lag").unwrap_or(-1.0),
             run.cpu_seconds(),
         );
+        let mib = |m| metric(&http, m).map_or(-1.0, |b| b / f64::from(1 << 20));
         eprintln!(
-            "t={:>4}s rss={:>7} KiB lag={:>6} cpu={:.1}s queries ok={} bad={}",
+            "t={:>4}s rss={:>7} KiB lag={:>6} cpu={:.1}s queries ok={} bad={} \
+             block cache={:.0} MiB memtables={:.0} MiB store={:.0} MiB",
             sample.0,
             sample.1,
             sample.2,
             sample.3,
             ok.load(Ordering::Relaxed),
-            bad.load(Ordering::Relaxed)
+            bad.load(Ordering::Relaxed),
+            mib("mallquest_store_cache_bytes"),
+            mib("mallquest_store_write_buffer_bytes"),
+            mib("mallquest_store_bytes"),
         );
         samples.push(sample);
     }

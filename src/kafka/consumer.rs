@@ -357,12 +357,7 @@ fn consume(
         match committed {
             Ok(stats) => {
                 if stats.records > 0 {
-                    telemetry::batch_committed(
-                        &stats,
-                        started.elapsed(),
-                        store.disk_bytes(),
-                        store.approximate_users(),
-                    );
+                    telemetry::batch_committed(&stats, started.elapsed(), store);
                     status.committed(&stats.offsets);
                     commit_to_group(consumer, &stats.offsets);
                     // Only a commit that wrote something proves the fault is gone.

@@ -140,6 +140,15 @@ impl WriteSet {
     }
 }
 
+/// What the store holds in memory now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// Bytes in the block cache.
+    pub cache_bytes: u64,
+    /// Bytes in memtables, active and sealed.
+    pub write_buffer_bytes: u64,
+}
+
 /// The opened store.
 pub struct Store {
     path: PathBuf,
@@ -358,6 +367,14 @@ impl Store {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = known;
         Ok(store)
+    }
+
+    /// Bytes in the block cache and the memtables now.
+    pub fn memory(&self) -> StoreMemory {
+        StoreMemory {
+            cache_bytes: self.db.cache_size(),
+            write_buffer_bytes: self.db.write_buffer_size(),
+        }
     }
 
     /// Where the store lives.
