@@ -240,7 +240,7 @@ fn consume(
     let interval = Duration::from_millis(config.processing.commit_interval_ms);
     let mut deadline = Instant::now() + interval;
     // Early sends are at least this far apart: each is a produce request, and a broker
-    // that pays per request (Tansu) saturated at half the rate when they were not.
+    // that pays per request (Tansu) falls behind sooner the more of them it gets.
     let send_every = interval / 4;
     let mut last_send = Instant::now();
     let mut backoff = Duration::from_millis(100);
