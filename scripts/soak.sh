@@ -6,7 +6,8 @@
 #   2. 1,000,000 generated hostile inputs through the decoder and the fold;
 #   3. 2,000 random streams with crashes against the reference fold;
 #   4. ten minutes of receipts at 500/s while the API is queried: RSS, lag and CPU every
-#      30 s, then the exactness check (tests/soak.rs; MALLQUEST_SOAK_SECS, _RATE, _USERS).
+#      30 s, then the exactness check (tests/soak.rs; MALLQUEST_SOAK_SECS, _RATE, _USERS,
+#      _CACHE_MB, _FETCH_WAIT_MS).
 # Usage: scripts/soak.sh [KILLS] [RECEIPTS] [FUZZ_CASES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
