@@ -283,7 +283,7 @@ fn consume(
             if next.is_none() {
                 // Wake for the next early send if there is something to send.
                 let until = if processor.has_unsent() {
-                    deadline.min(send_due.max(Instant::now()))
+                    deadline.min(send_due)
                 } else {
                     deadline
                 };
