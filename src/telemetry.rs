@@ -33,6 +33,10 @@ pub const USERS: &str = "mallquest_users";
 pub const STORE_CACHE_BYTES: &str = "mallquest_store_cache_bytes";
 /// Bytes held by the store's memtables, active and sealed (those waiting for a flush).
 pub const STORE_WRITE_BUFFER_BYTES: &str = "mallquest_store_write_buffer_bytes";
+/// Bytes the process's allocator (jemalloc) has handed out and not had back.
+pub const ALLOCATOR_ALLOCATED_BYTES: &str = "mallquest_allocator_allocated_bytes";
+/// Bytes of resident memory the allocator holds (allocated plus its own free pages).
+pub const ALLOCATOR_RESIDENT_BYTES: &str = "mallquest_allocator_resident_bytes";
 /// Processing time minus a receipt's issued_at.
 pub const EVENT_AGE_SECONDS: &str = "mallquest_event_age_seconds";
 /// Messages behind the partition's high watermark, per partition.
@@ -47,7 +51,7 @@ pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "mallquest_http_connections_ref
 pub const BROKER_UP: &str = "mallquest_broker_up";
 
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 18] = [
+pub const ALL_METRICS: [&str; 20] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
@@ -60,6 +64,8 @@ pub const ALL_METRICS: [&str; 18] = [
     USERS,
     STORE_CACHE_BYTES,
     STORE_WRITE_BUFFER_BYTES,
+    ALLOCATOR_ALLOCATED_BYTES,
+    ALLOCATOR_RESIDENT_BYTES,
     EVENT_AGE_SECONDS,
     CONSUMER_LAG,
     HTTP_REQUESTS_TOTAL,
@@ -136,6 +142,16 @@ fn describe() {
         STORE_WRITE_BUFFER_BYTES,
         Unit::Bytes,
         "Bytes held by the store's memtables, including sealed ones waiting for a flush."
+    );
+    describe_gauge!(
+        ALLOCATOR_ALLOCATED_BYTES,
+        Unit::Bytes,
+        "Heap bytes in use, as jemalloc counts them."
+    );
+    describe_gauge!(
+        ALLOCATOR_RESIDENT_BYTES,
+        Unit::Bytes,
+        "Resident bytes jemalloc holds: the heap in use plus its free pages not yet returned."
     );
     describe_gauge!(USERS, "Users in the store (approximate).");
     describe_histogram!(
@@ -229,6 +245,7 @@ pub fn batch_committed(stats: &BatchStats, took: Duration, store: &crate::store:
     let memory = store.memory();
     gauge!(STORE_CACHE_BYTES).set(memory.cache_bytes as f64);
     gauge!(STORE_WRITE_BUFFER_BYTES).set(memory.write_buffer_bytes as f64);
+    allocator_sampled();
     debug!(
         message = "Batch committed.",
         records = stats.records,
@@ -237,6 +254,19 @@ pub fn batch_committed(stats: &BatchStats, took: Duration, store: &crate::store:
         users = stats.users_published,
         took_ms = took.as_millis() as u64
     );
+}
+
+/// Samples jemalloc's own counts (refreshed by advancing its statistics epoch). Where
+/// jemalloc is not the global allocator (the library's tests) they stay near zero.
+fn allocator_sampled() {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    if epoch::advance().is_err() {
+        return;
+    }
+    if let (Ok(allocated), Ok(resident)) = (stats::allocated::read(), stats::resident::read()) {
+        gauge!(ALLOCATOR_ALLOCATED_BYTES).set(allocated as f64);
+        gauge!(ALLOCATOR_RESIDENT_BYTES).set(resident as f64);
+    }
 }
 
 /// A commit failed; the batch will be folded again after `backoff`.

@@ -139,11 +139,16 @@ impl Run {
     /// Resident memory of the running process, in KiB.
     #[allow(dead_code)] // used by the soak test only
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// A KiB figure of `/proc/PID/status`, by its field name with the colon (`RssFile:`).
+    pub fn status_kib(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().expect("not running").id();
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap()
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
