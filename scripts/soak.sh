@@ -5,8 +5,10 @@
 #      out the 6 s session timeout: Tansu hands a rejoining member nothing before that);
 #   2. 1,000,000 generated hostile inputs through the decoder and the fold;
 #   3. 2,000 random streams with crashes against the reference fold;
-#   4. ten minutes of receipts at 500/s while the API is queried: RSS, lag and CPU every
-#      30 s, then the exactness check (tests/soak.rs; MALLQUEST_SOAK_SECS, _RATE, _USERS,
+#   4. twenty minutes of receipts at 500/s while the API is queried: RSS, lag, CPU and the
+#      memory gauges every 30 s, then the checks that RSS levelled off (the last quarter's
+#      peak within 5% of the third's) and that the outputs are exact (tests/soak.rs, which
+#      explains the 32 MiB block cache it runs with; MALLQUEST_SOAK_SECS, _RATE, _USERS,
 #      _CACHE_MB, _FETCH_WAIT_MS).
 # Usage: scripts/soak.sh [KILLS] [RECEIPTS] [FUZZ_CASES]
 set -euo pipefail
@@ -32,6 +34,6 @@ PROPTEST_CASES="$FUZZ" cargo test --release --locked --test decode_fuzz -- --tes
 echo "== 2000 random streams with crashes vs the reference fold"
 PROPTEST_CASES=2000 cargo test --release --locked --test fold_prop 2>&1 | grep -E '^test |test result'
 
-echo "== ten minutes of steady load with queries"
+echo "== twenty minutes of steady load with queries"
 cargo test --release --locked --test soak -- --ignored --nocapture --test-threads=1 2>&1 \
   | grep -E '^t=|^soak:|^test |test result'
