@@ -9,7 +9,7 @@
 #      memory gauges every 30 s, then the checks that RSS levelled off (the last quarter's
 #      peak within 5% of the third's) and that the outputs are exact (tests/soak.rs, which
 #      explains the 32 MiB block cache it runs with; MALLQUEST_SOAK_SECS, _RATE, _USERS,
-#      _CACHE_MB, _FETCH_WAIT_MS).
+#      _CACHE_MB, _WRITE_BUFFER_MB, _FETCH_WAIT_MS).
 # Usage: scripts/soak.sh [KILLS] [RECEIPTS] [FUZZ_CASES]
 set -euo pipefail
 cd "$(dirname "$0")/.."

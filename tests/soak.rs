@@ -1,8 +1,9 @@
 //! The long run (scripts/soak.sh): receipts at a steady rate for twenty minutes while the
 //! API is queried, with the processor's RSS, lag, CPU and memory gauges sampled every 30 s;
 //! then the check that RSS levelled off, and the exactness check against the reference
-//! fold. `MALLQUEST_SOAK_SECS`, `MALLQUEST_SOAK_RATE`, `MALLQUEST_SOAK_USERS` and
-//! `MALLQUEST_SOAK_CACHE_MB` change the duration, the rate, the users and the block cache.
+//! fold. `MALLQUEST_SOAK_SECS`, `MALLQUEST_SOAK_RATE`, `MALLQUEST_SOAK_USERS`,
+//! `MALLQUEST_SOAK_CACHE_MB` and `MALLQUEST_SOAK_WRITE_BUFFER_MB` change the duration, the
+//! rate, the users, the block cache and the memtable budget.
 //!
 //! Levelling off: the process's memory is its bounded parts filling up (the block cache,
 //! whose heap is about 1.3 times its `cache_mb` weight; the memtables; the hot set) plus a
@@ -67,7 +68,13 @@ fn steady_load_with_queries_levels_off_and_ends_exact() {
     let fetch_wait = env("MALLQUEST_SOAK_FETCH_WAIT_MS", 500);
     // `[store] cache_mb` (default 256): RSS grows until the block cache is full, which at
     // this rate takes far longer than the soak; 32 MiB is full within its first half.
-    let cache = format!("cache_mb = {}\n", env("MALLQUEST_SOAK_CACHE_MB", 32));
+    let mut store_lines = format!("cache_mb = {}\n", env("MALLQUEST_SOAK_CACHE_MB", 32));
+    if let Ok(mb) = std::env::var("MALLQUEST_SOAK_WRITE_BUFFER_MB") {
+        store_lines.push_str(&format!(
+            "write_buffer_mb = {}\n",
+            mb.parse::<u64>().unwrap()
+        ));
+    }
     let (config, _store, http) = write_config_with(
         dir.path(),
         &broker.bootstrap(),
@@ -77,7 +84,7 @@ fn steady_load_with_queries_levels_off_and_ends_exact() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
-        text.replace("[store]\n", &format!("[store]\n{cache}")),
+        text.replace("[store]\n", &format!("[store]\n{store_lines}")),
     )
     .unwrap();
     let mut run = Run::new(config, _store);
