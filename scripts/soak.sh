@@ -5,7 +5,7 @@
 #      out the 6 s session timeout: Tansu hands a rejoining member nothing before that);
 #   2. 1,000,000 generated hostile inputs through the decoder and the fold;
 #   3. 2,000 random streams with crashes against the reference fold;
-#   4. twenty minutes of receipts at 500/s while the API is queried: RSS, lag, CPU and the
+#   4. twenty minutes of receipts at 250/s while the API is queried: RSS, lag, CPU and the
 #      memory gauges every 30 s, then the checks that RSS levelled off (the last quarter's
 #      peak within 5% of the third's) and that the outputs are exact (tests/soak.rs, which
 #      explains the 32 MiB block cache it runs with; MALLQUEST_SOAK_SECS, _RATE, _USERS,

@@ -170,7 +170,10 @@ fn golden_stream_through_real_broker_matches_expected() {
     let allocated = support::prometheus::sample(&text, "mallquest_allocator_allocated_bytes");
     let resident = support::prometheus::sample(&text, "mallquest_allocator_resident_bytes");
     assert!(allocated > f64::from(1 << 20), "allocated {allocated}");
-    assert!(resident >= allocated, "resident {resident} < allocated {allocated}");
+    assert!(
+        resident >= allocated,
+        "resident {resident} < allocated {allocated}"
+    );
     for name in mallquest::telemetry::ALL_METRICS {
         if name != mallquest::telemetry::COMMIT_FAILURES_TOTAL
             && name != mallquest::telemetry::KAFKA_ERRORS_TOTAL

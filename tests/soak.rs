@@ -59,7 +59,8 @@ fn metric(http: &str, metric: &str) -> Option<f64> {
 #[ignore = "twenty minutes; run by scripts/soak.sh"]
 fn steady_load_with_queries_levels_off_and_ends_exact() {
     let secs = env("MALLQUEST_SOAK_SECS", 1200);
-    let rate = env("MALLQUEST_SOAK_RATE", 500);
+    // 250/s: at 500/s for twenty minutes, Tansu could not serve the 600,000 receipts back.
+    let rate = env("MALLQUEST_SOAK_RATE", 250);
     let users = env("MALLQUEST_SOAK_USERS", 200_000);
     let broker = Broker::start();
     broker.create_topic("receipts", 3, false);

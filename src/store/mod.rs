@@ -55,8 +55,11 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
 }
 
-/// Default memtable budget, all keyspaces together (`[store] write_buffer_mb`).
-pub const DEFAULT_WRITE_BUFFER: u64 = 64 << 20;
+/// Default memtable budget, all keyspaces together (`[store] write_buffer_mb`). Memtables
+/// take about twice this in heap, and every flush frees it at once; at 64 MiB the
+/// allocator's resident memory kept creeping after that churn, at 16 it levelled off, for
+/// about 10% more CPU in the fold (BENCHMARKS.md 3).
+pub const DEFAULT_WRITE_BUFFER: u64 = 16 << 20;
 
 /// What a leaderboard ranks by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
