@@ -3,7 +3,8 @@
 # sqlite engine): purchases stamped with the current time at RATE/s for SECONDS, each
 # for a new shopper; latency = projection read from the topic - its issued_at.
 # Usage: scripts/bench-latency.sh [RATE] [SECONDS] [PARTITIONS]   (COMMIT_INTERVAL_MS=100;
-#   EXTRA_TOML is appended to mallquest's config, e.g. $'[kafka.client]\n"linger.ms" = "20"')
+#   EXTRA_TOML is appended to mallquest's config, e.g. $'[kafka.client]\n"linger.ms" = "20"';
+#   STORE_TOML goes into its [store] section, e.g. 'write_buffer_mb = 64')
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE="${1:-5000}"
@@ -27,6 +28,7 @@ cat >"$WORK/mq.toml" <<TOML
 brokers = "127.0.0.1:$PORT"
 [store]
 path = "$WORK/store"
+${STORE_TOML:-}
 [http]
 listen = "127.0.0.1:$HTTP"
 [processing]
