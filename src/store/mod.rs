@@ -57,8 +57,9 @@ pub enum StoreError {
 
 /// Default memtable budget, all keyspaces together (`[store] write_buffer_mb`). Memtables
 /// take about twice this in heap, and every flush frees it at once; at 64 MiB the
-/// allocator's resident memory kept creeping after that churn, at 16 it levelled off, for
-/// about 10% more CPU in the fold (BENCHMARKS.md 3).
+/// allocator's resident memory kept creeping after that churn, at 16 it levelled off. The
+/// cost shows in bulk folds of millions of users: more CPU and a higher peak (many small
+/// tables), where 64 does better (BENCHMARKS.md 3).
 pub const DEFAULT_WRITE_BUFFER: u64 = 16 << 20;
 
 /// What a leaderboard ranks by.
