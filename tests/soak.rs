@@ -40,19 +40,16 @@ fn env(k: &str, d: u64) -> u64 {
         .unwrap_or(d)
 }
 
-/// The sum of the samples of `metric` (every label set) on `/metrics`.
-fn metric(http: &str, metric: &str) -> Option<f64> {
-    let r = support::http::get(http, "/metrics").ok()?;
-    let text = String::from_utf8_lossy(&r.body).to_string();
-    Some(
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(metric)
-                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+/// The sum of the samples of `metric` (every label set) in a `/metrics` exposition.
+fn metric(exposition: &str, metric: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[test]
@@ -152,13 +149,18 @@ fn steady_load_with_queries_levels_off_and_ends_exact() {
     while !producer.is_finished() {
         std::thread::sleep(Duration::from_secs(30));
         assert!(run.is_running(), "exited\n{}", run.log());
+        // One scrape per sample; a failed one shows as -1 throughout.
+        let exposition = support::http::get(&http, "/metrics")
+            .ok()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned());
+        let value = |m| exposition.as_deref().map(|e| metric(e, m));
         let sample = (
             started.elapsed().as_secs(),
             run.rss_kib(),
-            metric(&http, "mallquest_consumer_lag").unwrap_or(-1.0),
+            value("mallquest_consumer_lag").unwrap_or(-1.0),
             run.cpu_seconds(),
         );
-        let mib = |m| metric(&http, m).map_or(-1.0, |b| b / f64::from(1 << 20));
+        let mib = |m| value(m).map_or(-1.0, |b| b / f64::from(1 << 20));
         eprintln!(
             "t={:>4}s rss={:>7} KiB lag={:>6} cpu={:.1}s queries ok={} bad={} \
              block cache={:.0} MiB memtables={:.0} MiB store={:.0} MiB \
