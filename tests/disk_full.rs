@@ -77,7 +77,7 @@ impl Case {
         let dir = tempfile::tempdir().unwrap();
         let mnt = dir.path().join("disk");
         mount_tmpfs(&mnt, size);
-        let (config, _, http) = write_config_with(dir.path(), &broker.bootstrap(), "", "");
+        let (config, _, http) = write_config_with(dir.path(), &broker.bootstrap(), "", "", "");
         let store = mnt.join("store");
         let text = std::fs::read_to_string(&config).unwrap().replace(
             &format!("path = \"{}\"", dir.path().join("store").display()),

@@ -298,7 +298,8 @@ fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
         Mode::Group => "",
         Mode::Manual => "assignment = \"manual\"",
     };
-    let (config, store, http) = write_config_with(dir.path(), &broker.bootstrap(), kafka_extra, "");
+    let (config, store, http) =
+        write_config_with(dir.path(), &broker.bootstrap(), kafka_extra, "", "");
     let mut run = Run::new(config, store.clone());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     run.start();

@@ -77,14 +77,9 @@ fn steady_load_with_queries_levels_off_and_ends_exact() {
         dir.path(),
         &broker.bootstrap(),
         &format!("[kafka.client]\n\"fetch.wait.max.ms\" = \"{fetch_wait}\"\n"),
+        &store_lines,
         "",
     );
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("[store]\n", &format!("[store]\n{store_lines}")),
-    )
-    .unwrap();
     let mut run = Run::new(config, _store);
     run.start();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -16,14 +16,15 @@ pub struct Run {
 
 /// Writes a config for a test broker; returns (config path, store path, HTTP address).
 pub fn write_config(dir: &Path, bootstrap: &str, rules_extra: &str) -> (PathBuf, PathBuf, String) {
-    write_config_with(dir, bootstrap, "", rules_extra)
+    write_config_with(dir, bootstrap, "", "", rules_extra)
 }
 
-/// Like [`write_config`], with extra lines in `[kafka]`.
+/// Like [`write_config`], with extra lines in `[kafka]` and in `[store]`.
 pub fn write_config_with(
     dir: &Path,
     bootstrap: &str,
     kafka_extra: &str,
+    store_extra: &str,
     rules_extra: &str,
 ) -> (PathBuf, PathBuf, String) {
     let store = dir.join("store");
@@ -38,7 +39,7 @@ pub fn write_config_with(
         &config,
         format!(
             "[kafka]\nbrokers = \"{bootstrap}\"\ngroup_id = \"mq-test\"\n{kafka_extra}\n\
-             [store]\npath = \"{}\"\n[processing]\ncommit_interval_ms = 50\n\
+             [store]\npath = \"{}\"\n{store_extra}\n[processing]\ncommit_interval_ms = 50\n\
              [http]\nlisten = \"{http}\"\n{rules_extra}",
             store.display()
         ),
