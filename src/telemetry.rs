@@ -245,7 +245,6 @@ pub fn batch_committed(stats: &BatchStats, took: Duration, store: &crate::store:
     let memory = store.memory();
     gauge!(STORE_CACHE_BYTES).set(memory.cache_bytes as f64);
     gauge!(STORE_WRITE_BUFFER_BYTES).set(memory.write_buffer_bytes as f64);
-    allocator_sampled();
     debug!(
         message = "Batch committed.",
         records = stats.records,
@@ -256,9 +255,10 @@ pub fn batch_committed(stats: &BatchStats, took: Duration, store: &crate::store:
     );
 }
 
-/// Samples jemalloc's own counts (refreshed by advancing its statistics epoch). Where
-/// jemalloc is not the global allocator (the library's tests) they stay near zero.
-fn allocator_sampled() {
+/// Samples jemalloc's own counts (refreshed by advancing its statistics epoch), when
+/// `/metrics` is scraped rather than on the fold's path. Where jemalloc is not the global
+/// allocator (the library's tests) they stay near zero.
+pub fn allocator_sampled() {
     use tikv_jemalloc_ctl::{epoch, stats};
     if epoch::advance().is_err() {
         return;

@@ -11,6 +11,7 @@ use super::{ApiError, AppState, HEADER_OFFSETS};
 use crate::codec;
 use crate::domain::money::format_minor;
 use crate::store::Board;
+use crate::telemetry;
 
 /// Longest accepted user id, in bytes (as for receipts).
 const MAX_USER_ID: usize = 128;
@@ -156,11 +157,14 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus text exposition.
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     match &state.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
+        Some(h) => {
+            telemetry::allocator_sampled();
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                h.render(),
+            )
+                .into_response()
+        }
         None => ApiError::unavailable("no_metrics", "no metrics recorder in this process")
             .into_response(),
     }
