@@ -19,6 +19,8 @@ struct Inner {
     commit_error: Option<String>,
     /// Failed commits since start.
     commit_failures: u64,
+    /// Why no broker answers, while none does.
+    broker_error: Option<String>,
     /// Next offsets of the state the store holds, `topic/partition=offset` joined by `,`.
     offsets: String,
 }
@@ -60,6 +62,19 @@ impl Status {
         }
     }
 
+    /// No broker answers: `why` names the addresses and the client's error.
+    pub fn broker_unreachable(&self, why: String) {
+        self.write().broker_error = Some(why);
+    }
+
+    /// A broker answered again.
+    pub fn broker_reachable(&self) {
+        let mut w = self.write();
+        if w.broker_error.is_some() {
+            w.broker_error = None;
+        }
+    }
+
     /// A commit failed.
     pub fn commit_failed(&self, why: String) {
         let mut w = self.write();
@@ -75,6 +90,9 @@ impl Status {
     /// `Ok` when partitions are held and the last commit succeeded.
     pub fn ready(&self) -> Result<(), NotReady> {
         let r = self.read();
+        if let Some(e) = &r.broker_error {
+            return Err(e.clone());
+        }
         if let Some(e) = &r.commit_error {
             return Err(format!("last commit failed: {e}"));
         }
@@ -123,5 +141,10 @@ mod tests {
         assert_eq!(s.offsets_header(), "receipts/0=120,receipts/1=98");
         s.revoked();
         assert!(s.ready().is_err());
+        s.assigned(vec![0]);
+        s.broker_unreachable("cannot reach the Kafka brokers at 127.0.0.1:9092: refused".into());
+        assert!(s.ready().unwrap_err().contains("127.0.0.1:9092"));
+        s.broker_reachable();
+        assert!(s.ready().is_ok());
     }
 }

@@ -57,6 +57,7 @@ impl Fixture {
             mock.create_topic(topic, partitions, 1).unwrap();
         }
         let client = Client {
+            replication: 1,
             bootstrap: mock.bootstrap_servers(),
         };
         let mut sim = Simulator::new(23, 300, 20, mallquest::sim::Mix::default());

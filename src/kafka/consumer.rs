@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
@@ -34,11 +34,31 @@ struct StoreSeekingContext {
     fatal: Mutex<Option<String>>,
     /// What the HTTP API reports.
     status: Arc<Status>,
+    /// The client's last error reaching a broker, for the start-up wait's message.
+    last_transport_error: Mutex<Option<String>>,
+    /// The configured bootstrap brokers, named in `/readyz` when none answers.
+    brokers: String,
 }
 
 impl ClientContext for StoreSeekingContext {
     fn error(&self, error: KafkaError, reason: &str) {
         telemetry::kafka_error(&format_args!("{error}: {reason}"));
+        let code = error.rdkafka_error_code();
+        if matches!(
+            code,
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+                | Some(RDKafkaErrorCode::Resolve)
+        ) {
+            if let Ok(mut l) = self.last_transport_error.lock() {
+                *l = Some(reason.to_owned());
+            }
+        }
+        if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.status.broker_unreachable(format!(
+                "cannot reach the Kafka brokers at {}: {reason}",
+                self.brokers
+            ));
+        }
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -52,6 +72,9 @@ impl ClientContext for StoreSeekingContext {
         }
         let up = statistics.brokers.values().any(|b| b.state == "UP");
         telemetry::broker_up(up);
+        if up {
+            self.status.broker_reachable();
+        }
     }
 }
 
@@ -154,35 +177,42 @@ pub fn run(
         topic: kafka.receipts_topic.clone(),
         fatal: Mutex::new(None),
         status: Arc::clone(&status),
+        last_transport_error: Mutex::new(None),
+        brokers: kafka.brokers.clone(),
     };
+    // Down until the brokers answered: the gauge exists from the start.
+    telemetry::broker_up(false);
     // Seeds the freshness header with what the store already holds.
     status.committed(&store.offsets()?);
     // A short session: a killed processor's partitions go back to the group within
-    // seconds, not after the 45 s default. Static membership (`group.instance.id` in
-    // [kafka.client]) is the alternative on brokers that support it well; Tansu's
-    // group coordinator looped in rebalances with it (see ARCHITECTURE.md).
-    let consumer: BaseConsumer<StoreSeekingContext> = super::client_config(
-        kafka,
-        &[
-            ("group.id", &kafka.group_id),
-            ("session.timeout.ms", "6000"),
-            // The loop polls at least every commit (publish waits at most ~35 s), so a
-            // minute bounds how long a rebalance can wait for a member that is gone.
-            ("max.poll.interval.ms", "60000"),
-            ("heartbeat.interval.ms", "1000"),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("enable.partition.eof", "false"),
-            // Brokers that do not answer a waiting fetch as soon as data arrives (Tansu
-            // 0.6 waits out the whole interval) would otherwise add up to 500 ms to every
-            // receipt's latency; an idle partition costs a small fetch every 10 ms.
-            ("fetch.wait.max.ms", "10"),
-            ("statistics.interval.ms", "5000"),
-        ],
-    )
-    .create_with_context(context)
-    .context("failed to create the Kafka consumer")?;
+    // seconds, not after the 45 s default. With static membership (`[kafka] instance_id`)
+    // a restart within the session rejoins under the same member and gets its partitions
+    // back without a rebalance; the broker rebalances only when the session expires.
+    let mut defaults = vec![
+        ("group.id", kafka.group_id.as_str()),
+        ("session.timeout.ms", "6000"),
+        // The loop polls at least every commit (publish waits at most ~35 s), so a
+        // minute bounds how long a rebalance can wait for a member that is gone.
+        ("max.poll.interval.ms", "60000"),
+        ("heartbeat.interval.ms", "1000"),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("enable.partition.eof", "false"),
+        ("statistics.interval.ms", "5000"),
+        // Reconnects back off from 100 ms to 10 s (librdkafka's defaults, named here).
+        ("reconnect.backoff.ms", "100"),
+        ("reconnect.backoff.max.ms", "10000"),
+    ];
+    if let Some(id) = &kafka.instance_id {
+        defaults.push(("group.instance.id", id.as_str()));
+    }
+    let consumer: BaseConsumer<StoreSeekingContext> = super::client_config(kafka, &defaults)
+        .create_with_context(context)
+        .context("failed to create the Kafka consumer")?;
+    if !wait_for_brokers(&consumer, kafka, &status, shutdown) {
+        return Ok(());
+    }
     check_start(&consumer, &store, &kafka.receipts_topic, start)?;
     match kafka.assignment {
         Assignment::Group => consumer
@@ -418,6 +448,57 @@ fn recover(
     sleep_unless(shutdown, *backoff);
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
     Ok(())
+}
+
+/// Waits until the brokers answer a metadata request, saying why not while they do not:
+/// a log line naming the addresses and the client's error (within seconds, then at a
+/// backing-off interval), `mallquest_broker_up 0`, and the cause on `/readyz`. Returns
+/// `false` if asked to stop first.
+fn wait_for_brokers(
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    kafka: &crate::config::KafkaConfig,
+    status: &Status,
+    shutdown: &AtomicBool,
+) -> bool {
+    let mut backoff = Duration::from_secs(1);
+    let mut attempts = 0u32;
+    loop {
+        match consumer.fetch_metadata(Some(&kafka.receipts_topic), Duration::from_secs(2)) {
+            Ok(_) => {
+                telemetry::broker_up(true);
+                status.broker_reachable();
+                if attempts > 0 {
+                    info!(message = "Reached the Kafka brokers.", brokers = %kafka.brokers, attempts);
+                }
+                return true;
+            }
+            Err(e) => {
+                attempts += 1;
+                // Serves the client's own error callbacks, which carry the transport error
+                // ("Connect to ipv4#127.0.0.1:9092 failed: Connection refused").
+                let _ = consumer.poll(Duration::ZERO);
+                let detail = consumer
+                    .context()
+                    .last_transport_error
+                    .lock()
+                    .ok()
+                    .and_then(|l| l.clone())
+                    .unwrap_or_else(|| e.to_string());
+                let why = format!(
+                    "cannot reach the Kafka brokers at {}: {detail}",
+                    kafka.brokers
+                );
+                telemetry::broker_up(false);
+                status.broker_unreachable(why.clone());
+                warn!(message = "Cannot reach the Kafka brokers; retrying.", brokers = %kafka.brokers, error = %detail, attempt = attempts, retry_in_s = backoff.as_secs());
+                sleep_unless(shutdown, backoff);
+                if shutdown.load(Ordering::Relaxed) {
+                    return false;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 /// Refuses a start that would publish zeroed projections over good ones.

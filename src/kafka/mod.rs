@@ -32,7 +32,9 @@ pub fn client_config(kafka: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientCo
 }
 
 /// Creates the output topics if they are missing: the projections topic compacted,
-/// with as many partitions as the receipts topic has (or 1 if it does not exist yet).
+/// with as many partitions as the receipts topic has (or 1 if it does not exist yet), and
+/// the cluster's default replication factor (`default.replication.factor`; a factor of 1
+/// on a cluster with `min.insync.replicas = 2` would refuse every `acks=all` write).
 pub async fn ensure_output_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
     let partitions = receipts_partitions(kafka).unwrap_or(1).max(1);
     let admin: AdminClient<DefaultClientContext> = client_config(kafka, &[])
@@ -42,11 +44,11 @@ pub async fn ensure_output_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
         NewTopic::new(
             &kafka.projections_topic,
             partitions,
-            TopicReplication::Fixed(1),
+            TopicReplication::Fixed(-1),
         )
         .set("cleanup.policy", "compact"),
-        NewTopic::new(&kafka.events_topic, partitions, TopicReplication::Fixed(1)),
-        NewTopic::new(&kafka.dlq_topic, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&kafka.events_topic, partitions, TopicReplication::Fixed(-1)),
+        NewTopic::new(&kafka.dlq_topic, partitions, TopicReplication::Fixed(-1)),
     ];
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin

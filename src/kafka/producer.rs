@@ -10,6 +10,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
+use tracing::warn;
 
 use crate::codec;
 use crate::config::KafkaConfig;
@@ -45,6 +46,8 @@ impl ProducerContext for DeliveryTracker {
 pub struct KafkaSink {
     /// Its own thread serves delivery reports as they arrive.
     producer: ThreadedProducer<DeliveryTracker>,
+    /// To make a new producer after a fatal error.
+    kafka: KafkaConfig,
     projections_topic: String,
     events_topic: String,
     dlq_topic: String,
@@ -54,13 +57,28 @@ pub struct KafkaSink {
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl KafkaSink {
-    /// A producer with bounded queues and acks from all replicas.
+    /// A producer with bounded queues, acks from all in-sync replicas and idempotence.
     pub fn new(kafka: &KafkaConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            producer: Self::producer(kafka)?,
+            kafka: kafka.clone(),
+            projections_topic: kafka.projections_topic.clone(),
+            events_topic: kafka.events_topic.clone(),
+            dlq_topic: kafka.dlq_topic.clone(),
+        })
+    }
+
+    fn producer(kafka: &KafkaConfig) -> anyhow::Result<ThreadedProducer<DeliveryTracker>> {
         let timeout_ms = DELIVERY_TIMEOUT.as_millis().to_string();
-        let producer = super::client_config(
+        super::client_config(
             kafka,
             &[
                 ("acks", "all"),
+                // No duplicates and no reordering on retries: a retried request cannot land
+                // an older projection of a user after a newer one on the compacted topic.
+                // librdkafka then keeps at most 5 requests in flight per partition and
+                // retries within `message.timeout.ms`.
+                ("enable.idempotence", "true"),
                 ("linger.ms", "5"),
                 ("queue.buffering.max.messages", "100000"),
                 ("message.timeout.ms", &timeout_ms),
@@ -68,13 +86,18 @@ impl KafkaSink {
             ],
         )
         .create_with_context(DeliveryTracker::default())
-        .context("failed to create the Kafka producer")?;
-        Ok(Self {
-            producer,
-            projections_topic: kafka.projections_topic.clone(),
-            events_topic: kafka.events_topic.clone(),
-            dlq_topic: kafka.dlq_topic.clone(),
-        })
+        .context("failed to create the Kafka producer")
+    }
+
+    /// After an idempotent producer's fatal error (its sequence state is lost, e.g. a
+    /// broker forgot it), no send can succeed any more: a new producer takes over. The
+    /// failed batch is replayed from the store, so nothing is lost or reordered.
+    fn replace_if_fatal(&mut self) -> anyhow::Result<()> {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            warn!(message = "The producer hit a fatal error; replacing it.", code = ?code, reason = %reason);
+            self.producer = Self::producer(&self.kafka)?;
+        }
+        Ok(())
     }
 
     fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
@@ -171,6 +194,7 @@ impl Sink for KafkaSink {
                 .ok()
                 .and_then(|l| l.clone())
                 .unwrap_or_default();
+            self.replace_if_fatal()?;
             anyhow::bail!("{failed} outputs failed to deliver (last error: {last})");
         }
         Ok(())

@@ -1,11 +1,20 @@
-//! A real Kafka-protocol broker for tests: Tansu on a free port with a fresh sqlite
-//! file in a temporary directory, stopped when dropped. `scripts/test.sh` installs it;
-//! the binary is found through `TANSU_BIN`, then `~/.cargo/bin/tansu`, then `PATH`.
+//! Real Apache Kafka for tests: a one-node KRaft broker (broker and controller combined),
+//! or a three-node KRaft cluster, on free ports with fresh data directories.
+//!
+//! The jars come from `scripts/install-kafka.sh` (Maven Central, cached); its cache path
+//! is taken from `MALLQUEST_KAFKA_HOME`, which `scripts/test.sh` sets, else the script is
+//! run once to find (or make) it. Each broker JVM runs under a small shell that kills it
+//! when this test process goes away, however it goes (a panic, an abort, SIGKILL): the
+//! shell holds the read end of a pipe whose write end only this process holds. Dropping a
+//! [`Broker`] or [`Cluster`] stops its JVMs at once.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -16,36 +25,32 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-pub struct Broker {
-    child: Option<Child>,
-    pub port: u16,
-    pub dir: tempfile::TempDir,
-}
+/// How long a broker may take from `java` to "Kafka Server started" on a busy 2-core box.
+const START_BOUND: Duration = Duration::from_secs(90);
 
-/// One record read back from a topic.
-#[derive(Debug, Clone)]
-pub struct Read {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: BTreeMap<String, String>,
-}
-
-pub fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(p);
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let p = Path::new(&home).join(".cargo/bin/tansu");
-        if p.exists() {
-            return p;
+/// The install's root (holding `libs/` and `log4j2.properties`).
+pub fn kafka_home() -> &'static Path {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| {
+        if let Some(h) = std::env::var_os("MALLQUEST_KAFKA_HOME") {
+            return PathBuf::from(h);
         }
-    }
-    PathBuf::from("tansu")
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-kafka.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed: cannot get Apache Kafka",
+            script.display()
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -53,79 +58,266 @@ fn free_port() -> u16 {
         .port()
 }
 
-impl Broker {
-    pub fn start() -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let mut b = Broker {
-            child: None,
-            port: free_port(),
-            dir,
-        };
-        b.spawn();
-        b
+/// A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what
+/// `kafka-storage random-uuid` prints), made here to save a JVM start.
+fn cluster_id() -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// One broker process (a node of a cluster, or a cluster of one).
+pub struct Node {
+    pub id: u32,
+    pub port: u16,
+    pub controller_port: u16,
+    dir: PathBuf,
+    /// The shell running the JVM; its process group is the JVM's.
+    child: Option<Child>,
+    /// The reaper's pipe: closing it (this process exiting) kills the JVM.
+    _lifeline: Option<ChildStdin>,
+    starts: u32,
+}
+
+impl Node {
+    fn properties(&self) -> PathBuf {
+        self.dir.join("server.properties")
     }
 
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("broker.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn java(&self, heap_mb: u32) -> Command {
+        let home = kafka_home();
+        let mut c = Command::new("java");
+        c.arg(format!("-Xms{}m", heap_mb.min(256)))
+            .arg(format!("-Xmx{heap_mb}m"))
+            .args([
+                "-XX:+UseSerialGC",
+                "-XX:+ExitOnOutOfMemoryError",
+                "-Djava.awt.headless=true",
+            ])
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                home.join("log4j2.properties").display()
+            ))
+            .arg(format!("-Dkafka.logs.dir={}", self.dir.display()))
+            .arg("-cp")
+            .arg(format!("{}/libs/*", home.display()));
+        c
+    }
+
+    fn format(&self, cluster_id: &str, standalone: bool) {
+        let mut c = self.java(256);
+        c.args(["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c"])
+            .arg(self.properties());
+        if standalone {
+            c.arg("--standalone");
+        }
+        let out = c.output().expect("java (Java 17) must be installed");
+        assert!(
+            out.status.success(),
+            "formatting node {}: {}{}",
+            self.id,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the JVM (it must not be running); does not wait for it.
     fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        self.starts += 1;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("tansu.log"))
+            .open(self.log_path())
             .unwrap();
-        let child = Command::new(tansu_bin())
-            .current_dir(self.dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            // Relative to the working directory: a fresh file per broker.
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .stdin(Stdio::null())
+        writeln!(&log, "===== start {} =====", self.starts).unwrap();
+        let java = self.java(512);
+        let mut argv: Vec<String> = vec![java.get_program().to_string_lossy().into_owned()];
+        argv.extend(java.get_args().map(|a| a.to_string_lossy().into_owned()));
+        argv.push("kafka.Kafka".into());
+        argv.push(self.properties().display().to_string());
+        // The JVM in the background; the shell waits on its stdin (our pipe) and kills the
+        // JVM when the pipe closes, then exits with the JVM's status otherwise.
+        // (A background job's stdin is /dev/null unless redirected: hence fd 3.)
+        let script = r#"
+            exec 3<&0
+            "$@" </dev/null 3<&- &
+            jvm=$!
+            { cat <&3 >/dev/null; kill -9 "$jvm" 2>/dev/null; } &
+            exec 3<&-
+            wait "$jvm"
+        "#;
+        let mut child = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .arg("kafka-node")
+            .args(&argv)
+            .process_group(0)
+            .stdin(Stdio::piped())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "failed to start Tansu ({}): {e}; run scripts/test.sh, which installs it",
-                    tansu_bin().display()
-                )
-            });
+            .expect("bash must be installed");
+        self._lifeline = child.stdin.take();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+    }
+
+    /// Waits until this start logged "Kafka Server started" and its port accepts.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_BOUND;
+        let marker = format!("===== start {} =====", self.starts);
+        loop {
+            let log = self.log();
+            let this_start = log.rsplit(&marker).next().unwrap_or("");
+            if this_start.contains("Kafka Server started")
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            if let Some(c) = &mut self.child {
+                if let Some(status) = c.try_wait().unwrap() {
+                    panic!(
+                        "Kafka node {} exited ({status}) while starting:\n{}",
+                        self.id,
+                        tail(this_start, 60)
+                    );
+                }
+            }
             assert!(
                 Instant::now() < deadline,
-                "Tansu did not listen within 30 s"
+                "Kafka node {} not ready within {START_BOUND:?}:\n{}",
+                self.id,
+                tail(this_start, 60)
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// Stops the broker process (the data file stays).
-    pub fn stop(&mut self) {
+    /// Kills the JVM (SIGKILL to its process group) and waits for it; the data stays.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", c.id())])
+                .status();
             let _ = c.wait();
         }
+        self._lifeline = None;
     }
 
-    /// Starts it again on the same port and data file.
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Properties every test node shares: small internal topics (the first group join is
+/// faster), no initial rebalance delay, and log cleaning often enough to see compaction.
+fn common_properties(replication: u32, min_isr: u32) -> String {
+    format!(
+        "controller.listener.names=CONTROLLER\n\
+         inter.broker.listener.name=PLAINTEXT\n\
+         listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
+         offsets.topic.replication.factor={replication}\n\
+         offsets.topic.num.partitions=4\n\
+         transaction.state.log.replication.factor={replication}\n\
+         transaction.state.log.min.isr={min_isr}\n\
+         transaction.state.log.num.partitions=4\n\
+         share.coordinator.state.topic.replication.factor={replication}\n\
+         share.coordinator.state.topic.min.isr={min_isr}\n\
+         default.replication.factor={replication}\n\
+         min.insync.replicas={min_isr}\n\
+         group.initial.rebalance.delay.ms=0\n\
+         num.partitions=1\n\
+         auto.create.topics.enable=true\n\
+         log.cleaner.backoff.ms=1000\n\
+         num.network.threads=2\n\
+         num.io.threads=4\n\
+         num.recovery.threads.per.data.dir=1\n"
+    )
+}
+
+/// A one-node Apache Kafka (broker and controller in one JVM), stopped when dropped.
+pub struct Broker {
+    node: Node,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let node_dir = dir.path().join("node1");
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let (port, cport) = (free_port(), free_port());
+        let props = format!(
+            "process.roles=broker,controller\n\
+             node.id=1\n\
+             controller.quorum.bootstrap.servers=127.0.0.1:{cport}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
+             log.dirs={}\n{}",
+            node_dir.join("data").display(),
+            common_properties(1, 1)
+        );
+        std::fs::write(node_dir.join("server.properties"), props).unwrap();
+        let mut node = Node {
+            id: 1,
+            port,
+            controller_port: cport,
+            dir: node_dir,
+            child: None,
+            _lifeline: None,
+            starts: 0,
+        };
+        node.format(&cluster_id(), true);
+        node.spawn();
+        node.wait_ready();
+        Broker { node, port, dir }
+    }
+
+    /// Stops the broker at once (SIGKILL; its data stays).
+    pub fn stop(&mut self) {
+        self.node.kill();
+    }
+
+    /// Starts it again on the same ports and data, and waits until it is ready.
+    pub fn restart(&mut self) {
+        self.node.kill();
+        self.node.spawn();
+        self.node.wait_ready();
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.node.bootstrap()
     }
 
     /// A client of this broker.
     pub fn client(&self) -> Client {
         Client {
             bootstrap: self.bootstrap(),
+            replication: 1,
         }
     }
 
@@ -142,32 +334,188 @@ impl Broker {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+        self.node.log()
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
+/// Three KRaft nodes on one machine, each broker and controller (a static three-voter
+/// quorum), replication factor 3 and `min.insync.replicas = 2` for every topic.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let voters = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let id = cluster_id();
+        let mut nodes = Vec::new();
+        for (i, (port, cport)) in ports.iter().enumerate() {
+            let node_dir = dir.path().join(format!("node{}", i + 1));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let props = format!(
+                "process.roles=broker,controller\n\
+                 node.id={}\n\
+                 controller.quorum.voters={voters}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
+                 log.dirs={}\n{}",
+                i + 1,
+                node_dir.join("data").display(),
+                common_properties(3, 2)
+            );
+            std::fs::write(node_dir.join("server.properties"), props).unwrap();
+            nodes.push(Node {
+                id: i as u32 + 1,
+                port: *port,
+                controller_port: *cport,
+                dir: node_dir,
+                child: None,
+                _lifeline: None,
+                starts: 0,
+            });
+        }
+        // Formats in parallel (a JVM each), then all three start together: a node exits
+        // if the quorum does not form within `initial.broker.registration.timeout.ms`.
+        std::thread::scope(|s| {
+            for n in &nodes {
+                let id = &id;
+                s.spawn(move || n.format(id, false));
+            }
+        });
+        for n in &mut nodes {
+            n.spawn();
+        }
+        for n in &mut nodes {
+            n.wait_ready();
+        }
+        Cluster { nodes, _dir: dir }
+    }
+
+    /// Every running node's address.
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Node::bootstrap)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            bootstrap: self.bootstrap(),
+            replication: 3,
+        }
+    }
+
+    /// Index in `nodes` of the node leading a partition (by metadata).
+    pub fn leader_of(&self, topic: &str, partition: i32) -> usize {
+        let id = self.client().leader_of(topic, partition);
+        self.nodes
+            .iter()
+            .position(|n| n.id as i32 == id)
+            .unwrap_or_else(|| panic!("leader {id} of {topic}/{partition} is not a node"))
+    }
+
+    /// SIGKILLs a node (its data stays).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts a killed node again on its data and waits until it is ready.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].kill();
+        self.nodes[i].spawn();
+        self.nodes[i].wait_ready();
+    }
+
+    /// Waits until every partition of `topic` has all three replicas in sync again.
+    pub fn wait_in_sync(&self, topic: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.client().min_isr_of(topic) == 3 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic} not fully in sync after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
-/// Admin, producer and reader helpers for any Kafka-protocol cluster (Tansu, or
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Admin, producer and reader helpers for any Kafka cluster (Apache Kafka, or
 /// librdkafka's mock cluster).
 pub struct Client {
     pub bootstrap: String,
+    /// Replication factor of the topics it creates.
+    pub replication: i32,
 }
 
 impl Client {
+    pub fn new(bootstrap: impl Into<String>) -> Client {
+        Client {
+            bootstrap: bootstrap.into(),
+            replication: 1,
+        }
+    }
+
     fn config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
         c
     }
 
+    fn metadata(&self, topic: &str) -> rdkafka::metadata::Metadata {
+        let consumer: BaseConsumer = self.config().create().unwrap();
+        consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap()
+    }
+
+    /// The broker id leading a partition.
+    pub fn leader_of(&self, topic: &str, partition: i32) -> i32 {
+        let md = self.metadata(topic);
+        md.topics()[0]
+            .partitions()
+            .iter()
+            .find(|p| p.id() == partition)
+            .unwrap()
+            .leader()
+    }
+
+    /// The smallest in-sync replica count over the topic's partitions.
+    pub fn min_isr_of(&self, topic: &str) -> usize {
+        let md = self.metadata(topic);
+        md.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| p.isr().len())
+            .min()
+            .unwrap_or(0)
+    }
+
     pub fn create_topic(&self, name: &str, partitions: i32, compact: bool) {
         let admin: AdminClient<DefaultClientContext> = self.config().create().unwrap();
-        let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(self.replication));
         if compact {
             t = t.set("cleanup.policy", "compact");
         }
@@ -181,14 +529,34 @@ impl Client {
         for r in res {
             r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
         }
+        // Creation returns before every broker knows the leaders: wait until metadata
+        // names a leader for every partition, so that the first produce does not race it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let md = self.metadata(name);
+            let t = &md.topics()[0];
+            if t.error().is_none()
+                && t.partitions().len() == partitions as usize
+                && t.partitions().iter().all(|p| p.leader() >= 0)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} has no leaders after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
-    /// Produces records (key, value) to a partition chosen by the broker's partitioner
-    /// (or the given one), in bounded chunks so the broker is never flooded.
+    /// Produces records (key, value) to the partition librdkafka's partitioner picks, in
+    /// bounded chunks, every one acknowledged by all in-sync replicas.
     pub fn produce(&self, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
         let producer: BaseProducer = self
             .config()
             .set("linger.ms", "5")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
             .set("queue.buffering.max.messages", "20000")
             .create()
             .unwrap();
@@ -206,8 +574,7 @@ impl Client {
                     }
                 }
             }
-            // Generous: Tansu has been seen to stall for over a minute under a long soak.
-            producer.flush(Duration::from_secs(300)).unwrap();
+            producer.flush(Duration::from_secs(120)).unwrap();
         }
     }
 
@@ -226,10 +593,10 @@ impl Client {
         let mut tpl = TopicPartitionList::new();
         let mut want = BTreeMap::new();
         for p in &partitions {
-            let (_, high) = consumer
+            let (low, high) = consumer
                 .fetch_watermarks(topic, *p, Duration::from_secs(10))
                 .unwrap();
-            if high > 0 {
+            if high > low {
                 want.insert(*p, high);
                 tpl.add_partition_offset(topic, *p, Offset::Beginning)
                     .unwrap();
@@ -240,7 +607,7 @@ impl Client {
             return out;
         }
         consumer.assign(&tpl).unwrap();
-        // Times out only without progress: a large topic on a slow broker takes long.
+        // Times out only without progress.
         let patience = Duration::from_secs(60);
         let mut deadline = Instant::now() + patience;
         let mut done: BTreeMap<i32, bool> = want.keys().map(|p| (*p, false)).collect();
