@@ -230,9 +230,19 @@ async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
             Duration::from_secs(config.store.compact_every_minutes * 60),
         ));
     }
-    kafka::ensure_output_topics(&config.kafka).await?;
     let flag = Arc::new(AtomicBool::new(false));
     tokio::spawn(shutdown::on_signal(Arc::clone(&flag)));
+    let reached = {
+        let (kafka, status, flag) = (config.kafka.clone(), Arc::clone(&status), Arc::clone(&flag));
+        tokio::task::spawn_blocking(move || kafka::wait_for_brokers(&kafka, &status, &flag))
+            .await
+            .context("the broker probe panicked")??
+    };
+    if !reached {
+        let _ = stop_http.send(());
+        return Ok(());
+    }
+    kafka::ensure_output_topics(&config.kafka).await?;
     let worker =
         tokio::task::spawn_blocking(move || kafka::run(&config, store, status, &flag, start));
     let result = worker.await.context("the consumer thread panicked")?;

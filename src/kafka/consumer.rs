@@ -34,8 +34,6 @@ struct StoreSeekingContext {
     fatal: Mutex<Option<String>>,
     /// What the HTTP API reports.
     status: Arc<Status>,
-    /// The client's last error reaching a broker, for the start-up wait's message.
-    last_transport_error: Mutex<Option<String>>,
     /// The configured bootstrap brokers, named in `/readyz` when none answers.
     brokers: String,
 }
@@ -43,17 +41,7 @@ struct StoreSeekingContext {
 impl ClientContext for StoreSeekingContext {
     fn error(&self, error: KafkaError, reason: &str) {
         telemetry::kafka_error(&format_args!("{error}: {reason}"));
-        let code = error.rdkafka_error_code();
-        if matches!(
-            code,
-            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
-                | Some(RDKafkaErrorCode::Resolve)
-        ) {
-            if let Ok(mut l) = self.last_transport_error.lock() {
-                *l = Some(reason.to_owned());
-            }
-        }
-        if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.status.broker_unreachable(format!(
                 "cannot reach the Kafka brokers at {}: {reason}",
                 self.brokers
@@ -177,11 +165,8 @@ pub fn run(
         topic: kafka.receipts_topic.clone(),
         fatal: Mutex::new(None),
         status: Arc::clone(&status),
-        last_transport_error: Mutex::new(None),
         brokers: kafka.brokers.clone(),
     };
-    // Down until the brokers answered: the gauge exists from the start.
-    telemetry::broker_up(false);
     // Seeds the freshness header with what the store already holds.
     status.committed(&store.offsets()?);
     // A short session: a killed processor's partitions go back to the group within
@@ -210,9 +195,6 @@ pub fn run(
     let consumer: BaseConsumer<StoreSeekingContext> = super::client_config(kafka, &defaults)
         .create_with_context(context)
         .context("failed to create the Kafka consumer")?;
-    if !wait_for_brokers(&consumer, kafka, &status, shutdown) {
-        return Ok(());
-    }
     check_start(&consumer, &store, &kafka.receipts_topic, start)?;
     match kafka.assignment {
         Assignment::Group => consumer
@@ -450,57 +432,6 @@ fn recover(
     Ok(())
 }
 
-/// Waits until the brokers answer a metadata request, saying why not while they do not:
-/// a log line naming the addresses and the client's error (within seconds, then at a
-/// backing-off interval), `mallquest_broker_up 0`, and the cause on `/readyz`. Returns
-/// `false` if asked to stop first.
-fn wait_for_brokers(
-    consumer: &BaseConsumer<StoreSeekingContext>,
-    kafka: &crate::config::KafkaConfig,
-    status: &Status,
-    shutdown: &AtomicBool,
-) -> bool {
-    let mut backoff = Duration::from_secs(1);
-    let mut attempts = 0u32;
-    loop {
-        match consumer.fetch_metadata(Some(&kafka.receipts_topic), Duration::from_secs(2)) {
-            Ok(_) => {
-                telemetry::broker_up(true);
-                status.broker_reachable();
-                if attempts > 0 {
-                    info!(message = "Reached the Kafka brokers.", brokers = %kafka.brokers, attempts);
-                }
-                return true;
-            }
-            Err(e) => {
-                attempts += 1;
-                // Serves the client's own error callbacks, which carry the transport error
-                // ("Connect to ipv4#127.0.0.1:9092 failed: Connection refused").
-                let _ = consumer.poll(Duration::ZERO);
-                let detail = consumer
-                    .context()
-                    .last_transport_error
-                    .lock()
-                    .ok()
-                    .and_then(|l| l.clone())
-                    .unwrap_or_else(|| e.to_string());
-                let why = format!(
-                    "cannot reach the Kafka brokers at {}: {detail}",
-                    kafka.brokers
-                );
-                telemetry::broker_up(false);
-                status.broker_unreachable(why.clone());
-                warn!(message = "Cannot reach the Kafka brokers; retrying.", brokers = %kafka.brokers, error = %detail, attempt = attempts, retry_in_s = backoff.as_secs());
-                sleep_unless(shutdown, backoff);
-                if shutdown.load(Ordering::Relaxed) {
-                    return false;
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
-}
-
 /// Refuses a start that would publish zeroed projections over good ones.
 fn check_start(
     consumer: &BaseConsumer<StoreSeekingContext>,
@@ -533,9 +464,7 @@ fn check_start(
             if tpl.count() == 0 {
                 return Ok(());
             }
-            let committed = consumer
-                .committed_offsets(tpl, Duration::from_secs(10))
-                .context("failed to read the group's committed offsets")?;
+            let committed = committed_offsets(consumer, tpl)?;
             let progressed: Vec<String> = committed
                 .elements()
                 .iter()
@@ -555,6 +484,37 @@ fn check_start(
                  never published over good ones.",
                 progressed.join(", ")
             )
+        }
+    }
+}
+
+/// The group's committed offsets. A new cluster's group coordinator is not there at once
+/// (the offsets topic is created on the first look-up, then loaded): retried for a minute.
+fn committed_offsets(
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    tpl: TopicPartitionList,
+) -> anyhow::Result<TopicPartitionList> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(c) => return Ok(c),
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::NotCoordinator
+                                | RDKafkaErrorCode::CoordinatorNotAvailable
+                                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                                | RDKafkaErrorCode::OperationTimedOut
+                                | RDKafkaErrorCode::RequestTimedOut
+                        )
+                    ) =>
+            {
+                info!(message = "Waiting for the group coordinator.", error = %e);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e).context("failed to read the group's committed offsets"),
         }
     }
 }

@@ -16,7 +16,15 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rdkafka::error::KafkaError;
+use rdkafka::ClientContext;
+use tracing::{info, warn};
+
 use crate::config::KafkaConfig;
+use crate::status::Status;
+use crate::telemetry;
 
 /// A client config with mallquest's defaults, then the operator's `[kafka.client]` settings.
 pub fn client_config(kafka: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
@@ -29,6 +37,80 @@ pub fn client_config(kafka: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientCo
         c.set(k, v);
     }
     c
+}
+
+/// Remembers the client's last error reaching a broker.
+#[derive(Default)]
+struct ProbeContext {
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for ProbeContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        telemetry::kafka_error(&format_args!("{error}: {reason}"));
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = Some(reason.to_owned());
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ProbeContext {}
+
+/// Waits until the brokers answer a metadata request, saying why not while they do not:
+/// a log line naming the addresses and the client's error (within seconds, then at a
+/// backing-off interval up to 30 s), `mallquest_broker_up 0`, and the cause on `/readyz`.
+/// Returns `false` if asked to stop first.
+pub fn wait_for_brokers(
+    kafka: &KafkaConfig,
+    status: &Status,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<bool> {
+    telemetry::broker_up(false);
+    let probe: BaseConsumer<ProbeContext> = client_config(kafka, &[])
+        .create_with_context(ProbeContext::default())
+        .context("failed to create the Kafka client")?;
+    let mut backoff = Duration::from_secs(1);
+    let mut attempts = 0u32;
+    loop {
+        match probe.fetch_metadata(Some(&kafka.receipts_topic), Duration::from_secs(2)) {
+            Ok(_) => {
+                telemetry::broker_up(true);
+                status.broker_reachable();
+                if attempts > 0 {
+                    info!(message = "Reached the Kafka brokers.", brokers = %kafka.brokers, attempts);
+                }
+                return Ok(true);
+            }
+            Err(e) => {
+                attempts += 1;
+                // Serves the client's error callbacks, which carry the transport error
+                // ("Connect to ipv4#127.0.0.1:9092 failed: Connection refused").
+                let _ = probe.poll(Duration::from_millis(200));
+                let detail = probe
+                    .context()
+                    .last_error
+                    .lock()
+                    .ok()
+                    .and_then(|mut l| l.take())
+                    .unwrap_or_else(|| e.to_string());
+                let why = format!(
+                    "cannot reach the Kafka brokers at {}: {detail}",
+                    kafka.brokers
+                );
+                telemetry::broker_up(false);
+                status.broker_unreachable(why);
+                warn!(message = "Cannot reach the Kafka brokers; retrying.", brokers = %kafka.brokers, error = %detail, attempt = attempts, retry_in_s = backoff.as_secs());
+                let until = std::time::Instant::now() + backoff;
+                while std::time::Instant::now() < until {
+                    if shutdown.load(Ordering::Relaxed) {
+                        return Ok(false);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 /// Creates the output topics if they are missing: the projections topic compacted,

@@ -267,10 +267,15 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_on(free_port())
+    }
+
+    /// A broker whose client listener is on `port` (which must be free).
+    pub fn start_on(port: u16) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let node_dir = dir.path().join("node1");
         std::fs::create_dir_all(&node_dir).unwrap();
-        let (port, cport) = (free_port(), free_port());
+        let cport = free_port();
         let props = format!(
             "process.roles=broker,controller\n\
              node.id=1\n\
