@@ -1,9 +1,10 @@
-//! `mallquest run` against a real Kafka-protocol broker (Tansu): the golden stream end
-//! to end, the crash test (SIGKILL at random moments), and graceful shutdown on SIGTERM.
+//! `mallquest run` against a real Apache Kafka broker: the golden stream end to end, the
+//! crash tests (SIGKILL at random moments, restarted at once, in group mode with static
+//! and dynamic membership and with manual assignment), and graceful shutdown on SIGTERM.
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,20 +221,10 @@ fn golden_stream_through_real_broker_matches_expected() {
         .collect();
     assert_eq!(dlq, golden::dlq());
     // Level-ups (at least once: count each receipt's event once).
-    let mut seen = BTreeSet::new();
-    let mut ups = BTreeMap::<String, (i64, u64)>::new();
-    for e in broker.read_all("gamification-events") {
-        let v: Value = serde_json::from_slice(e.value.as_deref().unwrap()).unwrap();
-        assert_eq!(v["type"], "level_up");
-        if seen.insert(v["receipt_id"].as_str().unwrap().to_owned()) {
-            let u = ups
-                .entry(v["user_id"].as_str().unwrap().to_owned())
-                .or_default();
-            u.0 += v["bonus_coins"].as_i64().unwrap();
-            u.1 = u.1.max(v["to_level"].as_u64().unwrap());
-        }
-    }
-    assert_eq!(ups, golden::level_ups());
+    assert_eq!(
+        support::outputs::level_ups(&broker.read_all("gamification-events")),
+        golden::level_ups()
+    );
 }
 
 fn simulated(seed: u64, n: usize, users: u64) -> Records {
@@ -246,40 +237,73 @@ fn simulated(seed: u64, n: usize, users: u64) -> Records {
 }
 
 /// How the crash test's processor gets its partitions.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {
-    /// `[kafka] assignment = "group"`: after each kill, stay down for a session timeout.
-    Group,
-    /// `[kafka] assignment = "manual"`: restart at once.
+    /// Group assignment with static membership (`[kafka] instance_id`): a restart rejoins
+    /// as the same member and gets its partitions back at once.
+    Static,
+    /// Group assignment, dynamic membership: a restart waits for the killed member's
+    /// session (6 s) to expire before the group rebalances.
+    Dynamic,
+    /// `[kafka] assignment = "manual"`: no group at all.
     Manual,
 }
 
 #[test]
-fn sigkill_at_random_moments_loses_and_doubles_nothing() {
+fn sigkill_in_group_mode_restarted_at_once_loses_and_doubles_nothing() {
     // scripts/soak.sh raises the kills and receipts (50 kills over 100,000 receipts).
-    crash_test(Mode::Manual, "MALLQUEST_CRASH_KILLS", 20);
+    crash_test(Mode::Static, "MALLQUEST_CRASH_KILLS", 20);
 }
 
 #[test]
-fn sigkill_with_group_assignment_loses_and_doubles_nothing() {
-    crash_test(Mode::Group, "MALLQUEST_GROUP_CRASH_KILLS", 4);
+fn sigkill_with_dynamic_group_membership_loses_and_doubles_nothing() {
+    crash_test(Mode::Dynamic, "MALLQUEST_GROUP_CRASH_KILLS", 5);
+}
+
+#[test]
+fn sigkill_with_manual_assignment_loses_and_doubles_nothing() {
+    crash_test(Mode::Manual, "MALLQUEST_MANUAL_CRASH_KILLS", 10);
+}
+
+/// The partitions a "Partitions assigned" log line names, with the offsets they resume at.
+fn assigned_in(line: &str) -> Vec<(i32, Option<i64>)> {
+    let re = regex::Regex::new(r"\((\d+), (None|Some\((\d+)\))\)").unwrap();
+    re.captures_iter(line)
+        .map(|c| {
+            (
+                c[1].parse().unwrap(),
+                c.get(3).map(|o| o.as_str().parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
 }
 
 fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
+    const PARTITIONS: i32 = 3;
     let broker = Broker::start();
-    broker.create_topic("receipts", 3, false);
-    // scripts/soak.sh raises these (50 kills over 100,000 receipts).
+    broker.create_topic("receipts", PARTITIONS, false);
+    // scripts/soak.sh raises these (scripts/test.sh unsets them: the defaults rule there).
     let env = |k: &str, d: usize| {
         std::env::var(k)
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let n = env("MALLQUEST_CRASH_RECEIPTS", 60_000);
     let kills = env(kills_var, default_kills);
+    let n = env("MALLQUEST_CRASH_RECEIPTS", 1_500 * kills);
     // Receipts arrive while the processor is killed, at a steady rate (as from the
-    // POS), so that every kill lands mid-stream whatever the processor's speed.
-    let rate = env("MALLQUEST_CRASH_RATE", 2_000);
+    // POS), spread over more than the whole kill sequence (at most ~2.5 s a kill with
+    // static membership), so that every kill lands mid-stream.
+    let per_kill = if mode == Mode::Dynamic { 12.0 } else { 4.0 };
+    let rate = env(
+        "MALLQUEST_CRASH_RATE",
+        (n as f64 / (kills as f64 * per_kill)) as usize,
+    );
     let records = simulated(11, n, 500);
     let producer = {
         let client = broker.client();
@@ -295,40 +319,55 @@ fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
 
     let dir = tempfile::tempdir().unwrap();
     let kafka_extra = match mode {
-        Mode::Group => "",
+        Mode::Static => "instance_id = \"mq-crash-1\"",
+        Mode::Dynamic => "",
         Mode::Manual => "assignment = \"manual\"",
     };
     let (config, store, http) =
         write_config_with(dir.path(), &broker.bootstrap(), kafka_extra, "", "");
     let mut run = Run::new(config, store.clone());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    run.start();
-    let assignments = |run: &Run| {
+    // Every partition is consumed again within this bound of each restart: seconds with
+    // static membership or manual assignment, a session timeout (6 s) more without.
+    let bound = match mode {
+        Mode::Dynamic => Duration::from_secs(30),
+        _ => Duration::from_secs(15),
+    };
+    let full_assignments = |run: &Run| {
         run.log()
-            .matches("Partitions assigned. partitions=[(")
+            .lines()
+            .filter(|l| l.contains("Partitions assigned."))
+            .filter(|l| assigned_in(l).len() == PARTITIONS as usize)
             .count()
     };
+    let mut recoveries = Vec::new();
     let mut assigned = 0;
-    for k in 0..kills {
-        // Kill at a random moment once this start holds its partitions: before its first
-        // commit, mid-batch, or while publishing.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while assignments(&run) == assigned {
+    run.start();
+    let mut started = Instant::now();
+    for k in 0..=kills {
+        // Kill at a random moment once this start holds every partition: before its
+        // first commit, mid-batch, or while publishing.
+        while full_assignments(&run) == assigned {
+            assert!(run.is_running(), "exited after start {k}\n{}", run.log());
             assert!(
-                Instant::now() < deadline,
-                "no assignment after restart {k}\n{}",
+                started.elapsed() < bound,
+                "start {k} did not hold all {PARTITIONS} partitions within {bound:?} \
+                 ({mode:?})\n{}",
                 run.log()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        assigned = assignments(&run);
+        if k > 0 {
+            recoveries.push(started.elapsed());
+        }
+        assigned = full_assignments(&run);
+        if k == kills {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(rng.gen_range(0..1500)));
         run.kill();
-        if mode == Mode::Group {
-            // Down for a session timeout: Tansu gives a member that joins while the killed
-            // one still holds the partitions an empty assignment, sometimes for minutes.
-            std::thread::sleep(Duration::from_secs(7));
-        }
+        // Restarted at once, as a supervisor would.
+        started = Instant::now();
         run.start();
     }
     let still_producing = !producer.is_finished();
@@ -337,16 +376,16 @@ fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
     assert_eq!(receipts.len(), n);
     let expected = reference_of(&receipts);
     assert!(!expected.dlq.is_empty() && expected.projections.len() > 100);
+    assert!(!expected.level_ups.is_empty());
     wait_for_projections(
         &broker,
         &mut run,
         &expected.projections,
-        Duration::from_secs(600),
+        Duration::from_secs(120),
     );
     // The topic can be complete before the store is: outputs are published before the
-    // batch is stored, so a process killed in between leaves the store to catch up on the
-    // next assignment (which Tansu may delay after many kills). Wait for the store too.
-    let ends: BTreeMap<i32, i64> = (0..3)
+    // batch is stored, so a process killed in between leaves the store to catch up.
+    let ends: BTreeMap<i32, i64> = (0..PARTITIONS)
         .map(|p| {
             (
                 p,
@@ -359,7 +398,7 @@ fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
         .map(|(p, o)| format!("receipts/{p}={o}"))
         .collect::<Vec<_>>()
         .join(",");
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let fresh = support::http::get(&http, "/v1/leaderboard?limit=1")
             .ok()
@@ -373,59 +412,55 @@ fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
             "store offsets {fresh:?}, want {want}\n{}",
             run.log()
         );
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(200));
     }
     let status = run.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit {status:?}\n{}", run.log());
 
-    // The kills landed mid-stream: some restart resumed from a stored offset that was
-    // neither the start nor the end of its partition.
+    // The kills landed mid-stream: the next start resumed some partition from a stored
+    // offset that was neither its start nor its end.
     let log = run.log();
-    let resumed: Vec<&str> = log
+    let starts: Vec<Vec<(i32, Option<i64>)>> = log
         .lines()
-        .filter(|l| l.contains("Partitions assigned"))
+        .filter(|l| l.contains("Partitions assigned."))
+        .map(assigned_in)
+        .filter(|a| a.len() == PARTITIONS as usize)
         .collect();
-    eprintln!(
-        "{kills} kills over {n} receipts; {} assignments:\n{}",
-        resumed.len(),
-        resumed.join("\n")
-    );
-    let ends: BTreeMap<i32, i64> = (0..3)
-        .map(|p| {
-            (
-                p,
-                receipts.iter().filter(|r| r.partition == p).count() as i64,
-            )
-        })
-        .collect();
-    let mid_stream = resumed
+    let mid_stream = starts[1..]
         .iter()
-        .filter(|l| {
-            (0..3).any(|p| {
-                let pat = format!("({p}, Some(");
-                l.split(&pat)
-                    .nth(1)
-                    .and_then(|rest| rest.split(')').next())
-                    .and_then(|n| n.parse::<i64>().ok())
-                    .is_some_and(|o| o > 0 && o < ends[&p])
-            })
+        .filter(|a| {
+            a.iter()
+                .any(|(p, o)| o.is_some_and(|o| o > 0 && o < ends[p]))
         })
         .count();
+    let mut rec = recoveries.clone();
     eprintln!(
-        "{kills} kills over {n} receipts: {mid_stream} restarts resumed mid-stream; \
-         receipts were still arriving after the last kill: {still_producing}"
+        "{mode:?}: {kills} kills over {n} receipts at {rate}/s: {mid_stream} restarts resumed \
+         mid-stream; kill to all partitions held: median {:?}, max {:?}; still producing \
+         after the last kill: {still_producing}",
+        median(&mut rec),
+        rec.last().unwrap()
+    );
+    assert_eq!(recoveries.len(), kills);
+    assert!(
+        mid_stream * 5 >= kills * 4,
+        "only {mid_stream} of {kills} restarts resumed mid-stream"
     );
     assert!(
-        mid_stream > 0,
-        "no restart resumed mid-stream; the kills missed the processing"
+        still_producing,
+        "the receipts all arrived before the last kill"
     );
 
     assert_eq!(stored_projections(&store), expected.projections);
     assert_eq!(dlq_by_source(&broker, &receipts), expected.dlq);
+    assert_eq!(
+        support::outputs::level_ups(&broker.read_all("gamification-events")),
+        expected.level_ups,
+        "level-ups on the topic (once per receipt) differ from the reference's"
+    );
     let store = Store::open(&store).unwrap();
-    for p in 0..3 {
-        let n = receipts.iter().filter(|r| r.partition == p).count() as i64;
-        assert_eq!(store.offset("receipts", p).unwrap(), Some(n));
+    for (p, n) in &ends {
+        assert_eq!(store.offset("receipts", *p).unwrap(), Some(*n));
     }
 }
 
@@ -465,7 +500,13 @@ fn sigterm_mid_stream_commits_a_consistent_prefix_and_exits_zero() {
             prefix.push(r.clone());
         }
     }
-    assert!(!prefix.is_empty());
+    // A proper prefix: stopped mid-stream, neither before the first commit nor after all.
+    assert!(
+        !prefix.is_empty() && prefix.len() < receipts.len(),
+        "committed {} of {} receipts: not stopped mid-stream",
+        prefix.len(),
+        receipts.len()
+    );
     let expected = reference_of(&prefix);
     drop(store);
     let stored = stored_projections(&store_path);

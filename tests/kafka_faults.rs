@@ -147,54 +147,102 @@ fn force_group_offsets(broker: &Broker, offsets: &[(i32, i64)]) {
     }
 }
 
+/// The store's next offset per receipts partition (the process must be stopped).
+fn store_offsets(store: &std::path::Path) -> Vec<(i32, Option<i64>)> {
+    let store = mallquest::store::Store::open(store).unwrap();
+    (0..2)
+        .map(|p| (p, store.offset("receipts", p).unwrap()))
+        .collect()
+}
+
+/// The positions the last start of `run` took, from its "Partitions assigned" line.
+fn last_assignment(run: &Run) -> Vec<(i32, Option<i64>)> {
+    let log = run.log();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("Partitions assigned."))
+        .expect("no assignment logged");
+    let re = regex::Regex::new(r"\((\d+), (None|Some\((\d+)\))\)").unwrap();
+    let mut got: Vec<(i32, Option<i64>)> = re
+        .captures_iter(line)
+        .map(|c| {
+            (
+                c[1].parse().unwrap(),
+                c.get(3).map(|o| o.as_str().parse().unwrap()),
+            )
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+/// Receipts this process counted (`mallquest_receipts_total`, every outcome).
+fn receipts_counted(http: &str) -> u64 {
+    let text = String::from_utf8(support::http::get(http, "/metrics").unwrap().body).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("mallquest_receipts_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .sum()
+}
+
 #[test]
 fn group_offsets_ahead_of_or_behind_the_store_are_ignored() {
     let Folded {
         broker,
         mut sim,
         mut run,
+        http,
         _dir,
-        ..
     } = folded(2, 8, 200, 5_000);
     let mut batch = |n: usize| take(&mut sim, n);
     assert!(run.terminate(Duration::from_secs(30)).success());
 
-    // Ahead: the group claims everything up to far past the end was read.
-    force_group_offsets(&broker, &[(0, 1_000_000), (1, 1_000_000)]);
-    broker.produce("receipts", &batch(5_000));
-    run.start();
-    wait_for(
-        &broker,
-        &mut run,
-        &expected_for(&broker).projections,
-        Duration::from_secs(120),
-    );
-    assert!(run.terminate(Duration::from_secs(30)).success());
-
-    // Behind: the group claims nothing was read; replaying from 0 would double count.
-    force_group_offsets(&broker, &[(0, 0), (1, 0)]);
-    broker.produce("receipts", &batch(5_000));
-    run.start();
-    let expected = expected_for(&broker);
-    wait_for(
-        &broker,
-        &mut run,
-        &expected.projections,
-        Duration::from_secs(120),
-    );
-    assert!(run.terminate(Duration::from_secs(30)).success());
-    let store = mallquest::store::Store::open(&run.store).unwrap();
-    let stored: BTreeMap<String, Value> = store
-        .users()
-        .map(|u| {
-            let u = u.unwrap();
-            (
-                u.user_id.clone(),
-                serde_json::to_value(mallquest::codec::ProjectionJson::from_state(&u)).unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(stored, expected.projections);
+    // Ahead: the group claims everything up to far past the end was read. Behind: the
+    // group claims nothing was read; replaying from 0 would double count. Either way the
+    // consumer must take the store's positions and count exactly the new receipts.
+    for forced in [1_000_000, 0] {
+        force_group_offsets(&broker, &[(0, forced), (1, forced)]);
+        let stored = store_offsets(&run.store);
+        assert!(stored.iter().all(|(_, o)| o.is_some_and(|o| o > 0)));
+        broker.produce("receipts", &batch(5_000));
+        let before = run.log().matches("Partitions assigned.").count();
+        run.start();
+        let expected = expected_for(&broker);
+        wait_for(
+            &broker,
+            &mut run,
+            &expected.projections,
+            Duration::from_secs(120),
+        );
+        assert_eq!(
+            run.log().matches("Partitions assigned.").count(),
+            before + 1
+        );
+        assert_eq!(
+            last_assignment(&run),
+            stored,
+            "the consumer did not resume at the store's offsets (group said {forced})"
+        );
+        // Every new receipt folded once; none of the old ones again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while receipts_counted(&http) < 5_000 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(receipts_counted(&http), 5_000, "group said {forced}");
+        assert!(run.terminate(Duration::from_secs(30)).success());
+        let store = mallquest::store::Store::open(&run.store).unwrap();
+        let stored: BTreeMap<String, Value> = store
+            .users()
+            .map(|u| {
+                let u = u.unwrap();
+                (
+                    u.user_id.clone(),
+                    serde_json::to_value(mallquest::codec::ProjectionJson::from_state(&u)).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(stored, expected.projections);
+    }
 }
 
 // SIGTERM as the broker goes away mid-stream: the process exits (the batch in hand cannot

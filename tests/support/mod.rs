@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod golden;
 pub mod http;
+pub mod outputs;
 pub mod processor;
 pub mod prometheus;
 pub mod reference;
