@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
 # The long forms of the reliability tests (not run by scripts/test.sh):
-#   1. the crash test with 50 SIGKILLs over 100,000 receipts (refunds, duplicates, bad events),
-#      with `[kafka] assignment = "manual"`; then 10 with group assignment (each kill waits
-#      out the 6 s session timeout: Tansu hands a rejoining member nothing before that);
+#   1. the crash test in group mode with static membership, 50 SIGKILLs over 100,000 receipts
+#      (refunds, duplicates, bad events), each restarted at once; then 10 with dynamic
+#      membership and 20 with manual assignment;
 #   2. 1,000,000 generated hostile inputs through the decoder and the fold;
 #   3. 2,000 random streams with crashes against the reference fold;
 #   4. twenty minutes of receipts at 250/s while the API is queried: RSS, lag, CPU and the
 #      memory gauges every 30 s, then the checks that RSS levelled off (the last quarter's
 #      peak within 5% of the third's) and that the outputs are exact (tests/soak.rs, which
 #      explains the 32 MiB block cache it runs with; MALLQUEST_SOAK_SECS, _RATE, _USERS,
-#      _CACHE_MB, _WRITE_BUFFER_MB, _FETCH_WAIT_MS).
+#      _CACHE_MB, _WRITE_BUFFER_MB).
+# Everything runs on Apache Kafka (scripts/install-kafka.sh).
 # Usage: scripts/soak.sh [KILLS] [RECEIPTS] [FUZZ_CASES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KILLS="${1:-50}"
 RECEIPTS="${2:-100000}"
 FUZZ="${3:-1000000}"
-TANSU_BIN="$(scripts/install-tansu.sh)"
-export TANSU_BIN
+MALLQUEST_KAFKA_HOME="$(scripts/install-kafka.sh)"
+export MALLQUEST_KAFKA_HOME
 
-echo "== crash test: $KILLS SIGKILLs over $RECEIPTS receipts"
+echo "== crash test, group mode, static membership: $KILLS SIGKILLs over $RECEIPTS receipts"
 MALLQUEST_CRASH_KILLS="$KILLS" MALLQUEST_CRASH_RECEIPTS="$RECEIPTS" \
-  cargo test --release --locked --test kafka_e2e sigkill_at -- --nocapture --test-threads=1 2>&1 \
+  cargo test --release --locked --test kafka_e2e sigkill_in_group_mode -- --nocapture --test-threads=1 2>&1 \
   | grep -E 'kills over|^test |test result'
-echo "== crash test, group assignment: 10 SIGKILLs over $RECEIPTS receipts"
-MALLQUEST_GROUP_CRASH_KILLS=10 MALLQUEST_CRASH_RECEIPTS="$RECEIPTS" \
+echo "== crash test, dynamic membership (10 kills) and manual assignment (20 kills)"
+MALLQUEST_GROUP_CRASH_KILLS=10 MALLQUEST_MANUAL_CRASH_KILLS=20 \
   cargo test --release --locked --test kafka_e2e sigkill_with -- --nocapture --test-threads=1 2>&1 \
   | grep -E 'kills over|^test |test result'
 

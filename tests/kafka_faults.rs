@@ -1,5 +1,6 @@
-//! Faults on the real broker: the broker goes away for 30 s mid-run and comes back on the
-//! same data file. The processor waits without spinning, resumes, and loses nothing.
+//! Faults on a real Apache Kafka broker: the broker goes away for 30 s mid-stream and comes
+//! back on the same data; the group's offsets disagree with the store; SIGTERM as the
+//! broker goes away. The processor waits without spinning, resumes, and loses nothing.
 
 mod support;
 
@@ -67,8 +68,14 @@ fn folded(partitions: i32, seed: u64, users: u64, n: usize) -> Folded {
     }
 }
 
+fn metric_value(http: &str, name: &str) -> Option<f64> {
+    let text = String::from_utf8(support::http::get(http, "/metrics").ok()?.body).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 #[test]
-fn broker_outage_of_30_s_loses_nothing_and_does_not_spin() {
+fn broker_outage_of_30_s_mid_stream_loses_nothing_and_does_not_spin() {
     let Folded {
         mut broker,
         mut sim,
@@ -76,12 +83,46 @@ fn broker_outage_of_30_s_loses_nothing_and_does_not_spin() {
         http,
         _dir,
     } = folded(2, 3, 300, 10_000);
-    let mut batch = |n: usize| take(&mut sim, n);
+    assert_eq!(metric_value(&http, "mallquest_broker_up"), Some(1.0));
+
+    // Receipts keep arriving at 500/s (the POS buffers them while the broker is away)
+    // and outputs are being published when the broker goes away.
+    let records = take(&mut sim, 20_000);
+    let producer = {
+        let client = broker.client();
+        std::thread::spawn(move || {
+            for part in records.chunks(50) {
+                let started = Instant::now();
+                client.produce("receipts", part);
+                std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let folded_before = receipts_counted(&http);
+    while receipts_counted(&http) < folded_before + 1_000 {
+        assert!(Instant::now() < deadline, "not folding\n{}", run.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The broker goes away for 30 s.
     broker.stop();
     let cpu_before = run.cpu_seconds();
-    std::thread::sleep(Duration::from_secs(30));
+    let mut saw_down = false;
+    let mut not_ready = None;
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(30) {
+        if !saw_down && metric_value(&http, "mallquest_broker_up") == Some(0.0) {
+            saw_down = true;
+        }
+        if not_ready.is_none() {
+            let r = support::http::get(&http, "/readyz").unwrap();
+            if r.status == 503 {
+                not_ready = Some(String::from_utf8(r.body).unwrap());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let cpu_during = run.cpu_seconds() - cpu_before;
     assert!(
         run.is_running(),
@@ -92,32 +133,70 @@ fn broker_outage_of_30_s_loses_nothing_and_does_not_spin() {
         cpu_during < 3.0,
         "{cpu_during:.2} CPU-seconds in a 30 s outage: busy loop?"
     );
-    // It says so in logs and metrics.
+    // It says so in logs, metrics (the gauge changed from 1 to 0) and /readyz.
     assert!(run.log().contains("Kafka client error"), "{}", run.log());
-    let metrics = support::http::get(&http, "/metrics").unwrap();
-    let text = String::from_utf8(metrics.body).unwrap();
     assert!(
-        text.contains("mallquest_broker_up 0") || text.contains("mallquest_kafka_errors_total"),
-        "{text}"
+        saw_down,
+        "mallquest_broker_up never went to 0 in the outage"
+    );
+    let not_ready = not_ready.expect("/readyz stayed 200 through a 30 s outage");
+    assert!(
+        not_ready.contains("cannot reach the Kafka brokers") || not_ready.contains("failed"),
+        "{not_ready}"
     );
 
-    // It comes back on the same data file; more receipts arrive; nothing is lost.
+    // It comes back on the same data; every receipt is folded once.
     broker.restart();
-    broker.produce("receipts", &batch(10_000));
-    let expected = expected_for(&broker);
-    assert_eq!(broker.read_all("receipts").len(), 20_000);
+    producer.join().unwrap();
+    let receipts = broker.read_all("receipts");
+    assert_eq!(receipts.len(), 30_000);
+    let expected = reference_of(&receipts);
     wait_for(
         &broker,
         &mut run,
         &expected.projections,
         Duration::from_secs(180),
     );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while support::http::get(&http, "/readyz").map(|r| r.status).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "not ready again\n{}", run.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(metric_value(&http, "mallquest_broker_up"), Some(1.0));
     assert!(
         run.terminate(Duration::from_secs(30)).success(),
         "{}",
         run.log()
     );
-    eprintln!("outage: {cpu_during:.2} CPU-seconds in 30 s");
+    let store = mallquest::store::Store::open(&run.store).unwrap();
+    let stored: BTreeMap<String, Value> = store
+        .users()
+        .map(|u| {
+            let u = u.unwrap();
+            (
+                u.user_id.clone(),
+                serde_json::to_value(mallquest::codec::ProjectionJson::from_state(&u)).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(stored, expected.projections, "store vs the reference fold");
+    let mut dlq = BTreeMap::new();
+    for d in broker.read_all("receipts-dlq") {
+        let h = &d.headers;
+        let pos: (i32, i64) = (
+            h[mallquest::codec::HEADER_SOURCE_PARTITION]
+                .parse()
+                .unwrap(),
+            h[mallquest::codec::HEADER_SOURCE_OFFSET].parse().unwrap(),
+        );
+        dlq.insert(pos, h[mallquest::codec::HEADER_REASON].clone());
+    }
+    assert_eq!(dlq, expected.dlq, "DLQ vs the reference fold");
+    assert_eq!(
+        support::outputs::level_ups(&broker.read_all("gamification-events")),
+        expected.level_ups
+    );
+    eprintln!("outage: {cpu_during:.2} CPU-seconds in 30 s; /readyz said: {not_ready}");
 }
 
 /// Commits offsets for the test group from outside, as a confused operator or tool would.
