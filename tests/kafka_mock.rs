@@ -5,7 +5,7 @@
 //! the topic equals the store, and every rejected record is in the DLQ.
 //!
 //! The mock cluster is for fault injection only, not a stand-in for the broker (the
-//! Tansu tests are that): every count read back from it is checked, so that a loss in the
+//! Apache Kafka tests are that): every count read back from it is checked, so that a loss in the
 //! mock cannot pass as a loss-free run.
 
 mod support;
@@ -175,34 +175,59 @@ use RDKafkaRespErr::*;
 
 #[test]
 fn produce_errors_delay_commits_and_lose_nothing() {
-    // Retriable errors (librdkafka retries them) and then ones that fail deliveries
-    // outright, so that whole batches are given up and replayed from the store. Queued
-    // before the start: the first produce requests get them.
-    let f = Fixture::start("manual", |mock| {
-        mock.request_errors(
-            RDKafkaApiKey::Produce,
-            &[
-                RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
-                RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-                RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
-                RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
-                RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
-                RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
-            ],
-        );
-    });
-    // Deliveries failed outright: some batch was given up and replayed.
+    // Retriable errors (the idempotent producer retries them, in order) and then ones that
+    // fail deliveries outright, so that whole batches are given up and replayed from the
+    // store. Injected mid-stream, while outputs are in flight. The mock takes the errors
+    // in the order given, one per produce request: the last one failing a delivery (a
+    // failed commit) proves that every one before it was hit.
+    let f = Fixture::start("manual", |_| {});
+    wait_for(&f, 2_000);
+    assert_eq!(f.status.commit_failures(), 0);
+    f.mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+        ],
+    );
+    assert!(f.stored() < RECEIPTS as i64, "injected after the work was done");
     let deadline = Instant::now() + Duration::from_secs(60);
     while f.status.commit_failures() == 0 {
-        assert!(Instant::now() < deadline, "no commit failed");
+        assert!(
+            Instant::now() < deadline,
+            "the injected produce errors were never hit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let after_first = f.status.commit_failures();
+    f.mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+    );
+    while f.status.commit_failures() == after_first {
+        assert!(
+            Instant::now() < deadline,
+            "the second injected produce error was never hit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        f.stored() < RECEIPTS as i64,
+        "the faults landed after the work"
+    );
     f.finish_and_check();
 }
 
 #[test]
 fn fetch_and_offset_commit_errors_lose_nothing() {
-    let f = Fixture::start("manual", |mock| {
+    // Injected mid-stream. librdkafka retries these without telling the application, so
+    // only the outcome is checked: every record folded once.
+    let f = Fixture::start("manual", |_| {});
+    wait_for(&f, 2_000);
+    {
+        let mock = &f.mock;
         mock.request_errors(
             RDKafkaApiKey::Fetch,
             &[
@@ -221,7 +246,12 @@ fn fetch_and_offset_commit_errors_lose_nothing() {
                 RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID,
             ],
         );
-    });
+    }
+    assert!(f.stored() < RECEIPTS as i64, "injected after the work was done");
+    assert!(
+        f.stored() < RECEIPTS as i64,
+        "the faults landed after the work"
+    );
     f.finish_and_check();
 }
 
