@@ -5,7 +5,9 @@ receipt + 1 per whole 1.00, level = 1 + isqrt(xp / 100) capped at 100, 50 bonus 
 level gained; duplicates by (user, receipt_id), refunds proportional to the original;
 bad events go to the DLQ topic. Reads RECEIPTS records of the topic, then stops.
 
-Usage: quix_fold.py BROKER TOPIC RECEIPTS STATE_DIR
+Usage: quix_fold.py BROKER TOPIC RECEIPTS STATE_DIR [GROUP] [SUFFIX]
+  GROUP: the consumer group (default quix-bench); SUFFIX is appended to the output topics'
+  names (quix-projections, quix-dlq), so that runs on one broker do not share them.
 """
 
 import json
@@ -17,11 +19,13 @@ import time
 from quixstreams import Application
 
 BROKER, TOPIC, TOTAL, STATE_DIR = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+GROUP = sys.argv[5] if len(sys.argv) > 5 else "quix-bench"
+SUFFIX = sys.argv[6] if len(sys.argv) > 6 else ""
 AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,6})(\.[0-9]{1,2})?$")
 
 app = Application(
     broker_address=BROKER,
-    consumer_group="quix-bench",
+    consumer_group=GROUP,
     auto_offset_reset="earliest",
     state_dir=STATE_DIR,
     loglevel="WARNING",
@@ -33,8 +37,8 @@ app = Application(
     },
 )
 receipts = app.topic(TOPIC, value_deserializer="bytes", key_deserializer="str")
-projections = app.topic("quix-projections", value_serializer="json", key_serializer="str")
-dlq = app.topic("quix-dlq", value_serializer="json", key_serializer="str")
+projections = app.topic("quix-projections" + SUFFIX, value_serializer="json", key_serializer="str")
+dlq = app.topic("quix-dlq" + SUFFIX, value_serializer="json", key_serializer="str")
 
 seen = 0
 started = time.monotonic()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: query latency of GET /v1/users/{id} under wrk (not our load generator) over a
-# store of ~1,000,000 users, at 1,000 connections, while `run` ingests from Tansu.
+# store of ~1,000,000 users, at 1,000 connections, while `run` ingests from Apache Kafka
+# (one KRaft node, scripts/kafka-broker.sh).
 # Usage: scripts/bench-api.sh [DEMO_RECEIPTS] [USERS] [CONNECTIONS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,19 +10,17 @@ USERS="${2:-1300000}"
 CONNS="${3:-1000}"
 SECS="${4:-30}"
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
-TANSU="$(scripts/install-tansu.sh)"
+. scripts/kafka-broker.sh
 cargo build --release --locked -q
 BIN="$PWD/target/release/mallquest"
 WORK="$(mktemp -d)"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-HTTP=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+HTTP=$(_kafka_free_port)
 cleanup() {
   # The processor first, while the broker is still there to take its last commit.
   kill "${SIM_PID:-}" 2>/dev/null || true
   if [ -n "${RUN_PID:-}" ]; then kill -TERM "$RUN_PID" 2>/dev/null || true; wait "$RUN_PID" 2>/dev/null || true; fi
-  kill "${TANSU_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"
+  kafka_broker_stop; rm -rf "$WORK"
 }
-trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || true
 
 # BENCH_STORE: a store directory to keep between runs (filled once, 4 minutes here).
@@ -31,16 +30,16 @@ if [ ! -d "$STORE" ]; then
   RUST_LOG=warn "$BIN" demo --receipts "$RECEIPTS" --users "$USERS" --dir "$STORE" | sed -n '1,5p'
 fi
 
-(cd "$WORK" && exec "$TANSU" broker --listener-url "tcp://127.0.0.1:$PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine sqlite://tansu.db >tansu.log 2>&1) &
-TANSU_PID=$!
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+kafka_broker_start "$WORK/kafka"
+trap cleanup EXIT
+# The broker's first-use work (the group-offsets topic, producer ids) is done first.
+kafka_coordinators_ready
 # A topic name of its own: a kept store holds offsets of earlier runs' topics.
 TOPIC="bench-$(date +%s)"
-"$TANSU" topic create --broker "tcp://127.0.0.1:$PORT" --partitions 3 "$TOPIC" >/dev/null
+kafka_topic_create "$TOPIC" 3
 cat >"$WORK/mq.toml" <<TOML
 [kafka]
-brokers = "127.0.0.1:$PORT"
+brokers = "$KAFKA_BOOTSTRAP"
 receipts_topic = "$TOPIC"
 [store]
 path = "$STORE"
@@ -49,7 +48,7 @@ listen = "127.0.0.1:$HTTP"
 TOML
 RUST_LOG=warn "$BIN" run --config "$WORK/mq.toml" 2>"$WORK/run.log" &
 RUN_PID=$!
-"$BIN" simulate --brokers "127.0.0.1:$PORT" --topic "$TOPIC" --rate 2000 --count 10000000 --users "$USERS" --seed "$(date +%s)" >/dev/null 2>&1 &
+"$BIN" simulate --brokers "$KAFKA_BOOTSTRAP" --topic "$TOPIC" --rate 2000 --count 10000000 --users "$USERS" --seed "$(date +%s)" >/dev/null 2>&1 &
 SIM_PID=$!
 for _ in $(seq 200); do curl -fs "http://127.0.0.1:$HTTP/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 

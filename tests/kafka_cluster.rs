@@ -15,7 +15,7 @@ use mallquest::codec::ProjectionJson;
 use mallquest::sim::{Mix, Simulator};
 use mallquest::store::Store;
 use serde_json::Value;
-use support::broker::{Client, Cluster};
+use support::broker::Cluster;
 use support::processor::{write_config, Run};
 use support::streams::{last_per_key, reference_of, take};
 
@@ -67,22 +67,12 @@ fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
     let client = cluster.client();
     client.create_topic("receipts", PARTITIONS, false);
 
-    // Receipts at a steady 500/s for 90 s, through every fault below.
+    // Receipts at a steady 300/s for 150 s, through every fault below.
     let mut sim = Simulator::new(31, 400, 10, Mix::default());
     let records = take(&mut sim, N);
-    let producer = {
-        let client = Client {
-            bootstrap: client.bootstrap.clone(),
-            replication: 3,
-        };
-        std::thread::spawn(move || {
-            for part in records.chunks(50) {
-                let started = Instant::now();
-                client.produce("receipts", part);
-                std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
-            }
-        })
-    };
+    let producer = client.produce_at_rate("receipts", records, 300);
+    // Whether receipts were still arriving as each fault began.
+    let mut mid_stream = Vec::new();
 
     let dir = tempfile::tempdir().unwrap();
     let (config, store, http) = write_config(dir.path(), &cluster.bootstrap(), "");
@@ -99,6 +89,7 @@ fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
     let errors_before = metric(&http, "mallquest_kafka_errors_total");
     let victim = cluster.leader_of("receipts", 0);
     let at = total(&served_offsets(&http));
+    mid_stream.push(!producer.is_finished());
     cluster.kill(victim);
     eprintln!("killed node {} (leader of receipts/0)", victim + 1);
     wait_for_progress(
@@ -120,6 +111,7 @@ fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
     // requests in flight to it fail and are retried against the new leader.
     let victim = cluster.leader_of("user-projections", 0);
     let at = total(&served_offsets(&http));
+    mid_stream.push(!producer.is_finished());
     cluster.kill(victim);
     eprintln!("killed node {} (leader of user-projections/0)", victim + 1);
     wait_for_progress(
@@ -136,6 +128,7 @@ fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
     // along, and the processor stays ready.
     let victim = (victim + 1) % 3;
     let at = total(&served_offsets(&http));
+    mid_stream.push(!producer.is_finished());
     cluster.kill(victim);
     eprintln!("stopped node {} for 30 s", victim + 1);
     let down = Instant::now();

@@ -305,17 +305,7 @@ fn crash_test(mode: Mode, kills_var: &str, default_kills: usize) {
         (n as f64 / (kills as f64 * per_kill)) as usize,
     );
     let records = simulated(11, n, 500);
-    let producer = {
-        let client = broker.client();
-        std::thread::spawn(move || {
-            let chunk = (rate / 10).max(1);
-            for part in records.chunks(chunk) {
-                let started = Instant::now();
-                client.produce("receipts", part);
-                std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
-            }
-        })
-    };
+    let producer = broker.client().produce_at_rate("receipts", records, rate);
 
     let dir = tempfile::tempdir().unwrap();
     let kafka_extra = match mode {
@@ -515,5 +505,67 @@ fn sigterm_mid_stream_commits_a_consistent_prefix_and_exits_zero() {
     let topic = last_per_key(&broker.read_all("user-projections"));
     for (user, v) in &stored {
         assert_eq!(&topic[user], v, "topic and store disagree for {user}");
+    }
+}
+
+/// The offsets header the running process serves, if it answers.
+fn served_offsets(http: &str) -> Option<String> {
+    support::http::get(http, "/v1/leaderboard?limit=1")
+        .ok()
+        .and_then(|r| r.headers.get("x-mallquest-offsets").cloned())
+}
+
+/// BENCHMARKS.md ("Restart time"): SIGKILL to the restarted process's first commit, in
+/// group mode with and without static membership, receipts arriving at 500/s.
+#[test]
+#[ignore = "a measurement; run by hand (BENCHMARKS.md)"]
+fn restart_time_with_and_without_static_membership() {
+    for mode in [Mode::Static, Mode::Dynamic] {
+        let broker = Broker::start();
+        broker.create_topic("receipts", 3, false);
+        let producer = broker
+            .client()
+            .produce_at_rate("receipts", simulated(3, 60_000, 500), 500);
+        let dir = tempfile::tempdir().unwrap();
+        let extra = if mode == Mode::Static {
+            "instance_id = \"mq-restart-1\""
+        } else {
+            ""
+        };
+        let (config, store, http) =
+            write_config_with(dir.path(), &broker.bootstrap(), extra, "", "");
+        let mut run = Run::new(config, store);
+        run.start();
+        let mut times = Vec::new();
+        for _ in 0..7 {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !run.log().contains("Partitions assigned.") || served_offsets(&http).is_none() {
+                assert!(Instant::now() < deadline, "{}", run.log());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_secs(3));
+            run.kill();
+            let killed = Instant::now();
+            run.start();
+            let first = loop {
+                if let Some(o) = served_offsets(&http) {
+                    break o;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            while served_offsets(&http).as_deref() == Some(first.as_str()) {
+                assert!(killed.elapsed() < Duration::from_secs(60), "{}", run.log());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            times.push(killed.elapsed());
+        }
+        let mut sorted = times.clone();
+        eprintln!(
+            "{mode:?}: SIGKILL to first commit of the restarted process: median {:?}, all {:?}",
+            median(&mut sorted),
+            times
+        );
+        drop(run);
+        drop(producer);
     }
 }

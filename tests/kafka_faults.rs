@@ -88,16 +88,7 @@ fn broker_outage_of_30_s_mid_stream_loses_nothing_and_does_not_spin() {
     // Receipts keep arriving at 500/s (the POS buffers them while the broker is away)
     // and outputs are being published when the broker goes away.
     let records = take(&mut sim, 20_000);
-    let producer = {
-        let client = broker.client();
-        std::thread::spawn(move || {
-            for part in records.chunks(50) {
-                let started = Instant::now();
-                client.produce("receipts", part);
-                std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
-            }
-        })
-    };
+    let producer = broker.client().produce_at_rate("receipts", records, 500);
     let deadline = Instant::now() + Duration::from_secs(30);
     let folded_before = receipts_counted(&http);
     while receipts_counted(&http) < folded_before + 1_000 {

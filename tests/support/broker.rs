@@ -587,6 +587,51 @@ impl Client {
         }
     }
 
+    /// Produces `records` in the background at a steady `per_sec` (as POS terminals do),
+    /// through one producer that rides out broker faults (it retries for 5 minutes).
+    pub fn produce_at_rate(
+        &self,
+        topic: &str,
+        records: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+        per_sec: usize,
+    ) -> std::thread::JoinHandle<()> {
+        let producer: BaseProducer = self
+            .config()
+            .set("linger.ms", "5")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "300000")
+            .create()
+            .unwrap();
+        let topic = topic.to_owned();
+        std::thread::spawn(move || {
+            let tick = Duration::from_millis(100);
+            let per_tick = (per_sec / 10).max(1);
+            let start = Instant::now();
+            for (i, chunk) in records.chunks(per_tick).enumerate() {
+                for (k, v) in chunk {
+                    let mut r = BaseRecord::<[u8], [u8]>::to(&topic).payload(&v[..]);
+                    if let Some(k) = k {
+                        r = r.key(&k[..]);
+                    }
+                    let mut r = Some(r);
+                    while let Some(rec) = r.take() {
+                        if let Err((_, rec)) = producer.send(rec) {
+                            producer.poll(Duration::from_millis(20));
+                            r = Some(rec);
+                        }
+                    }
+                }
+                producer.poll(Duration::ZERO);
+                let next = start + tick * (i as u32 + 1);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            producer
+                .flush(Duration::from_secs(300))
+                .expect("produce_at_rate: not all records delivered");
+        })
+    }
+
     /// Reads a whole topic (every partition up to its current high watermark).
     pub fn read_all(&self, topic: &str) -> Vec<Read> {
         let consumer: BaseConsumer = self

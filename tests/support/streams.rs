@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use mallquest::domain::Rules;
 use mallquest::sim::Simulator;
 use serde_json::Value;
 
@@ -38,7 +37,8 @@ pub fn last_per_key(reads: &[Read]) -> BTreeMap<String, Value> {
     out
 }
 
-/// The reference fold (default rules) of records read back from the receipts topic.
+/// The reference fold (the contract's default rules, 90-day window) of records read back
+/// from the receipts topic.
 pub fn reference_of(receipts: &[Read]) -> reference::Expected {
     let records: Vec<_> = receipts
         .iter()
@@ -51,5 +51,9 @@ pub fn reference_of(receipts: &[Read]) -> reference::Expected {
             )
         })
         .collect();
-    reference::fold(&Rules::default(), &records)
+    reference::fold_with(
+        reference::RefRules::contract_defaults(),
+        &records,
+        reference::DEFAULT_WINDOW_DAYS,
+    )
 }
