@@ -206,7 +206,7 @@ pub fn run(
             }
         }
     }
-    let mut sink = super::KafkaSink::new(kafka)?;
+    let mut sink = super::KafkaSink::new(kafka, Some(Arc::clone(&status)))?;
     info!(message = "Consuming.", topic = %kafka.receipts_topic, group = %kafka.group_id);
     let result = consume(
         config,

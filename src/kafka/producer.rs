@@ -1,8 +1,8 @@
 //! The output sink: projections, level-up events and dead letters, delivered before
 //! the store commits the batch that produced them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -15,6 +15,8 @@ use tracing::warn;
 use crate::codec;
 use crate::config::KafkaConfig;
 use crate::pipeline::{Outputs, Sink};
+use crate::status::Status;
+use crate::telemetry;
 
 /// Counts delivery failures of the batch in flight.
 #[derive(Default)]
@@ -23,14 +25,39 @@ pub(crate) struct DeliveryTracker {
     outstanding: AtomicU64,
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// What `/readyz` reports: the producer is the first to notice lost brokers while
+    /// the consumer loop waits for a delivery.
+    status: Option<Arc<Status>>,
+    /// Set while no broker answers the producer; cleared by the next delivery.
+    brokers_down: AtomicBool,
+    brokers: String,
 }
 
-impl ClientContext for DeliveryTracker {}
+impl ClientContext for DeliveryTracker {
+    fn error(&self, error: KafkaError, reason: &str) {
+        telemetry::kafka_error(&format_args!("producer: {error}: {reason}"));
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.brokers_down.store(true, Ordering::Relaxed);
+            if let Some(s) = &self.status {
+                s.broker_unreachable(format!(
+                    "cannot reach the Kafka brokers at {}: {reason}",
+                    self.brokers
+                ));
+            }
+        }
+    }
+}
 
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_ok() && self.brokers_down.swap(false, Ordering::Relaxed) {
+            telemetry::broker_up(true);
+            if let Some(s) = &self.status {
+                s.broker_reachable();
+            }
+        }
         if let Err((e, _)) = result {
             self.failed.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut last) = self.last_error.lock() {
@@ -48,6 +75,7 @@ pub struct KafkaSink {
     producer: ThreadedProducer<DeliveryTracker>,
     /// To make a new producer after a fatal error.
     kafka: KafkaConfig,
+    status: Option<Arc<Status>>,
     projections_topic: String,
     events_topic: String,
     dlq_topic: String,
@@ -58,9 +86,10 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl KafkaSink {
     /// A producer with bounded queues, acks from all in-sync replicas and idempotence.
-    pub fn new(kafka: &KafkaConfig) -> anyhow::Result<Self> {
+    pub fn new(kafka: &KafkaConfig, status: Option<Arc<Status>>) -> anyhow::Result<Self> {
         Ok(Self {
-            producer: Self::producer(kafka)?,
+            producer: Self::producer(kafka, status.clone())?,
+            status,
             kafka: kafka.clone(),
             projections_topic: kafka.projections_topic.clone(),
             events_topic: kafka.events_topic.clone(),
@@ -68,7 +97,10 @@ impl KafkaSink {
         })
     }
 
-    fn producer(kafka: &KafkaConfig) -> anyhow::Result<ThreadedProducer<DeliveryTracker>> {
+    fn producer(
+        kafka: &KafkaConfig,
+        status: Option<Arc<Status>>,
+    ) -> anyhow::Result<ThreadedProducer<DeliveryTracker>> {
         let timeout_ms = DELIVERY_TIMEOUT.as_millis().to_string();
         super::client_config(
             kafka,
@@ -85,7 +117,11 @@ impl KafkaSink {
                 ("message.max.bytes", "2000000"),
             ],
         )
-        .create_with_context(DeliveryTracker::default())
+        .create_with_context(DeliveryTracker {
+            status,
+            brokers: kafka.brokers.clone(),
+            ..DeliveryTracker::default()
+        })
         .context("failed to create the Kafka producer")
     }
 
@@ -95,7 +131,7 @@ impl KafkaSink {
     fn replace_if_fatal(&mut self) -> anyhow::Result<()> {
         if let Some((code, reason)) = self.producer.client().fatal_error() {
             warn!(message = "The producer hit a fatal error; replacing it.", code = ?code, reason = %reason);
-            self.producer = Self::producer(&self.kafka)?;
+            self.producer = Self::producer(&self.kafka, self.status.clone())?;
         }
         Ok(())
     }

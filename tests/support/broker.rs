@@ -63,8 +63,15 @@ pub fn free_port() -> u16 {
 /// `kafka-storage random-uuid` prints), made here to save a JVM start.
 fn cluster_id() -> String {
     use base64::Engine;
-    let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    // Never one that starts with '-' (Kafka's own `Uuid.randomUuid` rule): the tools
+    // would read it as an option.
+    loop {
+        let bytes: [u8; 16] = rand::random();
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
 }
 
 /// One broker process (a node of a cluster, or a cluster of one).
