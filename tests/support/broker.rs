@@ -468,6 +468,27 @@ impl Cluster {
     }
 }
 
+/// A background producer at a steady rate ([`Client::produce_at_rate`]).
+pub struct Steady {
+    handle: std::thread::JoinHandle<()>,
+    hurry: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Steady {
+    /// Sends the records still waiting at once, without the rate's pauses.
+    pub fn hurry(&self) {
+        self.hurry.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    pub fn join(self) -> std::thread::Result<()> {
+        self.handle.join()
+    }
+}
+
 /// One record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Read {
@@ -596,12 +617,13 @@ impl Client {
 
     /// Produces `records` in the background at a steady `per_sec` (as POS terminals do),
     /// through one producer that rides out broker faults (it retries for 5 minutes).
+    /// [`Steady::hurry`] sends the rest at once.
     pub fn produce_at_rate(
         &self,
         topic: &str,
         records: Vec<(Option<Vec<u8>>, Vec<u8>)>,
         per_sec: usize,
-    ) -> std::thread::JoinHandle<()> {
+    ) -> Steady {
         let producer: BaseProducer = self
             .config()
             .set("linger.ms", "5")
@@ -611,7 +633,9 @@ impl Client {
             .create()
             .unwrap();
         let topic = topic.to_owned();
-        std::thread::spawn(move || {
+        let hurry = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hurried = std::sync::Arc::clone(&hurry);
+        let handle = std::thread::spawn(move || {
             let tick = Duration::from_millis(100);
             let per_tick = (per_sec / 10).max(1);
             let start = Instant::now();
@@ -630,13 +654,16 @@ impl Client {
                     }
                 }
                 producer.poll(Duration::ZERO);
-                let next = start + tick * (i as u32 + 1);
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                if !hurried.load(std::sync::atomic::Ordering::Relaxed) {
+                    let next = start + tick * (i as u32 + 1);
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
             }
             producer
                 .flush(Duration::from_secs(300))
                 .expect("produce_at_rate: not all records delivered");
-        })
+        });
+        Steady { handle, hurry }
     }
 
     /// Reads a whole topic (every partition up to its current high watermark).
