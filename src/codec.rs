@@ -1,6 +1,10 @@
 //! Bytes <-> domain: receipt decoding (with its rejection reasons) and the JSON of
 //! projections and level-up events. Agrees with `schemas/` (checked by tests/schemas.rs).
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -13,26 +17,246 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 /// Bounds of every id string, in bytes.
 const MAX_ID_BYTES: usize = 128;
 
-/// The receipt as written on the wire. Every field is optional here so that a missing
-/// field is a `schema` rejection, not a JSON syntax error; unknown fields are ignored.
-#[derive(Deserialize)]
+/// A record's document, read in one pass that checks all of it is JSON (so that a syntax
+/// error anywhere is `invalid_json`, whatever comes before it) and keeps only the
+/// receipt's members. Nothing here is a schema error: that is decided afterwards.
+enum Doc<'a> {
+    /// A JSON object: the receipt's members as written.
+    Object(Wire<'a>),
+    /// Any other JSON value (array, string, number, ...): not a receipt.
+    NotObject,
+}
+
+/// The receipt's members as written on the wire. Every member is optional here so that a
+/// missing one is a `schema` rejection, not a JSON syntax error; unknown members are
+/// checked to be JSON and dropped.
+#[derive(Default)]
 struct Wire<'a> {
-    #[serde(borrow)]
-    receipt_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    user_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    store_id: Option<&'a RawValue>,
-    #[serde(borrow)]
+    receipt_id: Option<Scalar<'a>>,
+    user_id: Option<Scalar<'a>>,
+    store_id: Option<Scalar<'a>>,
+    /// Unparsed: a number's literal text must be a plain decimal.
     amount: Option<&'a RawValue>,
-    #[serde(borrow)]
-    issued_at: Option<&'a RawValue>,
-    #[serde(borrow)]
-    currency: Option<&'a RawValue>,
-    #[serde(borrow, rename = "type")]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow)]
-    refund_of: Option<&'a RawValue>,
+    issued_at: Option<Scalar<'a>>,
+    currency: Option<Scalar<'a>>,
+    kind: Option<Scalar<'a>>,
+    refund_of: Option<Scalar<'a>>,
+    /// A known member was given more than once: it has no single meaning (`schema`).
+    repeated: bool,
+}
+
+/// A member's value, as far as the receipt schema looks at it.
+enum Scalar<'a> {
+    Null,
+    Str(Cow<'a, str>),
+    Number,
+    /// A boolean, an array or an object.
+    Other,
+}
+
+/// A top-level member name. Escapes are decoded (`"amo\u0075nt"` is `amount`).
+enum Key {
+    ReceiptId,
+    UserId,
+    StoreId,
+    Amount,
+    IssuedAt,
+    Currency,
+    Type,
+    RefundOf,
+    Unknown,
+}
+
+/// Any JSON value, checked and dropped. Unlike `serde::de::IgnoredAny` (which serde_json
+/// only skips over), it is parsed as a `serde_json::Value` would be: strings are decoded
+/// (a lone surrogate escape is an error) and numbers must fit an `f64`.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Checked;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Checked, A::Error> {
+                skip_seq(seq).map(|()| Checked)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Checked, A::Error> {
+                skip_map(map).map(|()| Checked)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<Checked>()?.is_some() {}
+    Ok(())
+}
+
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<Checked, Checked>()?.is_some() {}
+    Ok(())
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Number)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Number)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Number)
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Owned(s)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar<'de>, A::Error> {
+                skip_seq(seq).map(|()| Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar<'de>, A::Error> {
+                skip_map(map).map(|()| Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key, E> {
+                Ok(match s {
+                    "receipt_id" => Key::ReceiptId,
+                    "user_id" => Key::UserId,
+                    "store_id" => Key::StoreId,
+                    "amount" => Key::Amount,
+                    "issued_at" => Key::IssuedAt,
+                    "currency" => Key::Currency,
+                    "type" => Key::Type,
+                    "refund_of" => Key::RefundOf,
+                    _ => Key::Unknown,
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Doc<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Doc<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Doc<'de>, E> {
+                Ok(Doc::NotObject)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Doc<'de>, E> {
+                Ok(Doc::NotObject)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Doc<'de>, E> {
+                Ok(Doc::NotObject)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Doc<'de>, E> {
+                Ok(Doc::NotObject)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Doc<'de>, E> {
+                Ok(Doc::NotObject)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Doc<'de>, E> {
+                Ok(Doc::NotObject)
+            }
+            // Never filled by position: an array is JSON, but not a receipt.
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Doc<'de>, A::Error> {
+                skip_seq(seq).map(|()| Doc::NotObject)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Doc<'de>, A::Error> {
+                let mut w = Wire::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    let repeated = &mut w.repeated;
+                    match key {
+                        Key::ReceiptId => member(&mut map, &mut w.receipt_id, repeated)?,
+                        Key::UserId => member(&mut map, &mut w.user_id, repeated)?,
+                        Key::StoreId => member(&mut map, &mut w.store_id, repeated)?,
+                        Key::Amount => member(&mut map, &mut w.amount, repeated)?,
+                        Key::IssuedAt => member(&mut map, &mut w.issued_at, repeated)?,
+                        Key::Currency => member(&mut map, &mut w.currency, repeated)?,
+                        Key::Type => member(&mut map, &mut w.kind, repeated)?,
+                        Key::RefundOf => member(&mut map, &mut w.refund_of, repeated)?,
+                        Key::Unknown => {
+                            map.next_value::<Checked>()?;
+                        }
+                    }
+                }
+                Ok(Doc::Object(w))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads a known member's value into its slot; a repeat is noted and its value only
+/// checked, so that the rest of the document is still read (a later syntax error wins).
+fn member<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+    map: &mut A,
+    slot: &mut Option<T>,
+    repeated: &mut bool,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        *repeated = true;
+        map.next_value::<Checked>()?;
+    } else {
+        *slot = Some(map.next_value()?);
+    }
+    Ok(())
 }
 
 /// Decodes and validates one record. Checks run in a fixed order (size, JSON, schema,
@@ -50,29 +274,48 @@ pub fn decode_receipt(
     if nesting_depth(payload) > MAX_DEPTH {
         return Err(Reject::InvalidJson);
     }
-    let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| {
-        if e.is_data() {
-            Reject::Schema
-        } else {
-            Reject::InvalidJson
-        }
-    })?;
+    // The visitors accept any JSON value, so every error here is one of JSON itself
+    // (syntax, end of input, trailing characters, a lone surrogate, a number past f64).
+    let doc: Doc<'_> = serde_json::from_str(text).map_err(|_| Reject::InvalidJson)?;
+    let wire = match doc {
+        Doc::Object(w) => w,
+        // receipt.schema.json: "type": "object".
+        Doc::NotObject => return Err(Reject::Schema),
+    };
+    // The amount was kept unparsed for its literal: check it is JSON before any schema
+    // decision too.
+    let amount = wire
+        .amount
+        .map(|raw| {
+            serde_json::from_str::<Scalar<'_>>(raw.get())
+                .map(|v| (raw.get(), v))
+                .map_err(|_| Reject::InvalidJson)
+        })
+        .transpose()?;
+    if wire.repeated {
+        return Err(Reject::Schema);
+    }
 
     let receipt_id = id_field(wire.receipt_id)?;
     let user_id = id_field(wire.user_id)?;
     let store_id = id_field(wire.store_id)?;
-    let issued_at = string_field(wire.issued_at)
-        .and_then(|s| Timestamp::parse_rfc3339(&s))
-        .ok_or(Reject::Schema)?;
+    let issued_at = match &wire.issued_at {
+        Some(Scalar::Str(s)) => Timestamp::parse_rfc3339(s),
+        _ => None,
+    }
+    .ok_or(Reject::Schema)?;
+    // receipt.schema.json: `refund_of` is an id wherever it appears (a purchase's is
+    // then ignored), and required of a refund.
+    let refund_of = wire.refund_of.map(|v| id_field(Some(v))).transpose()?;
     let kind = match opt_string_field(wire.kind)?.as_deref() {
         None | Some("purchase") => ReceiptKind::Purchase,
         Some("refund") => ReceiptKind::Refund {
-            refund_of: id_field(wire.refund_of)?,
+            refund_of: refund_of.ok_or(Reject::Schema)?,
         },
         Some(_) => return Err(Reject::Schema),
     };
     let currency = opt_string_field(wire.currency)?;
-    let amount = amount_field(wire.amount)?;
+    let amount = amount_field(amount)?;
     if currency.is_some_and(|c| c != rules.currency) {
         return Err(Reject::Currency);
     }
@@ -119,38 +362,34 @@ fn nesting_depth(bytes: &[u8]) -> usize {
     max
 }
 
-fn string_field(raw: Option<&RawValue>) -> Option<String> {
-    serde_json::from_str::<String>(raw?.get()).ok()
-}
-
-fn opt_string_field(raw: Option<&RawValue>) -> Result<Option<String>, Reject> {
-    match raw {
-        None => Ok(None),
-        Some(r) if r.get() == "null" => Ok(None),
-        Some(r) => serde_json::from_str::<String>(r.get())
-            .map(Some)
-            .map_err(|_| Reject::Schema),
+fn opt_string_field(v: Option<Scalar<'_>>) -> Result<Option<Cow<'_, str>>, Reject> {
+    match v {
+        None | Some(Scalar::Null) => Ok(None),
+        Some(Scalar::Str(s)) => Ok(Some(s)),
+        Some(_) => Err(Reject::Schema),
     }
 }
 
-fn id_field(raw: Option<&RawValue>) -> Result<String, Reject> {
-    let s = string_field(raw).ok_or(Reject::Schema)?;
+fn id_field(v: Option<Scalar<'_>>) -> Result<String, Reject> {
+    let Some(Scalar::Str(s)) = v else {
+        return Err(Reject::Schema);
+    };
     if s.is_empty() || s.len() > MAX_ID_BYTES || s.chars().any(char::is_control) {
         return Err(Reject::Schema);
     }
-    Ok(s)
+    Ok(s.into_owned())
 }
 
-fn amount_field(raw: Option<&RawValue>) -> Result<i64, Reject> {
-    let raw = raw.ok_or(Reject::Schema)?.get();
-    let text = match raw.as_bytes().first() {
+/// The amount: its raw text and what JSON value it is.
+fn amount_field(v: Option<(&str, Scalar<'_>)>) -> Result<i64, Reject> {
+    let text = match v.ok_or(Reject::Schema)? {
         // A JSON string: its content must be a plain decimal.
-        Some(b'"') => serde_json::from_str::<String>(raw).map_err(|_| Reject::Schema)?,
+        (_, Scalar::Str(s)) => parse_amount(&s),
         // A JSON number: its literal text must be a plain decimal (no exponent, no sign).
-        Some(b'-' | b'0'..=b'9') => raw.to_owned(),
+        (raw, Scalar::Number) => parse_amount(raw),
         _ => return Err(Reject::Schema),
     };
-    parse_amount(&text).ok_or(Reject::Amount)
+    text.ok_or(Reject::Amount)
 }
 
 /// The projection as published on the projections topic and served by the API.
@@ -350,5 +589,93 @@ mod tests {
                 refund_of: "r-0".into()
             }
         );
+    }
+
+    #[test]
+    fn a_json_array_is_not_a_receipt() {
+        // receipt.schema.json: "type": "object". Its members' values in the schema's
+        // order must not be taken by position.
+        let v = r#"["r-1","u-1","s-1","1.00","2026-11-18T11:00:00Z",null,null,null]"#;
+        assert_eq!(decode("u-1", v), Err(Reject::Schema));
+        for v in [
+            "[]",
+            r#""receipt""#,
+            "null",
+            "5",
+            "true",
+            " [1,{\"a\":[]}] ",
+        ] {
+            assert_eq!(decode("u-1", v), Err(Reject::Schema), "{v}");
+        }
+    }
+
+    #[test]
+    fn refund_of_is_an_id_wherever_it_appears() {
+        for of in ["5", "null", "\"\"", "\"s\\u0001\"", "[\"r-0\"]"] {
+            let purchase = OK.replace("}", &format!(r#","refund_of":{of}}}"#));
+            assert_eq!(decode("u-1", &purchase), Err(Reject::Schema), "{purchase}");
+            let typed = OK.replace("}", &format!(r#","type":"purchase","refund_of":{of}}}"#));
+            assert_eq!(decode("u-1", &typed), Err(Reject::Schema), "{typed}");
+            let refund = OK.replace("}", &format!(r#","type":"refund","refund_of":{of}}}"#));
+            assert_eq!(decode("u-1", &refund), Err(Reject::Schema), "{refund}");
+        }
+        // A purchase's valid refund_of is ignored.
+        let v = OK.replace("}", r#","refund_of":"r-0"}"#);
+        assert_eq!(decode("u-1", &v).unwrap().kind, ReceiptKind::Purchase);
+        // The id check comes before the amount's.
+        let v = OK
+            .replace("\"12.34\"", "\"0\"")
+            .replace("}", r#","refund_of":""}"#);
+        assert_eq!(decode("u-1", &v), Err(Reject::Schema));
+    }
+
+    #[test]
+    fn the_whole_record_must_be_json_before_any_schema_check() {
+        for v in [
+            r#""receipt" x"#,
+            "null x",
+            "5 x",
+            "[1,2] x",
+            "[1,2",
+            r#"{"receipt_id":"r-1","receipt_id":"r-1","user_id":"u-1" x"#,
+            // A syntax error after a repeated member, in a value, in an ignored member.
+            &OK.replace("}", r#","user_id":"u-1","x":[1,}"#),
+            &OK.replace("}", r#","x":{"a":1,}}"#),
+            &format!("{OK} x"),
+            // Not JSON to serde_json::Value either: a lone surrogate, a number past f64,
+            // in known and in ignored members.
+            &OK.replace("}", r#","note":"\ud800"}"#),
+            &OK.replace("}", r#","n":{"k":[1e400]}}"#),
+            &OK.replace("}", r#","\udc00":1}"#),
+            &OK.replace("\"12.34\"", "1e400"),
+            &OK.replace("\"12.34\"", "\"\\ud800\""),
+            &OK.replace("\"r-1\"", "\"\\ud800\""),
+            &OK.replace("}", r#","currency":["\ud800"]}"#),
+            &OK.replace("}", r#","receipt_id":"\ud800"}"#),
+            "\u{feff}{}",
+            "",
+        ] {
+            assert!(serde_json::from_str::<serde_json::Value>(v).is_err(), "{v}");
+            assert_eq!(decode("u-1", v), Err(Reject::InvalidJson), "{v}");
+        }
+        // JSON, but a known member repeated (with the same value or not): schema.
+        for v in [
+            OK.replace("}", r#","receipt_id":"r-1"}"#),
+            OK.replace("}", r#","amount":"1.00"}"#),
+            OK.replace("}", r#","type":null,"type":null}"#),
+            OK.replace("}", r#","amo\u0075nt":"12.34"}"#),
+        ] {
+            assert_eq!(decode("u-1", &v), Err(Reject::Schema), "{v}");
+        }
+        // Repeated unknown members, escapes in names and trailing whitespace are fine.
+        let v = OK
+            .replace("}", r#","pos":1,"pos":2}"#)
+            .replace("\"store_id\"", "\"store\\u005fid\"");
+        assert_eq!(
+            decode("u-1", &format!(" {v} \n\t")).unwrap().store_id,
+            "s-1"
+        );
+        let v = OK.replace("\"s-1\"", "\"\\ud83d\\ude00\"");
+        assert_eq!(decode("u-1", &v).unwrap().store_id, "\u{1f600}");
     }
 }
