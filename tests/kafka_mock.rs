@@ -192,7 +192,10 @@ fn produce_errors_delay_commits_and_lose_nothing() {
             RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
         ],
     );
-    assert!(f.stored() < RECEIPTS as i64, "injected after the work was done");
+    assert!(
+        f.stored() < RECEIPTS as i64,
+        "injected after the work was done"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while f.status.commit_failures() == 0 {
         assert!(
@@ -247,7 +250,10 @@ fn fetch_and_offset_commit_errors_lose_nothing() {
             ],
         );
     }
-    assert!(f.stored() < RECEIPTS as i64, "injected after the work was done");
+    assert!(
+        f.stored() < RECEIPTS as i64,
+        "injected after the work was done"
+    );
     assert!(
         f.stored() < RECEIPTS as i64,
         "the faults landed after the work"

@@ -66,13 +66,8 @@ fn steady_load_with_queries_levels_off_and_ends_exact() {
             mb.parse::<u64>().unwrap()
         ));
     }
-    let (config, _store, http) = write_config_with(
-        dir.path(),
-        &broker.bootstrap(),
-        "",
-        &store_lines,
-        "",
-    );
+    let (config, _store, http) =
+        write_config_with(dir.path(), &broker.bootstrap(), "", &store_lines, "");
     let mut run = Run::new(config, _store);
     run.start();
     let deadline = Instant::now() + Duration::from_secs(30);
