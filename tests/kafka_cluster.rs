@@ -11,11 +11,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use mallquest::codec::ProjectionJson;
 use mallquest::sim::{Mix, Simulator};
-use mallquest::store::Store;
-use serde_json::Value;
 use support::broker::Cluster;
+use support::outputs::{dlq_reasons, stored_projections};
 use support::processor::{write_config, Run};
 use support::streams::{last_per_key, reference_of, take};
 
@@ -187,17 +185,7 @@ fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
         run.log()
     );
 
-    let stored: BTreeMap<String, Value> = Store::open(&store)
-        .unwrap()
-        .users()
-        .map(|u| {
-            let u = u.unwrap();
-            (
-                u.user_id.clone(),
-                serde_json::to_value(ProjectionJson::from_state(&u)).unwrap(),
-            )
-        })
-        .collect();
+    let stored = stored_projections(&store);
     assert_eq!(stored, expected.projections, "store vs the reference fold");
     // The last projection per user on the topic is the stored one: no retried produce
     // request landed an older projection after a newer one.
@@ -206,15 +194,7 @@ fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
         stored,
         "topic vs store"
     );
-    let mut dlq = BTreeMap::new();
-    for d in client.read_all("receipts-dlq") {
-        let h = &d.headers;
-        let pos: (i32, i64) = (
-            h["mallquest.source.partition"].parse().unwrap(),
-            h["mallquest.source.offset"].parse().unwrap(),
-        );
-        dlq.insert(pos, h["mallquest.reason"].clone());
-    }
+    let dlq = dlq_reasons(&client.read_all("receipts-dlq"));
     assert_eq!(dlq, expected.dlq, "DLQ vs the reference fold");
     assert_eq!(
         support::outputs::level_ups(&client.read_all("gamification-events")),

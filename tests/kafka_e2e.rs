@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mallquest::codec::{self, ProjectionJson};
+use mallquest::codec;
 use mallquest::sim::{Mix, Simulator};
 use mallquest::store::Store;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use support::broker::{Broker, Read};
 use support::golden;
+use support::outputs::stored_projections;
 use support::processor::{write_config, write_config_with, Run};
 use support::streams::{last_per_key, reference_of, take, Records};
 
@@ -66,20 +67,6 @@ fn wait_for_projections(
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-fn stored_projections(store: &std::path::Path) -> BTreeMap<String, Value> {
-    let store = Store::open(store).unwrap();
-    store
-        .users()
-        .map(|u| {
-            let u = u.unwrap();
-            (
-                u.user_id.clone(),
-                serde_json::to_value(ProjectionJson::from_state(&u)).unwrap(),
-            )
-        })
-        .collect()
 }
 
 /// (partition, offset) -> reason of every DLQ record, checking headers and that each

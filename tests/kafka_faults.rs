@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use mallquest::sim::{Mix, Simulator};
 use serde_json::Value;
 use support::broker::Broker;
+use support::outputs::{dlq_reasons, stored_projections};
 use support::processor::{write_config, Run};
 use support::reference;
 use support::streams::{last_per_key, reference_of, take};
@@ -159,29 +160,9 @@ fn broker_outage_of_30_s_mid_stream_loses_nothing_and_does_not_spin() {
         "{}",
         run.log()
     );
-    let store = mallquest::store::Store::open(&run.store).unwrap();
-    let stored: BTreeMap<String, Value> = store
-        .users()
-        .map(|u| {
-            let u = u.unwrap();
-            (
-                u.user_id.clone(),
-                serde_json::to_value(mallquest::codec::ProjectionJson::from_state(&u)).unwrap(),
-            )
-        })
-        .collect();
+    let stored = stored_projections(&run.store);
     assert_eq!(stored, expected.projections, "store vs the reference fold");
-    let mut dlq = BTreeMap::new();
-    for d in broker.read_all("receipts-dlq") {
-        let h = &d.headers;
-        let pos: (i32, i64) = (
-            h[mallquest::codec::HEADER_SOURCE_PARTITION]
-                .parse()
-                .unwrap(),
-            h[mallquest::codec::HEADER_SOURCE_OFFSET].parse().unwrap(),
-        );
-        dlq.insert(pos, h[mallquest::codec::HEADER_REASON].clone());
-    }
+    let dlq = dlq_reasons(&broker.read_all("receipts-dlq"));
     assert_eq!(dlq, expected.dlq, "DLQ vs the reference fold");
     assert_eq!(
         support::outputs::level_ups(&broker.read_all("gamification-events")),
@@ -300,17 +281,7 @@ fn group_offsets_ahead_of_or_behind_the_store_are_ignored() {
         }
         assert_eq!(receipts_counted(&http), 5_000, "group said {forced}");
         assert!(run.terminate(Duration::from_secs(30)).success());
-        let store = mallquest::store::Store::open(&run.store).unwrap();
-        let stored: BTreeMap<String, Value> = store
-            .users()
-            .map(|u| {
-                let u = u.unwrap();
-                (
-                    u.user_id.clone(),
-                    serde_json::to_value(mallquest::codec::ProjectionJson::from_state(&u)).unwrap(),
-                )
-            })
-            .collect();
+        let stored = stored_projections(&run.store);
         assert_eq!(stored, expected.projections);
     }
 }

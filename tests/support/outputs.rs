@@ -26,3 +26,35 @@ pub fn level_ups(events: &[Read]) -> BTreeMap<String, (i64, u64)> {
     }
     ups
 }
+
+/// Every user's projection JSON in a store (the process using it must be stopped).
+pub fn stored_projections(store: &std::path::Path) -> BTreeMap<String, Value> {
+    let store = mallquest::store::Store::open(store).unwrap();
+    store
+        .users()
+        .map(|u| {
+            let u = u.unwrap();
+            (
+                u.user_id.clone(),
+                serde_json::to_value(mallquest::codec::ProjectionJson::from_state(&u)).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// (source partition, source offset) -> reason of every record on a DLQ topic.
+pub fn dlq_reasons(dlq: &[Read]) -> BTreeMap<(i32, i64), String> {
+    use mallquest::codec::{HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
+    dlq.iter()
+        .map(|d| {
+            let h = &d.headers;
+            (
+                (
+                    h[HEADER_SOURCE_PARTITION].parse().unwrap(),
+                    h[HEADER_SOURCE_OFFSET].parse().unwrap(),
+                ),
+                h[HEADER_REASON].clone(),
+            )
+        })
+        .collect()
+}
