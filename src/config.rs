@@ -113,6 +113,11 @@ pub struct KafkaConfig {
     /// Dead-letter topic: rejected receipts with their reason in headers.
     #[serde(default = "default_dlq_topic")]
     pub dlq_topic: String,
+    /// Compacted topic of each partition's state (users, ledger within the dedup window,
+    /// position), partitioned like the receipts topic: a partition that moves to another
+    /// instance is restored from it. Default: `<group_id>-changelog`.
+    #[serde(default)]
+    pub changelog_topic: Option<String>,
     /// How partitions are obtained: `group` (subscribe; the group spreads partitions over
     /// instances) or `manual` (this one instance takes every partition at start, with no
     /// group membership: a restart resumes at once, never waiting for a rebalance).
@@ -226,6 +231,15 @@ const fn default_commit_interval_ms() -> u64 {
     100
 }
 
+impl KafkaConfig {
+    /// The changelog topic: `changelog_topic`, or `<group_id>-changelog`.
+    pub fn changelog_topic(&self) -> String {
+        self.changelog_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-changelog", self.group_id))
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
@@ -235,6 +249,7 @@ impl Default for KafkaConfig {
             projections_topic: default_projections_topic(),
             events_topic: default_events_topic(),
             dlq_topic: default_dlq_topic(),
+            changelog_topic: None,
             assignment: Assignment::default(),
             instance_id: None,
             client: BTreeMap::new(),
@@ -299,6 +314,7 @@ impl Config {
             ("kafka.projections_topic", &k.projections_topic),
             ("kafka.events_topic", &k.events_topic),
             ("kafka.dlq_topic", &k.dlq_topic),
+            ("kafka.changelog_topic", &k.changelog_topic()),
         ] {
             if value.trim().is_empty() {
                 return Err(ConfigError::Invalid {

@@ -6,6 +6,7 @@
 //! - [`cli`]: command-line arguments.
 //! - [`config`]: the TOML config, raw and validated.
 //! - [`domain`]: the rules and the fold; pure, no I/O.
+//! - [`changelog`]: a partition's state as records of the compacted changelog topic.
 //! - [`codec`]: bytes <-> receipts, projections and level-up events; agrees with `schemas/`.
 //! - [`store`]: the embedded store (fjall); the only module that names the engine.
 //! - [`kafka`]: the consumer loop of `run`, the producer sink, topic set-up.
@@ -19,6 +20,7 @@
 //! - [`telemetry`]: every metric name and log line.
 //! - [`shutdown`]: signal handling.
 
+pub mod changelog;
 pub mod cli;
 pub mod codec;
 pub mod config;

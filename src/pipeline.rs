@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::changelog;
 use crate::codec;
 use crate::domain::{self, Effect, LevelUp, Reject, Rules, Source, UserState};
 use crate::store::{Store, StoreError, WriteSet};
@@ -61,6 +62,9 @@ pub struct Outputs {
     pub level_ups: Vec<LevelUp>,
     /// Rejected records in fold order.
     pub dead_letters: Vec<DeadLetter>,
+    /// Changelog records by partition: the batch's users, ledger entries and, last, the
+    /// partition's position. Only for sinks that keep a changelog ([`Sink::wants_changelog`]).
+    pub changelog: Vec<(i32, changelog::Entry)>,
 }
 
 /// Where outputs go.
@@ -78,6 +82,28 @@ pub trait Sink {
         self.send(outputs)?;
         self.wait()
     }
+
+    /// Whether the sink keeps a changelog: then each batch's last send carries its
+    /// changelog records ([`Outputs::changelog`]).
+    fn wants_changelog(&self) -> bool {
+        false
+    }
+
+    /// Makes everything sent since the last `finish` final, together with the receipt
+    /// offsets it reflects (a transactional sink commits its transaction here). Returns
+    /// the next changelog offset of each partition written to. An error means none of it
+    /// counts: the batch is folded again.
+    fn finish(
+        &mut self,
+        offsets: &BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let _ = offsets;
+        self.wait()?;
+        Ok(BTreeMap::new())
+    }
+
+    /// Drops everything sent since the last `finish` (a transactional sink aborts).
+    fn abort(&mut self) {}
 }
 
 /// A batch whose outputs were sent, waiting for their delivery before it is stored.
@@ -99,6 +125,12 @@ pub struct BatchStats {
     pub rejected: BTreeMap<Reject, u64>,
     /// Level-up events.
     pub level_ups: u64,
+    /// Levels gained.
+    pub levels: u64,
+    /// Coins granted (purchases and level bonuses).
+    pub coins_awarded: u64,
+    /// Coins taken back by refunds.
+    pub coins_reversed: u64,
     /// Users published.
     pub users_published: u64,
     /// Next offsets the batch committed, by (topic, partition).
@@ -121,6 +153,9 @@ impl BatchStats {
             *self.rejected.entry(*r).or_default() += n;
         }
         self.level_ups += o.level_ups;
+        self.levels += o.levels;
+        self.coins_awarded += o.coins_awarded;
+        self.coins_reversed += o.coins_reversed;
         self.users_published += o.users_published;
     }
 }
@@ -373,7 +408,6 @@ impl Processor {
         match effect {
             Effect::Duplicate => {
                 self.stats.duplicates += 1;
-                telemetry::receipt_duplicate();
             }
             Effect::Applied {
                 entry,
@@ -382,7 +416,11 @@ impl Processor {
                 coins_delta,
             } => {
                 self.stats.applied += 1;
-                telemetry::receipt_applied(coins_delta);
+                if coins_delta >= 0 {
+                    self.stats.coins_awarded += coins_delta.unsigned_abs();
+                } else {
+                    self.stats.coins_reversed += coins_delta.unsigned_abs();
+                }
                 let at = match rec.timestamp_ms {
                     Some(ms) => receipt
                         .issued_at
@@ -412,7 +450,7 @@ impl Processor {
                     entry,
                 );
                 if let Some(up) = level_up {
-                    telemetry::level_up(u64::from(up.to_level - up.from_level));
+                    self.stats.levels += u64::from(up.to_level - up.from_level);
                     self.stats.level_ups += 1;
                     self.level_ups.push(up);
                 }
@@ -479,6 +517,7 @@ impl Processor {
                 .collect(),
             level_ups: std::mem::take(&mut self.level_ups),
             dead_letters: std::mem::take(&mut self.dead_letters),
+            changelog: Vec::new(),
         };
         // A stable order makes replays of the same batch publish identically.
         outputs
@@ -499,6 +538,16 @@ impl Processor {
         if self.pending.is_empty() {
             return Ok(());
         }
+        if sink.wants_changelog() {
+            let outputs = Outputs {
+                changelog: self.changelog_of_pending(),
+                ..Outputs::default()
+            };
+            if let Err(e) = sink.send(&outputs) {
+                self.reset();
+                return Err(CommitError::Publish(e));
+            }
+        }
         let stats = std::mem::take(&mut self.stats);
         self.inflight = Some(InFlight {
             set: std::mem::take(&mut self.pending),
@@ -507,14 +556,55 @@ impl Processor {
         Ok(())
     }
 
-    /// Waits for the batch in flight's outputs, then writes it to the store.
+    /// The batch in hand as changelog records: users and ledger entries in key order,
+    /// then each partition's position, last, so that a restore that reads a position has
+    /// read everything it stands for.
+    fn changelog_of_pending(&self) -> Vec<(i32, changelog::Entry)> {
+        let mut users: Vec<_> = self.pending.users.iter().collect();
+        users.sort_by(|a, b| a.0.cmp(b.0));
+        let mut ledger: Vec<_> = self.pending.ledger.iter().collect();
+        ledger.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out = Vec::with_capacity(users.len() + ledger.len() + self.pending.offsets.len());
+        out.extend(
+            users
+                .into_iter()
+                .map(|((p, _), u)| (*p, changelog::Entry::User(u.clone()))),
+        );
+        out.extend(ledger.into_iter().map(|((p, user_id, receipt_id), e)| {
+            (
+                *p,
+                changelog::Entry::Ledger {
+                    user_id: user_id.clone(),
+                    receipt_id: receipt_id.clone(),
+                    entry: e.clone(),
+                },
+            )
+        }));
+        for ((topic, p), next) in &self.pending.offsets {
+            out.push((
+                *p,
+                changelog::Entry::Meta(changelog::Meta {
+                    topic: topic.clone(),
+                    next_offset: *next,
+                    mark: self.mark(*p),
+                }),
+            ));
+        }
+        out
+    }
+
+    /// Waits for the batch in flight's outputs, makes them final ([`Sink::finish`]), then
+    /// writes the batch to the store.
     fn settle(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
-        let Some(flight) = self.inflight.take() else {
+        let Some(mut flight) = self.inflight.take() else {
             return Ok(BatchStats::default());
         };
-        if let Err(e) = sink.wait() {
-            self.reset();
-            return Err(CommitError::Publish(e));
+        match sink.finish(&flight.set.offsets) {
+            Ok(changelog) => flight.set.changelog = changelog,
+            Err(e) => {
+                self.reset();
+                return Err(CommitError::Publish(e));
+            }
         }
         if let Err(e) = self.store.commit(&flight.set) {
             self.reset();
@@ -531,6 +621,15 @@ impl Processor {
         }
         stats.offsets = committed.offsets;
         Ok(stats)
+    }
+
+    /// After a revocation: drops the batches in hand and the hot set (another instance may
+    /// change those users now); positions fall back to the store's offsets.
+    pub fn revoke(&mut self) {
+        self.reset();
+        if let Some(hot) = &mut self.hot {
+            hot.clear();
+        }
     }
 
     /// Drops the batch in hand; positions fall back to the store's offsets.

@@ -21,6 +21,8 @@ struct Inner {
     commit_failures: u64,
     /// Why no broker answers, while none does.
     broker_error: Option<String>,
+    /// Partitions being restored from the changelog, while a restore runs.
+    restoring: Option<Vec<i32>>,
     /// Next offsets of the state the store holds, `topic/partition=offset` joined by `,`.
     offsets: String,
 }
@@ -45,6 +47,21 @@ impl Status {
     /// Partitions were revoked.
     pub fn revoked(&self) {
         self.write().assigned = Some(Vec::new());
+    }
+
+    /// Partitions are being restored from the changelog.
+    pub fn restoring(&self, partitions: Vec<i32>) {
+        self.write().restoring = Some(partitions);
+    }
+
+    /// The restore finished.
+    pub fn restored(&self) {
+        self.write().restoring = None;
+    }
+
+    /// The partitions held now (`None` before the first assignment).
+    pub fn owned(&self) -> Option<Vec<i32>> {
+        self.read().assigned.clone()
     }
 
     /// A batch was committed: these are the store's offsets now.
@@ -96,6 +113,9 @@ impl Status {
         if let Some(e) = &r.commit_error {
             return Err(format!("last commit failed: {e}"));
         }
+        if let Some(ps) = &r.restoring {
+            return Err(format!("restoring partitions {ps:?} from the changelog"));
+        }
         match &r.assigned {
             None => Err("no partitions assigned yet (joining the consumer group)".into()),
             Some(p) if p.is_empty() => Err("no partitions assigned".into()),
@@ -145,6 +165,10 @@ mod tests {
         s.broker_unreachable("cannot reach the Kafka brokers at 127.0.0.1:9092: refused".into());
         assert!(s.ready().unwrap_err().contains("127.0.0.1:9092"));
         s.broker_reachable();
+        assert!(s.ready().is_ok());
+        s.restoring(vec![0]);
+        assert!(s.ready().unwrap_err().contains("restoring partitions [0]"));
+        s.restored();
         assert!(s.ready().is_ok());
     }
 }

@@ -50,8 +50,13 @@ pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "mallquest_http_connections_ref
 /// Whether the broker is reachable (1) or not (0), as the consumer last saw it.
 pub const BROKER_UP: &str = "mallquest_broker_up";
 
+/// Changelog records read back into the store by restores.
+pub const RESTORE_RECORDS_TOTAL: &str = "mallquest_restore_records_total";
+/// Partitions being restored from the changelog now.
+pub const RESTORING_PARTITIONS: &str = "mallquest_restoring_partitions";
+
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 20] = [
+pub const ALL_METRICS: [&str; 22] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
@@ -72,6 +77,8 @@ pub const ALL_METRICS: [&str; 20] = [
     HTTP_REQUEST_DURATION_SECONDS,
     HTTP_CONNECTIONS_REFUSED_TOTAL,
     BROKER_UP,
+    RESTORE_RECORDS_TOTAL,
+    RESTORING_PARTITIONS,
 ];
 
 /// Installs the Prometheus recorder with histogram buckets for every histogram.
@@ -102,6 +109,8 @@ pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::Prome
     counter!(COINS_AWARDED_TOTAL).increment(0);
     counter!(COINS_REVERSED_TOTAL).increment(0);
     counter!(LEVEL_UPS_TOTAL).increment(0);
+    counter!(RESTORE_RECORDS_TOTAL).increment(0);
+    gauge!(RESTORING_PARTITIONS).set(0.0);
     Ok(handle)
 }
 
@@ -177,6 +186,14 @@ fn describe() {
         BROKER_UP,
         "1 when the consumer's broker connection is up, else 0."
     );
+    describe_counter!(
+        RESTORE_RECORDS_TOTAL,
+        "Changelog records read back into the store by restores."
+    );
+    describe_gauge!(
+        RESTORING_PARTITIONS,
+        "Partitions being restored from the changelog now."
+    );
 }
 
 /// An HTTP request finished.
@@ -207,8 +224,6 @@ pub fn broker_up(up: bool) {
 
 /// A receipt went to the dead-letter topic.
 pub fn receipt_rejected(reason: Reject, partition: i32, offset: i64) {
-    counter!(RECEIPTS_TOTAL, "outcome" => "rejected").increment(1);
-    counter!(REJECTED_TOTAL, "reason" => reason.as_str()).increment(1);
     debug!(
         message = "Receipt rejected.",
         reason = reason.as_str(),
@@ -217,29 +232,21 @@ pub fn receipt_rejected(reason: Reject, partition: i32, offset: i64) {
     );
 }
 
-/// An exact duplicate was ignored.
-pub fn receipt_duplicate() {
-    counter!(RECEIPTS_TOTAL, "outcome" => "duplicate").increment(1);
-}
-
-/// A receipt changed a user's state.
-pub fn receipt_applied(coins_delta: i64) {
-    counter!(RECEIPTS_TOTAL, "outcome" => "applied").increment(1);
-    if coins_delta >= 0 {
-        counter!(COINS_AWARDED_TOTAL).increment(coins_delta.unsigned_abs());
-    } else {
-        counter!(COINS_REVERSED_TOTAL).increment(coins_delta.unsigned_abs());
-    }
-}
-
-/// A user gained `levels` levels.
-pub fn level_up(levels: u64) {
-    counter!(LEVEL_UPS_TOTAL).increment(levels);
-}
-
 /// A batch was published and persisted.
+///
+/// The receipt counters count committed batches only: a batch folded again after a failed
+/// commit (or dropped by a revocation) is counted once, when it is stored.
 pub fn batch_committed(stats: &BatchStats, took: Duration, store: &crate::store::Store) {
     histogram!(BATCH_DURATION_SECONDS).record(took.as_secs_f64());
+    counter!(RECEIPTS_TOTAL, "outcome" => "applied").increment(stats.applied);
+    counter!(RECEIPTS_TOTAL, "outcome" => "duplicate").increment(stats.duplicates);
+    for (reason, n) in &stats.rejected {
+        counter!(RECEIPTS_TOTAL, "outcome" => "rejected").increment(*n);
+        counter!(REJECTED_TOTAL, "reason" => reason.as_str()).increment(*n);
+    }
+    counter!(COINS_AWARDED_TOTAL).increment(stats.coins_awarded);
+    counter!(COINS_REVERSED_TOTAL).increment(stats.coins_reversed);
+    counter!(LEVEL_UPS_TOTAL).increment(stats.levels);
     gauge!(STORE_BYTES).set(store.disk_bytes() as f64);
     gauge!(USERS).set(store.approximate_users() as f64);
     let memory = store.memory();
@@ -290,6 +297,16 @@ pub fn kafka_error(error: &dyn std::fmt::Display) {
 /// Partitions were assigned, each resuming at the given offset (`None` = beginning).
 pub fn partitions_assigned(assigned: &[(i32, Option<i64>)]) {
     info!(message = "Partitions assigned.", partitions = ?assigned);
+}
+
+/// Changelog records restored.
+pub fn restore_records(n: u64) {
+    counter!(RESTORE_RECORDS_TOTAL).increment(n);
+}
+
+/// Partitions being restored now.
+pub fn restoring_partitions(n: usize) {
+    gauge!(RESTORING_PARTITIONS).set(n as f64);
 }
 
 /// Partitions were revoked.

@@ -53,6 +53,8 @@ impl Fixture {
             ("user-projections", PARTITIONS),
             ("gamification-events", PARTITIONS),
             ("receipts-dlq", 1),
+            // `run` needs its changelog; `main` creates it (ensure_output_topics).
+            ("mallquest-changelog", PARTITIONS),
         ] {
             mock.create_topic(topic, partitions, 1).unwrap();
         }

@@ -1,6 +1,7 @@
 //! A lost or corrupted store never leads to a silent empty start that would publish
-//! zeroed projections over good ones: `run` refuses with a clear error, and `rebuild`
-//! refolds the topic into an equal store.
+//! zeroed projections over good ones: a lost store is restored from the changelog without
+//! re-reading a receipt; with the changelog lost too, `run` refuses with a clear error, and
+//! `rebuild` refolds the topic into an equal store.
 
 mod support;
 
@@ -27,7 +28,7 @@ fn api_matches(http: &str, expected: &BTreeMap<String, Value>) -> bool {
 }
 
 #[test]
-fn deleted_store_refuses_to_start_and_rebuild_restores_it_exactly() {
+fn deleted_store_is_restored_from_the_changelog_and_without_it_refuses_until_rebuild() {
     let broker = Broker::start();
     broker.create_topic("receipts", 1, false);
     let records: Vec<_> = golden::receipts()
@@ -49,8 +50,49 @@ fn deleted_store_refuses_to_start_and_rebuild_restores_it_exactly() {
     assert!(run.terminate(Duration::from_secs(30)).success());
     let published = broker.read_all("user-projections").len();
 
-    // The store is lost: `run` must refuse, naming the path and the way out.
+    // The store is lost (a pod rescheduled without its volume): the changelog restores it,
+    // and not one receipt is folded again.
     std::fs::remove_dir_all(&store).unwrap();
+    let mut restored = Run::new(config.clone(), store.clone());
+    restored.start();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !api_matches(&http, &expected) {
+        assert!(
+            Instant::now() < deadline,
+            "not restored\n{}",
+            restored.log()
+        );
+        assert!(restored.is_running(), "exited\n{}", restored.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let metrics = String::from_utf8(support::http::get(&http, "/metrics").unwrap().body).unwrap();
+    let sample = |name: &str| support::prometheus::sample(&metrics, name);
+    assert!(sample("mallquest_restore_records_total") >= expected.len() as f64);
+    for outcome in ["applied", "duplicate", "rejected"] {
+        let n = sample(&format!(
+            "mallquest_receipts_total{{outcome=\"{outcome}\"}}"
+        ));
+        assert_eq!(n, 0.0, "{outcome} receipts folded again after a restore");
+    }
+    assert!(restored.terminate(Duration::from_secs(30)).success());
+    assert!(restored
+        .log()
+        .contains("Restored partitions from the changelog."));
+    assert_eq!(
+        broker.read_all("user-projections").len(),
+        published,
+        "a restore publishes nothing"
+    );
+
+    // Store and changelog lost (another changelog topic, empty): `run` must refuse, naming
+    // the path and the way out, and publish nothing.
+    std::fs::remove_dir_all(&store).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "[kafka]\n",
+        "[kafka]\nchangelog_topic = \"lost-changelog\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
     let mut again = Run::new(config.clone(), store.clone());
     again.start();
     let status = again.wait_exit(Duration::from_secs(60));

@@ -38,11 +38,23 @@ pub(super) async fn user(
     }
     let found = state
         .store
-        .find_user(&user_id)
+        .locate_user(&user_id)
         .map_err(|e| ApiError::internal(&e))?;
-    let Some(u) = found else {
+    let Some((p, u)) = found else {
         return Err(ApiError::not_found(format!("no user {user_id:?}")));
     };
+    // A partition that moved to another instance is not answered from here: what this
+    // store holds of it stopped changing when it left.
+    if state
+        .status
+        .owned()
+        .is_some_and(|owned| !owned.contains(&p))
+    {
+        return Err(ApiError::unavailable(
+            "not_owned",
+            format!("user {user_id:?} is in partition {p}, which this instance does not hold now; ask its owner"),
+        ));
+    }
     let body = codec::encode_projection(&u);
     let r = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     Ok(with_freshness(&state, r))
@@ -111,9 +123,11 @@ pub(super) async fn leaderboard(
             }
         }
     }
+    // Only the partitions held now: the others' entries here stopped changing.
+    let owned = state.status.owned();
     let users = state
         .store
-        .leaderboard(by, limit)
+        .leaderboard_of(by, limit, |p| owned.as_ref().is_none_or(|o| o.contains(&p)))
         .map_err(|e| ApiError::internal(&e))?;
     let entries = users
         .into_iter()

@@ -1,17 +1,19 @@
 //! The consumer loop of `mallquest run`.
 //!
-//! The group's committed offsets are never trusted for correctness: on every assignment
-//! each partition is positioned at the processor's own position (the store's offset plus
-//! the batch in hand). Offsets are still committed to the group after every store
-//! commit, so that lag can be monitored with the usual tools.
+//! On every assignment each partition is first caught up from its changelog (restored,
+//! for a partition new to this instance), then positioned at the store's offset. Each
+//! batch is one Kafka transaction: its outputs, its changelog records and its receipt
+//! offsets (sent to the group coordinator with the group's metadata, KIP-447) commit
+//! together; the store is written after that commit. A revocation aborts the open
+//! transaction and drops the batch in hand, so a member that lost its partitions can
+//! never make its outputs visible (ARCHITECTURE.md, "Ownership, restore and fencing").
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -36,6 +38,13 @@ struct StoreSeekingContext {
     status: Arc<Status>,
     /// The configured bootstrap brokers, named in `/readyz` when none answers.
     brokers: String,
+    /// For the changelog reader of a restore.
+    kafka: crate::config::KafkaConfig,
+    /// Whether assigned partitions are caught up from the changelog (not for `rebuild`).
+    restore: bool,
+    /// Set by a revocation: the main loop aborts the open transaction and drops the
+    /// batches in hand before it folds anything else.
+    revoked: AtomicBool,
 }
 
 impl ClientContext for StoreSeekingContext {
@@ -53,8 +62,10 @@ impl ClientContext for StoreSeekingContext {
         // librdkafka's own lag figure per partition: no extra broker requests.
         if let Some(t) = statistics.topics.get(&self.topic) {
             for (p, s) in &t.partitions {
-                if *p >= 0 && s.consumer_lag >= 0 {
-                    telemetry::consumer_lag(*p, s.consumer_lag);
+                // The offsets commit with each transaction, not through this consumer:
+                // lag is measured from the offsets stored after each store commit.
+                if *p >= 0 && s.consumer_lag_stored >= 0 {
+                    telemetry::consumer_lag(*p, s.consumer_lag_stored);
                 }
             }
         }
@@ -75,20 +86,15 @@ impl ConsumerContext for StoreSeekingContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut assigned = Vec::new();
-                for e in tpl.elements() {
-                    let p = e.partition();
-                    match Processor::resume_offset(&self.store, &self.positions, &self.topic, p) {
-                        Ok(o) => assigned.push((p, o)),
-                        Err(e) => {
-                            self.set_fatal(format!(
-                                "reading the stored offset of partition {p}: {e:#}"
-                            ));
-                            let _ = consumer.unassign();
-                            return;
-                        }
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let assigned = match self.prepare(consumer, &partitions) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        self.set_fatal(format!("{e:#}"));
+                        let _ = consumer.unassign();
+                        return;
                     }
-                }
+                };
                 for (p, o) in &assigned {
                     // Offset 0, not `Beginning`: no offset look-up round trip first; if the
                     // log no longer starts at 0, auto.offset.reset=earliest moves it there.
@@ -108,6 +114,13 @@ impl ConsumerContext for StoreSeekingContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 telemetry::partitions_revoked(&ps);
+                // The batch in hand is dropped (its transaction aborted by the main loop
+                // before it folds anything else): positions fall back to the store.
+                self.positions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                self.revoked.store(true, Ordering::SeqCst);
                 self.status.revoked();
                 let _ = consumer.unassign();
             }
@@ -120,6 +133,44 @@ impl ConsumerContext for StoreSeekingContext {
 }
 
 impl StoreSeekingContext {
+    /// Makes `partitions` ready to fold: caught up from their changelog, then each vouched
+    /// for by the store or refused. Returns where to resume each (`None`: from the start).
+    fn prepare(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[i32],
+    ) -> anyhow::Result<Vec<(i32, Option<i64>)>> {
+        let changelog = self.kafka.changelog_topic();
+        let have = super::partition_count(consumer, &changelog)?.unwrap_or(0);
+        if let Some(p) = partitions.iter().find(|p| **p as usize >= have) {
+            anyhow::bail!(
+                "the changelog topic {changelog} has {have} partitions, but partition {p} of {} was \
+                 assigned: the changelog needs as many partitions as the receipts topic (compacted). \
+                 Create or grow it (kafka-topics.sh --alter --partitions), or restart mallquest, which \
+                 creates it when it is missing.",
+                self.topic
+            );
+        }
+        if self.restore {
+            super::restore::catch_up(&self.kafka, &self.store, partitions, &self.status)
+                .context("restoring from the changelog")?;
+        }
+        let mut out = Vec::with_capacity(partitions.len());
+        let mut unvouched = Vec::new();
+        for &p in partitions {
+            let at = Processor::resume_offset(&self.store, &self.positions, &self.topic, p)
+                .with_context(|| format!("reading the stored offset of partition {p}"))?;
+            if at.is_none() {
+                unvouched.push(p);
+            }
+            out.push((p, at));
+        }
+        if self.restore && !unvouched.is_empty() {
+            refuse_unvouched(consumer, &self.store, &self.topic, &unvouched)?;
+        }
+        Ok(out)
+    }
+
     fn set_fatal(&self, msg: String) {
         if let Ok(mut f) = self.fatal.lock() {
             f.get_or_insert(msg);
@@ -166,6 +217,9 @@ pub fn run(
         fatal: Mutex::new(None),
         status: Arc::clone(&status),
         brokers: kafka.brokers.clone(),
+        kafka: kafka.clone(),
+        restore: start == Start::Normal,
+        revoked: AtomicBool::new(false),
     };
     // Seeds the freshness header with what the store already holds.
     status.committed(&store.offsets()?);
@@ -195,7 +249,7 @@ pub fn run(
     let consumer: BaseConsumer<StoreSeekingContext> = super::client_config(kafka, &defaults)
         .create_with_context(context)
         .context("failed to create the Kafka consumer")?;
-    check_start(&consumer, &store, &kafka.receipts_topic, start)?;
+    check_start(&store, &kafka.receipts_topic, start)?;
     match kafka.assignment {
         Assignment::Group => consumer
             .subscribe(&[&kafka.receipts_topic])
@@ -206,7 +260,8 @@ pub fn run(
             }
         }
     }
-    let mut sink = super::KafkaSink::new(kafka, Some(Arc::clone(&status)))?;
+    let txn_id = transactional_id(kafka, &store)?;
+    let mut sink = super::KafkaSink::new(kafka, Some(Arc::clone(&status)), &txn_id)?;
     info!(message = "Consuming.", topic = %kafka.receipts_topic, group = %kafka.group_id);
     let result = consume(
         config,
@@ -219,6 +274,29 @@ pub fn run(
     );
     close_within(consumer, CLOSE_TIMEOUT);
     result
+}
+
+/// The producer's transactional id: stable across this instance's restarts, so that a
+/// restart fences its previous run and aborts what it left open at once. From
+/// `[kafka] instance_id` when set, else from an id kept in the store's directory.
+fn transactional_id(kafka: &crate::config::KafkaConfig, store: &Store) -> anyhow::Result<String> {
+    let name = match &kafka.instance_id {
+        Some(id) => id.clone(),
+        None => {
+            let file = store.path().join("mallquest-instance-id");
+            match std::fs::read_to_string(&file) {
+                Ok(id) if !id.trim().is_empty() => id.trim().to_owned(),
+                _ => {
+                    use rand::Rng as _;
+                    let id = format!("{:016x}", rand::thread_rng().gen::<u64>());
+                    std::fs::write(&file, &id)
+                        .with_context(|| format!("failed to write {}", file.display()))?;
+                    id
+                }
+            }
+        }
+    };
+    Ok(format!("mallquest-{}-{name}", kafka.group_id))
 }
 
 /// How long closing the consumer (leaving the group) may take before `run` returns anyway.
@@ -275,6 +353,7 @@ fn consume(
             // Nothing more in hand: send the batch's outputs now rather than at the
             // commit, so that a projection waits for the broker, not for the interval.
             let mut next = consumer.poll(Duration::ZERO);
+            drop_if_revoked(consumer, processor, sink);
             let send_due = last_send + send_every;
             if next.is_none() && processor.has_unsent() && Instant::now() >= send_due {
                 if let Err(e) = processor.send_changes(sink) {
@@ -300,6 +379,7 @@ fn consume(
                     deadline
                 };
                 next = consumer.poll(until.saturating_duration_since(Instant::now()));
+                drop_if_revoked(consumer, processor, sink);
             }
             match next {
                 None => {}
@@ -343,6 +423,7 @@ fn consume(
                 // Keeps the group session alive; records that arrive are dropped unfolded
                 // and read again after the rewind below.
                 let _ = consumer.poll(Duration::from_secs(1));
+                drop_if_revoked(consumer, processor, sink);
                 continue;
             }
             if disk_low {
@@ -361,17 +442,17 @@ fn consume(
         let started = Instant::now();
         // While running, the batch in hand is sent and the batch before it stored once
         // its outputs are delivered; folding goes on meanwhile. Stopping flushes both.
-        let committed = if stopping {
-            processor.commit(sink)
-        } else {
-            processor.commit_pipelined(sink)
-        };
+        // One transaction per batch: the batch in hand is published, its transaction
+        // committed with its offsets, then it is stored. Not pipelined: a transaction holds
+        // one batch, so that its changelog position stands for exactly what it carries.
+        sink.set_group(consumer.group_metadata());
+        let committed = processor.commit(sink);
         match committed {
             Ok(stats) => {
                 if stats.records > 0 {
                     telemetry::batch_committed(&stats, started.elapsed(), store);
                     status.committed(&stats.offsets);
-                    commit_to_group(consumer, &stats.offsets);
+                    store_positions(consumer, &stats.offsets);
                     // Only a commit that wrote something proves the fault is gone.
                     backoff = Duration::from_millis(100);
                 }
@@ -432,17 +513,12 @@ fn recover(
     Ok(())
 }
 
-/// Refuses a start that would publish zeroed projections over good ones.
-fn check_start(
-    consumer: &BaseConsumer<StoreSeekingContext>,
-    store: &Store,
-    topic: &str,
-    start: Start,
-) -> anyhow::Result<()> {
+/// `rebuild` only fills an empty store.
+fn check_start(store: &Store, topic: &str, start: Start) -> anyhow::Result<()> {
     let has_state = store.offsets()?.keys().any(|(t, _)| t == topic);
     let path = store.path().display();
     match (start, has_state) {
-        (Start::Normal, true) => Ok(()),
+        (Start::Normal, _) => Ok(()),
         (Start::Rebuild, true) => anyhow::bail!(
             "the store at {path} already holds state for {topic}; `rebuild` only fills an empty store: \
              move the directory aside (or delete it) and run `mallquest rebuild` again"
@@ -451,41 +527,43 @@ fn check_start(
             info!(message = "Rebuilding the store from the beginning of the topic.", topic, path = %path);
             Ok(())
         }
-        (Start::Normal, false) => {
-            let md = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
-                .context("failed to read the receipts topic's metadata")?;
-            let mut tpl = TopicPartitionList::new();
-            for t in md.topics().iter().filter(|t| t.name() == topic) {
-                for p in t.partitions() {
-                    tpl.add_partition(topic, p.id());
-                }
-            }
-            if tpl.count() == 0 {
-                return Ok(());
-            }
-            let committed = committed_offsets(consumer, tpl)?;
-            let progressed: Vec<String> = committed
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) if o > 0 => Some(format!("{}={o}", e.partition())),
-                    _ => None,
-                })
-                .collect();
-            if progressed.is_empty() {
-                return Ok(());
-            }
-            anyhow::bail!(
-                "the store at {path} holds no state for {topic}, but the consumer group has committed \
-                 offsets ({}): the store was deleted or replaced. Restore it from a backup, or run \
-                 `mallquest rebuild --config ...` to refold the topic from its beginning (only if the \
-                 topic still holds every receipt). Refusing to start, so that zeroed projections are \
-                 never published over good ones.",
-                progressed.join(", ")
-            )
-        }
     }
+}
+
+/// Refuses partitions that neither the store nor the changelog can vouch for, if the
+/// group has folded them before: folding them from scratch would publish zeroed
+/// projections over good ones (and the receipts topic may no longer hold every receipt).
+fn refuse_unvouched(
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    store: &Store,
+    topic: &str,
+    partitions: &[i32],
+) -> anyhow::Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = committed_offsets(consumer, tpl)?;
+    let progressed: Vec<String> = committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) if o > 0 => Some(format!("{}={o}", e.partition())),
+            _ => None,
+        })
+        .collect();
+    if progressed.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "neither the store at {} nor the changelog holds state for {topic} partitions {partitions:?}, \
+         but the consumer group has committed offsets ({}): the state was lost (the changelog topic \
+         deleted?). Restore the store from a backup, or run `mallquest rebuild --config ...` to refold \
+         the topic from its beginning (only if the topic still holds every receipt). Refusing, so \
+         that zeroed projections are never published over good ones.",
+        store.path().display(),
+        progressed.join(", ")
+    )
 }
 
 /// The group's committed offsets. A new cluster's group coordinator is not there at once
@@ -554,12 +632,10 @@ fn assign_all(
     };
     let ctx = consumer.context();
     let mut tpl = TopicPartitionList::new();
-    let mut assigned = Vec::new();
-    for p in partitions {
-        let at = Processor::resume_offset(&ctx.store, &ctx.positions, topic, p)?;
-        tpl.add_partition_offset(topic, p, at.map_or(Offset::Offset(0), Offset::Offset))
+    let assigned = ctx.prepare(consumer, &partitions)?;
+    for (p, at) in &assigned {
+        tpl.add_partition_offset(topic, *p, at.map_or(Offset::Offset(0), Offset::Offset))
             .context("failed to build the assignment")?;
-        assigned.push((p, at));
     }
     consumer
         .assign(&tpl)
@@ -570,17 +646,30 @@ fn assign_all(
     Ok(true)
 }
 
-/// Commits the store's offsets to the group, for lag monitoring only.
-fn commit_to_group(
+/// Tells the consumer what is committed, for its lag statistics (the group's offsets
+/// were committed with the transaction).
+fn store_positions(
     consumer: &BaseConsumer<StoreSeekingContext>,
-    offsets: &BTreeMap<(String, i32), i64>,
+    offsets: &std::collections::BTreeMap<(String, i32), i64>,
 ) {
     let mut tpl = TopicPartitionList::new();
     for ((topic, p), next) in offsets {
         let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
     }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-        warn!(message = "Failed to commit offsets to the group (lag reporting only).", error = %e);
+    // A partition revoked meanwhile is refused: harmless, it is only for lag.
+    let _ = consumer.store_offsets(&tpl);
+}
+
+/// After a revocation (seen by the rebalance callback inside a poll): aborts the open
+/// transaction and drops the batches in hand, before anything else is folded or sent.
+fn drop_if_revoked(
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    processor: &mut Processor,
+    sink: &mut super::KafkaSink,
+) {
+    if consumer.context().revoked.swap(false, Ordering::SeqCst) {
+        crate::pipeline::Sink::abort(sink);
+        processor.revoke();
     }
 }
 

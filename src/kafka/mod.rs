@@ -3,6 +3,7 @@
 
 mod consumer;
 mod producer;
+mod restore;
 
 pub use consumer::{run, Start};
 pub use producer::KafkaSink;
@@ -117,8 +118,14 @@ pub fn wait_for_brokers(
 /// with as many partitions as the receipts topic has (or 1 if it does not exist yet), and
 /// the cluster's default replication factor (`default.replication.factor`; a factor of 1
 /// on a cluster with `min.insync.replicas = 2` would refuse every `acks=all` write).
+///
+/// The changelog topic is compacted too, and must have as many partitions as the receipts
+/// topic (its partition `p` holds the state of receipts partition `p`): it is created only
+/// once the receipts topic exists, and an assignment refuses a partition it lacks.
 pub async fn ensure_output_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
-    let partitions = receipts_partitions(kafka).unwrap_or(1).max(1);
+    let receipts = receipts_partitions(kafka);
+    let partitions = receipts.unwrap_or(1).max(1);
+    let changelog_topic = kafka.changelog_topic();
     let admin: AdminClient<DefaultClientContext> = client_config(kafka, &[])
         .create()
         .context("failed to create the Kafka admin client")?;
@@ -132,9 +139,18 @@ pub async fn ensure_output_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
         NewTopic::new(&kafka.events_topic, partitions, TopicReplication::Fixed(-1)),
         NewTopic::new(&kafka.dlq_topic, partitions, TopicReplication::Fixed(-1)),
     ];
+    let changelog = NewTopic::new(&changelog_topic, partitions, TopicReplication::Fixed(-1))
+        .set("cleanup.policy", "compact");
+    let topics: Vec<&NewTopic<'_>> = match receipts {
+        Some(_) => topics.iter().chain([&changelog]).collect(),
+        None => {
+            warn!(message = "The receipts topic does not exist yet; the changelog topic will be created at the next start.", topic = %kafka.receipts_topic, changelog = %changelog_topic);
+            topics.iter().collect()
+        }
+    };
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
-        .create_topics(topics.iter(), &opts)
+        .create_topics(topics, &opts)
         .await
         .context("failed to create output topics")?;
     for r in results {
@@ -153,4 +169,20 @@ fn receipts_partitions(kafka: &KafkaConfig) -> Option<i32> {
         .ok()?;
     let n = md.topics().first()?.partitions().len();
     (n > 0).then_some(n as i32)
+}
+
+/// Partitions of `topic`, from the cluster's metadata (`None`: it does not exist).
+pub(crate) fn partition_count<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> anyhow::Result<Option<usize>> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("failed to read the metadata of {topic}"))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0))
 }

@@ -1,15 +1,18 @@
-//! The output sink: projections, level-up events and dead letters, delivered before
-//! the store commits the batch that produced them.
+//! The output sink: projections, level-up events, dead letters and changelog records,
+//! published in one Kafka transaction per batch, committed with the batch's receipt
+//! offsets (KIP-447) before the store commits the batch.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::warn;
 
 use crate::codec;
@@ -31,6 +34,9 @@ pub(crate) struct DeliveryTracker {
     /// Set while no broker answers the producer; cleared by the next delivery.
     brokers_down: AtomicBool,
     brokers: String,
+    changelog_topic: String,
+    /// Next offset of each changelog partition written to since the last commit.
+    changelog_next: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl ClientContext for DeliveryTracker {
@@ -58,6 +64,16 @@ impl ProducerContext for DeliveryTracker {
                 s.broker_reachable();
             }
         }
+        if let Ok(m) = result {
+            if m.topic() == self.changelog_topic {
+                let mut next = self
+                    .changelog_next
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let at = next.entry(m.partition()).or_insert(0);
+                *at = (*at).max(m.offset() + 1);
+            }
+        }
         if let Err((e, _)) = result {
             self.failed.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut last) = self.last_error.lock() {
@@ -69,7 +85,7 @@ impl ProducerContext for DeliveryTracker {
     }
 }
 
-/// Publishes a batch's outputs and waits until the broker acknowledged every one.
+/// Publishes a batch's outputs in a transaction and commits it with the batch's offsets.
 pub struct KafkaSink {
     /// Its own thread serves delivery reports as they arrive.
     producer: ThreadedProducer<DeliveryTracker>,
@@ -79,22 +95,55 @@ pub struct KafkaSink {
     projections_topic: String,
     events_topic: String,
     dlq_topic: String,
+    changelog_topic: String,
+    /// Whether a transaction is open (begun by the first send after a commit or abort).
+    open: bool,
+    /// The consumer group's metadata, sent with the offsets so that the group coordinator
+    /// fences a member that lost its partitions (KIP-447).
+    group: Option<ConsumerGroupMetadata>,
 }
 
-/// How long a batch may wait for delivery before it is given up and replayed.
+/// How long a batch may wait for delivery before it is given up and replayed; also the
+/// transaction timeout: the broker aborts a transaction left open longer by a producer
+/// that died and never came back under its transactional id (a restart aborts it at once),
+/// so `read_committed` readers of its partitions wait at most this long. Longer than a
+/// KRaft broker's session (9 s) plus a leader election, so that a killed partition leader
+/// does not fail the transaction.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long one transaction call (init, offsets, commit, abort) may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl KafkaSink {
-    /// A producer with bounded queues, acks from all in-sync replicas and idempotence.
-    pub fn new(kafka: &KafkaConfig, status: Option<Arc<Status>>) -> anyhow::Result<Self> {
+    /// A transactional producer with bounded queues, acks from all in-sync replicas and
+    /// idempotence. `transactional_id` must be unique to this instance and stable across
+    /// its restarts: a restart then fences and aborts what its previous run left open.
+    pub fn new(
+        kafka: &KafkaConfig,
+        status: Option<Arc<Status>>,
+        transactional_id: &str,
+    ) -> anyhow::Result<Self> {
+        let mut kafka = kafka.clone();
+        kafka
+            .client
+            .entry("transactional.id".into())
+            .or_insert_with(|| transactional_id.to_owned());
         Ok(Self {
-            producer: Self::producer(kafka, status.clone())?,
+            producer: Self::producer(&kafka, status.clone())?,
             status,
-            kafka: kafka.clone(),
             projections_topic: kafka.projections_topic.clone(),
             events_topic: kafka.events_topic.clone(),
             dlq_topic: kafka.dlq_topic.clone(),
+            changelog_topic: kafka.changelog_topic(),
+            kafka,
+            open: false,
+            group: None,
         })
+    }
+
+    /// The consumer group's current metadata, sent with the next commit's offsets.
+    pub fn set_group(&mut self, group: Option<ConsumerGroupMetadata>) {
+        self.group = group;
     }
 
     fn producer(
@@ -102,6 +151,21 @@ impl KafkaSink {
         status: Option<Arc<Status>>,
     ) -> anyhow::Result<ThreadedProducer<DeliveryTracker>> {
         let timeout_ms = DELIVERY_TIMEOUT.as_millis().to_string();
+        let producer: ThreadedProducer<DeliveryTracker> = Self::config(kafka, &timeout_ms)
+            .create_with_context(DeliveryTracker {
+                status,
+                brokers: kafka.brokers.clone(),
+                changelog_topic: kafka.changelog_topic(),
+                ..DeliveryTracker::default()
+            })
+            .context("failed to create the Kafka producer")?;
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .context("failed to initialise the producer's transactions")?;
+        Ok(producer)
+    }
+
+    fn config(kafka: &KafkaConfig, timeout_ms: &str) -> rdkafka::ClientConfig {
         super::client_config(
             kafka,
             &[
@@ -113,27 +177,92 @@ impl KafkaSink {
                 ("enable.idempotence", "true"),
                 ("linger.ms", "5"),
                 ("queue.buffering.max.messages", "100000"),
-                ("message.timeout.ms", &timeout_ms),
+                ("message.timeout.ms", timeout_ms),
                 ("message.max.bytes", "2000000"),
+                ("transaction.timeout.ms", timeout_ms),
             ],
         )
-        .create_with_context(DeliveryTracker {
-            status,
-            brokers: kafka.brokers.clone(),
-            ..DeliveryTracker::default()
-        })
-        .context("failed to create the Kafka producer")
     }
 
-    /// After an idempotent producer's fatal error (its sequence state is lost, e.g. a
-    /// broker forgot it), no send can succeed any more: a new producer takes over. The
-    /// failed batch is replayed from the store, so nothing is lost or reordered.
+    /// After a fatal error (the broker fenced this producer: its transaction timed out, or
+    /// another producer took its transactional id; or its sequence state was lost), no
+    /// send can succeed any more: a new producer takes over. The failed batch is replayed
+    /// from the store, so nothing is lost or reordered.
     fn replace_if_fatal(&mut self) -> anyhow::Result<()> {
         if let Some((code, reason)) = self.producer.client().fatal_error() {
             warn!(message = "The producer hit a fatal error; replacing it.", code = ?code, reason = %reason);
-            self.producer = Self::producer(&self.kafka, self.status.clone())?;
+            self.renew()?;
         }
         Ok(())
+    }
+
+    fn renew(&mut self) -> anyhow::Result<()> {
+        self.open = false;
+        self.producer = Self::producer(&self.kafka, self.status.clone())?;
+        Ok(())
+    }
+
+    fn begin(&mut self) -> anyhow::Result<()> {
+        if self.open {
+            return Ok(());
+        }
+        if let Err(e) = self.producer.begin_transaction() {
+            warn!(message = "Could not begin a transaction; replacing the producer.", error = %e);
+            self.renew()?;
+            self.producer
+                .begin_transaction()
+                .context("failed to begin a transaction")?;
+        }
+        self.open = true;
+        Ok(())
+    }
+
+    /// Delivers what is in flight, then commits the transaction with `offsets`.
+    fn commit(
+        &mut self,
+        offsets: &BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<BTreeMap<i32, i64>> {
+        self.wait()?;
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, p), next) in offsets {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*next))
+                .context("failed to list the offsets")?;
+        }
+        let group = self
+            .group
+            .as_ref()
+            .context("no consumer group metadata to commit offsets with")?;
+        self.producer
+            .send_offsets_to_transaction(&tpl, group, TXN_TIMEOUT)
+            .context("failed to add the offsets to the transaction")?;
+        self.producer
+            .commit_transaction(TXN_TIMEOUT)
+            .context("failed to commit the transaction")?;
+        self.open = false;
+        Ok(std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .changelog_next
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
+
+    /// Forgets the delivery state of an aborted transaction once its purged outputs are
+    /// reported.
+    fn forget_deliveries(&self) {
+        let tracker = self.producer.context();
+        let deadline = Instant::now() + DELIVERY_TIMEOUT;
+        while tracker.outstanding.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        tracker.failed.store(0, Ordering::Relaxed);
+        tracker
+            .changelog_next
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
@@ -160,6 +289,66 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn send(&mut self, out: &Outputs) -> anyhow::Result<()> {
+        self.begin()?;
+        if let Err(e) = self.enqueue_all(out) {
+            self.abort();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn wants_changelog(&self) -> bool {
+        true
+    }
+
+    fn finish(
+        &mut self,
+        offsets: &BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<BTreeMap<i32, i64>> {
+        if !self.open {
+            self.wait()?;
+            return Ok(BTreeMap::new());
+        }
+        match self.commit(offsets) {
+            Ok(next) => Ok(next),
+            Err(e) => {
+                self.abort();
+                Err(e)
+            }
+        }
+    }
+
+    fn abort(&mut self) {
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        let aborted = self.producer.abort_transaction(TXN_TIMEOUT);
+        self.forget_deliveries();
+        if let Err(e) = aborted {
+            warn!(message = "Could not abort the transaction; replacing the producer.", error = %e);
+            if let Err(e) = self.renew() {
+                warn!(message = "Could not replace the producer; the next send tries again.", error = %e);
+            }
+        }
+    }
+
+    fn wait(&mut self) -> anyhow::Result<()> {
+        self.wait_delivered()
+    }
+}
+
+impl KafkaSink {
+    fn enqueue_all(&self, out: &Outputs) -> anyhow::Result<()> {
+        for (p, e) in &out.changelog {
+            let (key, value) = (e.key(), e.value());
+            self.enqueue(
+                BaseRecord::to(&self.changelog_topic)
+                    .partition(*p)
+                    .key(&key[..])
+                    .payload(&value[..]),
+            )?;
+        }
         for p in &out.projections {
             let value = codec::encode_projection(p);
             self.enqueue(
@@ -208,7 +397,7 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
-    fn wait(&mut self) -> anyhow::Result<()> {
+    fn wait_delivered(&mut self) -> anyhow::Result<()> {
         let tracker = self.producer.context();
         // Not `flush`: rdkafka's `poll` and `flush` wait out their whole timeout (at least
         // 100 ms per batch), and short polls spin. The producer's own thread serves the

@@ -9,6 +9,8 @@
 //!   the leaderboard index, kept in the same write batch as the state it indexes.
 //! - `marks`:   `partition` -> highest applied issued_at, in seconds (i64 BE): the event
 //!   time the dedup window is measured against.
+//! - `changelog`: `partition` -> next offset to read of the partition's changelog (i64 BE):
+//!   everything before it is in this store, so a catch-up reads on from there.
 //!
 //! Ledger entries older than the window (`mark - window`) are dead: the processor treats
 //! them as absent, and a compaction filter drops them when fjall rewrites their table
@@ -128,6 +130,8 @@ pub struct WriteSet {
     pub offsets: BTreeMap<(String, i32), i64>,
     /// New event-time marks (seconds), by partition.
     pub marks: BTreeMap<i32, i64>,
+    /// Next offset to read of each partition's changelog, once this batch is stored.
+    pub changelog: BTreeMap<i32, i64>,
     /// For users in `users`: their scores as stored before this batch (`None`: new user),
     /// so that the commit can re-index them without reading them again. Users missing
     /// here are read from the store.
@@ -141,6 +145,7 @@ impl WriteSet {
             && self.ledger.is_empty()
             && self.offsets.is_empty()
             && self.marks.is_empty()
+            && self.changelog.is_empty()
     }
 }
 
@@ -162,6 +167,7 @@ pub struct Store {
     offsets: Keyspace,
     board: Keyspace,
     marks_ks: Keyspace,
+    changelog: Keyspace,
     /// Committed marks and the window, shared with the ledger's compaction filter.
     expiry: Arc<Expiry>,
     /// Partitions with state, cached: user look-ups by id try each, and must not scan
@@ -354,6 +360,7 @@ impl Store {
         let offsets = db.keyspace("offsets", options).map_err(open_err)?;
         let board = db.keyspace("board", options).map_err(open_err)?;
         let marks_ks = db.keyspace("marks", options).map_err(open_err)?;
+        let changelog = db.keyspace("changelog", options).map_err(open_err)?;
         let store = Self {
             path: path.to_owned(),
             db,
@@ -362,6 +369,7 @@ impl Store {
             offsets,
             board,
             marks_ks,
+            changelog,
             expiry,
             partitions: std::sync::RwLock::default(),
         };
@@ -403,9 +411,14 @@ impl Store {
 
     /// A user's state, in whichever partition holds it.
     pub fn find_user(&self, user_id: &str) -> Result<Option<UserState>, StoreError> {
+        Ok(self.locate_user(user_id)?.map(|(_, u)| u))
+    }
+
+    /// A user's state with the partition that holds it.
+    pub fn locate_user(&self, user_id: &str) -> Result<Option<(i32, UserState)>, StoreError> {
         for partition in self.partitions()? {
             if let Some(u) = self.user(partition, user_id)? {
-                return Ok(Some(u));
+                return Ok(Some((partition, u)));
             }
         }
         Ok(None)
@@ -436,6 +449,24 @@ impl Store {
             Some(v) => {
                 let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
                     what: "offset",
+                    detail: format!("{} bytes, expected 8", v.len()),
+                })?;
+                Ok(Some(i64::from_be_bytes(bytes)))
+            }
+        }
+    }
+
+    /// The next offset to read of partition `p`'s changelog: everything before it is here.
+    pub fn changelog_offset(&self, partition: i32) -> Result<Option<i64>, StoreError> {
+        match self
+            .changelog
+            .get(partition.to_be_bytes())
+            .map_err(io("read changelog offset"))?
+        {
+            None => Ok(None),
+            Some(v) => {
+                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "changelog offset",
                     detail: format!("{} bytes, expected 8", v.len()),
                 })?;
                 Ok(Some(i64::from_be_bytes(bytes)))
@@ -627,6 +658,9 @@ impl Store {
         for (p, mark) in &set.marks {
             batch.insert(&self.marks_ks, p.to_be_bytes(), mark.to_be_bytes());
         }
+        for (p, next) in &set.changelog {
+            batch.insert(&self.changelog, p.to_be_bytes(), next.to_be_bytes());
+        }
         batch.commit().map_err(io("commit batch"))?;
         self.db
             .persist(PersistMode::SyncAll)
@@ -654,8 +688,21 @@ impl Store {
     /// The top `limit` users by `board`, highest first, ties by user_id ascending.
     /// Reads `limit` index entries and their users: never scans every user.
     pub fn leaderboard(&self, board: Board, limit: usize) -> Result<Vec<UserState>, StoreError> {
+        self.leaderboard_of(board, limit, |_| true)
+    }
+
+    /// The top `limit` users by `board` among the partitions `keep` accepts.
+    pub fn leaderboard_of(
+        &self,
+        board: Board,
+        limit: usize,
+        keep: impl Fn(i32) -> bool,
+    ) -> Result<Vec<UserState>, StoreError> {
         let mut out = Vec::with_capacity(limit);
-        for kv in self.board.prefix([board.tag()]).take(limit) {
+        for kv in self.board.prefix([board.tag()]) {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = kv.into_inner().map_err(io("scan leaderboard"))?;
             let corrupt = || StoreError::Corrupt {
                 what: "leaderboard entry",
@@ -666,9 +713,11 @@ impl Store {
                 .and_then(|b| std::str::from_utf8(b).ok())
                 .ok_or_else(corrupt)?;
             let p: [u8; 4] = v.as_ref().try_into().map_err(|_| corrupt())?;
-            let user = self
-                .user(i32::from_be_bytes(p), user_id)?
-                .ok_or_else(corrupt)?;
+            let p = i32::from_be_bytes(p);
+            if !keep(p) {
+                continue;
+            }
+            let user = self.user(p, user_id)?.ok_or_else(corrupt)?;
             out.push(user);
         }
         Ok(out)

@@ -586,6 +586,44 @@ impl Client {
         }
     }
 
+    /// Deletes every record of `topic` now in it (what retention does to old segments):
+    /// the log start moves to the high watermark of each partition.
+    pub fn delete_all_records(&self, topic: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = self.config().create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::End).unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let res = rt
+            .block_on(admin.delete_records(&tpl, &AdminOptions::new()))
+            .unwrap();
+        for e in res.elements() {
+            assert!(
+                e.error().is_ok(),
+                "deleting {topic}/{}: {:?}",
+                e.partition(),
+                e.error()
+            );
+        }
+    }
+
+    /// The first offset still in each partition of `topic`.
+    pub fn log_starts(&self, topic: &str, partitions: i32) -> Vec<i64> {
+        let consumer: BaseConsumer = self.config().create().unwrap();
+        (0..partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .0
+            })
+            .collect()
+    }
+
     /// Produces records (key, value) to the partition librdkafka's partitioner picks, in
     /// bounded chunks, every one acknowledged by all in-sync replicas.
     pub fn produce(&self, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
@@ -672,6 +710,9 @@ impl Client {
             .config()
             .set("group.id", "mallquest-test-reader")
             .set("enable.auto.commit", "false")
+            // The end of a partition whose last records are a transaction's: its commit
+            // marker takes the last offset but is never delivered.
+            .set("enable.partition.eof", "true")
             .create()
             .unwrap();
         let md = consumer
@@ -726,6 +767,9 @@ impl Client {
                         value: m.payload().map(<[u8]>::to_vec),
                         headers,
                     });
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    done.insert(p, true);
                 }
                 Some(Err(e)) => eprintln!("read error on {topic}: {e}"),
                 None => {}

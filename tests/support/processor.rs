@@ -115,6 +115,12 @@ impl Run {
         }
     }
 
+    /// The running process's id.
+    #[allow(dead_code)] // used by the scale-out test only
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("not running").id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(c) => c.try_wait().unwrap().is_none(),
@@ -153,6 +159,16 @@ impl Run {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
+}
+
+/// Sends `signal` (`STOP`, `CONT`, ...) to a process.
+#[allow(dead_code)] // used by the scale-out test only
+pub fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
 }
 
 impl Drop for Run {

@@ -1,0 +1,174 @@
+//! The changelog: what a partition's fold needs, as records of a compacted topic
+//! partitioned like the receipts topic, so that a partition's state can move to another
+//! instance (ARCHITECTURE.md, "Ownership, restore and fencing").
+//!
+//! Keys (ids never contain control characters, so 0x00 separates):
+//! - `u 0x00 user_id` -> the user's [`UserState`];
+//! - `l 0x00 user_id 0x00 receipt_id` -> its [`LedgerEntry`];
+//! - `m` -> the partition's [`Meta`]: the next receipt offset and the event-time mark the
+//!   records before it add up to. Every committed batch ends with one.
+//!
+//! Values are a format byte ([`FORMAT`]) then JSON, so that a later layout can be told
+//! apart from this one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{LedgerEntry, UserState};
+
+/// The value format this build writes and reads.
+pub const FORMAT: u8 = 1;
+
+/// A partition's position, as of the changelog records before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The receipts topic.
+    pub topic: String,
+    /// Next receipt offset to fold.
+    pub next_offset: i64,
+    /// The event-time mark (seconds), if any receipt was applied.
+    pub mark: Option<i64>,
+}
+
+/// One changelog record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A user's state.
+    User(UserState),
+    /// A ledger entry of a user's receipt.
+    Ledger {
+        user_id: String,
+        receipt_id: String,
+        entry: LedgerEntry,
+    },
+    /// The partition's position.
+    Meta(Meta),
+}
+
+/// Why a changelog record could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangelogError {
+    /// The key is none of `u`, `l`, `m`.
+    #[error("unknown changelog key {0:?}")]
+    Key(String),
+    /// The value is missing, of another format, or not the JSON its key says.
+    #[error("bad changelog value for key {key:?}: {detail}")]
+    Value { key: String, detail: String },
+}
+
+impl Entry {
+    /// The record's key.
+    pub fn key(&self) -> Vec<u8> {
+        match self {
+            Entry::User(u) => [b"u\0", u.user_id.as_bytes()].concat(),
+            Entry::Ledger {
+                user_id,
+                receipt_id,
+                ..
+            } => [b"l\0", user_id.as_bytes(), b"\0", receipt_id.as_bytes()].concat(),
+            Entry::Meta(_) => b"m".to_vec(),
+        }
+    }
+
+    /// The record's value.
+    pub fn value(&self) -> Vec<u8> {
+        let mut v = vec![FORMAT];
+        // Plain structs of strings and integers always serialise.
+        let _ = match self {
+            Entry::User(u) => serde_json::to_writer(&mut v, u),
+            Entry::Ledger { entry, .. } => serde_json::to_writer(&mut v, entry),
+            Entry::Meta(m) => serde_json::to_writer(&mut v, m),
+        };
+        v
+    }
+
+    /// Reads a record back.
+    pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Entry, ChangelogError> {
+        let shown = || String::from_utf8_lossy(key).into_owned();
+        let bad = |detail: String| ChangelogError::Value {
+            key: shown(),
+            detail,
+        };
+        let json = match value {
+            Some([FORMAT, json @ ..]) => json,
+            Some([other, ..]) => return Err(bad(format!("format {other}, expected {FORMAT}"))),
+            Some([]) | None => return Err(bad("no value".into())),
+        };
+        let text = std::str::from_utf8(key).map_err(|_| ChangelogError::Key(shown()))?;
+        if text == "m" {
+            return serde_json::from_slice(json)
+                .map(Entry::Meta)
+                .map_err(|e| bad(e.to_string()));
+        }
+        match text.split_once('\0') {
+            Some(("u", user_id)) => {
+                let u: UserState = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+                if u.user_id != user_id {
+                    return Err(bad(format!("holds user {:?}", u.user_id)));
+                }
+                Ok(Entry::User(u))
+            }
+            Some(("l", rest)) => {
+                let (user_id, receipt_id) = rest
+                    .split_once('\0')
+                    .ok_or_else(|| ChangelogError::Key(shown()))?;
+                Ok(Entry::Ledger {
+                    user_id: user_id.to_owned(),
+                    receipt_id: receipt_id.to_owned(),
+                    entry: serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?,
+                })
+            }
+            _ => Err(ChangelogError::Key(shown())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ReceiptKind, Timestamp};
+
+    #[test]
+    fn every_entry_reads_back_and_bad_records_are_errors() {
+        let mut u = UserState::new("u-1");
+        u.coins = 7;
+        let entry = LedgerEntry {
+            kind: ReceiptKind::Purchase,
+            store_id: "s-1".into(),
+            amount: 1250,
+            issued_at: Timestamp {
+                secs: 1_700_000_000,
+                nanos: 0,
+            },
+            earned_coins: 12,
+            earned_xp: 22,
+            refunded: 0,
+        };
+        let all = [
+            Entry::User(u),
+            Entry::Ledger {
+                user_id: "u-1".into(),
+                receipt_id: "r-9".into(),
+                entry,
+            },
+            Entry::Meta(Meta {
+                topic: "receipts".into(),
+                next_offset: 42,
+                mark: Some(1_700_000_000),
+            }),
+        ];
+        for e in all {
+            let back = Entry::decode(&e.key(), Some(&e.value())).unwrap();
+            assert_eq!(back, e);
+        }
+        let user = Entry::User(UserState::new("u-2"));
+        assert!(Entry::decode(b"x\0u-2", Some(&user.value())).is_err());
+        assert!(Entry::decode(b"u\0u-3", Some(&user.value())).is_err());
+        assert!(Entry::decode(&user.key(), None).is_err());
+        let mut other = user.value();
+        other[0] = 2;
+        assert!(Entry::decode(&user.key(), Some(&other))
+            .unwrap_err()
+            .to_string()
+            .contains("format 2"));
+    }
+}

@@ -1,0 +1,389 @@
+//! Several `mallquest run` instances on one group against a real Apache Kafka broker:
+//! partitions move between them (kill -9, a new instance, a restart without its disk, a
+//! paused zombie, a planned stop) while receipts flow, and every partition's state moves
+//! with it through the changelog. At the end the topic and every store's owned partitions
+//! equal the reference fold, and a `read_committed` reader never sees a user's version
+//! go down.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use mallquest::codec::ProjectionJson;
+use mallquest::sim::{Mix, Simulator};
+use mallquest::store::Store;
+use serde_json::Value;
+use support::broker::{Broker, Read};
+use support::outputs::dlq_reasons;
+use support::processor::{write_config_with, Run};
+use support::streams::{last_per_key, reference_of, take};
+
+const PARTITIONS: i32 = 6;
+
+struct Instance {
+    name: String,
+    dir: tempfile::TempDir,
+    run: Run,
+    http: String,
+}
+
+impl Instance {
+    fn new(broker: &Broker, name: &str) -> Instance {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, store, http) = write_config_with(
+            dir.path(),
+            &broker.bootstrap(),
+            &format!("instance_id = \"{name}\""),
+            "",
+            "",
+        );
+        let mut run = Run::new(config, store);
+        run.start();
+        Instance {
+            name: name.to_owned(),
+            dir,
+            run,
+            http,
+        }
+    }
+
+    /// The partitions of this instance's last assignment (eager rebalancing: every
+    /// assignment names all it holds).
+    fn owned(&self) -> BTreeSet<i32> {
+        let log = self.run.log();
+        let Some(last) = log
+            .lines()
+            .rfind(|l| l.contains("Partitions assigned.") || l.contains("Partitions revoked."))
+        else {
+            return BTreeSet::new();
+        };
+        if last.contains("revoked") {
+            return BTreeSet::new();
+        }
+        let re = regex::Regex::new(r"\((\d+), (?:None|Some\(\d+\))\)").unwrap();
+        re.captures_iter(last)
+            .map(|c| c[1].parse().unwrap())
+            .collect()
+    }
+}
+
+/// Waits until the running instances hold every partition between them, each once.
+fn wait_all_owned(instances: &mut [Instance], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut all = Vec::new();
+        for i in instances.iter_mut() {
+            if i.run.is_running() {
+                all.extend(i.owned());
+            }
+        }
+        all.sort_unstable();
+        if all == (0..PARTITIONS).collect::<Vec<_>>() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions held {all:?} after {within:?}\n{}",
+            logs(instances)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn logs(instances: &[Instance]) -> String {
+    instances
+        .iter()
+        .map(|i| format!("==== {} ====\n{}", i.name, i.run.log()))
+        .collect()
+}
+
+/// Every (user, version) pair in the order a reader of each partition sees them, and
+/// the first pair whose version is lower than the one before it.
+fn first_version_decrease(reads: &[Read]) -> Option<(String, u64, u64)> {
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ordered: Vec<&Read> = reads.iter().collect();
+    ordered.sort_by_key(|r| (r.partition, r.offset));
+    for r in ordered {
+        let (Some(k), Some(v)) = (&r.key, &r.value) else {
+            continue;
+        };
+        let user = String::from_utf8_lossy(k).into_owned();
+        let version = serde_json::from_slice::<Value>(v).unwrap()["version"]
+            .as_u64()
+            .unwrap();
+        if let Some(before) = last.insert(user.clone(), version) {
+            if version < before {
+                return Some((user, before, version));
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn partitions_move_between_three_instances_and_every_state_moves_with_them_exactly() {
+    let broker = Broker::start();
+    broker.create_topic("receipts", PARTITIONS, false);
+    let mix = Mix {
+        refunds: 80,
+        duplicates: 40,
+        bad: 20,
+    };
+    let n = 12_000;
+    let records = take(&mut Simulator::new(21, 600, 20, mix), n);
+    // About a minute of receipts: they flow through every move below.
+    let producer = broker.client().produce_at_rate("receipts", records, 200);
+
+    let mut instances: Vec<Instance> = ["mq-a", "mq-b", "mq-c"]
+        .iter()
+        .map(|name| Instance::new(&broker, name))
+        .collect();
+    wait_all_owned(&mut instances, Duration::from_secs(90));
+    let moves = Duration::from_secs(90);
+
+    // kill -9 one, restarted at once with its store.
+    instances[0].run.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    instances[0].run.start();
+    wait_all_owned(&mut instances, moves);
+
+    // A new instance, with an empty store, joins: it restores what it is given.
+    instances.push(Instance::new(&broker, "mq-d"));
+    std::thread::sleep(Duration::from_secs(5));
+    wait_all_owned(&mut instances, moves);
+    // It resumed each partition it got from the changelog's offset, not from 0.
+    let first = instances[3]
+        .run
+        .log()
+        .lines()
+        .find(|l| l.contains("Partitions assigned.") && l.contains("Some("))
+        .map(str::to_owned);
+    let first = first.expect("the new instance got no partition with receipts");
+    assert!(
+        !first.contains("None"),
+        "the new instance refolds a partition from 0: {first}"
+    );
+
+    // A zombie: paused past its session and its transaction timeout, its partitions move;
+    // then it wakes, holding a batch and an open transaction.
+    let b = instances[1].run.pid();
+    support::processor::signal(b, "STOP");
+    let paused_at = instances[1].run.log().len();
+    std::thread::sleep(Duration::from_secs(14));
+    support::processor::signal(b, "CONT");
+    wait_all_owned(&mut instances, moves);
+    let woke = instances[1].run.log()[paused_at..].to_owned();
+    assert!(
+        woke.contains("Partitions revoked."),
+        "the zombie did not learn it lost its partitions:\n{woke}"
+    );
+
+    // One loses its disk (a pod rescheduled without its volume) and comes back empty.
+    instances[2].run.kill();
+    std::fs::remove_dir_all(&instances[2].run.store).unwrap();
+    instances[2].run.start();
+    std::thread::sleep(Duration::from_secs(3));
+    wait_all_owned(&mut instances, moves);
+
+    // A planned stop hands its partitions over.
+    let status = instances[3].run.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{}", instances[3].run.log());
+    let still_producing = !producer.is_finished();
+    producer.hurry();
+    producer.join().unwrap();
+    assert!(
+        still_producing,
+        "the receipts all arrived before the last move"
+    );
+    wait_all_owned(&mut instances, moves);
+
+    let receipts = broker.read_all("receipts");
+    assert_eq!(receipts.len(), n);
+    let expected = reference_of(&receipts);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let projections = loop {
+        let reads = broker.read_all("user-projections");
+        if last_per_key(&reads) == expected.projections {
+            break reads;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the projections topic does not equal the reference fold\n{}",
+            logs(&instances)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    // librdkafka reads with isolation.level = read_committed by default.
+    assert_eq!(
+        first_version_decrease(&projections),
+        None,
+        "a read_committed reader saw a user's version go down"
+    );
+    assert_eq!(
+        dlq_reasons(&broker.read_all("receipts-dlq")),
+        expected.dlq,
+        "every bad record in the DLQ once, with its reason"
+    );
+
+    // Each running instance's store holds the reference state of the partitions it owns.
+    let mut covered = BTreeSet::new();
+    let mut owners = BTreeMap::new();
+    for i in &mut instances {
+        if i.run.is_running() {
+            owners.insert(i.name.clone(), i.owned());
+            let status = i.run.terminate(Duration::from_secs(30));
+            assert!(status.success(), "{}", i.run.log());
+        }
+    }
+    for i in &instances {
+        let Some(owned) = owners.get(&i.name) else {
+            continue;
+        };
+        let store = Store::open(&i.run.store).unwrap();
+        for u in store.users_by_partition() {
+            let (p, u) = u.unwrap();
+            if owned.contains(&p) {
+                let got = serde_json::to_value(ProjectionJson::from_state(&u)).unwrap();
+                assert_eq!(
+                    Some(&got),
+                    expected.projections.get(&u.user_id),
+                    "{} partition {p}",
+                    i.name
+                );
+                covered.insert(u.user_id);
+            }
+        }
+        let _ = &i.dir;
+    }
+    assert_eq!(
+        covered.len(),
+        expected.projections.len(),
+        "the owners' stores hold every user"
+    );
+    let log = logs(&instances);
+    for i in &instances {
+        let l = i.run.log();
+        eprintln!(
+            "{}: {} assignments, {} restores, {} failed commits, {} aborted or fenced transactions",
+            i.name,
+            l.matches("Partitions assigned.").count(),
+            l.matches("Restored partitions from the changelog.").count(),
+            l.matches("Commit failed").count(),
+            l.matches("TXNERR").count(),
+        );
+    }
+    assert!(
+        log.contains("Restored partitions from the changelog."),
+        "no restore ran"
+    );
+}
+
+/// The oldest receipts are gone from the topic (retention), and the store with them:
+/// a new instance restores the partitions from the changelog and folds only what came
+/// after, exactly.
+#[test]
+fn a_partition_restores_from_the_changelog_after_retention_removed_its_oldest_receipts() {
+    const P: i32 = 2;
+    let broker = Broker::start();
+    broker.create_topic("receipts", P, false);
+    let mix = Mix {
+        refunds: 80,
+        duplicates: 40,
+        bad: 20,
+    };
+    let mut sim = Simulator::new(5, 300, 20, mix);
+    let first = take(&mut sim, 3_000);
+    let second = take(&mut sim, 2_000);
+    broker.produce("receipts", &first);
+    let before = broker.read_all("receipts");
+
+    let mut old = Instance::new(&broker, "mq-old");
+    let ends: BTreeMap<i32, i64> = (0..P)
+        .map(|p| (p, before.iter().filter(|r| r.partition == p).count() as i64))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while served_offsets_of(&old) != ends {
+        assert!(old.run.is_running(), "exited\n{}", old.run.log());
+        assert!(Instant::now() < deadline, "not folded\n{}", old.run.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(old.run.terminate(Duration::from_secs(30)).success());
+
+    // Retention removes every receipt folded so far; then more arrive.
+    broker.client().delete_all_records("receipts", P);
+    let starts = broker.client().log_starts("receipts", P);
+    assert_eq!(starts, ends.values().copied().collect::<Vec<_>>());
+    broker.produce("receipts", &second);
+
+    let mut new = Instance::new(&broker, "mq-new");
+    let all: Vec<Read> = before
+        .into_iter()
+        .chain(broker.read_all("receipts"))
+        .collect();
+    assert_eq!(all.len(), 5_000);
+    let expected = reference_of(&all);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while last_per_key(&broker.read_all("user-projections")) != expected.projections {
+        assert!(new.run.is_running(), "exited\n{}", new.run.log());
+        assert!(Instant::now() < deadline, "not exact\n{}", new.run.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = new.run.log();
+    assert!(
+        log.contains("Restored partitions from the changelog."),
+        "{log}"
+    );
+    // It resumed at the changelog's offsets: the first receipt it could read, none before.
+    let assigned = log
+        .lines()
+        .find(|l| l.contains("Partitions assigned."))
+        .unwrap()
+        .to_owned();
+    for (p, o) in &ends {
+        assert!(
+            assigned.contains(&format!("({p}, Some({o}))")),
+            "{assigned}"
+        );
+    }
+    let http = new.http.clone();
+    let metrics = String::from_utf8(support::http::get(&http, "/metrics").unwrap().body).unwrap();
+    let folded: f64 = ["applied", "duplicate", "rejected"]
+        .iter()
+        .map(|o| {
+            support::prometheus::sample(
+                &metrics,
+                &format!("mallquest_receipts_total{{outcome=\"{o}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(folded, 2_000.0, "receipts folded by the new instance");
+    assert!(new.run.terminate(Duration::from_secs(30)).success());
+    let store = Store::open(&new.run.store).unwrap();
+    let stored: BTreeMap<String, Value> = store
+        .users()
+        .map(|u| {
+            let u = u.unwrap();
+            (
+                u.user_id.clone(),
+                serde_json::to_value(ProjectionJson::from_state(&u)).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(stored, expected.projections);
+    assert_eq!(dlq_reasons(&broker.read_all("receipts-dlq")), expected.dlq);
+}
+
+/// The store's offsets an instance serves (`x-mallquest-offsets`), by partition.
+fn served_offsets_of(i: &Instance) -> BTreeMap<i32, i64> {
+    support::http::get(&i.http, "/v1/leaderboard?limit=1")
+        .ok()
+        .and_then(|r| r.headers.get("x-mallquest-offsets").cloned())
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| {
+            let (tp, o) = kv.split_once('=')?;
+            Some((tp.rsplit_once('/')?.1.parse().ok()?, o.parse().ok()?))
+        })
+        .collect()
+}
