@@ -67,6 +67,37 @@ pub struct HttpConfig {
     /// Connections served at once; more are closed on accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// The `host:port` other instances reach this one's API at, to forward queries.
+    /// Default: `listen`, with an unspecified host (`0.0.0.0`) replaced by the host name.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// How long a query forwarded to another instance may take, in milliseconds.
+    #[serde(default = "default_forward_timeout_ms")]
+    pub forward_timeout_ms: u64,
+}
+
+const fn default_forward_timeout_ms() -> u64 {
+    2_000
+}
+
+impl HttpConfig {
+    /// Where other instances reach this one's API.
+    pub fn advertised(&self) -> String {
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
+        match self.listen.rsplit_once(':') {
+            Some(("0.0.0.0" | "[::]" | "::", port)) => {
+                let host = std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "localhost".into());
+                format!("{host}:{port}")
+            }
+            _ => self.listen.clone(),
+        }
+    }
 }
 
 const fn default_max_connections() -> usize {
@@ -87,6 +118,8 @@ impl Default for HttpConfig {
             token: None,
             request_timeout_ms: default_request_timeout_ms(),
             max_connections: default_max_connections(),
+            advertise: None,
+            forward_timeout_ms: default_forward_timeout_ms(),
         }
     }
 }
@@ -118,6 +151,11 @@ pub struct KafkaConfig {
     /// instance is restored from it. Default: `<group_id>-changelog`.
     #[serde(default)]
     pub changelog_topic: Option<String>,
+    /// Compacted topic where each instance announces its query API's address and the
+    /// partitions it holds, so that any instance can answer any query. Default:
+    /// `<group_id>-members`.
+    #[serde(default)]
+    pub members_topic: Option<String>,
     /// How partitions are obtained: `group` (subscribe; the group spreads partitions over
     /// instances) or `manual` (this one instance takes every partition at start, with no
     /// group membership: a restart resumes at once, never waiting for a rebalance).
@@ -238,6 +276,13 @@ impl KafkaConfig {
             .clone()
             .unwrap_or_else(|| format!("{}-changelog", self.group_id))
     }
+
+    /// The membership topic: `members_topic`, or `<group_id>-members`.
+    pub fn members_topic(&self) -> String {
+        self.members_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-members", self.group_id))
+    }
 }
 
 impl Default for KafkaConfig {
@@ -250,6 +295,7 @@ impl Default for KafkaConfig {
             events_topic: default_events_topic(),
             dlq_topic: default_dlq_topic(),
             changelog_topic: None,
+            members_topic: None,
             assignment: Assignment::default(),
             instance_id: None,
             client: BTreeMap::new(),
@@ -315,6 +361,7 @@ impl Config {
             ("kafka.events_topic", &k.events_topic),
             ("kafka.dlq_topic", &k.dlq_topic),
             ("kafka.changelog_topic", &k.changelog_topic()),
+            ("kafka.members_topic", &k.members_topic()),
         ] {
             if value.trim().is_empty() {
                 return Err(ConfigError::Invalid {

@@ -207,6 +207,7 @@ async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
             status: Arc::clone(&status),
             metrics: Some(metrics),
             token: config.http.token.as_deref().map(Arc::from),
+            forward_timeout: Duration::from_millis(config.http.forward_timeout_ms),
         },
         Duration::from_millis(config.http.request_timeout_ms),
     );

@@ -8,6 +8,19 @@ use std::sync::{PoisonError, RwLock};
 #[derive(Debug, Default)]
 pub struct Status {
     inner: RwLock<Inner>,
+    /// The other instances of the group, as they announce themselves.
+    members: RwLock<BTreeMap<String, Member>>,
+}
+
+/// An instance of the group as it last announced itself (the membership topic).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// Its name (`[kafka] instance_id`, or the id kept in its store's directory).
+    pub member: String,
+    /// Where its query API answers (`host:port`).
+    pub http: String,
+    /// The receipts partitions it holds (empty while it holds none, or stopped).
+    pub partitions: Vec<i32>,
 }
 
 #[derive(Debug, Default)]
@@ -25,6 +38,10 @@ struct Inner {
     restoring: Option<Vec<i32>>,
     /// Next offsets of the state the store holds, `topic/partition=offset` joined by `,`.
     offsets: String,
+    /// This instance's name in the group.
+    me: Option<String>,
+    /// Partitions of the receipts topic, once known.
+    partition_count: Option<usize>,
 }
 
 /// Why the processor is not ready.
@@ -62,6 +79,47 @@ impl Status {
     /// The partitions held now (`None` before the first assignment).
     pub fn owned(&self) -> Option<Vec<i32>> {
         self.read().assigned.clone()
+    }
+
+    /// This instance's name in the group.
+    pub fn set_name(&self, me: String) {
+        self.write().me = Some(me);
+    }
+
+    /// Whether this process is an instance of a consumer group (`run`), not a standalone
+    /// API over a store (`serve`, `demo`, tests).
+    pub fn in_group(&self) -> bool {
+        self.read().me.is_some()
+    }
+
+    /// How many partitions the receipts topic has.
+    pub fn set_partition_count(&self, n: usize) {
+        self.write().partition_count = Some(n);
+    }
+
+    /// Partitions of the receipts topic, once known.
+    pub fn partition_count(&self) -> Option<usize> {
+        self.read().partition_count
+    }
+
+    /// An instance announced itself.
+    pub fn member(&self, m: Member) {
+        self.members
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(m.member.clone(), m);
+    }
+
+    /// The other instances that hold partitions, as last announced.
+    pub fn peers(&self) -> Vec<Member> {
+        let me = self.read().me.clone();
+        self.members
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|m| Some(&m.member) != me.as_ref() && !m.partitions.is_empty())
+            .cloned()
+            .collect()
     }
 
     /// A batch was committed: these are the store's offsets now.

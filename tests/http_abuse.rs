@@ -39,6 +39,7 @@ impl Server {
                 status,
                 metrics: None,
                 token: None,
+                forward_timeout: std::time::Duration::from_secs(2),
             },
             timeout,
         );

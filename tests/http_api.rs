@@ -30,6 +30,7 @@ fn fixture(token: Option<&str>) -> Fixture {
             status,
             metrics: None,
             token: token.map(Arc::from),
+            forward_timeout: std::time::Duration::from_secs(2),
         },
         _dir: dir,
     }

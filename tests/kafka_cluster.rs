@@ -59,6 +59,16 @@ fn wait_for_progress(http: &str, run: &mut Run, from: i64, within: Duration, wha
     eprintln!("commits went on {:?} {what}", started.elapsed());
 }
 
+/// The `__consumer_offsets` partition of a group, as Kafka picks it:
+/// `abs(groupId.hashCode()) % partitions`, with Java's `String.hashCode`.
+fn group_partition(group: &str, partitions: i32) -> i32 {
+    let h = group
+        .encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    // Kafka's Utils.abs: `n & 0x7fffffff`.
+    (h & 0x7fff_ffff) % partitions
+}
+
 #[test]
 fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
     const PARTITIONS: i32 = 3;
@@ -84,6 +94,25 @@ fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
         3,
         "mallquest's output topics take the cluster's replication factor"
     );
+
+    // 0. The group coordinator's broker dies (-9) and comes back: the offsets each
+    // transaction carries go to the group coordinator, and librdkafka can block for good
+    // on one that left the cluster's metadata (librdkafka issue 5511); mallquest replaces
+    // the producer and goes on.
+    let victim = cluster.leader_of("__consumer_offsets", group_partition("mq-test", 4));
+    let at = total(&served_offsets(&http));
+    mid_stream.push(!producer.is_finished());
+    cluster.kill(victim);
+    eprintln!("killed node {} (the group coordinator)", victim + 1);
+    wait_for_progress(
+        &http,
+        &mut run,
+        at,
+        Duration::from_secs(90),
+        "after the group coordinator died",
+    );
+    cluster.restart(victim);
+    cluster.wait_in_sync("receipts", Duration::from_secs(60));
 
     // 1. The leader of receipts/0 dies (-9) and comes back.
     let errors_before = metric(&http, "mallquest_kafka_errors_total");

@@ -8,6 +8,8 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mallquest::codec::ProjectionJson;
@@ -132,6 +134,12 @@ fn partitions_move_between_three_instances_and_every_state_moves_with_them_exact
     };
     let n = 12_000;
     let records = take(&mut Simulator::new(21, 600, 20, mix), n);
+    let users: Vec<String> = records
+        .iter()
+        .filter_map(|(k, _)| k.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     // About a minute of receipts: they flow through every move below.
     let producer = broker.client().produce_at_rate("receipts", records, 200);
 
@@ -141,6 +149,15 @@ fn partitions_move_between_three_instances_and_every_state_moves_with_them_exact
         .collect();
     wait_all_owned(&mut instances, Duration::from_secs(90));
     let moves = Duration::from_secs(90);
+    // Queries to every instance all through the moves.
+    let addrs = Arc::new(Mutex::new(
+        instances.iter().map(|i| i.http.clone()).collect::<Vec<_>>(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let queries = {
+        let (addrs, stop, users) = (Arc::clone(&addrs), Arc::clone(&stop), users.clone());
+        std::thread::spawn(move || query_during_moves(&addrs, &users, &stop))
+    };
 
     // kill -9 one, restarted at once with its store.
     instances[0].run.kill();
@@ -150,6 +167,7 @@ fn partitions_move_between_three_instances_and_every_state_moves_with_them_exact
 
     // A new instance, with an empty store, joins: it restores what it is given.
     instances.push(Instance::new(&broker, "mq-d"));
+    addrs.lock().unwrap().push(instances[3].http.clone());
     std::thread::sleep(Duration::from_secs(5));
     wait_all_owned(&mut instances, moves);
     // It resumed each partition it got from the changelog's offset, not from 0.
@@ -225,6 +243,60 @@ fn partitions_move_between_three_instances_and_every_state_moves_with_them_exact
         expected.dlq,
         "every bad record in the DLQ once, with its reason"
     );
+
+    stop.store(true, Ordering::Relaxed);
+    let seen = queries.join().unwrap();
+    eprintln!("queries during the moves: {seen:?}");
+    assert!(seen.get(&200).copied().unwrap_or(0) > 100, "{seen:?}");
+
+    // Every running instance answers for every user and the whole leaderboard: its own
+    // partitions from its store, the others' from their owners.
+    let mut top: Vec<(&String, i64)> = expected
+        .projections
+        .iter()
+        .map(|(u, v)| (u, v["xp"].as_i64().unwrap()))
+        .collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let top: Vec<String> = top.iter().take(10).map(|(u, _)| (*u).clone()).collect();
+    for i in &mut instances {
+        if !i.run.is_running() {
+            continue;
+        }
+        for user in users.iter().step_by(7) {
+            let r = support::http::get(&i.http, &format!("/v1/users/{user}")).unwrap();
+            assert_eq!(
+                r.status,
+                200,
+                "{} for {user}: {}",
+                i.name,
+                String::from_utf8_lossy(&r.body)
+            );
+            let got: Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(
+                Some(&got),
+                expected.projections.get(user),
+                "{} for {user}",
+                i.name
+            );
+        }
+        let r = support::http::get(&i.http, "/v1/leaderboard?limit=10").unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "{}: {}",
+            i.name,
+            String::from_utf8_lossy(&r.body)
+        );
+        let board: Value = serde_json::from_slice(&r.body).unwrap();
+        let ids: Vec<String> = board["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["user_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, top, "{}'s leaderboard", i.name);
+        assert_eq!(board["entries"][0]["rank"], 1);
+    }
 
     // Each running instance's store holds the reference state of the partitions it owns.
     let mut covered = BTreeSet::new();
@@ -386,4 +458,51 @@ fn served_offsets_of(i: &Instance) -> BTreeMap<i32, i64> {
             Some((tp.rsplit_once('/')?.1.parse().ok()?, o.parse().ok()?))
         })
         .collect()
+}
+
+/// Asks random instances for random users until `stop`: every answer is a projection, a
+/// JSON 404 for a user never seen, or a JSON 503 (moving); a user's version never goes
+/// down from one answer to the next, whoever answers (no stale state from an instance
+/// whose partition moved away). Returns the count of answers by status.
+fn query_during_moves(
+    addrs: &Mutex<Vec<String>>,
+    users: &[String],
+    stop: &AtomicBool,
+) -> BTreeMap<u16, u64> {
+    let mut seen: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut k = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        k += 1;
+        let addr = {
+            let a = addrs.lock().unwrap();
+            a[k % a.len()].clone()
+        };
+        let user = &users[(k * 7919) % users.len()];
+        let Ok(r) = support::http::get(&addr, &format!("/v1/users/{user}")) else {
+            continue; // killed, or not listening yet
+        };
+        *seen.entry(r.status).or_default() += 1;
+        let body: Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|_| panic!("{addr}: not JSON: {}", String::from_utf8_lossy(&r.body)));
+        match r.status {
+            200 => {
+                let v = body["version"].as_u64().unwrap();
+                let before = versions.insert(user.clone(), v).unwrap_or(0);
+                assert!(
+                    v >= before,
+                    "{addr} answered {user} at version {v} after {before}"
+                );
+            }
+            404 => assert!(
+                !versions.contains_key(user),
+                "{addr} answered 404 for {user}, seen before: {body}"
+            ),
+            503 => assert!(body["error"].is_string(), "{body}"),
+            // A kill mid-request, or the query API before the consumer is up.
+            other => panic!("{addr} answered {other}: {body}"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    seen
 }

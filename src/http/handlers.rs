@@ -2,11 +2,12 @@
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::forward::{self, Answer, HEADER_FORWARDED, HEADER_PARTITIONS};
 use super::{ApiError, AppState, HEADER_OFFSETS};
 use crate::codec;
 use crate::domain::money::format_minor;
@@ -20,12 +21,81 @@ fn with_freshness(state: &AppState, mut r: Response) -> Response {
     if let Ok(v) = HeaderValue::from_str(&state.status.offsets_header()) {
         r.headers_mut().insert(HEADER_OFFSETS, v);
     }
+    if let Some(owned) = state.status.owned() {
+        let list = owned
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        if let Ok(v) = HeaderValue::from_str(&list) {
+            r.headers_mut().insert(HEADER_PARTITIONS, v);
+        }
+    }
+    r
+}
+
+/// Whether `partition` is served from here: held now; or, standalone (`serve`, `demo`),
+/// every partition in the store. An instance of a group that was assigned nothing yet
+/// holds nothing: what its store has may have moved on elsewhere while it was down.
+fn holds(state: &AppState, partition: i32) -> bool {
+    match state.status.owned() {
+        Some(owned) => owned.contains(&partition),
+        None => !state.status.in_group(),
+    }
+}
+
+/// Asks every other instance that holds partitions, at once; their answers, or why not.
+async fn ask_peers(state: &AppState, path: &str) -> Vec<Result<Answer, String>> {
+    let peers = state.status.peers();
+    let token = state.token.clone();
+    let tasks: Vec<_> = peers
+        .into_iter()
+        .map(|m| {
+            let (path, token, timeout) = (path.to_owned(), token.clone(), state.forward_timeout);
+            tokio::spawn(async move {
+                forward::get(&m.http, &path, token.as_deref(), timeout)
+                    .await
+                    .map_err(|e| format!("instance {}: {e}", m.member))
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+    }
+    out
+}
+
+/// The partitions of the receipts topic not covered by `covered`. With no group at all
+/// (`serve`, `demo`: nothing assigned and no other instance), none; with a group but the
+/// topic's partitions not known yet, all of them are (`[-1]`).
+fn uncovered(state: &AppState, covered: &[i32]) -> Vec<i32> {
+    match state.status.partition_count() {
+        Some(n) => (0..n as i32).filter(|p| !covered.contains(p)).collect(),
+        None if !state.status.in_group() => Vec::new(),
+        None => vec![-1],
+    }
+}
+
+/// A peer's answer passed on as is, with its freshness and partitions headers.
+fn relay(a: Answer) -> Response {
+    let mut r = (a.status, a.body).into_response();
+    for name in [
+        header::CONTENT_TYPE.as_str(),
+        HEADER_OFFSETS,
+        HEADER_PARTITIONS,
+    ] {
+        if let Some(v) = a.headers.get(name) {
+            r.headers_mut().insert(name, v.clone());
+        }
+    }
     r
 }
 
 /// `GET /v1/users/{user_id}`: the projection exactly as on the projections topic.
 pub(super) async fn user(
     State(state): State<AppState>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(user_id) =
@@ -40,33 +110,74 @@ pub(super) async fn user(
         .store
         .locate_user(&user_id)
         .map_err(|e| ApiError::internal(&e))?;
-    let Some((p, u)) = found else {
-        return Err(ApiError::not_found(format!("no user {user_id:?}")));
+    if let Some((p, u)) = &found {
+        if holds(&state, *p) {
+            let body = codec::encode_projection(u);
+            let r = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+            return Ok(with_freshness(&state, r));
+        }
+    }
+    // Not held here: a forwarded query is answered from here only (one hop); otherwise
+    // the owner is asked. What this store holds of a partition that moved away stopped
+    // changing when it left, so it is never the answer.
+    let forwarded = headers.contains_key(HEADER_FORWARDED);
+    let answers = if forwarded {
+        Vec::new()
+    } else {
+        ask_peers(&state, &format!("/v1/users/{user_id}")).await
     };
-    // A partition that moved to another instance is not answered from here: what this
-    // store holds of it stopped changing when it left.
-    if state
-        .status
-        .owned()
-        .is_some_and(|owned| !owned.contains(&p))
-    {
+    let mut covered = state.status.owned().unwrap_or_default();
+    let mut unreachable = Vec::new();
+    for a in answers {
+        match a {
+            Ok(a) if a.status == StatusCode::OK => return Ok(relay(a)),
+            Ok(a) if a.status == StatusCode::NOT_FOUND => covered.extend(a.partitions()),
+            Ok(a) => unreachable.push(format!(
+                "{} answered {}",
+                a.headers
+                    .get(HEADER_PARTITIONS)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("an instance"),
+                a.status
+            )),
+            Err(e) => unreachable.push(e),
+        }
+    }
+    if let Some((p, _)) = found {
         return Err(ApiError::unavailable(
             "not_owned",
-            format!("user {user_id:?} is in partition {p}, which this instance does not hold now; ask its owner"),
+            format!(
+                "user {user_id:?} is in partition {p}, which this instance does not hold now, and its owner did not answer{}",
+                if unreachable.is_empty() { String::new() } else { format!(" ({})", unreachable.join("; ")) }
+            ),
         ));
     }
-    let body = codec::encode_projection(&u);
-    let r = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-    Ok(with_freshness(&state, r))
+    // Instances that did not answer matter only if their partitions have no other owner
+    // that did (a killed instance's last announcement lingers until it is back).
+    let missing = if forwarded {
+        Vec::new()
+    } else {
+        uncovered(&state, &covered)
+    };
+    if missing.is_empty() {
+        return Err(ApiError::not_found(format!("no user {user_id:?}")));
+    }
+    Err(ApiError::unavailable(
+        "partition_moving",
+        format!(
+            "user {user_id:?} is not here, and partitions {missing:?} have no owner that answered (moving between instances?); try again{}",
+            if unreachable.is_empty() { String::new() } else { format!(" ({})", unreachable.join("; ")) }
+        ),
+    ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Leaderboard {
-    by: &'static str,
+    by: String,
     entries: Vec<Entry>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Entry {
     rank: usize,
     user_id: String,
@@ -79,6 +190,7 @@ struct Entry {
 /// `GET /v1/leaderboard?by=xp|coins|spent&limit=N`.
 pub(super) async fn leaderboard(
     State(state): State<AppState>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let (mut by, mut limit) = (Board::Xp, 10usize);
@@ -127,13 +239,12 @@ pub(super) async fn leaderboard(
     let owned = state.status.owned();
     let users = state
         .store
-        .leaderboard_of(by, limit, |p| owned.as_ref().is_none_or(|o| o.contains(&p)))
+        .leaderboard_of(by, limit, |p| holds(&state, p))
         .map_err(|e| ApiError::internal(&e))?;
-    let entries = users
+    let mut entries: Vec<Entry> = users
         .into_iter()
-        .enumerate()
-        .map(|(i, u)| Entry {
-            rank: i + 1,
+        .map(|u| Entry {
+            rank: 0,
             level: u.level,
             xp: u.xp,
             coins: u.coins,
@@ -141,18 +252,83 @@ pub(super) async fn leaderboard(
             user_id: u.user_id,
         })
         .collect();
-    let by = match by {
+    let by_name = match by {
         Board::Xp => "xp",
         Board::Coins => "coins",
         Board::Spent => "spent",
     };
-    Ok(with_freshness(
+    let mut offsets = vec![state.status.offsets_header()];
+    if !headers.contains_key(HEADER_FORWARDED) && state.status.in_group() {
+        // Every owner's top `limit`, merged: the top `limit` of the union is in it.
+        let path = format!("/v1/leaderboard?by={by_name}&limit={limit}");
+        let mut covered = owned.clone().unwrap_or_default();
+        let mut failed = Vec::new();
+        for a in ask_peers(&state, &path).await {
+            match a {
+                Ok(a) if a.status == StatusCode::OK => {
+                    match serde_json::from_slice::<Leaderboard>(&a.body) {
+                        Ok(board) => {
+                            covered.extend(a.partitions());
+                            if let Some(o) =
+                                a.headers.get(HEADER_OFFSETS).and_then(|v| v.to_str().ok())
+                            {
+                                offsets.push(o.to_owned());
+                            }
+                            entries.extend(board.entries);
+                        }
+                        Err(e) => failed.push(format!("a malformed leaderboard: {e}")),
+                    }
+                }
+                Ok(a) => failed.push(format!("an instance answered {}", a.status)),
+                Err(e) => failed.push(e),
+            }
+        }
+        let missing = uncovered(&state, &covered);
+        if !missing.is_empty() {
+            return Err(ApiError::unavailable(
+                "partition_moving",
+                format!(
+                    "the leaderboard needs every partition's owner: {missing:?} have none that answered (moving between instances?){}; try again",
+                    if failed.is_empty() { String::new() } else { format!(" ({})", failed.join("; ")) }
+                ),
+            ));
+        }
+        let key = |e: &Entry| -> i64 {
+            match by {
+                Board::Xp => e.xp,
+                Board::Coins => e.coins,
+                Board::Spent => {
+                    crate::domain::money::parse_formatted(&e.total_spent).unwrap_or(i64::MIN)
+                }
+            }
+        };
+        entries.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.user_id.cmp(&b.user_id)));
+        let mut seen = std::collections::HashSet::new();
+        entries.retain(|e| seen.insert(e.user_id.clone()));
+        entries.truncate(limit);
+    }
+    for (i, e) in entries.iter_mut().enumerate() {
+        e.rank = i + 1;
+    }
+    let mut r = with_freshness(
         &state,
-        Json(Leaderboard { by, entries }).into_response(),
-    ))
+        Json(Leaderboard {
+            by: by_name.to_owned(),
+            entries,
+        })
+        .into_response(),
+    );
+    let merged = offsets
+        .into_iter()
+        .filter(|o| !o.is_empty())
+        .collect::<Vec<_>>()
+        .join(",");
+    if let Ok(v) = HeaderValue::from_str(&merged) {
+        r.headers_mut().insert(HEADER_OFFSETS, v);
+    }
+    Ok(r)
 }
 
-/// `GET /healthz`: the process is alive.
 pub(super) async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }

@@ -4,6 +4,7 @@
 //! without binding a port. Every error is a JSON body with a 4xx/5xx status, never a panic.
 
 mod error;
+mod forward;
 mod handlers;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
+pub use forward::{HEADER_FORWARDED, HEADER_PARTITIONS};
 
 use crate::status::Status;
 use crate::store::Store;
@@ -49,8 +51,10 @@ pub struct AppState {
     pub status: Arc<Status>,
     /// The Prometheus exporter; `None` where no recorder is installed.
     pub metrics: Option<PrometheusHandle>,
-    /// Bearer token required on `/v1/*`, if set.
+    /// Bearer token required on `/v1/*`, if set (also sent on forwarded queries).
     pub token: Option<Arc<str>>,
+    /// How long a query forwarded to another instance may take.
+    pub forward_timeout: Duration,
 }
 
 /// The whole HTTP app.

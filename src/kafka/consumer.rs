@@ -45,6 +45,8 @@ struct StoreSeekingContext {
     /// Set by a revocation: the main loop aborts the open transaction and drops the
     /// batches in hand before it folds anything else.
     revoked: AtomicBool,
+    /// Announces this instance's API address and partitions to the others.
+    announcer: super::members::Announcer,
 }
 
 impl ClientContext for StoreSeekingContext {
@@ -107,8 +109,9 @@ impl ConsumerContext for StoreSeekingContext {
                 if let Err(e) = consumer.assign(tpl) {
                     self.set_fatal(format!("assigning partitions: {e}"));
                 } else {
-                    self.status
-                        .assigned(assigned.iter().map(|(p, _)| *p).collect());
+                    let held: Vec<i32> = assigned.iter().map(|(p, _)| *p).collect();
+                    self.announcer.announce(&held);
+                    self.status.assigned(held);
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -122,6 +125,7 @@ impl ConsumerContext for StoreSeekingContext {
                     .clear();
                 self.revoked.store(true, Ordering::SeqCst);
                 self.status.revoked();
+                self.announcer.announce(&[]);
                 let _ = consumer.unassign();
             }
             other => {
@@ -140,6 +144,9 @@ impl StoreSeekingContext {
         consumer: &BaseConsumer<Self>,
         partitions: &[i32],
     ) -> anyhow::Result<Vec<(i32, Option<i64>)>> {
+        if let Some(n) = super::partition_count(consumer, &self.topic)? {
+            self.status.set_partition_count(n);
+        }
         let changelog = self.kafka.changelog_topic();
         let have = super::partition_count(consumer, &changelog)?.unwrap_or(0);
         if let Some(p) = partitions.iter().find(|p| **p as usize >= have) {
@@ -210,6 +217,14 @@ pub fn run(
         config.store.hot_users,
     )
     .with_dedup_window_days(config.processing.dedup_window_days);
+    let name = member_name(kafka, &store)?;
+    status.set_name(name.clone());
+    let announcer = super::members::Announcer::new(kafka, &name, &config.http.advertised())?;
+    let tail_stop = Arc::new(AtomicBool::new(false));
+    let tail = {
+        let (kafka, status, stop) = (kafka.clone(), Arc::clone(&status), Arc::clone(&tail_stop));
+        std::thread::spawn(move || super::members::tail(&kafka, status, stop))
+    };
     let context = StoreSeekingContext {
         store: Arc::clone(&store),
         positions: processor.positions(),
@@ -220,6 +235,7 @@ pub fn run(
         kafka: kafka.clone(),
         restore: start == Start::Normal,
         revoked: AtomicBool::new(false),
+        announcer,
     };
     // Seeds the freshness header with what the store already holds.
     status.committed(&store.offsets()?);
@@ -260,7 +276,7 @@ pub fn run(
             }
         }
     }
-    let txn_id = transactional_id(kafka, &store)?;
+    let txn_id = format!("mallquest-{}-{name}", kafka.group_id);
     let mut sink = super::KafkaSink::new(kafka, Some(Arc::clone(&status)), &txn_id)?;
     info!(message = "Consuming.", topic = %kafka.receipts_topic, group = %kafka.group_id);
     let result = consume(
@@ -272,14 +288,18 @@ pub fn run(
         &status,
         shutdown,
     );
+    consumer.context().announcer.announce(&[]);
     close_within(consumer, CLOSE_TIMEOUT);
+    tail_stop.store(true, Ordering::Relaxed);
+    let _ = tail.join();
     result
 }
 
-/// The producer's transactional id: stable across this instance's restarts, so that a
-/// restart fences its previous run and aborts what it left open at once. From
-/// `[kafka] instance_id` when set, else from an id kept in the store's directory.
-fn transactional_id(kafka: &crate::config::KafkaConfig, store: &Store) -> anyhow::Result<String> {
+/// This instance's name in the group, stable across its restarts: `[kafka] instance_id`
+/// when set, else an id kept in the store's directory. Its producer's transactional id is
+/// made of it, so that a restart fences its previous run and aborts what it left open at
+/// once; it is also the key of its announcements on the membership topic.
+fn member_name(kafka: &crate::config::KafkaConfig, store: &Store) -> anyhow::Result<String> {
     let name = match &kafka.instance_id {
         Some(id) => id.clone(),
         None => {
@@ -296,7 +316,7 @@ fn transactional_id(kafka: &crate::config::KafkaConfig, store: &Store) -> anyhow
             }
         }
     };
-    Ok(format!("mallquest-{}-{name}", kafka.group_id))
+    Ok(name)
 }
 
 /// How long closing the consumer (leaving the group) may take before `run` returns anyway.

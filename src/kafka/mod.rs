@@ -2,6 +2,7 @@
 //! offsets in the store), the producer sink for outputs and dead letters, and topic set-up.
 
 mod consumer;
+mod members;
 mod producer;
 mod restore;
 
@@ -141,6 +142,10 @@ pub async fn ensure_output_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
     ];
     let changelog = NewTopic::new(&changelog_topic, partitions, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "compact");
+    let members_topic = kafka.members_topic();
+    let members = NewTopic::new(&members_topic, 1, TopicReplication::Fixed(-1))
+        .set("cleanup.policy", "compact");
+    let topics: Vec<NewTopic<'_>> = topics.into_iter().chain([members]).collect();
     let topics: Vec<&NewTopic<'_>> = match receipts {
         Some(_) => topics.iter().chain([&changelog]).collect(),
         None => {

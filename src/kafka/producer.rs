@@ -87,8 +87,9 @@ impl ProducerContext for DeliveryTracker {
 
 /// Publishes a batch's outputs in a transaction and commits it with the batch's offsets.
 pub struct KafkaSink {
-    /// Its own thread serves delivery reports as they arrive.
-    producer: ThreadedProducer<DeliveryTracker>,
+    /// Its own thread serves delivery reports as they arrive. Shared only with a thread
+    /// that adds offsets to the transaction (see [`KafkaSink::send_offsets`]).
+    producer: Arc<ThreadedProducer<DeliveryTracker>>,
     /// To make a new producer after a fatal error.
     kafka: KafkaConfig,
     status: Option<Arc<Status>>,
@@ -111,8 +112,16 @@ pub struct KafkaSink {
 /// does not fail the transaction.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long one transaction call (init, offsets, commit, abort) may take.
+/// How long one transaction call (init, offsets, commit) may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long adding the offsets to a transaction may take before the producer is replaced
+/// (see [`KafkaSink::send_offsets`]); it normally takes a round trip or two.
+const OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an abort may take before the producer is replaced instead (a new producer's
+/// `init_transactions` aborts the open transaction too, by bumping the epoch).
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl KafkaSink {
     /// A transactional producer with bounded queues, acks from all in-sync replicas and
@@ -129,7 +138,7 @@ impl KafkaSink {
             .entry("transactional.id".into())
             .or_insert_with(|| transactional_id.to_owned());
         Ok(Self {
-            producer: Self::producer(&kafka, status.clone())?,
+            producer: Arc::new(Self::producer(&kafka, status.clone())?),
             status,
             projections_topic: kafka.projections_topic.clone(),
             events_topic: kafka.events_topic.clone(),
@@ -198,7 +207,7 @@ impl KafkaSink {
 
     fn renew(&mut self) -> anyhow::Result<()> {
         self.open = false;
-        self.producer = Self::producer(&self.kafka, self.status.clone())?;
+        self.producer = Arc::new(Self::producer(&self.kafka, self.status.clone())?);
         Ok(())
     }
 
@@ -228,13 +237,7 @@ impl KafkaSink {
             tpl.add_partition_offset(topic, *p, Offset::Offset(*next))
                 .context("failed to list the offsets")?;
         }
-        let group = self
-            .group
-            .as_ref()
-            .context("no consumer group metadata to commit offsets with")?;
-        self.producer
-            .send_offsets_to_transaction(&tpl, group, TXN_TIMEOUT)
-            .context("failed to add the offsets to the transaction")?;
+        self.send_offsets(tpl)?;
         self.producer
             .commit_transaction(TXN_TIMEOUT)
             .context("failed to commit the transaction")?;
@@ -247,6 +250,39 @@ impl KafkaSink {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         ))
+    }
+
+    /// Adds the batch's offsets to the transaction, with the group's metadata. librdkafka
+    /// (2.x) can block in `send_offsets_to_transaction` past its timeout, for good, when the
+    /// group coordinator's broker was removed from the cluster's metadata (librdkafka issues
+    /// 5456 and 5511, open): so the call runs on a thread of its own, and if it has not
+    /// returned in time the producer is given up to it and replaced. The new producer's
+    /// `init_transactions` fences the old one and aborts its transaction; the batch is
+    /// folded again.
+    fn send_offsets(&mut self, tpl: TopicPartitionList) -> anyhow::Result<()> {
+        let group = self
+            .group
+            .take()
+            .context("no consumer group metadata to commit offsets with")?;
+        let producer = Arc::clone(&self.producer);
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("mallquest-txn-offsets".into())
+            .spawn(move || {
+                let r = producer.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT);
+                let _ = done.send(r);
+            })
+            .context("failed to start the offsets thread")?;
+        match result.recv_timeout(OFFSETS_TIMEOUT) {
+            Ok(r) => r.context("failed to add the offsets to the transaction"),
+            Err(_) => {
+                warn!(message = "Adding the offsets to the transaction did not return in time (librdkafka issue 5511: the group coordinator moved); replacing the producer.", timeout_s = OFFSETS_TIMEOUT.as_secs());
+                self.renew()?;
+                anyhow::bail!(
+                    "adding the offsets to the transaction did not return within {OFFSETS_TIMEOUT:?}"
+                )
+            }
+        }
     }
 
     /// Forgets the delivery state of an aborted transaction once its purged outputs are
@@ -312,6 +348,7 @@ impl Sink for KafkaSink {
         match self.commit(offsets) {
             Ok(next) => Ok(next),
             Err(e) => {
+                warn!(message = "The transaction failed; aborting it.", error = %format!("{e:#}"));
                 self.abort();
                 Err(e)
             }
@@ -323,7 +360,7 @@ impl Sink for KafkaSink {
             return;
         }
         self.open = false;
-        let aborted = self.producer.abort_transaction(TXN_TIMEOUT);
+        let aborted = self.producer.abort_transaction(ABORT_TIMEOUT);
         self.forget_deliveries();
         if let Err(e) = aborted {
             warn!(message = "Could not abort the transaction; replacing the producer.", error = %e);
