@@ -14,7 +14,10 @@ fn root() -> &'static Path {
 
 fn yaml(path: &str) -> Value {
     let text = std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    let mut v: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // `<<: *anchor` merge keys, as docker compose reads them.
+    v.apply_merge().unwrap_or_else(|e| panic!("{path}: {e}"));
+    v
 }
 
 fn s(v: &Value) -> &str {
@@ -60,7 +63,9 @@ fn compose_services_files_and_ports_agree() {
     let want: BTreeSet<&str> = [
         "kafka",
         "topics",
-        "mallquest",
+        "mallquest-1",
+        "mallquest-2",
+        "mallquest-3",
         "loadgen",
         "prometheus",
         "grafana",
@@ -102,18 +107,65 @@ fn compose_services_files_and_ports_agree() {
         s(&compose["services"]["kafka"]["image"]).split(':').next(),
         Some("apache/kafka")
     );
-    assert_eq!(s(&compose["services"]["mallquest"]["build"]), ".");
     assert!(root().join("Dockerfile").exists());
 
-    // mallquest's config: brokers point at the kafka service, the API port is published.
-    let (_, cfg_path) = binds(&compose["services"]["mallquest"])
-        .into_iter()
-        .find(|(_, dst)| dst.ends_with(".toml"))
-        .map(|(src, dst)| (dst, src))
-        .unwrap();
-    let config = Config::load(&root().join(&cfg_path)).unwrap();
+    // Three instances of one group: each with its own config, store volume, host port,
+    // instance_id and an advertised address the others reach it at (its service name).
     let kafka_env = &compose["services"]["kafka"]["environment"];
-    assert!(s(&kafka_env["KAFKA_ADVERTISED_LISTENERS"]).contains(&config.kafka.brokers));
+    let mut seen = BTreeSet::new();
+    let mut config = None;
+    for name in ["mallquest-1", "mallquest-2", "mallquest-3"] {
+        let svc = &compose["services"][name];
+        assert_eq!(s(&svc["build"]), ".", "{name}");
+        let (_, cfg_path) = binds(svc)
+            .into_iter()
+            .find(|(_, dst)| dst.ends_with(".toml"))
+            .map(|(src, dst)| (dst, src))
+            .unwrap();
+        let c = Config::load(&root().join(&cfg_path)).unwrap();
+        assert!(s(&kafka_env["KAFKA_ADVERTISED_LISTENERS"]).contains(&c.kafka.brokers));
+        let api_port: u16 = c.http.listen.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(
+            ports(svc).iter().any(|(_, inside)| *inside == api_port),
+            "{name}"
+        );
+        assert_eq!(c.http.advertised(), format!("{name}:{api_port}"), "{name}");
+        let id = c
+            .kafka
+            .instance_id
+            .clone()
+            .expect("each instance has an instance_id");
+        let host_port = ports(svc)[0].0;
+        let volume = svc["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(s)
+            .find(|v| v.ends_with(":/data"))
+            .unwrap()
+            .to_owned();
+        assert!(
+            seen.insert(("id", id))
+                && seen.insert(("port", host_port.to_string()))
+                && seen.insert(("volume", volume)),
+            "{name} shares an instance_id, host port or store volume"
+        );
+        let command: Vec<&str> = svc["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(s)
+            .collect();
+        assert_eq!(command[..2], ["run", "--config"]);
+        assert!(binds(svc).iter().any(|(_, d)| d == command[2]));
+        if let Some(first) = &config {
+            let first: &Config = first;
+            assert_eq!(first.kafka.group_id, c.kafka.group_id, "one group");
+            assert_eq!(first.kafka.receipts_topic, c.kafka.receipts_topic);
+        }
+        config = Some(c);
+    }
+    let config = config.unwrap();
     let api_port: u16 = config
         .http
         .listen
@@ -122,19 +174,6 @@ fn compose_services_files_and_ports_agree() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(ports(&compose["services"]["mallquest"])
-        .iter()
-        .any(|(_, c)| *c == api_port));
-    let command: Vec<&str> = compose["services"]["mallquest"]["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(s)
-        .collect();
-    assert_eq!(command[..2], ["run", "--config"]);
-    assert!(binds(&compose["services"]["mallquest"])
-        .iter()
-        .any(|(_, d)| d == command[2]));
 
     // The topics service creates every configured topic, the projections one compacted.
     let script = s(&compose["services"]["topics"]["command"][0]);
@@ -153,6 +192,25 @@ fn compose_services_files_and_ports_agree() {
         .find(|l| l.contains(&format!("--topic {} ", config.kafka.projections_topic)))
         .unwrap();
     assert!(proj.contains("cleanup.policy=compact"));
+    // The changelog: compacted, as many partitions as the receipts topic; the membership
+    // topic compacted.
+    let partitions_of = |topic: &str| {
+        let line = script
+            .lines()
+            .find(|l| l.contains(&format!("--topic {topic} ")))
+            .unwrap_or_else(|| panic!("topic {topic} not created"));
+        let n = line.split("--partitions ").nth(1).unwrap();
+        (
+            line.to_owned(),
+            n.split_whitespace().next().unwrap().to_owned(),
+        )
+    };
+    let (changelog, n) = partitions_of(&config.kafka.changelog_topic());
+    assert!(changelog.contains("cleanup.policy=compact"));
+    assert_eq!(n, partitions_of(&config.kafka.receipts_topic).1);
+    assert!(partitions_of(&config.kafka.members_topic())
+        .0
+        .contains("cleanup.policy=compact"));
 
     // The load generator talks to the same broker.
     let loadgen = compose["services"]["loadgen"]["command"]
@@ -161,10 +219,20 @@ fn compose_services_files_and_ports_agree() {
     let i = loadgen.iter().position(|v| s(v) == "--brokers").unwrap();
     assert_eq!(s(&loadgen[i + 1]), config.kafka.brokers);
 
-    // Prometheus scrapes mallquest's API port by service name.
+    // Prometheus scrapes every instance's API port by service name.
     let prom = yaml("config/prometheus.yml");
-    let target = s(&prom["scrape_configs"][0]["static_configs"][0]["targets"][0]);
-    assert_eq!(target, format!("mallquest:{api_port}"));
+    let targets: Vec<&str> = prom["scrape_configs"][0]["static_configs"][0]["targets"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(s)
+        .collect();
+    assert_eq!(
+        targets,
+        (1..=3)
+            .map(|i| format!("mallquest-{i}:{api_port}"))
+            .collect::<Vec<_>>()
+    );
     assert!(binds(&compose["services"]["prometheus"])
         .iter()
         .any(|(src, _)| src == "./config/prometheus.yml"));
