@@ -9,7 +9,10 @@
 #      memory gauges every 30 s, then the checks that RSS levelled off (the last quarter's
 #      peak within 5% of the third's) and that the outputs are exact (tests/soak.rs, which
 #      explains the 32 MiB block cache it runs with; MALLQUEST_SOAK_SECS, _RATE, _USERS,
-#      _CACHE_MB, _WRITE_BUFFER_MB).
+#      _CACHE_MB, _WRITE_BUFFER_MB);
+#   5. scale-out: three instances of one group, five rounds of kill -9, a paused zombie and
+#      a lost disk, with a new instance and a planned stop, 60,000 receipts
+#      (tests/kafka_scale.rs, MALLQUEST_SCALE_ROUNDS).
 # Everything runs on Apache Kafka (scripts/install-kafka.sh).
 # Usage: scripts/soak.sh [KILLS] [RECEIPTS] [FUZZ_CASES]
 set -euo pipefail
@@ -38,3 +41,7 @@ PROPTEST_CASES=2000 cargo test --release --locked --test fold_prop 2>&1 | grep -
 echo "== twenty minutes of steady load with queries"
 cargo test --release --locked --test soak -- --ignored --nocapture --test-threads=1 2>&1 \
   | grep -E '^t=|^soak:|^test |test result'
+
+echo "== scale-out: 5 rounds of moves between instances"
+MALLQUEST_SCALE_ROUNDS=5 cargo test --release --locked --test kafka_scale partitions_move -- --nocapture --test-threads=1 2>&1 \
+  | grep -E 'assignments,|queries during|^test |test result'

@@ -21,7 +21,7 @@ fi
 # Case and kill counts are the tests' own defaults (20 kills in each crash test, the
 # property tests' case counts), not whatever the caller's environment says: scripts/soak.sh
 # raises them, this script never does.
-unset PROPTEST_CASES MALLQUEST_CRASH_KILLS MALLQUEST_GROUP_CRASH_KILLS MALLQUEST_CRASH_RECEIPTS MALLQUEST_CRASH_RATE
+unset PROPTEST_CASES MALLQUEST_CRASH_KILLS MALLQUEST_GROUP_CRASH_KILLS MALLQUEST_CRASH_RECEIPTS MALLQUEST_CRASH_RATE MALLQUEST_MANUAL_CRASH_KILLS MALLQUEST_SCALE_ROUNDS
 
 start=$(date +%s)
 # One test at a time: broker tests time their kills, and the machine has 2 cores.

@@ -132,7 +132,12 @@ fn partitions_move_between_three_instances_and_every_state_moves_with_them_exact
         duplicates: 40,
         bad: 20,
     };
-    let n = 12_000;
+    // scripts/soak.sh repeats the moves (scripts/test.sh unsets this: one round).
+    let rounds: usize = std::env::var("MALLQUEST_SCALE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let n = 12_000 * rounds;
     let records = take(&mut Simulator::new(21, 600, 20, mix), n);
     let users: Vec<String> = records
         .iter()
@@ -183,26 +188,34 @@ fn partitions_move_between_three_instances_and_every_state_moves_with_them_exact
         "the new instance refolds a partition from 0: {first}"
     );
 
-    // A zombie: paused past its session and its transaction timeout, its partitions move;
-    // then it wakes, holding a batch and an open transaction.
-    let b = instances[1].run.pid();
-    support::processor::signal(b, "STOP");
-    let paused_at = instances[1].run.log().len();
-    std::thread::sleep(Duration::from_secs(14));
-    support::processor::signal(b, "CONT");
-    wait_all_owned(&mut instances, moves);
-    let woke = instances[1].run.log()[paused_at..].to_owned();
-    assert!(
-        woke.contains("Partitions revoked."),
-        "the zombie did not learn it lost its partitions:\n{woke}"
-    );
+    for round in 0..rounds {
+        if round > 0 {
+            instances[0].run.kill();
+            std::thread::sleep(Duration::from_secs(2));
+            instances[0].run.start();
+            wait_all_owned(&mut instances, moves);
+        }
+        // A zombie: paused past its session (6 s), its partitions move; then it wakes,
+        // holding a batch and an open transaction.
+        let b = instances[1].run.pid();
+        support::processor::signal(b, "STOP");
+        let paused_at = instances[1].run.log().len();
+        std::thread::sleep(Duration::from_secs(14));
+        support::processor::signal(b, "CONT");
+        wait_all_owned(&mut instances, moves);
+        let woke = instances[1].run.log()[paused_at..].to_owned();
+        assert!(
+            woke.contains("Partitions revoked."),
+            "the zombie did not learn it lost its partitions:\n{woke}"
+        );
 
-    // One loses its disk (a pod rescheduled without its volume) and comes back empty.
-    instances[2].run.kill();
-    std::fs::remove_dir_all(&instances[2].run.store).unwrap();
-    instances[2].run.start();
-    std::thread::sleep(Duration::from_secs(3));
-    wait_all_owned(&mut instances, moves);
+        // One loses its disk (a pod rescheduled without its volume) and comes back empty.
+        instances[2].run.kill();
+        std::fs::remove_dir_all(&instances[2].run.store).unwrap();
+        instances[2].run.start();
+        std::thread::sleep(Duration::from_secs(3));
+        wait_all_owned(&mut instances, moves);
+    }
 
     // A planned stop hands its partitions over.
     let status = instances[3].run.terminate(Duration::from_secs(30));
@@ -505,4 +518,208 @@ fn query_during_moves(
         std::thread::sleep(Duration::from_millis(5));
     }
     seen
+}
+
+/// The group's committed offsets for `topic`, summed (what the transactions committed).
+fn committed_total(broker: &Broker, group: &str, topic: &str, partitions: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map(|c| {
+            c.elements()
+                .iter()
+                .filter_map(|e| e.offset().to_raw().filter(|o| *o >= 0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn median_of(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// BENCHMARKS.md "Scale-out": restore rate, failover times and drain throughput with 1, 2
+/// and 3 instances. A measurement, run by hand in release mode:
+/// `cargo test --release --test kafka_scale -- --ignored --nocapture scale_figures`.
+#[test]
+#[ignore = "a measurement; run by hand (BENCHMARKS.md)"]
+fn scale_figures() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let users = env("MALLQUEST_BENCH_USERS", 200_000);
+    let receipts = env("MALLQUEST_BENCH_RECEIPTS", 300_000);
+    let broker = Broker::start();
+    broker.create_topic("receipts", PARTITIONS, false);
+    let mut sim = Simulator::new(3, users as u64, 40, Mix::default());
+    broker.produce("receipts", &take(&mut sim, receipts));
+    let n = receipts as i64;
+
+    // Drain with 1, 2 and 3 instances (each its own group, so each drains it all).
+    for k in 1..=3 {
+        let group = format!("drain-{k}");
+        let mut runs: Vec<Instance> = (0..k)
+            .map(|i| {
+                let dir = tempfile::tempdir().unwrap();
+                let (config, store, http) = write_config_with(
+                    dir.path(),
+                    &broker.bootstrap(),
+                    &format!("instance_id = \"{group}-{i}\""),
+                    "",
+                    "",
+                );
+                let text = std::fs::read_to_string(&config)
+                    .unwrap()
+                    .replace("group_id = \"mq-test\"", &format!("group_id = \"{group}\""))
+                    .replace("commit_interval_ms = 50", "commit_interval_ms = 250");
+                std::fs::write(&config, text).unwrap();
+                let mut run = Run::new(config, store);
+                run.start();
+                Instance {
+                    name: format!("{group}-{i}"),
+                    dir,
+                    run,
+                    http,
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        while committed_total(&broker, &group, "receipts", PARTITIONS) < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(1200),
+                "drain-{k} too slow"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let cpu: f64 = runs.iter().map(|i| i.run.cpu_seconds()).sum();
+        eprintln!(
+            "drain with {k} instance(s): {n} receipts in {secs:.1} s = {:.0}/s (start-up and group join included); {:.1} us CPU per receipt over all instances",
+            n as f64 / secs,
+            cpu * 1e6 / n as f64
+        );
+        for i in &mut runs {
+            i.run.terminate(Duration::from_secs(30));
+        }
+        // The drain-1 instance's changelog is restored below.
+        if k == 1 {
+            let mut again = Instance::new(&broker, "restore-probe");
+            let text = std::fs::read_to_string(&again.run.config)
+                .unwrap()
+                .replace("group_id = \"mq-test\"", "group_id = \"drain-1\"");
+            std::fs::write(&again.run.config, text).unwrap();
+            again.run.kill();
+            again.run.start();
+            let started = Instant::now();
+            let line = loop {
+                if let Some(l) = again
+                    .run
+                    .log()
+                    .lines()
+                    .find(|l| l.contains("Restored partitions from the changelog."))
+                {
+                    break l.to_owned();
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(600),
+                    "{}",
+                    again.run.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            eprintln!("restore of {users} users' partitions into an empty store: {line}");
+            again.run.terminate(Duration::from_secs(30));
+        }
+    }
+
+    // Failover: receipts flowing, two instances; kill -9 one, then SIGTERM one (a planned
+    // handoff), each time until every partition is held again and a user of the moved
+    // partitions is served by the survivor.
+    for (label, static_ids) in [("static membership", true), ("dynamic membership", false)] {
+        let mut kills = Vec::new();
+        let mut handoffs = Vec::new();
+        for round in 0..3 {
+            let group = format!("failover-{static_ids}-{round}");
+            let make = |name: &str| {
+                let dir = tempfile::tempdir().unwrap();
+                let extra = if static_ids {
+                    format!("instance_id = \"{name}\"")
+                } else {
+                    String::new()
+                };
+                let (config, store, http) =
+                    write_config_with(dir.path(), &broker.bootstrap(), &extra, "", "");
+                let text = std::fs::read_to_string(&config)
+                    .unwrap()
+                    .replace("group_id = \"mq-test\"", &format!("group_id = \"{group}\""));
+                std::fs::write(&config, text).unwrap();
+                let mut run = Run::new(config, store);
+                run.start();
+                Instance {
+                    name: name.to_owned(),
+                    dir,
+                    run,
+                    http,
+                }
+            };
+            for (i, how) in ["kill", "term"].iter().enumerate() {
+                let mut pair = vec![
+                    make(&format!("{group}-{i}-a")),
+                    make(&format!("{group}-{i}-b")),
+                ];
+                wait_all_owned(&mut pair, Duration::from_secs(600));
+                let moved = pair[0].owned();
+                let started = Instant::now();
+                if *how == "kill" {
+                    pair[0].run.kill();
+                } else {
+                    pair[0].run.terminate(Duration::from_secs(30));
+                }
+                loop {
+                    if pair[1].owned().len() == PARTITIONS as usize
+                        && !pair[1]
+                            .run
+                            .log()
+                            .ends_with("Restoring partitions from the changelog.\n")
+                    {
+                        // Served: the survivor's leaderboard covers every partition.
+                        let r = support::http::get(&pair[1].http, "/v1/leaderboard?limit=1");
+                        if r.is_ok_and(|r| r.status == 200) {
+                            break;
+                        }
+                    }
+                    assert!(started.elapsed() < Duration::from_secs(120));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "{label}, {how}: partitions {moved:?} held and served again after {secs:.2} s"
+                );
+                if *how == "kill" {
+                    kills.push(secs)
+                } else {
+                    handoffs.push(secs)
+                }
+                pair[1].run.terminate(Duration::from_secs(30));
+            }
+        }
+        eprintln!(
+            "{label}: kill -9 to served again, median {:.2} s; SIGTERM handoff, median {:.2} s",
+            median_of(&mut kills),
+            median_of(&mut handoffs)
+        );
+    }
 }
