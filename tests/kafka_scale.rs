@@ -569,7 +569,11 @@ fn scale_figures() {
     let n = receipts as i64;
 
     // Drain with 1, 2 and 3 instances (each its own group, so each drains it all).
+    let only_failover = std::env::var("MALLQUEST_BENCH_ONLY").is_ok_and(|v| v == "failover");
     for k in 1..=3 {
+        if only_failover {
+            break;
+        }
         let group = format!("drain-{k}");
         let mut runs: Vec<Instance> = (0..k)
             .map(|i| {
@@ -680,7 +684,16 @@ fn scale_figures() {
                     make(&format!("{group}-{i}-a")),
                     make(&format!("{group}-{i}-b")),
                 ];
-                wait_all_owned(&mut pair, Duration::from_secs(600));
+                // Both members hold partitions (not one holding all before the other joined).
+                let deadline = Instant::now() + Duration::from_secs(600);
+                loop {
+                    wait_all_owned(&mut pair, Duration::from_secs(600));
+                    if !pair[0].owned().is_empty() && !pair[1].owned().is_empty() {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
                 let moved = pair[0].owned();
                 let started = Instant::now();
                 if *how == "kill" {
