@@ -607,7 +607,11 @@ impl Processor {
             }
         }
         if let Err(e) = self.store.commit(&flight.set) {
-            self.reset();
+            // A failed write may still have reached the store's memory (fjall applies a
+            // batch, then fails to persist it): the hot set may be older than the store
+            // now, and folding on from it would publish (and, with the changelog, keep) a
+            // state that misses this batch. It is dropped; the store is read again.
+            self.revoke();
             return Err(CommitError::Store(e));
         }
         let InFlight {

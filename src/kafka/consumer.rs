@@ -477,10 +477,15 @@ fn consume(
                     backoff = Duration::from_millis(100);
                 }
             }
-            Err(CommitError::Store(StoreError::Poisoned)) => {
-                status.commit_failed(StoreError::Poisoned.to_string());
+            // A failed store write is final: fjall refuses every write after one, and what
+            // it had applied in memory before failing is not known. The batch's transaction
+            // is committed already, so the restart recovers the store from its journal and
+            // catches up from the changelog; folding on here could publish (and keep in the
+            // changelog) a state built on a batch the store may not have.
+            Err(CommitError::Store(e)) => {
+                status.commit_failed(e.to_string());
                 anyhow::bail!(
-                    "the store at {} cannot be written any more: {}",
+                    "the store at {} cannot be written any more: {e}: {}",
                     store.path().display(),
                     StoreError::Poisoned
                 );
