@@ -34,14 +34,14 @@ fn with_freshness(state: &AppState, mut r: Response) -> Response {
     r
 }
 
-/// Whether `partition` is served from here: held now; or, standalone (`serve`, `demo`),
-/// every partition in the store. An instance of a group that was assigned nothing yet
-/// holds nothing: what its store has may have moved on elsewhere while it was down.
-fn holds(state: &AppState, partition: i32) -> bool {
-    match state.status.owned() {
-        Some(owned) => owned.contains(&partition),
-        None => !state.status.in_group(),
-    }
+/// Which partitions are served from here: those held now; or, standalone (`serve`,
+/// `demo`), every partition in the store. An instance of a group that was assigned nothing
+/// yet holds nothing: what its store has may have moved on elsewhere while it was down.
+/// Read once per request, then asked per partition.
+fn holder(state: &AppState) -> impl Fn(i32) -> bool {
+    let owned = state.status.owned();
+    let standalone = !state.status.in_group();
+    move |p| owned.as_ref().map_or(standalone, |o| o.contains(&p))
 }
 
 /// Asks every other instance that holds partitions, at once; their answers, or why not.
@@ -111,7 +111,7 @@ pub(super) async fn user(
         .locate_user(&user_id)
         .map_err(|e| ApiError::internal(&e))?;
     if let Some((p, u)) = &found {
-        if holds(&state, *p) {
+        if holder(&state)(*p) {
             let body = codec::encode_projection(u);
             let r = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
             return Ok(with_freshness(&state, r));
@@ -132,14 +132,7 @@ pub(super) async fn user(
         match a {
             Ok(a) if a.status == StatusCode::OK => return Ok(relay(a)),
             Ok(a) if a.status == StatusCode::NOT_FOUND => covered.extend(a.partitions()),
-            Ok(a) => unreachable.push(format!(
-                "{} answered {}",
-                a.headers
-                    .get(HEADER_PARTITIONS)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("an instance"),
-                a.status
-            )),
+            Ok(a) => unreachable.push(format!("an instance answered {}", a.status)),
             Err(e) => unreachable.push(e),
         }
     }
@@ -239,7 +232,7 @@ pub(super) async fn leaderboard(
     let owned = state.status.owned();
     let users = state
         .store
-        .leaderboard_of(by, limit, |p| holds(&state, p))
+        .leaderboard_of(by, limit, holder(&state))
         .map_err(|e| ApiError::internal(&e))?;
     let mut entries: Vec<Entry> = users
         .into_iter()

@@ -31,14 +31,12 @@ use crate::telemetry;
 struct StoreSeekingContext {
     store: Arc<Store>,
     positions: Positions,
-    topic: String,
     /// A failure inside the rebalance callback, reported by the main loop.
     fatal: Mutex<Option<String>>,
     /// What the HTTP API reports.
     status: Arc<Status>,
-    /// The configured bootstrap brokers, named in `/readyz` when none answers.
-    brokers: String,
-    /// For the changelog reader of a restore.
+    /// The receipts topic, the brokers (named in `/readyz` when none answers), and the
+    /// settings of the changelog reader of a restore.
     kafka: crate::config::KafkaConfig,
     /// Whether assigned partitions are caught up from the changelog (not for `rebuild`).
     restore: bool,
@@ -55,14 +53,14 @@ impl ClientContext for StoreSeekingContext {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.status.broker_unreachable(format!(
                 "cannot reach the Kafka brokers at {}: {reason}",
-                self.brokers
+                self.kafka.brokers
             ));
         }
     }
 
     fn stats(&self, statistics: Statistics) {
         // librdkafka's own lag figure per partition: no extra broker requests.
-        if let Some(t) = statistics.topics.get(&self.topic) {
+        if let Some(t) = statistics.topics.get(&self.kafka.receipts_topic) {
             for (p, s) in &t.partitions {
                 // The offsets commit with each transaction, not through this consumer:
                 // lag is measured from the offsets stored after each store commit.
@@ -101,7 +99,8 @@ impl ConsumerContext for StoreSeekingContext {
                     // Offset 0, not `Beginning`: no offset look-up round trip first; if the
                     // log no longer starts at 0, auto.offset.reset=earliest moves it there.
                     let offset = o.map_or(Offset::Offset(0), Offset::Offset);
-                    if let Err(e) = tpl.set_partition_offset(&self.topic, *p, offset) {
+                    if let Err(e) = tpl.set_partition_offset(&self.kafka.receipts_topic, *p, offset)
+                    {
                         self.set_fatal(format!("setting the offset of partition {p}: {e}"));
                     }
                 }
@@ -144,7 +143,7 @@ impl StoreSeekingContext {
         consumer: &BaseConsumer<Self>,
         partitions: &[i32],
     ) -> anyhow::Result<Vec<(i32, Option<i64>)>> {
-        if let Some(n) = super::partition_count(consumer, &self.topic)? {
+        if let Some(n) = super::partition_count(consumer, &self.kafka.receipts_topic)? {
             self.status.set_partition_count(n);
         }
         let changelog = self.kafka.changelog_topic();
@@ -155,7 +154,7 @@ impl StoreSeekingContext {
                  assigned: the changelog needs as many partitions as the receipts topic (compacted). \
                  Create or grow it (kafka-topics.sh --alter --partitions), or restart mallquest, which \
                  creates it when it is missing.",
-                self.topic
+                self.kafka.receipts_topic
             );
         }
         if self.restore {
@@ -165,15 +164,25 @@ impl StoreSeekingContext {
         let mut out = Vec::with_capacity(partitions.len());
         let mut unvouched = Vec::new();
         for &p in partitions {
-            let at = Processor::resume_offset(&self.store, &self.positions, &self.topic, p)
-                .with_context(|| format!("reading the stored offset of partition {p}"))?;
+            let at = Processor::resume_offset(
+                &self.store,
+                &self.positions,
+                &self.kafka.receipts_topic,
+                p,
+            )
+            .with_context(|| format!("reading the stored offset of partition {p}"))?;
             if at.is_none() {
                 unvouched.push(p);
             }
             out.push((p, at));
         }
         if self.restore && !unvouched.is_empty() {
-            refuse_unvouched(consumer, &self.store, &self.topic, &unvouched)?;
+            refuse_unvouched(
+                consumer,
+                &self.store,
+                &self.kafka.receipts_topic,
+                &unvouched,
+            )?;
         }
         Ok(out)
     }
@@ -228,10 +237,8 @@ pub fn run(
     let context = StoreSeekingContext {
         store: Arc::clone(&store),
         positions: processor.positions(),
-        topic: kafka.receipts_topic.clone(),
         fatal: Mutex::new(None),
         status: Arc::clone(&status),
-        brokers: kafka.brokers.clone(),
         kafka: kafka.clone(),
         restore: start == Start::Normal,
         revoked: AtomicBool::new(false),

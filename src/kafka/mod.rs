@@ -130,7 +130,8 @@ pub async fn ensure_output_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka, &[])
         .create()
         .context("failed to create the Kafka admin client")?;
-    let topics = [
+    let members_topic = kafka.members_topic();
+    let mut topics = vec![
         NewTopic::new(
             &kafka.projections_topic,
             partitions,
@@ -139,23 +140,20 @@ pub async fn ensure_output_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
         .set("cleanup.policy", "compact"),
         NewTopic::new(&kafka.events_topic, partitions, TopicReplication::Fixed(-1)),
         NewTopic::new(&kafka.dlq_topic, partitions, TopicReplication::Fixed(-1)),
+        NewTopic::new(&members_topic, 1, TopicReplication::Fixed(-1))
+            .set("cleanup.policy", "compact"),
     ];
-    let changelog = NewTopic::new(&changelog_topic, partitions, TopicReplication::Fixed(-1))
-        .set("cleanup.policy", "compact");
-    let members_topic = kafka.members_topic();
-    let members = NewTopic::new(&members_topic, 1, TopicReplication::Fixed(-1))
-        .set("cleanup.policy", "compact");
-    let topics: Vec<NewTopic<'_>> = topics.into_iter().chain([members]).collect();
-    let topics: Vec<&NewTopic<'_>> = match receipts {
-        Some(_) => topics.iter().chain([&changelog]).collect(),
-        None => {
-            warn!(message = "The receipts topic does not exist yet; the changelog topic will be created at the next start.", topic = %kafka.receipts_topic, changelog = %changelog_topic);
-            topics.iter().collect()
-        }
-    };
+    if receipts.is_some() {
+        topics.push(
+            NewTopic::new(&changelog_topic, partitions, TopicReplication::Fixed(-1))
+                .set("cleanup.policy", "compact"),
+        );
+    } else {
+        warn!(message = "The receipts topic does not exist yet; the changelog topic will be created at the next start.", topic = %kafka.receipts_topic, changelog = %changelog_topic);
+    }
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
-        .create_topics(topics, &opts)
+        .create_topics(topics.iter(), &opts)
         .await
         .context("failed to create output topics")?;
     for r in results {
@@ -169,11 +167,8 @@ pub async fn ensure_output_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
 
 fn receipts_partitions(kafka: &KafkaConfig) -> Option<i32> {
     let consumer: BaseConsumer = client_config(kafka, &[]).create().ok()?;
-    let md = consumer
-        .fetch_metadata(Some(&kafka.receipts_topic), Duration::from_secs(5))
-        .ok()?;
-    let n = md.topics().first()?.partitions().len();
-    (n > 0).then_some(n as i32)
+    let n = partition_count(&consumer, &kafka.receipts_topic).ok()??;
+    i32::try_from(n).ok()
 }
 
 /// Partitions of `topic`, from the cluster's metadata (`None`: it does not exist).

@@ -287,12 +287,25 @@ impl KafkaSink {
 
     /// Forgets the delivery state of an aborted transaction once its purged outputs are
     /// reported.
-    fn forget_deliveries(&self) {
-        let tracker = self.producer.context();
-        let deadline = Instant::now() + DELIVERY_TIMEOUT;
-        while tracker.outstanding.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+    /// Waits until every output sent so far has its delivery report, at most `within`;
+    /// whether they all have. Not `flush`: rdkafka's `poll` and `flush` wait out their
+    /// whole timeout (at least 100 ms per batch), and short polls spin. The producer's own
+    /// thread serves the delivery reports; this only sleeps until none is outstanding.
+    fn drained(&self, within: Duration) -> bool {
+        let outstanding = &self.producer.context().outstanding;
+        let deadline = Instant::now() + within;
+        while outstanding.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
+        true
+    }
+
+    fn forget_deliveries(&self) {
+        let tracker = self.producer.context();
+        self.drained(DELIVERY_TIMEOUT);
         tracker.failed.store(0, Ordering::Relaxed);
         tracker
             .changelog_next
@@ -371,7 +384,24 @@ impl Sink for KafkaSink {
     }
 
     fn wait(&mut self) -> anyhow::Result<()> {
-        self.wait_delivered()
+        anyhow::ensure!(
+            self.drained(DELIVERY_TIMEOUT + Duration::from_secs(5)),
+            "outputs were not all delivered in time"
+        );
+        // Every send since the last wait is settled: failures count once.
+        let tracker = self.producer.context();
+        let failed = tracker.failed.swap(0, Ordering::Relaxed);
+        if failed > 0 {
+            let last = tracker
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|l| l.clone())
+                .unwrap_or_default();
+            self.replace_if_fatal()?;
+            anyhow::bail!("{failed} outputs failed to deliver (last error: {last})");
+        }
+        Ok(())
     }
 }
 
@@ -430,34 +460,6 @@ impl KafkaSink {
                 record = record.payload(&v[..]);
             }
             self.enqueue(record)?;
-        }
-        Ok(())
-    }
-
-    fn wait_delivered(&mut self) -> anyhow::Result<()> {
-        let tracker = self.producer.context();
-        // Not `flush`: rdkafka's `poll` and `flush` wait out their whole timeout (at least
-        // 100 ms per batch), and short polls spin. The producer's own thread serves the
-        // delivery reports; this only sleeps until none is outstanding.
-        let deadline = Instant::now() + DELIVERY_TIMEOUT + Duration::from_secs(5);
-        while tracker.outstanding.load(Ordering::Acquire) > 0 {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "outputs were not all delivered in time"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        // Every send since the last wait is settled: failures count once.
-        let failed = tracker.failed.swap(0, Ordering::Relaxed);
-        if failed > 0 {
-            let last = tracker
-                .last_error
-                .lock()
-                .ok()
-                .and_then(|l| l.clone())
-                .unwrap_or_default();
-            self.replace_if_fatal()?;
-            anyhow::bail!("{failed} outputs failed to deliver (last error: {last})");
         }
         Ok(())
     }

@@ -308,6 +308,15 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, St
     })
 }
 
+/// An i64 stored big-endian (offsets).
+fn decode_i64(what: &'static str, v: &[u8]) -> Result<i64, StoreError> {
+    let bytes: [u8; 8] = v.try_into().map_err(|_| StoreError::Corrupt {
+        what,
+        detail: format!("{} bytes, expected 8", v.len()),
+    })?;
+    Ok(i64::from_be_bytes(bytes))
+}
+
 fn io(op: &'static str) -> impl FnOnce(fjall::Error) -> StoreError {
     move |source| match source {
         fjall::Error::Poisoned => StoreError::Poisoned,
@@ -440,38 +449,20 @@ impl Store {
 
     /// The next offset to read of one topic partition, if any was committed.
     pub fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
-        match self
+        let v = self
             .offsets
             .get(offset_key(topic, partition))
-            .map_err(io("read offset"))?
-        {
-            None => Ok(None),
-            Some(v) => {
-                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                    what: "offset",
-                    detail: format!("{} bytes, expected 8", v.len()),
-                })?;
-                Ok(Some(i64::from_be_bytes(bytes)))
-            }
-        }
+            .map_err(io("read offset"))?;
+        v.map(|v| decode_i64("offset", &v)).transpose()
     }
 
     /// The next offset to read of partition `p`'s changelog: everything before it is here.
     pub fn changelog_offset(&self, partition: i32) -> Result<Option<i64>, StoreError> {
-        match self
+        let v = self
             .changelog
             .get(partition.to_be_bytes())
-            .map_err(io("read changelog offset"))?
-        {
-            None => Ok(None),
-            Some(v) => {
-                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                    what: "changelog offset",
-                    detail: format!("{} bytes, expected 8", v.len()),
-                })?;
-                Ok(Some(i64::from_be_bytes(bytes)))
-            }
-        }
+            .map_err(io("read changelog offset"))?;
+        v.map(|v| decode_i64("changelog offset", &v)).transpose()
     }
 
     /// Every stored offset: (topic, partition) -> next offset.
