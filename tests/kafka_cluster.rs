@@ -25,20 +25,6 @@ fn metric(http: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// The store's offsets as the API reports them (`receipts/0=120,...`), parsed.
-fn served_offsets(http: &str) -> BTreeMap<i32, i64> {
-    support::http::get(http, "/v1/leaderboard?limit=1")
-        .ok()
-        .and_then(|r| r.headers.get("x-mallquest-offsets").cloned())
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|kv| {
-            let (tp, o) = kv.split_once('=')?;
-            Some((tp.rsplit_once('/')?.1.parse().ok()?, o.parse().ok()?))
-        })
-        .collect()
-}
-
 fn total(offsets: &BTreeMap<i32, i64>) -> i64 {
     offsets.values().sum()
 }
@@ -47,7 +33,7 @@ fn total(offsets: &BTreeMap<i32, i64>) -> i64 {
 fn wait_for_progress(http: &str, run: &mut Run, from: i64, within: Duration, what: &str) {
     let started = Instant::now();
     let deadline = started + within;
-    while total(&served_offsets(http)) <= from {
+    while total(&support::http::served_offsets(http)) <= from {
         assert!(run.is_running(), "mallquest exited ({what})\n{}", run.log());
         assert!(
             Instant::now() < deadline,
@@ -100,7 +86,7 @@ fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
     // on one that left the cluster's metadata (librdkafka issue 5511); mallquest replaces
     // the producer and goes on.
     let victim = cluster.leader_of("__consumer_offsets", group_partition("mq-test", 4));
-    let at = total(&served_offsets(&http));
+    let at = total(&support::http::served_offsets(&http));
     mid_stream.push(!producer.is_finished());
     cluster.kill(victim);
     eprintln!("killed node {} (the group coordinator)", victim + 1);
@@ -117,7 +103,7 @@ fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
     // 1. The leader of receipts/0 dies (-9) and comes back.
     let errors_before = metric(&http, "mallquest_kafka_errors_total");
     let victim = cluster.leader_of("receipts", 0);
-    let at = total(&served_offsets(&http));
+    let at = total(&support::http::served_offsets(&http));
     mid_stream.push(!producer.is_finished());
     cluster.kill(victim);
     eprintln!("killed node {} (leader of receipts/0)", victim + 1);
@@ -139,7 +125,7 @@ fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
     // 2. The leader of user-projections/0 dies (-9) while outputs are published: produce
     // requests in flight to it fail and are retried against the new leader.
     let victim = cluster.leader_of("user-projections", 0);
-    let at = total(&served_offsets(&http));
+    let at = total(&support::http::served_offsets(&http));
     mid_stream.push(!producer.is_finished());
     cluster.kill(victim);
     eprintln!("killed node {} (leader of user-projections/0)", victim + 1);
@@ -156,7 +142,7 @@ fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
     // 3. One broker stopped for 30 s: two in-sync replicas remain, so commits go on all
     // along, and the processor stays ready.
     let victim = (victim + 1) % 3;
-    let at = total(&served_offsets(&http));
+    let at = total(&support::http::served_offsets(&http));
     mid_stream.push(!producer.is_finished());
     cluster.kill(victim);
     eprintln!("stopped node {} for 30 s", victim + 1);
@@ -199,12 +185,12 @@ fn leader_kills_and_a_broker_down_for_30_s_lose_nothing_and_reorder_nothing() {
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while served_offsets(&http) != ends {
+    while support::http::served_offsets(&http) != ends {
         assert!(run.is_running(), "exited\n{}", run.log());
         assert!(
             Instant::now() < deadline,
             "store offsets {:?}, want {ends:?}\n{}",
-            served_offsets(&http),
+            support::http::served_offsets(&http),
             run.log()
         );
         std::thread::sleep(Duration::from_millis(200));

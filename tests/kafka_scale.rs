@@ -31,15 +31,36 @@ struct Instance {
 }
 
 impl Instance {
+    /// An instance of the test group `mq-test`, with static membership under `name`.
     fn new(broker: &Broker, name: &str) -> Instance {
+        Instance::start(broker, name, "mq-test", true, 50)
+    }
+
+    /// `mallquest run` as `name` in consumer group `group` (static membership if
+    /// `static_id`), committing every `commit_interval_ms`, on a store of its own.
+    fn start(
+        broker: &Broker,
+        name: &str,
+        group: &str,
+        static_id: bool,
+        commit_interval_ms: u64,
+    ) -> Instance {
         let dir = tempfile::tempdir().unwrap();
-        let (config, store, http) = write_config_with(
-            dir.path(),
-            &broker.bootstrap(),
-            &format!("instance_id = \"{name}\""),
-            "",
-            "",
-        );
+        let kafka_extra = if static_id {
+            format!("instance_id = \"{name}\"")
+        } else {
+            String::new()
+        };
+        let (config, store, http) =
+            write_config_with(dir.path(), &broker.bootstrap(), &kafka_extra, "", "");
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("group_id = \"mq-test\"", &format!("group_id = \"{group}\""))
+            .replace(
+                "commit_interval_ms = 50",
+                &format!("commit_interval_ms = {commit_interval_ms}"),
+            );
+        std::fs::write(&config, text).unwrap();
         let mut run = Run::new(config, store);
         run.start();
         Instance {
@@ -388,7 +409,7 @@ fn a_partition_restores_from_the_changelog_after_retention_removed_its_oldest_re
         .map(|p| (p, before.iter().filter(|r| r.partition == p).count() as i64))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while served_offsets_of(&old) != ends {
+    while support::http::served_offsets(&old.http) != ends {
         assert!(old.run.is_running(), "exited\n{}", old.run.log());
         assert!(Instant::now() < deadline, "not folded\n{}", old.run.log());
         std::thread::sleep(Duration::from_millis(300));
@@ -457,20 +478,6 @@ fn a_partition_restores_from_the_changelog_after_retention_removed_its_oldest_re
         .collect();
     assert_eq!(stored, expected.projections);
     assert_eq!(dlq_reasons(&broker.read_all("receipts-dlq")), expected.dlq);
-}
-
-/// The store's offsets an instance serves (`x-mallquest-offsets`), by partition.
-fn served_offsets_of(i: &Instance) -> BTreeMap<i32, i64> {
-    support::http::get(&i.http, "/v1/leaderboard?limit=1")
-        .ok()
-        .and_then(|r| r.headers.get("x-mallquest-offsets").cloned())
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|kv| {
-            let (tp, o) = kv.split_once('=')?;
-            Some((tp.rsplit_once('/')?.1.parse().ok()?, o.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Asks random instances for random users until `stop`: every answer is a projection, a
@@ -576,29 +583,7 @@ fn scale_figures() {
         }
         let group = format!("drain-{k}");
         let mut runs: Vec<Instance> = (0..k)
-            .map(|i| {
-                let dir = tempfile::tempdir().unwrap();
-                let (config, store, http) = write_config_with(
-                    dir.path(),
-                    &broker.bootstrap(),
-                    &format!("instance_id = \"{group}-{i}\""),
-                    "",
-                    "",
-                );
-                let text = std::fs::read_to_string(&config)
-                    .unwrap()
-                    .replace("group_id = \"mq-test\"", &format!("group_id = \"{group}\""))
-                    .replace("commit_interval_ms = 50", "commit_interval_ms = 250");
-                std::fs::write(&config, text).unwrap();
-                let mut run = Run::new(config, store);
-                run.start();
-                Instance {
-                    name: format!("{group}-{i}"),
-                    dir,
-                    run,
-                    http,
-                }
-            })
+            .map(|i| Instance::start(&broker, &format!("{group}-{i}"), &group, true, 250))
             .collect();
         let started = Instant::now();
         while committed_total(&broker, &group, "receipts", PARTITIONS) < n {
@@ -620,13 +605,7 @@ fn scale_figures() {
         }
         // The drain-1 instance's changelog is restored below.
         if k == 1 {
-            let mut again = Instance::new(&broker, "restore-probe");
-            let text = std::fs::read_to_string(&again.run.config)
-                .unwrap()
-                .replace("group_id = \"mq-test\"", "group_id = \"drain-1\"");
-            std::fs::write(&again.run.config, text).unwrap();
-            again.run.kill();
-            again.run.start();
+            let mut again = Instance::start(&broker, "restore-probe", "drain-1", true, 50);
             let started = Instant::now();
             let line = loop {
                 if let Some(l) = again
@@ -657,28 +636,7 @@ fn scale_figures() {
         let mut handoffs = Vec::new();
         for round in 0..3 {
             let group = format!("failover-{static_ids}-{round}");
-            let make = |name: &str| {
-                let dir = tempfile::tempdir().unwrap();
-                let extra = if static_ids {
-                    format!("instance_id = \"{name}\"")
-                } else {
-                    String::new()
-                };
-                let (config, store, http) =
-                    write_config_with(dir.path(), &broker.bootstrap(), &extra, "", "");
-                let text = std::fs::read_to_string(&config)
-                    .unwrap()
-                    .replace("group_id = \"mq-test\"", &format!("group_id = \"{group}\""));
-                std::fs::write(&config, text).unwrap();
-                let mut run = Run::new(config, store);
-                run.start();
-                Instance {
-                    name: name.to_owned(),
-                    dir,
-                    run,
-                    http,
-                }
-            };
+            let make = |name: &str| Instance::start(&broker, name, &group, static_ids, 50);
             for (i, how) in ["kill", "term"].iter().enumerate() {
                 let mut pair = vec![
                     make(&format!("{group}-{i}-a")),

@@ -12,6 +12,21 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// The store's next offsets an instance serves (its `x-mallquest-offsets`), by partition;
+/// empty when it does not answer.
+pub fn served_offsets(addr: &str) -> BTreeMap<i32, i64> {
+    get(addr, "/v1/leaderboard?limit=1")
+        .ok()
+        .and_then(|r| r.headers.get("x-mallquest-offsets").cloned())
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| {
+            let (tp, o) = kv.split_once('=')?;
+            Some((tp.rsplit_once('/')?.1.parse().ok()?, o.parse().ok()?))
+        })
+        .collect()
+}
+
 pub fn get(addr: &str, path: &str) -> std::io::Result<Response> {
     raw(
         addr,

@@ -90,12 +90,7 @@ impl Run {
 
     /// SIGTERM, then waits for the exit status (at most `within`).
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        let pid = self.child.as_ref().expect("not running").id();
-        let ok = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        signal(self.pid(), "TERM");
         self.wait_exit(within)
     }
 
@@ -116,7 +111,6 @@ impl Run {
     }
 
     /// The running process's id.
-    #[allow(dead_code)] // used by the scale-out test only
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("not running").id()
     }
@@ -161,8 +155,7 @@ impl Run {
     }
 }
 
-/// Sends `signal` (`STOP`, `CONT`, ...) to a process.
-#[allow(dead_code)] // used by the scale-out test only
+/// Sends `signal` (`TERM`, `STOP`, `CONT`, ...) to a process.
 pub fn signal(pid: u32, signal: &str) {
     let ok = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
