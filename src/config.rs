@@ -239,6 +239,10 @@ pub struct ProcessingConfig {
     /// receipts are rejected as `too_old` and older ledger entries are compacted away.
     #[serde(default = "default_dedup_window_days")]
     pub dedup_window_days: u32,
+    /// How many other instances keep a warm copy of each partition by tailing its
+    /// changelog, so that a failover catches up only what the copy lacks (0: none).
+    #[serde(default)]
+    pub standby_replicas: u32,
 }
 
 fn default_brokers() -> String {
@@ -321,6 +325,7 @@ impl Default for ProcessingConfig {
         Self {
             commit_interval_ms: default_commit_interval_ms(),
             dedup_window_days: default_dedup_window_days(),
+            standby_replicas: 0,
         }
     }
 }
@@ -392,6 +397,22 @@ impl Config {
                     "must be between 1 and 60000, got {}",
                     self.processing.commit_interval_ms
                 ),
+            });
+        }
+        if self.processing.standby_replicas > 8 {
+            return Err(ConfigError::Invalid {
+                key: "processing.standby_replicas",
+                message: format!(
+                    "must be between 0 and 8, got {}",
+                    self.processing.standby_replicas
+                ),
+            });
+        }
+        if self.processing.standby_replicas > 0 && k.assignment == Assignment::Manual {
+            return Err(ConfigError::Invalid {
+                key: "processing.standby_replicas",
+                message: "needs group assignment: with assignment = \"manual\" no partition moves"
+                    .into(),
             });
         }
         if !(1..=36_500).contains(&self.processing.dedup_window_days) {
@@ -482,6 +503,19 @@ mod tests {
         let c = Config::parse("[kafka]\nassignment = \"manual\"\n").unwrap();
         assert_eq!(c.kafka.assignment, Assignment::Manual);
         assert!(Config::parse("[kafka]\nassignment = \"static\"\n").is_err());
+    }
+
+    #[test]
+    fn standby_replicas_default_to_none_and_need_group_assignment() {
+        assert_eq!(Config::parse("").unwrap().processing.standby_replicas, 0);
+        let c = Config::parse("[processing]\nstandby_replicas = 1\n").unwrap();
+        assert_eq!(c.processing.standby_replicas, 1);
+        let err = Config::parse("[processing]\nstandby_replicas = 9\n").unwrap_err();
+        assert!(err.to_string().contains("standby_replicas"), "{err}");
+        let err =
+            Config::parse("[kafka]\nassignment = \"manual\"\n[processing]\nstandby_replicas = 1\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("standby_replicas"), "{err}");
     }
 
     #[test]

@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 /// Shared between the consumer thread and the HTTP handlers.
 #[derive(Debug, Default)]
 pub struct Status {
     inner: RwLock<Inner>,
-    /// The other instances of the group, as they announce themselves.
-    members: RwLock<BTreeMap<String, Member>>,
+    /// The instances of the group (this one too), as they last announced themselves,
+    /// with when that announcement was read.
+    members: RwLock<BTreeMap<String, (Member, Instant)>>,
 }
 
 /// An instance of the group as it last announced itself (the membership topic).
@@ -107,7 +109,7 @@ impl Status {
         self.members
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(m.member.clone(), m);
+            .insert(m.member.clone(), (m, Instant::now()));
     }
 
     /// The other instances that hold partitions, as last announced.
@@ -117,9 +119,27 @@ impl Status {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
+            .map(|(m, _)| m)
             .filter(|m| Some(&m.member) != me.as_ref() && !m.partitions.is_empty())
             .cloned()
             .collect()
+    }
+
+    /// Every instance, this one included, that announced itself within `within` (each
+    /// re-announces itself every few seconds while it runs), in name order.
+    pub fn live_members(&self, within: Duration) -> Vec<Member> {
+        self.members
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|(_, seen)| seen.elapsed() <= within)
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    /// This instance's name in the group, once set.
+    pub fn name(&self) -> Option<String> {
+        self.read().me.clone()
     }
 
     /// A batch was committed: these are the store's offsets now.

@@ -54,9 +54,13 @@ pub const BROKER_UP: &str = "mallquest_broker_up";
 pub const RESTORE_RECORDS_TOTAL: &str = "mallquest_restore_records_total";
 /// Partitions being restored from the changelog now.
 pub const RESTORING_PARTITIONS: &str = "mallquest_restoring_partitions";
+/// Changelog records copied into the store for partitions kept warm as a standby.
+pub const STANDBY_RECORDS_TOTAL: &str = "mallquest_standby_records_total";
+/// Partitions this instance keeps warm as a standby now.
+pub const STANDBY_PARTITIONS: &str = "mallquest_standby_partitions";
 
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 22] = [
+pub const ALL_METRICS: [&str; 24] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
@@ -79,6 +83,8 @@ pub const ALL_METRICS: [&str; 22] = [
     BROKER_UP,
     RESTORE_RECORDS_TOTAL,
     RESTORING_PARTITIONS,
+    STANDBY_RECORDS_TOTAL,
+    STANDBY_PARTITIONS,
 ];
 
 /// Installs the Prometheus recorder with histogram buckets for every histogram.
@@ -111,6 +117,8 @@ pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::Prome
     counter!(LEVEL_UPS_TOTAL).increment(0);
     counter!(RESTORE_RECORDS_TOTAL).increment(0);
     gauge!(RESTORING_PARTITIONS).set(0.0);
+    counter!(STANDBY_RECORDS_TOTAL).increment(0);
+    gauge!(STANDBY_PARTITIONS).set(0.0);
     Ok(handle)
 }
 
@@ -193,6 +201,14 @@ fn describe() {
     describe_gauge!(
         RESTORING_PARTITIONS,
         "Partitions being restored from the changelog now."
+    );
+    describe_counter!(
+        STANDBY_RECORDS_TOTAL,
+        "Changelog records copied into the store for partitions kept warm as a standby."
+    );
+    describe_gauge!(
+        STANDBY_PARTITIONS,
+        "Partitions this instance keeps warm as a standby now."
     );
 }
 
@@ -307,6 +323,16 @@ pub fn restore_records(n: u64) {
 /// Partitions being restored now.
 pub fn restoring_partitions(n: usize) {
     gauge!(RESTORING_PARTITIONS).set(n as f64);
+}
+
+/// Changelog records copied into the store for standby partitions.
+pub fn standby_records(n: u64) {
+    counter!(STANDBY_RECORDS_TOTAL).increment(n);
+}
+
+/// Partitions kept warm as a standby now.
+pub fn standby_partitions(n: usize) {
+    gauge!(STANDBY_PARTITIONS).set(n as f64);
 }
 
 /// Partitions were revoked.

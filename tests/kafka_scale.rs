@@ -36,6 +36,20 @@ impl Instance {
         Instance::start(broker, name, "mq-test", true, 50)
     }
 
+    /// Like [`Instance::new`], keeping `standbys` warm copies of each partition
+    /// (`[processing] standby_replicas`).
+    fn with_standbys(broker: &Broker, name: &str, standbys: u32) -> Instance {
+        Instance::start_with(broker, name, "mq-test", true, 50, standbys)
+    }
+
+    /// A sample of this instance's `/metrics` (0 when it does not answer).
+    fn metric(&self, name: &str) -> f64 {
+        support::http::get(&self.http, "/metrics")
+            .ok()
+            .and_then(|r| String::from_utf8(r.body).ok())
+            .map_or(0.0, |m| support::prometheus::sample(&m, name))
+    }
+
     /// `mallquest run` as `name` in consumer group `group` (static membership if
     /// `static_id`), committing every `commit_interval_ms`, on a store of its own.
     fn start(
@@ -44,6 +58,18 @@ impl Instance {
         group: &str,
         static_id: bool,
         commit_interval_ms: u64,
+    ) -> Instance {
+        Instance::start_with(broker, name, group, static_id, commit_interval_ms, 0)
+    }
+
+    /// Like [`Instance::start`], with `standbys` warm copies of each partition.
+    fn start_with(
+        broker: &Broker,
+        name: &str,
+        group: &str,
+        static_id: bool,
+        commit_interval_ms: u64,
+        standbys: u32,
     ) -> Instance {
         let dir = tempfile::tempdir().unwrap();
         let kafka_extra = if static_id {
@@ -58,7 +84,9 @@ impl Instance {
             .replace("group_id = \"mq-test\"", &format!("group_id = \"{group}\""))
             .replace(
                 "commit_interval_ms = 50",
-                &format!("commit_interval_ms = {commit_interval_ms}"),
+                &format!(
+                    "commit_interval_ms = {commit_interval_ms}\nstandby_replicas = {standbys}"
+                ),
             );
         std::fs::write(&config, text).unwrap();
         let mut run = Run::new(config, store);
@@ -478,6 +506,102 @@ fn a_partition_restores_from_the_changelog_after_retention_removed_its_oldest_re
         .collect();
     assert_eq!(stored, expected.projections);
     assert_eq!(dlq_reasons(&broker.read_all("receipts-dlq")), expected.dlq);
+}
+
+/// Records restored from the changelog, by the log lines of restores in `log`.
+fn restored_records(log: &str) -> u64 {
+    let re = regex::Regex::new(r"records=(\d+)").unwrap();
+    log.lines()
+        .filter(|l| l.contains("Restored partitions from the changelog."))
+        .filter_map(|l| re.captures(l).map(|c| c[1].parse::<u64>().unwrap()))
+        .sum()
+}
+
+#[test]
+fn a_standby_keeps_partitions_warm_so_a_failover_catches_up_only_the_last_records() {
+    let broker = Broker::start();
+    broker.create_topic("receipts", PARTITIONS, false);
+    let mix = Mix {
+        refunds: 80,
+        duplicates: 40,
+        bad: 20,
+    };
+    let records = take(&mut Simulator::new(33, 2_000, 20, mix), 9_000);
+    let producer = broker.client().produce_at_rate("receipts", records, 250);
+    let mut pair = vec![
+        Instance::with_standbys(&broker, "sb-a", 1),
+        Instance::with_standbys(&broker, "sb-b", 1),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        wait_all_owned(&mut pair, Duration::from_secs(120));
+        if !pair[0].owned().is_empty() && !pair[1].owned().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", logs(&pair));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let moved = pair[0].owned();
+    // The survivor keeps the other's partitions warm, and has copied records of them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pair[1].metric("mallquest_standby_partitions") != moved.len() as f64
+        || pair[1].metric("mallquest_standby_records_total") < 1.0
+    {
+        assert!(Instant::now() < deadline, "no standby\n{}", logs(&pair));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Receipts flow on for a while, so that the moved partitions' changelog grows well
+    // past what the survivor held when it became their standby.
+    std::thread::sleep(Duration::from_secs(12));
+    let log_before = pair[1].run.log().len();
+    pair[0].run.kill();
+    let changelog = broker
+        .read_all("mq-test-changelog")
+        .iter()
+        .filter(|r| moved.contains(&r.partition))
+        .count() as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pair[1].owned().len() != PARTITIONS as usize {
+        assert!(Instant::now() < deadline, "no failover\n{}", logs(&pair));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let caught_up = restored_records(&pair[1].run.log()[log_before..]);
+    assert!(
+        pair[1].metric("mallquest_standby_records_total") * 2.0 > changelog as f64,
+        "the standby copied less than half the moved partitions' {changelog} changelog records\n{}",
+        pair[1].run.log()
+    );
+    assert!(
+        caught_up * 10 < changelog,
+        "the failover caught up {caught_up} of the moved partitions' {changelog} changelog \
+         records: the standby was not warm\n{}",
+        pair[1].run.log()
+    );
+    eprintln!("failover caught up {caught_up} of {changelog} changelog records of {moved:?}");
+
+    producer.hurry();
+    producer.join().unwrap();
+    let expected = reference_of(&broker.read_all("receipts"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while last_per_key(&broker.read_all("user-projections")) != expected.projections {
+        assert!(pair[1].run.is_running(), "exited\n{}", pair[1].run.log());
+        assert!(Instant::now() < deadline, "not exact\n{}", logs(&pair));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(dlq_reasons(&broker.read_all("receipts-dlq")), expected.dlq);
+    assert!(pair[1].run.terminate(Duration::from_secs(30)).success());
+    let store = Store::open(&pair[1].run.store).unwrap();
+    let stored: BTreeMap<String, Value> = store
+        .users()
+        .map(|u| {
+            let u = u.unwrap();
+            (
+                u.user_id.clone(),
+                serde_json::to_value(ProjectionJson::from_state(&u)).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(stored, expected.projections);
 }
 
 /// Asks random instances for random users until `stop`: every answer is a projection, a

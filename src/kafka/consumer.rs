@@ -44,7 +44,10 @@ struct StoreSeekingContext {
     /// batches in hand before it folds anything else.
     revoked: AtomicBool,
     /// Announces this instance's API address and partitions to the others.
-    announcer: super::members::Announcer,
+    announcer: Arc<super::members::Announcer>,
+    /// The partitions held, locked while restored state is written (shared with the
+    /// standby thread, which never writes a held partition).
+    held: Arc<super::standby::Held>,
 }
 
 impl ClientContext for StoreSeekingContext {
@@ -87,9 +90,14 @@ impl ConsumerContext for StoreSeekingContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                // Held from here: a standby round in progress finishes first, and none
+                // starts on these partitions again.
+                let mut held = self.held.lock();
+                held.extend(partitions.iter().copied());
                 let assigned = match self.prepare(consumer, &partitions) {
                     Ok(a) => a,
                     Err(e) => {
+                        held.clear();
                         self.set_fatal(format!("{e:#}"));
                         let _ = consumer.unassign();
                         return;
@@ -123,6 +131,7 @@ impl ConsumerContext for StoreSeekingContext {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clear();
                 self.revoked.store(true, Ordering::SeqCst);
+                self.held.lock().clear();
                 self.status.revoked();
                 self.announcer.announce(&[]);
                 let _ = consumer.unassign();
@@ -158,8 +167,14 @@ impl StoreSeekingContext {
             );
         }
         if self.restore {
-            super::restore::catch_up(&self.kafka, &self.store, partitions, &self.status)
-                .context("restoring from the changelog")?;
+            super::restore::catch_up(
+                &self.kafka,
+                &self.store,
+                partitions,
+                &self.status,
+                super::restore::Purpose::Restore,
+            )
+            .context("restoring from the changelog")?;
         }
         let mut out = Vec::with_capacity(partitions.len());
         let mut unvouched = Vec::new();
@@ -228,12 +243,32 @@ pub fn run(
     .with_dedup_window_days(config.processing.dedup_window_days);
     let name = member_name(kafka, &store)?;
     status.set_name(name.clone());
-    let announcer = super::members::Announcer::new(kafka, &name, &config.http.advertised())?;
+    let announcer = Arc::new(super::members::Announcer::new(
+        kafka,
+        &name,
+        &config.http.advertised(),
+    )?);
+    let held = Arc::new(super::standby::Held::default());
     let tail_stop = Arc::new(AtomicBool::new(false));
     let tail = {
         let (kafka, status, stop) = (kafka.clone(), Arc::clone(&status), Arc::clone(&tail_stop));
         std::thread::spawn(move || super::members::tail(&kafka, status, stop))
     };
+    // Re-announces this instance every few seconds and keeps its standby partitions warm
+    // (none while rebuilding: the store is being refolded).
+    let standbys = match start {
+        Start::Normal => config.processing.standby_replicas as usize,
+        Start::Rebuild => 0,
+    };
+    let warm = super::standby::spawn(
+        kafka.clone(),
+        Arc::clone(&store),
+        Arc::clone(&status),
+        Arc::clone(&held),
+        Arc::clone(&announcer),
+        standbys,
+        Arc::clone(&tail_stop),
+    );
     let context = StoreSeekingContext {
         store: Arc::clone(&store),
         positions: processor.positions(),
@@ -243,6 +278,7 @@ pub fn run(
         restore: start == Start::Normal,
         revoked: AtomicBool::new(false),
         announcer,
+        held,
     };
     // Seeds the freshness header with what the store already holds.
     status.committed(&store.offsets()?);
@@ -295,9 +331,12 @@ pub fn run(
         &status,
         shutdown,
     );
+    // The re-announcements stop before the last announcement says this instance holds
+    // nothing.
+    tail_stop.store(true, Ordering::Relaxed);
+    let _ = warm.join();
     consumer.context().announcer.announce(&[]);
     close_within(consumer, CLOSE_TIMEOUT);
-    tail_stop.store(true, Ordering::Relaxed);
     let _ = tail.join();
     result
 }

@@ -5,6 +5,7 @@ mod consumer;
 mod members;
 mod producer;
 mod restore;
+mod standby;
 
 pub use consumer::{run, Start};
 pub use producer::KafkaSink;

@@ -26,6 +26,16 @@ const CHUNK: usize = 20_000;
 /// How long a restore may go without reading anything before it gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Why a catch-up runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// Partitions assigned to this instance: `/readyz` and the restore metrics show it.
+    Restore,
+    /// Partitions another instance holds, kept warm here (`[processing] standby_replicas`):
+    /// counted apart, never shown as a restore.
+    Standby,
+}
+
 /// What a catch-up did.
 #[derive(Debug, Default)]
 pub(super) struct CaughtUp {
@@ -44,7 +54,9 @@ pub(super) fn catch_up(
     store: &Store,
     partitions: &[i32],
     status: &Status,
+    purpose: Purpose,
 ) -> anyhow::Result<CaughtUp> {
+    let restore = purpose == Purpose::Restore;
     let topic = kafka.changelog_topic();
     let consumer: BaseConsumer = super::client_config(
         kafka,
@@ -83,9 +95,11 @@ pub(super) fn catch_up(
     consumer
         .assign(&tpl)
         .context("failed to assign changelog partitions")?;
-    status.restoring(done.partitions.clone());
-    telemetry::restoring_partitions(left.len());
-    info!(message = "Restoring partitions from the changelog.", topic = %topic, partitions = ?done.partitions);
+    if restore {
+        status.restoring(done.partitions.clone());
+        telemetry::restoring_partitions(left.len());
+        info!(message = "Restoring partitions from the changelog.", topic = %topic, partitions = ?done.partitions);
+    }
     let started = Instant::now();
     let mut set = WriteSet::default();
     let mut in_set = 0usize;
@@ -116,7 +130,9 @@ pub(super) fn catch_up(
                 }
                 store.commit(&std::mem::take(&mut set))?;
                 in_set = 0;
-                telemetry::restoring_partitions(left.len());
+                if restore {
+                    telemetry::restoring_partitions(left.len());
+                }
             }
             Some(Err(e)) => {
                 telemetry::kafka_error(&format_args!("changelog reader: {e}"));
@@ -151,13 +167,17 @@ pub(super) fn catch_up(
                 next.insert(p, m.offset() + 1);
                 done.records += 1;
                 in_set += 1;
-                telemetry::restore_records(1);
+                if restore {
+                    telemetry::restore_records(1);
+                } else {
+                    telemetry::standby_records(1);
+                }
                 if in_set >= CHUNK {
                     // Users and ledger entries only: the position waits for the end.
                     store.commit(&std::mem::take(&mut set))?;
                     in_set = 0;
                 }
-                if last_log.elapsed() >= Duration::from_secs(5) {
+                if restore && last_log.elapsed() >= Duration::from_secs(5) {
                     last_log = Instant::now();
                     info!(
                         message = "Restoring from the changelog.",
@@ -169,9 +189,13 @@ pub(super) fn catch_up(
             }
         }
     }
+    let secs = started.elapsed().as_secs_f64();
+    if !restore {
+        tracing::debug!(message = "Standby partitions caught up.", partitions = ?done.partitions, records = done.records);
+        return Ok(done);
+    }
     telemetry::restoring_partitions(0);
     status.restored();
-    let secs = started.elapsed().as_secs_f64();
     info!(
         message = "Restored partitions from the changelog.",
         partitions = ?done.partitions,

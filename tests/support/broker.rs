@@ -523,9 +523,7 @@ impl Client {
 
     fn metadata(&self, topic: &str) -> rdkafka::metadata::Metadata {
         let consumer: BaseConsumer = self.config().create().unwrap();
-        consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap()
+        retry_transient(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
     }
 
     /// The broker id leading a partition.
@@ -616,10 +614,7 @@ impl Client {
         let consumer: BaseConsumer = self.config().create().unwrap();
         (0..partitions)
             .map(|p| {
-                consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .unwrap()
-                    .0
+                retry_transient(|| consumer.fetch_watermarks(topic, p, Duration::from_secs(10))).0
             })
             .collect()
     }
@@ -715,16 +710,15 @@ impl Client {
             .set("enable.partition.eof", "true")
             .create()
             .unwrap();
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
+        // A broker that has just restarted answers metadata and offset requests with
+        // "not leader" until its partitions have leaders again: retried, bounded.
+        let md = retry_transient(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)));
         let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
         let mut tpl = TopicPartitionList::new();
         let mut want = BTreeMap::new();
         for p in &partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, *p, Duration::from_secs(10))
-                .unwrap();
+            let (low, high) =
+                retry_transient(|| consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)));
             if high > low {
                 want.insert(*p, high);
                 tpl.add_partition_offset(topic, *p, Offset::Beginning)
@@ -776,5 +770,21 @@ impl Client {
             }
         }
         out
+    }
+}
+
+/// Retries a metadata or offsets request for up to 60 s while the broker answers with an
+/// error (a leader election after a restart); panics with the last error after that.
+fn retry_transient<T>(mut f: impl FnMut() -> Result<T, rdkafka::error::KafkaError>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("retrying after a transient broker error: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("broker request failed for 60 s: {e}"),
+        }
     }
 }
