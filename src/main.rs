@@ -198,6 +198,9 @@ async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
         })?,
     );
     let status = Arc::new(Status::default());
+    // Before the API serves anything: until the group assigns partitions, this instance
+    // holds none, whatever its store has (it is not a standalone `serve`).
+    status.set_grouped();
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.http.listen))?;

@@ -42,6 +42,9 @@ struct Inner {
     offsets: String,
     /// This instance's name in the group.
     me: Option<String>,
+    /// Whether this process is an instance of a consumer group (`run`), known before its
+    /// name is.
+    grouped: bool,
     /// Partitions of the receipts topic, once known.
     partition_count: Option<usize>,
 }
@@ -91,7 +94,15 @@ impl Status {
     /// Whether this process is an instance of a consumer group (`run`), not a standalone
     /// API over a store (`serve`, `demo`, tests).
     pub fn in_group(&self) -> bool {
-        self.read().me.is_some()
+        let r = self.read();
+        r.grouped || r.me.is_some()
+    }
+
+    /// This process is an instance of a consumer group: from now on, until partitions are
+    /// assigned, it holds none (its API forwards, or answers 503), even before the
+    /// consumer is up and has a name.
+    pub fn set_grouped(&self) {
+        self.write().grouped = true;
     }
 
     /// How many partitions the receipts topic has.

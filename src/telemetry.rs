@@ -311,8 +311,8 @@ pub fn kafka_error(error: &dyn std::fmt::Display) {
 }
 
 /// Partitions were assigned, each resuming at the given offset (`None` = beginning).
-pub fn partitions_assigned(assigned: &[(i32, Option<i64>)]) {
-    info!(message = "Partitions assigned.", partitions = ?assigned);
+pub fn partitions_assigned(assigned: &[(i32, Option<i64>)], held: &[i32]) {
+    info!(message = "Partitions assigned.", partitions = ?assigned, ?held);
 }
 
 /// Changelog records restored.
@@ -336,6 +336,6 @@ pub fn standby_partitions(n: usize) {
 }
 
 /// Partitions were revoked.
-pub fn partitions_revoked(partitions: &[i32]) {
-    info!(message = "Partitions revoked.", ?partitions);
+pub fn partitions_revoked(partitions: &[i32], held: &[i32]) {
+    info!(message = "Partitions revoked.", ?partitions, ?held);
 }

@@ -230,3 +230,20 @@ async fn openapi_document_matches_the_real_routes() {
         );
     }
 }
+
+/// `run`'s API serves before its consumer has joined the group: until partitions are
+/// assigned it holds none, so it neither answers from its store nor says "no such user"
+/// (a peer may hold the user): a 503 either way.
+#[tokio::test]
+async fn an_instance_that_has_not_joined_its_group_yet_answers_503_never_404() {
+    let f = fixture(None);
+    f.state.status.set_grouped();
+    // In its store, but not held: not answered from there.
+    let (status, _, body) = get(&f, "/v1/users/u-00000", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(&body)["error"], "not_owned");
+    // Not in its store: no partition is covered yet, so not a 404.
+    let (status, _, body) = get(&f, "/v1/users/u-nobody", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(&body)["error"], "partition_moving");
+}

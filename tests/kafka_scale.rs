@@ -99,8 +99,8 @@ impl Instance {
         }
     }
 
-    /// The partitions of this instance's last assignment (eager rebalancing: every
-    /// assignment names all it holds).
+    /// The partitions this instance holds, by its last "Partitions assigned." or
+    /// "Partitions revoked." line (each names every partition held after it).
     fn owned(&self) -> BTreeSet<i32> {
         let log = self.run.log();
         let Some(last) = log
@@ -109,12 +109,11 @@ impl Instance {
         else {
             return BTreeSet::new();
         };
-        if last.contains("revoked") {
-            return BTreeSet::new();
-        }
-        let re = regex::Regex::new(r"\((\d+), (?:None|Some\(\d+\))\)").unwrap();
-        re.captures_iter(last)
-            .map(|c| c[1].parse().unwrap())
+        let re = regex::Regex::new(r"held=\[([0-9, ]*)\]").unwrap();
+        let held = re.captures(last).expect("a held= field")[1].to_owned();
+        held.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| p.trim().parse().unwrap())
             .collect()
     }
 }
@@ -222,7 +221,17 @@ fn partitions_move_between_three_instances_and_every_state_moves_with_them_exact
     // A new instance, with an empty store, joins: it restores what it is given.
     instances.push(Instance::new(&broker, "mq-d"));
     addrs.lock().unwrap().push(instances[3].http.clone());
-    std::thread::sleep(Duration::from_secs(5));
+    // Cooperative rebalancing moves partitions to it in a second round, after their
+    // owners released them: every partition is held all along, so wait for its share.
+    let deadline = Instant::now() + moves;
+    while instances[3].owned().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the new instance got nothing\n{}",
+            logs(&instances)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     wait_all_owned(&mut instances, moves);
     // It resumed each partition it got from the changelog's offset, not from 0.
     let first = instances[3]
@@ -231,7 +240,12 @@ fn partitions_move_between_three_instances_and_every_state_moves_with_them_exact
         .lines()
         .find(|l| l.contains("Partitions assigned.") && l.contains("Some("))
         .map(str::to_owned);
-    let first = first.expect("the new instance got no partition with receipts");
+    let first = first.unwrap_or_else(|| {
+        panic!(
+            "the new instance got no partition with receipts\n{}",
+            logs(&instances)
+        )
+    });
     assert!(
         !first.contains("None"),
         "the new instance refolds a partition from 0: {first}"
@@ -307,7 +321,9 @@ fn partitions_move_between_three_instances_and_every_state_moves_with_them_exact
     );
 
     stop.store(true, Ordering::Relaxed);
-    let seen = queries.join().unwrap();
+    let seen = queries
+        .join()
+        .unwrap_or_else(|_| panic!("a query was answered wrongly (above)\n{}", logs(&instances)));
     eprintln!("queries during the moves: {seen:?}");
     assert!(seen.get(&200).copied().unwrap_or(0) > 100, "{seen:?}");
 
@@ -640,7 +656,9 @@ fn query_during_moves(
             }
             404 => assert!(
                 !versions.contains_key(user),
-                "{addr} answered 404 for {user}, seen before: {body}"
+                "{addr} answered 404 for {user}, seen before: {body} (headers {:?}, at {:?})",
+                r.headers,
+                std::time::SystemTime::now()
             ),
             503 => assert!(body["error"].is_string(), "{body}"),
             // A kill mid-request, or the query API before the consumer is up.
@@ -755,12 +773,18 @@ fn scale_figures() {
     // Failover: receipts flowing, two instances; kill -9 one, then SIGTERM one (a planned
     // handoff), each time until every partition is held again and a user of the moved
     // partitions is served by the survivor.
-    for (label, static_ids) in [("static membership", true), ("dynamic membership", false)] {
+    for (label, static_ids, standbys) in [
+        ("static membership", true, 0),
+        ("dynamic membership", false, 0),
+        ("static membership, 1 standby", true, 1),
+        ("dynamic membership, 1 standby", false, 1),
+    ] {
         let mut kills = Vec::new();
         let mut handoffs = Vec::new();
         for round in 0..3 {
-            let group = format!("failover-{static_ids}-{round}");
-            let make = |name: &str| Instance::start(&broker, name, &group, static_ids, 50);
+            let group = format!("failover-{static_ids}-{standbys}-{round}");
+            let make =
+                |name: &str| Instance::start_with(&broker, name, &group, static_ids, 50, standbys);
             for (i, how) in ["kill", "term"].iter().enumerate() {
                 let mut pair = vec![
                     make(&format!("{group}-{i}-a")),
@@ -777,6 +801,15 @@ fn scale_figures() {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 let moved = pair[0].owned();
+                if standbys > 0 {
+                    // The survivor keeps the moved partitions warm before the fault.
+                    let deadline = Instant::now() + Duration::from_secs(600);
+                    while pair[1].metric("mallquest_standby_partitions") != moved.len() as f64 {
+                        assert!(Instant::now() < deadline, "{}", logs(&pair));
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    std::thread::sleep(Duration::from_secs(3));
+                }
                 let started = Instant::now();
                 if *how == "kill" {
                     pair[0].run.kill();

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -89,6 +89,9 @@ impl ConsumerContext for StoreSeekingContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Cooperative rebalancing names only the partitions added; eager (a
+                // strategy set in [kafka.client]) names all, after revoking all.
+                let cooperative = cooperative(consumer);
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 // Held from here: a standby round in progress finishes first, and none
                 // starts on these partitions again.
@@ -97,9 +100,15 @@ impl ConsumerContext for StoreSeekingContext {
                 let assigned = match self.prepare(consumer, &partitions) {
                     Ok(a) => a,
                     Err(e) => {
-                        held.clear();
+                        for p in &partitions {
+                            held.remove(p);
+                        }
                         self.set_fatal(format!("{e:#}"));
-                        let _ = consumer.unassign();
+                        let _ = if cooperative {
+                            consumer.incremental_unassign(tpl)
+                        } else {
+                            consumer.unassign()
+                        };
                         return;
                     }
                 };
@@ -112,32 +121,49 @@ impl ConsumerContext for StoreSeekingContext {
                         self.set_fatal(format!("setting the offset of partition {p}: {e}"));
                     }
                 }
-                telemetry::partitions_assigned(&assigned);
-                if let Err(e) = consumer.assign(tpl) {
+                let all: Vec<i32> = held.iter().copied().collect();
+                telemetry::partitions_assigned(&assigned, &all);
+                let done = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = done {
                     self.set_fatal(format!("assigning partitions: {e}"));
                 } else {
-                    let held: Vec<i32> = assigned.iter().map(|(p, _)| *p).collect();
-                    self.announcer.announce(&held);
-                    self.status.assigned(held);
+                    self.announcer.announce(&all);
+                    self.status.assigned(all);
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let cooperative = cooperative(consumer);
                 let ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                telemetry::partitions_revoked(&ps);
-                // The batch in hand is dropped (its transaction aborted by the main loop
-                // before it folds anything else): positions fall back to the store.
+                let mut held = self.held.lock();
+                for p in &ps {
+                    held.remove(p);
+                }
+                let kept: Vec<i32> = held.iter().copied().collect();
+                telemetry::partitions_revoked(&ps, &kept);
+                // The batch in hand is dropped, for every partition (its transaction
+                // aborted by the main loop before it folds anything else): positions fall
+                // back to the store, and the partitions kept are sought back to it.
                 self.positions
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clear();
                 self.revoked.store(true, Ordering::SeqCst);
-                self.held.lock().clear();
-                self.status.revoked();
-                self.announcer.announce(&[]);
-                let _ = consumer.unassign();
+                self.status.assigned(kept.clone());
+                self.announcer.announce(&kept);
+                let _ = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
             }
             other => {
                 telemetry::kafka_error(&format_args!("rebalance error: {other:?}"));
+                self.held.lock().clear();
+                self.status.assigned(Vec::new());
                 let _ = consumer.unassign();
             }
         }
@@ -297,6 +323,9 @@ pub fn run(
         ("enable.auto.offset.store", "false"),
         ("auto.offset.reset", "earliest"),
         ("enable.partition.eof", "false"),
+        // Only the partitions that move stop: the others keep folding through a
+        // rebalance, and a planned stop hands over just the leaver's partitions.
+        ("partition.assignment.strategy", "cooperative-sticky"),
         ("statistics.interval.ms", "5000"),
         // Reconnects back off from 100 ms to 10 s (librdkafka's defaults, named here).
         ("reconnect.backoff.ms", "100"),
@@ -419,7 +448,7 @@ fn consume(
             // Nothing more in hand: send the batch's outputs now rather than at the
             // commit, so that a projection waits for the broker, not for the interval.
             let mut next = consumer.poll(Duration::ZERO);
-            drop_if_revoked(consumer, processor, sink);
+            drop_if_revoked(consumer, processor, sink, &kafka.receipts_topic)?;
             let send_due = last_send + send_every;
             if next.is_none() && processor.has_unsent() && Instant::now() >= send_due {
                 if let Err(e) = processor.send_changes(sink) {
@@ -445,7 +474,7 @@ fn consume(
                     deadline
                 };
                 next = consumer.poll(until.saturating_duration_since(Instant::now()));
-                drop_if_revoked(consumer, processor, sink);
+                drop_if_revoked(consumer, processor, sink, &kafka.receipts_topic)?;
             }
             match next {
                 None => {}
@@ -489,7 +518,7 @@ fn consume(
                 // Keeps the group session alive; records that arrive are dropped unfolded
                 // and read again after the rewind below.
                 let _ = consumer.poll(Duration::from_secs(1));
-                drop_if_revoked(consumer, processor, sink);
+                drop_if_revoked(consumer, processor, sink, &kafka.receipts_topic)?;
                 continue;
             }
             if disk_low {
@@ -703,6 +732,8 @@ fn assign_all(
     };
     let ctx = consumer.context();
     let mut tpl = TopicPartitionList::new();
+    let mut held = ctx.held.lock();
+    held.extend(partitions.iter().copied());
     let assigned = ctx.prepare(consumer, &partitions)?;
     for (p, at) in &assigned {
         tpl.add_partition_offset(topic, *p, at.map_or(Offset::Offset(0), Offset::Offset))
@@ -711,9 +742,10 @@ fn assign_all(
     consumer
         .assign(&tpl)
         .context("failed to assign partitions")?;
-    telemetry::partitions_assigned(&assigned);
-    ctx.status
-        .assigned(assigned.iter().map(|(p, _)| *p).collect());
+    let all: Vec<i32> = held.iter().copied().collect();
+    telemetry::partitions_assigned(&assigned, &all);
+    ctx.announcer.announce(&all);
+    ctx.status.assigned(all);
     Ok(true)
 }
 
@@ -737,11 +769,16 @@ fn drop_if_revoked(
     consumer: &BaseConsumer<StoreSeekingContext>,
     processor: &mut Processor,
     sink: &mut super::KafkaSink,
-) {
+    topic: &str,
+) -> anyhow::Result<()> {
     if consumer.context().revoked.swap(false, Ordering::SeqCst) {
         crate::pipeline::Sink::abort(sink);
         processor.revoke();
+        // The partitions kept (cooperative rebalancing) were read past the store's
+        // offsets for the batch just dropped.
+        rewind_to_store(consumer, processor, topic)?;
     }
+    Ok(())
 }
 
 /// Re-positions every assigned partition at the store's offset.
@@ -763,10 +800,28 @@ fn rewind_to_store(
         )
         .context("failed to build the assignment")?;
     }
-    consumer
-        .assign(&tpl)
-        .context("failed to re-assign partitions")?;
+    if tpl.count() == 0 {
+        return Ok(());
+    }
+    if cooperative(consumer) {
+        // The group's assignment is changed only incrementally, in a rebalance.
+        consumer
+            .seek_partitions(tpl, Duration::from_secs(10))
+            .context("failed to seek partitions back to the store's offsets")?;
+    } else {
+        consumer
+            .assign(&tpl)
+            .context("failed to re-assign partitions")?;
+    }
     Ok(())
+}
+
+/// Whether the group rebalances cooperatively (only the partitions that move are revoked).
+fn cooperative(consumer: &BaseConsumer<StoreSeekingContext>) -> bool {
+    matches!(
+        consumer.rebalance_protocol(),
+        RebalanceProtocol::Cooperative
+    )
 }
 
 /// Pauses (or resumes) fetching of every assigned partition.
