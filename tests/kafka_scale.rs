@@ -718,9 +718,11 @@ fn scale_figures() {
     let n = receipts as i64;
 
     // Drain with 1, 2 and 3 instances (each its own group, so each drains it all).
-    let only_failover = std::env::var("MALLQUEST_BENCH_ONLY").is_ok_and(|v| v == "failover");
+    // MALLQUEST_BENCH_ONLY=failover skips the drains and the restore; =restore measures
+    // the one-instance drain and the restore only.
+    let only = std::env::var("MALLQUEST_BENCH_ONLY").unwrap_or_default();
     for k in 1..=3 {
-        if only_failover {
+        if only == "failover" || (only == "restore" && k > 1) {
             break;
         }
         let group = format!("drain-{k}");
@@ -770,6 +772,9 @@ fn scale_figures() {
         }
     }
 
+    if only == "restore" {
+        return;
+    }
     // Failover: receipts flowing, two instances; kill -9 one, then SIGTERM one (a planned
     // handoff), each time until every partition is held again and a user of the moved
     // partitions is served by the survivor.

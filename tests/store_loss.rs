@@ -83,6 +83,28 @@ fn deleted_store_is_restored_from_the_changelog_and_without_it_refuses_until_reb
         published,
         "a restore publishes nothing"
     );
+    // The restored store's leaderboard index (built in one scan after a restore into an
+    // empty store) holds every user once, in score order, ties by user_id.
+    {
+        let s = Store::open(&store).unwrap();
+        let users: Vec<_> = s.users().map(Result::unwrap).collect();
+        assert_eq!(users.len(), expected.len());
+        for (i, board) in mallquest::store::Board::ALL.into_iter().enumerate() {
+            let mut want: Vec<(i64, String)> = users
+                .iter()
+                .map(|u| (mallquest::store::scores(u)[i], u.user_id.clone()))
+                .collect();
+            want.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            let got: Vec<String> = s
+                .leaderboard(board, users.len() + 10)
+                .unwrap()
+                .into_iter()
+                .map(|u| u.user_id)
+                .collect();
+            let want: Vec<String> = want.into_iter().map(|(_, u)| u).collect();
+            assert_eq!(got, want, "{board:?} board after the restore");
+        }
+    }
 
     // Store and changelog lost (another changelog topic, empty): `run` must refuse, naming
     // the path and the way out, and publish nothing.

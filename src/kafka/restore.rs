@@ -72,8 +72,15 @@ pub(super) fn catch_up(
     .context("failed to create the changelog reader")?;
     let mut tpl = TopicPartitionList::new();
     let mut left = BTreeSet::new();
+    // Partitions this store never held: their users are written without reading any
+    // previous state, and indexed for the leaderboards in one scan at their end.
+    let mut fresh = BTreeSet::new();
     for &p in partitions {
-        let from = store.changelog_offset(p)?.unwrap_or(0);
+        let stored = store.changelog_offset(p)?;
+        if stored.is_none() && store.partition_is_empty(p)? {
+            fresh.insert(p);
+        }
+        let from = stored.unwrap_or(0);
         let high = end_of(&consumer, &topic, p)?;
         if high <= from {
             if high < from {
@@ -119,6 +126,14 @@ pub(super) fn catch_up(
                 if !left.remove(&p) {
                     continue;
                 }
+                if fresh.remove(&p) {
+                    // Its users first, then its index, then its position: a crash in
+                    // between leaves no position, and the next catch-up reads it again.
+                    set.unindexed = fresh.clone();
+                    set.unindexed.insert(p);
+                    store.commit(&std::mem::take(&mut set))?;
+                    store.index_partition(p, CHUNK)?;
+                }
                 if let Some(m) = metas.remove(&p) {
                     set.offsets.insert((m.topic.clone(), p), m.next_offset);
                     if let Some(mark) = m.mark {
@@ -128,6 +143,7 @@ pub(super) fn catch_up(
                 if let Some(n) = next.remove(&p) {
                     set.changelog.insert(p, n);
                 }
+                set.unindexed = fresh.clone();
                 store.commit(&std::mem::take(&mut set))?;
                 in_set = 0;
                 if restore {
@@ -174,6 +190,7 @@ pub(super) fn catch_up(
                 }
                 if in_set >= CHUNK {
                     // Users and ledger entries only: the position waits for the end.
+                    set.unindexed = fresh.clone();
                     store.commit(&std::mem::take(&mut set))?;
                     in_set = 0;
                 }

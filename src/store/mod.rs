@@ -18,7 +18,7 @@
 //!
 //! ids never contain control characters (the codec rejects them), so 0x00 separates.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -136,6 +136,10 @@ pub struct WriteSet {
     /// so that the commit can re-index them without reading them again. Users missing
     /// here are read from the store.
     pub previous_scores: HashMap<(i32, String), Option<Scores>>,
+    /// Partitions whose users are written without touching the leaderboard index (a
+    /// partition restored into a store that had none of it: no previous scores to read;
+    /// [`Store::index_partition`] indexes it once all its users are in).
+    pub unindexed: BTreeSet<i32>,
 }
 
 impl WriteSet {
@@ -465,6 +469,45 @@ impl Store {
         v.map(|v| decode_i64("changelog offset", &v)).transpose()
     }
 
+    /// Whether the store holds no user of `partition` (a partition new to this store).
+    pub fn partition_is_empty(&self, partition: i32) -> Result<bool, StoreError> {
+        match self.users.prefix(partition.to_be_bytes()).next() {
+            None => Ok(true),
+            Some(kv) => kv.key().map(|_| false).map_err(io("scan users")),
+        }
+    }
+
+    /// Builds the leaderboard index of `partition` from its users, for users written
+    /// with [`WriteSet::unindexed`]: one scan, no point reads, in durable batches of
+    /// `chunk` users. The partition must have had no index entries before.
+    pub fn index_partition(&self, partition: i32, chunk: usize) -> Result<u64, StoreError> {
+        let mut batch = self.db.batch();
+        let (mut in_batch, mut total) = (0usize, 0u64);
+        for kv in self.users.prefix(partition.to_be_bytes()) {
+            let v = kv.value().map_err(io("scan users"))?;
+            let u: UserState = decode("user", &v)?;
+            for b in Board::ALL {
+                batch.insert(
+                    &self.board,
+                    board_key(b, &u),
+                    partition.to_be_bytes().to_vec(),
+                );
+            }
+            in_batch += 1;
+            total += 1;
+            if in_batch >= chunk {
+                batch.commit().map_err(io("commit index"))?;
+                batch = self.db.batch();
+                in_batch = 0;
+            }
+        }
+        batch.commit().map_err(io("commit index"))?;
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(io("persist"))?;
+        Ok(total)
+    }
+
     /// Every stored offset: (topic, partition) -> next offset.
     pub fn offsets(&self) -> Result<BTreeMap<(String, i32), i64>, StoreError> {
         let mut out = BTreeMap::new();
@@ -617,6 +660,10 @@ impl Store {
         // what makes a replay after a crash exact.
         let mut batch = self.db.batch();
         for ((p, user_id), state) in &set.users {
+            if set.unindexed.contains(p) {
+                batch.insert(&self.users, user_key(*p, user_id), encode(state));
+                continue;
+            }
             // Re-index: drop the old scores' keys, add the new ones, in the same batch.
             let previous = match set.previous_scores.get(&(*p, user_id.clone())) {
                 Some(known) => *known,
@@ -797,5 +844,46 @@ mod tests {
         store.commit(&set).unwrap();
         assert_eq!(ids(Board::Xp), ["u-c", "u-a", "u-b", "u-d"]);
         assert_eq!(store.leaderboard(Board::Xp, 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_partition_written_unindexed_is_indexed_in_one_scan_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.partition_is_empty(3).unwrap());
+        // Partition 1 indexed as usual; partition 3 written in two unindexed chunks, a
+        // user twice (the second state wins).
+        let mut set = WriteSet::default();
+        set.users.insert((1, "u-x".into()), user("u-x", 30, 5));
+        store.commit(&set).unwrap();
+        for chunk in [[("u-a", 10), ("u-b", 70)], [("u-a", 90), ("u-c", 20)]] {
+            let mut set = WriteSet::default();
+            set.unindexed.insert(3);
+            for (id, xp) in chunk {
+                set.users
+                    .insert((3, id.to_string()), user(id, xp, 100 - xp));
+            }
+            store.commit(&set).unwrap();
+        }
+        assert!(!store.partition_is_empty(3).unwrap());
+        assert!(store.partition_is_empty(2).unwrap());
+        let ids = |b| -> Vec<String> {
+            store
+                .leaderboard(b, 10)
+                .unwrap()
+                .into_iter()
+                .map(|u| u.user_id)
+                .collect()
+        };
+        // Not indexed yet: only partition 1 shows.
+        assert_eq!(ids(Board::Xp), ["u-x"]);
+        assert_eq!(store.index_partition(3, 2).unwrap(), 3);
+        assert_eq!(ids(Board::Xp), ["u-a", "u-b", "u-x", "u-c"]);
+        assert_eq!(ids(Board::Coins), ["u-c", "u-b", "u-a", "u-x"]);
+        // Later updates re-index from the indexed scores, leaving nothing stale.
+        let mut set = WriteSet::default();
+        set.users.insert((3, "u-a".into()), user("u-a", 0, 0));
+        store.commit(&set).unwrap();
+        assert_eq!(ids(Board::Xp), ["u-b", "u-x", "u-c", "u-a"]);
     }
 }
