@@ -8,6 +8,10 @@
 //! - `m` -> the partition's [`Meta`]: the next receipt offset and the event-time mark the
 //!   records before it add up to. Every committed batch ends with one.
 //!
+//! A ledger entry that left the dedup window is deleted by a tombstone (its key, no
+//! value), so that compaction removes it and the changelog grows with the users and the
+//! window, not with every receipt ever folded.
+//!
 //! Values are a format byte ([`FORMAT`]) then JSON, so that a later layout can be told
 //! apart from this one.
 
@@ -42,6 +46,8 @@ pub enum Entry {
     },
     /// The partition's position.
     Meta(Meta),
+    /// A ledger entry that left the dedup window: a tombstone.
+    LedgerExpired { user_id: String, receipt_id: String },
 }
 
 /// Why a changelog record could not be read.
@@ -64,21 +70,26 @@ impl Entry {
                 user_id,
                 receipt_id,
                 ..
+            }
+            | Entry::LedgerExpired {
+                user_id,
+                receipt_id,
             } => [b"l\0", user_id.as_bytes(), b"\0", receipt_id.as_bytes()].concat(),
             Entry::Meta(_) => b"m".to_vec(),
         }
     }
 
-    /// The record's value.
-    pub fn value(&self) -> Vec<u8> {
+    /// The record's value (`None`: a tombstone).
+    pub fn value(&self) -> Option<Vec<u8>> {
         let mut v = vec![FORMAT];
         // Plain structs of strings and integers always serialise.
         let _ = match self {
             Entry::User(u) => serde_json::to_writer(&mut v, u),
             Entry::Ledger { entry, .. } => serde_json::to_writer(&mut v, entry),
             Entry::Meta(m) => serde_json::to_writer(&mut v, m),
+            Entry::LedgerExpired { .. } => return None,
         };
-        v
+        Some(v)
     }
 
     /// Reads a record back.
@@ -88,12 +99,23 @@ impl Entry {
             key: shown(),
             detail,
         };
+        let text = std::str::from_utf8(key).map_err(|_| ChangelogError::Key(shown()))?;
         let json = match value {
             Some([FORMAT, json @ ..]) => json,
             Some([other, ..]) => return Err(bad(format!("format {other}, expected {FORMAT}"))),
-            Some([]) | None => return Err(bad("no value".into())),
+            None => {
+                // Only a ledger entry is ever deleted.
+                let ledger = text.strip_prefix("l\0").and_then(|r| r.split_once('\0'));
+                return match ledger {
+                    Some((user_id, receipt_id)) => Ok(Entry::LedgerExpired {
+                        user_id: user_id.to_owned(),
+                        receipt_id: receipt_id.to_owned(),
+                    }),
+                    None => Err(bad("no value".into())),
+                };
+            }
+            Some([]) => return Err(bad("no value".into())),
         };
-        let text = std::str::from_utf8(key).map_err(|_| ChangelogError::Key(shown()))?;
         if text == "m" {
             return serde_json::from_slice(json)
                 .map(Entry::Meta)
@@ -157,14 +179,24 @@ mod tests {
             }),
         ];
         for e in all {
-            let back = Entry::decode(&e.key(), Some(&e.value())).unwrap();
+            let back = Entry::decode(&e.key(), e.value().as_deref()).unwrap();
             assert_eq!(back, e);
         }
+        let gone = Entry::LedgerExpired {
+            user_id: "u-1".into(),
+            receipt_id: "r-9".into(),
+        };
+        assert_eq!(gone.value(), None);
+        assert_eq!(gone.key(), b"l\0u-1\0r-9");
+        assert_eq!(Entry::decode(&gone.key(), None).unwrap(), gone);
+        assert!(Entry::decode(b"m", None).is_err());
+        assert!(Entry::decode(b"l\0u-1", None).is_err());
         let user = Entry::User(UserState::new("u-2"));
-        assert!(Entry::decode(b"x\0u-2", Some(&user.value())).is_err());
-        assert!(Entry::decode(b"u\0u-3", Some(&user.value())).is_err());
+        let value = user.value().unwrap();
+        assert!(Entry::decode(b"x\0u-2", Some(&value)).is_err());
+        assert!(Entry::decode(b"u\0u-3", Some(&value)).is_err());
         assert!(Entry::decode(&user.key(), None).is_err());
-        let mut other = user.value();
+        let mut other = value;
         other[0] = 2;
         assert!(Entry::decode(&user.key(), Some(&other))
             .unwrap_err()

@@ -190,6 +190,9 @@ const SECS_PER_DAY: i64 = 86_400;
 /// every later receipt `too_old`.
 pub const MAX_CLOCK_SKEW_SECS: i64 = SECS_PER_DAY;
 
+/// Most ledger entries one batch deletes per partition when they leave the dedup window.
+pub const EXPIRE_PER_BATCH: usize = 5_000;
+
 /// Folds records into a pending batch and commits it.
 pub struct Processor {
     store: Arc<Store>,
@@ -211,6 +214,9 @@ pub struct Processor {
     positions: Positions,
     /// The dedup window in seconds of event time.
     window_secs: i64,
+    /// Per partition, the event time (seconds) before which every ledger entry was
+    /// expired by a batch sent since the last reset: the next expiry reads from there.
+    expired_before: HashMap<i32, i64>,
 }
 
 impl Processor {
@@ -235,6 +241,7 @@ impl Processor {
             stats: BatchStats::default(),
             positions: Positions::default(),
             window_secs,
+            expired_before: HashMap::new(),
         }
     }
 
@@ -531,12 +538,41 @@ impl Processor {
         Ok(())
     }
 
+    /// Adds to the batch in hand the deletion of the ledger entries of its partitions
+    /// that left the dedup window (at most [`EXPIRE_PER_BATCH`] per partition; the rest
+    /// go with the next batches): from the store, and by tombstones from the changelog.
+    fn expire_ledger(&mut self) -> Result<(), StoreError> {
+        let partitions: Vec<i32> = self.pending.offsets.keys().map(|(_, p)| *p).collect();
+        for p in partitions {
+            let Some(cutoff) = self.cutoff(p) else {
+                continue;
+            };
+            let from = self.expired_before.get(&p).copied().unwrap_or(i64::MIN);
+            let due = self.store.ledger_due(p, from, cutoff, EXPIRE_PER_BATCH)?;
+            if due.len() < EXPIRE_PER_BATCH {
+                // Everything before the cutoff is expired once this batch commits (the
+                // cutoff never moves back, and no entry older than it is written again).
+                self.expired_before.insert(p, cutoff);
+            }
+            for (user_id, receipt_id, secs) in due {
+                let key = (p, user_id, receipt_id);
+                self.pending.ledger.remove(&key);
+                self.pending.ledger_expired.insert(key, Some(secs));
+            }
+        }
+        Ok(())
+    }
+
     /// Sends the batch in hand's unsent outputs and makes it the batch in flight.
     fn send(&mut self, sink: &mut dyn Sink) -> Result<(), CommitError> {
         debug_assert!(self.inflight.is_none());
         self.send_changes(sink)?;
         if self.pending.is_empty() {
             return Ok(());
+        }
+        if let Err(e) = self.expire_ledger() {
+            self.reset();
+            return Err(CommitError::Store(e));
         }
         if sink.wants_changelog() {
             let outputs = Outputs {
@@ -556,15 +592,19 @@ impl Processor {
         Ok(())
     }
 
-    /// The batch in hand as changelog records: users and ledger entries in key order,
-    /// then each partition's position, last, so that a restore that reads a position has
+    /// The batch in hand as changelog records: users, ledger entries and tombstones of
+    /// expired ledger entries in key order, then each partition's position, last, so that a restore that reads a position has
     /// read everything it stands for.
     fn changelog_of_pending(&self) -> Vec<(i32, changelog::Entry)> {
         let mut users: Vec<_> = self.pending.users.iter().collect();
         users.sort_by(|a, b| a.0.cmp(b.0));
         let mut ledger: Vec<_> = self.pending.ledger.iter().collect();
         ledger.sort_by(|a, b| a.0.cmp(b.0));
-        let mut out = Vec::with_capacity(users.len() + ledger.len() + self.pending.offsets.len());
+        let mut expired: Vec<_> = self.pending.ledger_expired.keys().collect();
+        expired.sort();
+        let mut out = Vec::with_capacity(
+            users.len() + ledger.len() + expired.len() + self.pending.offsets.len(),
+        );
         out.extend(
             users
                 .into_iter()
@@ -577,6 +617,15 @@ impl Processor {
                     user_id: user_id.clone(),
                     receipt_id: receipt_id.clone(),
                     entry: e.clone(),
+                },
+            )
+        }));
+        out.extend(expired.into_iter().map(|(p, user_id, receipt_id)| {
+            (
+                *p,
+                changelog::Entry::LedgerExpired {
+                    user_id: user_id.clone(),
+                    receipt_id: receipt_id.clone(),
                 },
             )
         }));
@@ -644,6 +693,8 @@ impl Processor {
         self.level_ups.clear();
         self.dead_letters.clear();
         self.stats = BatchStats::default();
+        // A dropped batch's expiries did not happen; a restore may bring entries back.
+        self.expired_before.clear();
         self.positions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -690,6 +741,10 @@ pub struct MemorySink {
     pub counts_only: bool,
     /// Projections published, counted.
     pub projections_published: u64,
+    /// Keep the changelog records too (in [`Self::changelog`]).
+    pub keep_changelog: bool,
+    /// Every changelog record sent, when `keep_changelog` is set.
+    pub changelog: Vec<(i32, changelog::Entry)>,
 }
 
 impl Sink for MemorySink {
@@ -697,8 +752,13 @@ impl Sink for MemorySink {
         Ok(())
     }
 
+    fn wants_changelog(&self) -> bool {
+        self.keep_changelog
+    }
+
     fn send(&mut self, outputs: &Outputs) -> anyhow::Result<()> {
         self.projections_published += outputs.projections.len() as u64;
+        self.changelog.extend(outputs.changelog.iter().cloned());
         if self.counts_only {
             return Ok(());
         }

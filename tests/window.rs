@@ -1,6 +1,7 @@
-//! The dedup window: the ledger keeps only what the window needs. Compaction removes
-//! entries older than the window, a receipt older than the window is `too_old`, and
-//! neither depends on when compaction ran.
+//! The dedup window: the ledger keeps only what the window needs. Entries older than the
+//! window are deleted as the mark moves (from the store, and from the changelog by
+//! tombstones), a receipt older than the window is `too_old`, and neither depends on when
+//! compaction ran.
 
 use std::sync::Arc;
 
@@ -89,19 +90,43 @@ fn history(fold: &mut Fold) {
 }
 
 #[test]
-fn compaction_removes_ledger_entries_out_of_the_window() {
+fn ledger_entries_out_of_the_window_leave_the_store_and_the_changelog() {
     let dir = tempfile::tempdir().unwrap();
     let mut fold = Fold::new(dir.path());
+    fold.sink.keep_changelog = true;
     history(&mut fold);
-    assert_eq!(fold.store.ledger_len().unwrap(), (DAYS * PER_DAY) as u64);
-
-    fold.store.compact_ledger().unwrap();
     // Newest day is 199; the window keeps days 109..=199 (issued_at >= mark - 90 days).
+    // The entries that left it were deleted as the mark moved, compaction or not.
     let kept_days = i64::from(WINDOW_DAYS) + 1;
     assert_eq!(
         fold.store.ledger_len().unwrap(),
         (kept_days * PER_DAY) as u64,
         "the ledger must hold exactly the receipts within the window"
+    );
+    // Each of them was deleted from the changelog once, by a tombstone; none in the window.
+    let mut tombstones: Vec<String> = fold
+        .sink
+        .changelog
+        .iter()
+        .filter_map(|(_, e)| match e {
+            mallquest::changelog::Entry::LedgerExpired { receipt_id, .. } => {
+                Some(receipt_id.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    tombstones.sort();
+    let mut expected: Vec<String> = (0..DAYS - kept_days)
+        .flat_map(|day| (0..PER_DAY).map(move |i| format!("r-{day}-{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(tombstones, expected);
+
+    // Compaction has nothing left to drop.
+    fold.store.compact_ledger().unwrap();
+    assert_eq!(
+        fold.store.ledger_len().unwrap(),
+        (kept_days * PER_DAY) as u64
     );
     // Users and their totals are untouched by compaction.
     assert_eq!(fold.store.users().count() as i64, DAYS);

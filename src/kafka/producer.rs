@@ -409,12 +409,13 @@ impl KafkaSink {
     fn enqueue_all(&self, out: &Outputs) -> anyhow::Result<()> {
         for (p, e) in &out.changelog {
             let (key, value) = (e.key(), e.value());
-            self.enqueue(
-                BaseRecord::to(&self.changelog_topic)
-                    .partition(*p)
-                    .key(&key[..])
-                    .payload(&value[..]),
-            )?;
+            let mut record = BaseRecord::to(&self.changelog_topic)
+                .partition(*p)
+                .key(&key[..]);
+            if let Some(value) = &value {
+                record = record.payload(&value[..]);
+            }
+            self.enqueue(record)?;
         }
         for p in &out.projections {
             let value = codec::encode_projection(p);

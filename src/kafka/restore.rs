@@ -165,20 +165,8 @@ pub(super) fn catch_up(
                             m.offset()
                         )
                     })?;
-                match entry {
-                    Entry::User(u) => {
-                        set.users.insert((p, u.user_id.clone()), u);
-                    }
-                    Entry::Ledger {
-                        user_id,
-                        receipt_id,
-                        entry,
-                    } => {
-                        set.ledger.insert((p, user_id, receipt_id), entry);
-                    }
-                    Entry::Meta(meta) => {
-                        metas.insert(p, meta);
-                    }
+                if let Some(meta) = apply(store, &mut set, p, entry)? {
+                    metas.insert(p, meta);
                 }
                 next.insert(p, m.offset() + 1);
                 done.records += 1;
@@ -223,6 +211,42 @@ pub(super) fn catch_up(
     Ok(done)
 }
 
+/// Adds one changelog record of partition `p` to `set`; a position is returned, for the
+/// caller to write once everything before it is written.
+fn apply(store: &Store, set: &mut WriteSet, p: i32, entry: Entry) -> anyhow::Result<Option<Meta>> {
+    match entry {
+        Entry::User(u) => {
+            set.users.insert((p, u.user_id.clone()), u);
+        }
+        Entry::Ledger {
+            user_id,
+            receipt_id,
+            entry,
+        } => {
+            let key = (p, user_id, receipt_id);
+            set.ledger_expired.remove(&key);
+            set.ledger.insert(key, entry);
+        }
+        Entry::LedgerExpired {
+            user_id,
+            receipt_id,
+        } => {
+            // Its issued_at, to delete its `due` entry too: from this chunk, else from the
+            // store (absent: nothing to delete).
+            let key = (p, user_id, receipt_id);
+            let secs = match set.ledger.remove(&key) {
+                Some(e) => Some(e.issued_at.secs),
+                None => store
+                    .ledger_entry(p, &key.1, &key.2)?
+                    .map(|e| e.issued_at.secs),
+            };
+            set.ledger_expired.insert(key, secs);
+        }
+        Entry::Meta(meta) => return Ok(Some(meta)),
+    }
+    Ok(None)
+}
+
 /// The end (high watermark) of a changelog partition. A topic created moments ago has no
 /// leader yet for a while: transient errors are retried for half a minute.
 fn end_of(consumer: &BaseConsumer, topic: &str, p: i32) -> anyhow::Result<i64> {
@@ -238,5 +262,94 @@ fn end_of(consumer: &BaseConsumer, topic: &str, p: i32) -> anyhow::Result<i64> {
                 return Err(e).with_context(|| format!("failed to read the end of {topic}/{p}"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{MemorySink, Processor, Record};
+
+    /// A fold's changelog, applied record by record in chunks to an empty store, gives
+    /// the fold's own store: users, and a ledger that kept only the dedup window (the
+    /// entries that left it were deleted by tombstones).
+    #[test]
+    fn a_changelog_with_expired_ledger_entries_restores_the_folds_store() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let folded = std::sync::Arc::new(Store::open(a.path()).unwrap());
+        let mut processor = Processor::new(
+            std::sync::Arc::clone(&folded),
+            crate::domain::Rules::default(),
+        )
+        .with_dedup_window_days(10);
+        let mut sink = MemorySink {
+            keep_changelog: true,
+            ..MemorySink::default()
+        };
+        let mut offset = 0;
+        for day in 0..40i64 {
+            for i in 0..5 {
+                // 2026-01-01 plus `day` days; every fifth receipt refunds its user's
+                // purchase of the day before.
+                let refunds = i == 4 && day > 0;
+                let user = format!("u-{}", if refunds { day - 1 } else { day + i } % 7);
+                let at = chrono::DateTime::from_timestamp(1_767_225_600 + day * 86_400, 0)
+                    .unwrap()
+                    .to_rfc3339();
+                let refund = if refunds {
+                    format!(r#","type":"refund","refund_of":"r-{}-0""#, day - 1)
+                } else {
+                    String::new()
+                };
+                let value = format!(
+                    r#"{{"receipt_id":"r-{day}-{i}","user_id":"{user}","store_id":"s-1","amount":"10.00","issued_at":"{at}"{refund}}}"#
+                );
+                processor
+                    .process(Record {
+                        topic: "receipts",
+                        partition: 0,
+                        offset,
+                        key: Some(user.as_bytes()),
+                        payload: Some(value.as_bytes()),
+                        timestamp_ms: None,
+                    })
+                    .unwrap();
+                offset += 1;
+            }
+            processor.commit(&mut sink).unwrap();
+        }
+        let expired = sink
+            .changelog
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::LedgerExpired { .. }))
+            .count();
+        // 40 days, 10 kept (days 29..=39 are within 10 days of day 39): 29 days expired,
+        // 5 entries each (refunds included).
+        assert_eq!(expired, 29 * 5);
+        assert_eq!(folded.ledger_len().unwrap(), 11 * 5);
+
+        let restored = Store::open(b.path()).unwrap();
+        let mut set = WriteSet::default();
+        for (i, (p, e)) in sink.changelog.into_iter().enumerate() {
+            if let Some(m) = apply(&restored, &mut set, p, e).unwrap() {
+                set.offsets.insert((m.topic, p), m.next_offset);
+            }
+            if i % 7 == 0 {
+                restored.commit(&std::mem::take(&mut set)).unwrap();
+            }
+        }
+        restored.commit(&set).unwrap();
+        let users = |s: &Store| s.users().map(Result::unwrap).collect::<Vec<_>>();
+        assert!(users(&folded).iter().any(|u| u.refund_count > 0));
+        assert_eq!(users(&restored), users(&folded));
+        assert_eq!(restored.ledger_len().unwrap(), folded.ledger_len().unwrap());
+        assert_eq!(
+            restored
+                .ledger_due(0, i64::MIN, i64::MAX, 1000)
+                .unwrap()
+                .len(),
+            11 * 5
+        );
+        assert_eq!(restored.offsets().unwrap(), folded.offsets().unwrap());
     }
 }

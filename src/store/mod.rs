@@ -11,6 +11,10 @@
 //!   time the dedup window is measured against.
 //! - `changelog`: `partition` -> next offset to read of the partition's changelog (i64 BE):
 //!   everything before it is in this store, so a catch-up reads on from there.
+//! - `due`:     `partition | issued_at seconds (i64 BE, sign flipped) | user_id | 0x00 |
+//!   receipt_id` -> empty: the ledger in event-time order, written with every ledger entry,
+//!   so that the entries leaving the dedup window are found by one range read and deleted
+//!   (from the ledger and, by tombstones, from the changelog) when the mark moves on.
 //!
 //! Ledger entries older than the window (`mark - window`) are dead: the processor treats
 //! them as absent, and a compaction filter drops them when fjall rewrites their table
@@ -136,6 +140,10 @@ pub struct WriteSet {
     /// so that the commit can re-index them without reading them again. Users missing
     /// here are read from the store.
     pub previous_scores: HashMap<(i32, String), Option<Scores>>,
+    /// Ledger entries that left the dedup window, deleted by this batch: (partition,
+    /// user_id, receipt_id) -> the entry's issued_at seconds (`None`: not known, the
+    /// `due` index entry is left for the next expiry to find).
+    pub ledger_expired: HashMap<(i32, String, String), Option<i64>>,
     /// Partitions whose users are written without touching the leaderboard index (a
     /// partition restored into a store that had none of it: no previous scores to read;
     /// [`Store::index_partition`] indexes it once all its users are in).
@@ -150,6 +158,7 @@ impl WriteSet {
             && self.offsets.is_empty()
             && self.marks.is_empty()
             && self.changelog.is_empty()
+            && self.ledger_expired.is_empty()
     }
 }
 
@@ -171,6 +180,8 @@ pub struct Store {
     offsets: Keyspace,
     board: Keyspace,
     marks_ks: Keyspace,
+    /// The ledger in event-time order (see the module doc).
+    due: Keyspace,
     changelog: Keyspace,
     /// Committed marks and the window, shared with the ledger's compaction filter.
     expiry: Arc<Expiry>,
@@ -183,6 +194,18 @@ fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + user_id.len());
     k.extend_from_slice(&partition.to_be_bytes());
     k.extend_from_slice(user_id.as_bytes());
+    k
+}
+
+/// The key of a ledger entry in the `due` index: event time (seconds) first, sign bit
+/// flipped so that byte order is time order.
+fn due_key(partition: i32, secs: i64, user_id: &str, receipt_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(14 + user_id.len() + receipt_id.len());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(&((secs as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(user_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(receipt_id.as_bytes());
     k
 }
 
@@ -374,6 +397,8 @@ impl Store {
         let board = db.keyspace("board", options).map_err(open_err)?;
         let marks_ks = db.keyspace("marks", options).map_err(open_err)?;
         let changelog = db.keyspace("changelog", options).map_err(open_err)?;
+        let due_is_new = !db.keyspace_exists("due");
+        let due = db.keyspace("due", options).map_err(open_err)?;
         let store = Self {
             path: path.to_owned(),
             db,
@@ -383,9 +408,14 @@ impl Store {
             board,
             marks_ks,
             changelog,
+            due,
             expiry,
             partitions: std::sync::RwLock::default(),
         };
+        if due_is_new {
+            // A store from before the index: its ledger is indexed once, here.
+            store.index_due()?;
+        }
         let marks = store.scan_marks()?;
         *store
             .expiry
@@ -467,6 +497,76 @@ impl Store {
             .get(partition.to_be_bytes())
             .map_err(io("read changelog offset"))?;
         v.map(|v| decode_i64("changelog offset", &v)).transpose()
+    }
+
+    /// Builds the `due` index of every ledger entry (a store written before it existed).
+    fn index_due(&self) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        let mut n = 0usize;
+        for kv in self.ledger.iter() {
+            let (k, v) = kv.into_inner().map_err(io("scan ledger"))?;
+            let corrupt = || StoreError::Corrupt {
+                what: "ledger key",
+                detail: "malformed".into(),
+            };
+            let p = partition_of(&k, "ledger key")?;
+            let rest = std::str::from_utf8(&k[4..]).map_err(|_| corrupt())?;
+            let (user_id, receipt_id) = rest.split_once('\0').ok_or_else(corrupt)?;
+            let e: IssuedAt = decode("ledger entry", &v)?;
+            batch.insert(
+                &self.due,
+                due_key(p, e.issued_at.secs, user_id, receipt_id),
+                [],
+            );
+            n += 1;
+            if n % 50_000 == 0 {
+                batch.commit().map_err(io("commit due index"))?;
+                batch = self.db.batch();
+            }
+        }
+        batch.commit().map_err(io("commit due index"))?;
+        self.db.persist(PersistMode::SyncAll).map_err(io("persist"))
+    }
+
+    /// Up to `limit` ledger entries of `partition` issued at or after `from` and before
+    /// `cutoff` (seconds), oldest first: (user_id, receipt_id, issued_at seconds). Entries
+    /// a compaction dropped already are listed too (their index entry stays until
+    /// expired). `from` lets a caller skip what it expired before: the deleted keys stay in
+    /// the tree until compacted, and a read from the partition's start would step over
+    /// every one of them.
+    pub fn ledger_due(
+        &self,
+        partition: i32,
+        from: i64,
+        cutoff: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let at = |secs: i64| {
+            let mut k = partition.to_be_bytes().to_vec();
+            k.extend_from_slice(&((secs as u64) ^ (1 << 63)).to_be_bytes());
+            k
+        };
+        let (start, end) = (at(from), at(cutoff));
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for kv in self.due.range(start..end).take(limit) {
+            let k = kv.key().map_err(io("scan due index"))?;
+            let corrupt = || StoreError::Corrupt {
+                what: "due index key",
+                detail: "malformed".into(),
+            };
+            let secs = k
+                .get(4..12)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(|b| (u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+                .ok_or_else(corrupt)?;
+            let rest = std::str::from_utf8(&k[12..]).map_err(|_| corrupt())?;
+            let (user_id, receipt_id) = rest.split_once('\0').ok_or_else(corrupt)?;
+            out.push((user_id.to_owned(), receipt_id.to_owned(), secs));
+        }
+        Ok(out)
     }
 
     /// Whether the store holds no user of `partition` (a partition new to this store).
@@ -685,6 +785,17 @@ impl Store {
                 ledger_key(*p, user_id, receipt_id),
                 encode(entry),
             );
+            batch.insert(
+                &self.due,
+                due_key(*p, entry.issued_at.secs, user_id, receipt_id),
+                [],
+            );
+        }
+        for ((p, user_id, receipt_id), secs) in &set.ledger_expired {
+            batch.remove(&self.ledger, ledger_key(*p, user_id, receipt_id));
+            if let Some(secs) = secs {
+                batch.remove(&self.due, due_key(*p, *secs, user_id, receipt_id));
+            }
         }
         for ((topic, p), next) in &set.offsets {
             batch.insert(
