@@ -806,6 +806,12 @@ fn scale_figures() {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 let moved = pair[0].owned();
+                // The whole topic folded first: the moved partitions carry all their state.
+                let deadline = Instant::now() + Duration::from_secs(1200);
+                while committed_total(&broker, &group, "receipts", PARTITIONS) < n {
+                    assert!(Instant::now() < deadline, "not drained\n{}", logs(&pair));
+                    std::thread::sleep(Duration::from_millis(250));
+                }
                 if standbys > 0 {
                     // The survivor keeps the moved partitions warm before the fault.
                     let deadline = Instant::now() + Duration::from_secs(600);
@@ -815,6 +821,7 @@ fn scale_figures() {
                     }
                     std::thread::sleep(Duration::from_secs(3));
                 }
+                let log_before = pair[1].run.log().len();
                 let started = Instant::now();
                 if *how == "kill" {
                     pair[0].run.kill();
@@ -838,8 +845,10 @@ fn scale_figures() {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 let secs = started.elapsed().as_secs_f64();
+                let caught_up = restored_records(&pair[1].run.log()[log_before..]);
                 eprintln!(
-                    "{label}, {how}: partitions {moved:?} held and served again after {secs:.2} s"
+                    "{label}, {how}: partitions {moved:?} held and served again after {secs:.2} s \
+                     ({caught_up} changelog records caught up)"
                 );
                 if *how == "kill" {
                     kills.push(secs)
