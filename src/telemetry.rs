@@ -27,7 +27,7 @@ pub const COMMIT_FAILURES_TOTAL: &str = "mallquest_commit_failures_total";
 pub const KAFKA_ERRORS_TOTAL: &str = "mallquest_kafka_errors_total";
 /// Bytes of the store on disk.
 pub const STORE_BYTES: &str = "mallquest_store_bytes";
-/// Users in the store (approximate).
+/// Users of the partitions this instance holds (all, for a standalone store), exact.
 pub const USERS: &str = "mallquest_users";
 /// Bytes held by the store's block cache (at most `[store] cache_mb`).
 pub const STORE_CACHE_BYTES: &str = "mallquest_store_cache_bytes";
@@ -170,7 +170,7 @@ fn describe() {
         Unit::Bytes,
         "Resident bytes jemalloc holds: the heap in use plus its free pages not yet returned."
     );
-    describe_gauge!(USERS, "Users in the store (approximate).");
+    describe_gauge!(USERS, "Users of the partitions this instance holds, exact.");
     describe_histogram!(
         EVENT_AGE_SECONDS,
         Unit::Seconds,
@@ -252,7 +252,12 @@ pub fn receipt_rejected(reason: Reject, partition: i32, offset: i64) {
 ///
 /// The receipt counters count committed batches only: a batch folded again after a failed
 /// commit (or dropped by a revocation) is counted once, when it is stored.
-pub fn batch_committed(stats: &BatchStats, took: Duration, store: &crate::store::Store) {
+pub fn batch_committed(
+    stats: &BatchStats,
+    took: Duration,
+    store: &crate::store::Store,
+    users: u64,
+) {
     histogram!(BATCH_DURATION_SECONDS).record(took.as_secs_f64());
     counter!(RECEIPTS_TOTAL, "outcome" => "applied").increment(stats.applied);
     counter!(RECEIPTS_TOTAL, "outcome" => "duplicate").increment(stats.duplicates);
@@ -264,7 +269,7 @@ pub fn batch_committed(stats: &BatchStats, took: Duration, store: &crate::store:
     counter!(COINS_REVERSED_TOTAL).increment(stats.coins_reversed);
     counter!(LEVEL_UPS_TOTAL).increment(stats.levels);
     gauge!(STORE_BYTES).set(store.disk_bytes() as f64);
-    gauge!(USERS).set(store.approximate_users() as f64);
+    self::users(users);
     let memory = store.memory();
     gauge!(STORE_CACHE_BYTES).set(memory.cache_bytes as f64);
     gauge!(STORE_WRITE_BUFFER_BYTES).set(memory.write_buffer_bytes as f64);
@@ -323,6 +328,11 @@ pub fn restore_records(n: u64) {
 /// Partitions being restored now.
 pub fn restoring_partitions(n: usize) {
     gauge!(RESTORING_PARTITIONS).set(n as f64);
+}
+
+/// Users of the partitions held now.
+pub fn users(n: u64) {
+    gauge!(USERS).set(n as f64);
 }
 
 /// Changelog records copied into the store for standby partitions.

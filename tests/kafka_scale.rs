@@ -605,6 +605,11 @@ fn a_standby_keeps_partitions_warm_so_a_failover_catches_up_only_the_last_record
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(dlq_reasons(&broker.read_all("receipts-dlq")), expected.dlq);
+    // It holds every partition now: its user count is every user, exactly.
+    assert_eq!(
+        pair[1].metric("mallquest_users"),
+        expected.projections.len() as f64
+    );
     assert!(pair[1].run.terminate(Duration::from_secs(30)).success());
     let store = Store::open(&pair[1].run.store).unwrap();
     let stored: BTreeMap<String, Value> = store

@@ -68,6 +68,8 @@ fn deleted_store_is_restored_from_the_changelog_and_without_it_refuses_until_reb
     let metrics = String::from_utf8(support::http::get(&http, "/metrics").unwrap().body).unwrap();
     let sample = |name: &str| support::prometheus::sample(&metrics, name);
     assert!(sample("mallquest_restore_records_total") >= expected.len() as f64);
+    // Counted exactly, though restored rather than folded.
+    assert_eq!(sample("mallquest_users"), expected.len() as f64);
     for outcome in ["applied", "duplicate", "rejected"] {
         let n = sample(&format!(
             "mallquest_receipts_total{{outcome=\"{outcome}\"}}"

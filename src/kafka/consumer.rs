@@ -131,6 +131,7 @@ impl ConsumerContext for StoreSeekingContext {
                 if let Err(e) = done {
                     self.set_fatal(format!("assigning partitions: {e}"));
                 } else {
+                    telemetry::users(self.store.users_in(|p| held.contains(&p)));
                     self.announcer.announce(&all);
                     self.status.assigned(all);
                 }
@@ -152,6 +153,7 @@ impl ConsumerContext for StoreSeekingContext {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clear();
                 self.revoked.store(true, Ordering::SeqCst);
+                telemetry::users(self.store.users_in(|p| held.contains(&p)));
                 self.status.assigned(kept.clone());
                 self.announcer.announce(&kept);
                 let _ = if cooperative {
@@ -545,7 +547,9 @@ fn consume(
         match committed {
             Ok(stats) => {
                 if stats.records > 0 {
-                    telemetry::batch_committed(&stats, started.elapsed(), store);
+                    let held = status.owned().unwrap_or_default();
+                    let users = store.users_in(|p| held.contains(&p));
+                    telemetry::batch_committed(&stats, started.elapsed(), store, users);
                     status.committed(&stats.offsets);
                     store_positions(consumer, &stats.offsets);
                     // Only a commit that wrote something proves the fault is gone.

@@ -75,10 +75,17 @@ pub(super) fn catch_up(
     // Partitions this store never held: their users are written without reading any
     // previous state, and indexed for the leaderboards in one scan at their end.
     let mut fresh = BTreeSet::new();
+    // Partitions restored for the first time (no changelog offset): an earlier attempt may
+    // have written users without counting them, so they are counted again at their end.
+    let mut first = BTreeSet::new();
     for &p in partitions {
         let stored = store.changelog_offset(p)?;
-        if stored.is_none() && store.partition_is_empty(p)? {
-            fresh.insert(p);
+        if stored.is_none() {
+            if store.partition_is_empty(p)? {
+                fresh.insert(p);
+            } else {
+                first.insert(p);
+            }
         }
         let from = stored.unwrap_or(0);
         let high = end_of(&consumer, &topic, p)?;
@@ -133,6 +140,11 @@ pub(super) fn catch_up(
                     set.unindexed.insert(p);
                     store.commit(&std::mem::take(&mut set))?;
                     store.index_partition(p, CHUNK)?;
+                } else if first.remove(&p) {
+                    // Its users first, then their count, then its position.
+                    set.unindexed = fresh.clone();
+                    store.commit(&std::mem::take(&mut set))?;
+                    store.recount_users(p)?;
                 }
                 if let Some(m) = metas.remove(&p) {
                     set.offsets.insert((m.topic.clone(), p), m.next_offset);

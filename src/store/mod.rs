@@ -11,6 +11,8 @@
 //!   time the dedup window is measured against.
 //! - `changelog`: `partition` -> next offset to read of the partition's changelog (i64 BE):
 //!   everything before it is in this store, so a catch-up reads on from there.
+//! - `counts`:  `partition` -> users of the partition (u64 BE), exact: written in the batch
+//!   that adds a user (fjall's own key count also counts old versions not yet compacted).
 //! - `due`:     `partition | issued_at seconds (i64 BE, sign flipped) | user_id | 0x00 |
 //!   receipt_id` -> empty: the ledger in event-time order, written with every ledger entry,
 //!   so that the entries leaving the dedup window are found by one range read and deleted
@@ -188,6 +190,9 @@ pub struct Store {
     /// Partitions with state, cached: user look-ups by id try each, and must not scan
     /// the offsets keyspace on every request.
     partitions: std::sync::RwLock<Vec<i32>>,
+    /// Users per partition, exact (the `counts` keyspace, cached).
+    counts: Keyspace,
+    user_counts: RwLock<HashMap<i32, u64>>,
 }
 
 fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
@@ -398,6 +403,8 @@ impl Store {
         let marks_ks = db.keyspace("marks", options).map_err(open_err)?;
         let changelog = db.keyspace("changelog", options).map_err(open_err)?;
         let due_is_new = !db.keyspace_exists("due");
+        let counts_is_new = !db.keyspace_exists("counts");
+        let counts = db.keyspace("counts", options).map_err(open_err)?;
         let due = db.keyspace("due", options).map_err(open_err)?;
         let store = Self {
             path: path.to_owned(),
@@ -411,7 +418,34 @@ impl Store {
             due,
             expiry,
             partitions: std::sync::RwLock::default(),
+            counts,
+            user_counts: RwLock::default(),
         };
+        if counts_is_new {
+            // A store from before the counts: counted once, here.
+            let mut per: HashMap<i32, u64> = HashMap::new();
+            for kv in store.users.iter() {
+                let k = kv.key().map_err(io("scan users"))?;
+                *per.entry(partition_of(&k, "user key")?).or_default() += 1;
+            }
+            let mut batch = store.db.batch();
+            for (p, n) in &per {
+                batch.insert(&store.counts, p.to_be_bytes(), n.to_be_bytes());
+            }
+            batch.commit().map_err(io("commit counts"))?;
+        }
+        let mut per = HashMap::new();
+        for kv in store.counts.iter() {
+            let (k, v) = kv.into_inner().map_err(io("scan counts"))?;
+            per.insert(
+                partition_of(&k, "count key")?,
+                decode_i64("user count", &v)? as u64,
+            );
+        }
+        *store
+            .user_counts
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = per;
         if due_is_new {
             // A store from before the index: its ledger is indexed once, here.
             store.index_due()?;
@@ -601,11 +635,45 @@ impl Store {
                 in_batch = 0;
             }
         }
+        batch.insert(&self.counts, partition.to_be_bytes(), total.to_be_bytes());
         batch.commit().map_err(io("commit index"))?;
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(io("persist"))?;
+        self.user_counts
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(partition, total);
         Ok(total)
+    }
+
+    /// Counts the users of `partition` by a scan and stores the count (after a restore
+    /// that may have been interrupted before: what it wrote then was not counted).
+    pub fn recount_users(&self, partition: i32) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for kv in self.users.prefix(partition.to_be_bytes()) {
+            kv.key().map_err(io("scan users"))?;
+            n += 1;
+        }
+        let mut batch = self.db.batch();
+        batch.insert(&self.counts, partition.to_be_bytes(), n.to_be_bytes());
+        batch.commit().map_err(io("commit counts"))?;
+        self.user_counts
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(partition, n);
+        Ok(n)
+    }
+
+    /// Users of the partitions `keep` accepts, exactly.
+    pub fn users_in(&self, keep: impl Fn(i32) -> bool) -> u64 {
+        self.user_counts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(p, _)| keep(**p))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Every stored offset: (topic, partition) -> next offset.
@@ -759,6 +827,8 @@ impl Store {
         // Offsets are written in the same batch as the state they produced: that is
         // what makes a replay after a crash exact.
         let mut batch = self.db.batch();
+        // Users new to each partition in this batch.
+        let mut added: HashMap<i32, u64> = HashMap::new();
         for ((p, user_id), state) in &set.users {
             if set.unindexed.contains(p) {
                 batch.insert(&self.users, user_key(*p, user_id), encode(state));
@@ -769,10 +839,13 @@ impl Store {
                 Some(known) => *known,
                 None => self.user(*p, user_id)?.as_ref().map(scores),
             };
-            if let Some(old) = previous {
-                for (b, score) in Board::ALL.into_iter().zip(old) {
-                    batch.remove(&self.board, board_key_for(b, score, user_id));
+            match previous {
+                Some(old) => {
+                    for (b, score) in Board::ALL.into_iter().zip(old) {
+                        batch.remove(&self.board, board_key_for(b, score, user_id));
+                    }
                 }
+                None => *added.entry(*p).or_default() += 1,
             }
             for b in Board::ALL {
                 batch.insert(&self.board, board_key(b, state), p.to_be_bytes().to_vec());
@@ -810,10 +883,27 @@ impl Store {
         for (p, next) in &set.changelog {
             batch.insert(&self.changelog, p.to_be_bytes(), next.to_be_bytes());
         }
+        let counted: Vec<(i32, u64)> = {
+            let counts = self
+                .user_counts
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            added
+                .iter()
+                .map(|(p, n)| (*p, counts.get(p).copied().unwrap_or(0) + n))
+                .collect()
+        };
+        for (p, n) in &counted {
+            batch.insert(&self.counts, p.to_be_bytes(), n.to_be_bytes());
+        }
         batch.commit().map_err(io("commit batch"))?;
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(io("persist"))?;
+        self.user_counts
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(counted);
         if !set.marks.is_empty() {
             let mut marks = self
                 .expiry
@@ -955,6 +1045,40 @@ mod tests {
         store.commit(&set).unwrap();
         assert_eq!(ids(Board::Xp), ["u-c", "u-a", "u-b", "u-d"]);
         assert_eq!(store.leaderboard(Board::Xp, 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn user_counts_are_exact_across_updates_restores_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut set = WriteSet::default();
+        for id in ["u-a", "u-b"] {
+            set.users.insert((0, id.into()), user(id, 1, 1));
+        }
+        set.users.insert((1, "u-c".into()), user("u-c", 1, 1));
+        store.commit(&set).unwrap();
+        // Updates add nobody; a new user in the same batch does.
+        let mut set = WriteSet::default();
+        set.users.insert((0, "u-a".into()), user("u-a", 2, 2));
+        set.users.insert((0, "u-d".into()), user("u-d", 2, 2));
+        store.commit(&set).unwrap();
+        assert_eq!(store.users_in(|p| p == 0), 3);
+        assert_eq!(store.users_in(|_| true), 4);
+        // A partition written unindexed is counted by its indexing scan.
+        let mut set = WriteSet::default();
+        set.unindexed.insert(2);
+        for id in ["u-e", "u-f"] {
+            set.users.insert((2, id.into()), user(id, 1, 1));
+        }
+        store.commit(&set).unwrap();
+        assert_eq!(store.users_in(|p| p == 2), 0);
+        store.index_partition(2, 10).unwrap();
+        assert_eq!(store.users_in(|p| p == 2), 2);
+        assert_eq!(store.recount_users(0).unwrap(), 3);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.users_in(|_| true), 6);
+        assert_eq!(store.users_in(|p| p != 1), 5);
     }
 
     #[test]
