@@ -556,6 +556,33 @@ impl Processor {
             }
             for (user_id, receipt_id, secs) in due {
                 let key = (p, user_id, receipt_id);
+                // The entry under this key now: a receipt id used again after its first
+                // entry left the window holds a newer entry, which stays; only the old
+                // index entry goes.
+                let now = match self.pending.ledger.get(&key) {
+                    Some(e) => Some(e.issued_at.secs),
+                    None => self
+                        .store
+                        .ledger_entry(p, &key.1, &key.2)?
+                        .map(|e| e.issued_at.secs),
+                };
+                if now.is_some_and(|now| now != secs) {
+                    self.pending.due_stale.push((key, secs));
+                } else {
+                    self.pending.ledger.remove(&key);
+                    self.pending.ledger_expired.insert(key, Some(secs));
+                }
+            }
+            // Entries of this very batch that a later receipt of it moved out of the
+            // window: never stored, so the index above cannot list them.
+            let late: Vec<_> = self
+                .pending
+                .ledger
+                .iter()
+                .filter(|((q, _, _), e)| *q == p && e.issued_at.secs < cutoff)
+                .map(|(k, e)| (k.clone(), e.issued_at.secs))
+                .collect();
+            for (key, secs) in late {
                 self.pending.ledger.remove(&key);
                 self.pending.ledger_expired.insert(key, Some(secs));
             }

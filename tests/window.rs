@@ -250,3 +250,62 @@ fn a_receipt_from_a_clock_years_ahead_cannot_make_the_rest_too_old() {
         }
     }
 }
+
+/// A receipt id used again after its first entry left the window is a new receipt: the
+/// expiry of the old entry (in the same batch or a later one) never deletes the new one,
+/// which goes on catching duplicates until it leaves the window itself.
+#[test]
+fn a_receipt_id_reused_after_its_entry_expired_keeps_its_new_entry() {
+    for same_batch in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fold = Fold::new(dir.path());
+        fold.sink.keep_changelog = true;
+        fold.feed("u-a", &receipt("r-x", "u-a", 0, ""));
+        let feed = |fold: &mut Fold, id: &str, day: i64, commit: bool| {
+            fold.processor
+                .process(Record {
+                    topic: TOPIC,
+                    partition: 0,
+                    offset: fold.offset,
+                    key: Some(b"u-a"),
+                    payload: Some(&receipt(id, "u-a", day, "")),
+                    timestamp_ms: None,
+                })
+                .unwrap();
+            fold.offset += 1;
+            if commit {
+                fold.processor.commit(&mut fold.sink).unwrap();
+            }
+        };
+        // Day 100 moves the mark: r-x of day 0 is out of the window; then r-x again.
+        feed(&mut fold, "r-later", 100, !same_batch);
+        feed(&mut fold, "r-x", 100, true);
+        let entry = fold.store.ledger_entry(0, "u-a", "r-x").unwrap();
+        assert_eq!(
+            entry.map(|e| e.issued_at.secs),
+            Some(1_767_225_600 + 100 * 86_400),
+            "same batch: {same_batch}"
+        );
+        // Later batches expire nothing of it while it is in the window.
+        feed(&mut fold, "r-next", 150, true);
+        assert!(fold.store.ledger_entry(0, "u-a", "r-x").unwrap().is_some());
+        // A duplicate of the new r-x is still caught.
+        let before = fold.store.user(0, "u-a").unwrap().unwrap();
+        feed(&mut fold, "r-x", 100, true);
+        assert_eq!(fold.store.user(0, "u-a").unwrap().unwrap(), before);
+        assert_eq!(before.receipt_count, 4);
+        // The changelog's last word on r-x is the new entry, not a tombstone.
+        let last = fold
+            .sink
+            .changelog
+            .iter()
+            .rev()
+            .find(|(_, e)| e.key() == b"l\0u-a\0r-x")
+            .map(|(_, e)| e.clone())
+            .unwrap();
+        assert!(
+            matches!(last, mallquest::changelog::Entry::Ledger { .. }),
+            "{last:?}"
+        );
+    }
+}

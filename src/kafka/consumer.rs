@@ -95,7 +95,7 @@ impl ConsumerContext for StoreSeekingContext {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 // Held from here: a standby round in progress finishes first, and none
                 // starts on these partitions again.
-                let mut held = self.held.lock();
+                let mut held = self.held.lock_first();
                 held.extend(partitions.iter().copied());
                 let assigned = match self.prepare(consumer, &partitions) {
                     Ok(a) => a,
@@ -139,7 +139,7 @@ impl ConsumerContext for StoreSeekingContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let cooperative = cooperative(consumer);
                 let ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                let mut held = self.held.lock();
+                let mut held = self.held.lock_first();
                 for p in &ps {
                     held.remove(p);
                 }
@@ -164,7 +164,13 @@ impl ConsumerContext for StoreSeekingContext {
             }
             other => {
                 telemetry::kafka_error(&format_args!("rebalance error: {other:?}"));
-                self.held.lock().clear();
+                // Everything is dropped, as for a revocation of all.
+                self.positions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                self.revoked.store(true, Ordering::SeqCst);
+                self.held.lock_first().clear();
                 self.status.assigned(Vec::new());
                 let _ = consumer.unassign();
             }
@@ -201,6 +207,7 @@ impl StoreSeekingContext {
                 partitions,
                 &self.status,
                 super::restore::Purpose::Restore,
+                &|| false,
             )
             .context("restoring from the changelog")?;
         }
@@ -809,9 +816,18 @@ fn rewind_to_store(
     }
     if cooperative(consumer) {
         // The group's assignment is changed only incrementally, in a rebalance.
-        consumer
+        let sought = consumer
             .seek_partitions(tpl, Duration::from_secs(10))
             .context("failed to seek partitions back to the store's offsets")?;
+        // A partition left where it was would skip what the dropped batch had read.
+        for e in sought.elements() {
+            e.error().with_context(|| {
+                format!(
+                    "failed to seek partition {} back to the store's offset",
+                    e.partition()
+                )
+            })?;
+        }
     } else {
         consumer
             .assign(&tpl)

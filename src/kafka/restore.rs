@@ -55,6 +55,7 @@ pub(super) fn catch_up(
     partitions: &[i32],
     status: &Status,
     purpose: Purpose,
+    interrupt: &dyn Fn() -> bool,
 ) -> anyhow::Result<CaughtUp> {
     let restore = purpose == Purpose::Restore;
     let topic = kafka.changelog_topic();
@@ -88,7 +89,7 @@ pub(super) fn catch_up(
             }
         }
         let from = stored.unwrap_or(0);
-        let high = end_of(&consumer, &topic, p)?;
+        let high = end_of(&consumer, &topic, p, restore)?;
         if high <= from {
             if high < from {
                 warn!(message = "The changelog partition ends before the store's changelog offset (was the topic recreated?); keeping the store's state.", topic = %topic, partition = p, end = high, stored = from);
@@ -122,6 +123,11 @@ pub(super) fn catch_up(
     let mut last_read = Instant::now();
     let mut last_log = Instant::now();
     while !left.is_empty() {
+        if interrupt() {
+            // What is in hand is dropped; what was written has no position yet, so the
+            // next catch-up of these partitions reads it again.
+            return Ok(done);
+        }
         anyhow::ensure!(
             last_read.elapsed() < PATIENCE,
             "restoring {topic}: nothing read for {PATIENCE:?} (partitions {left:?} not at their end)"
@@ -236,7 +242,13 @@ fn apply(store: &Store, set: &mut WriteSet, p: i32, entry: Entry) -> anyhow::Res
             entry,
         } => {
             let key = (p, user_id, receipt_id);
-            set.ledger_expired.remove(&key);
+            // A tombstone of this chunk for the same key, then this newer entry: the old
+            // entry's index entry still goes.
+            if let Some(Some(old)) = set.ledger_expired.remove(&key) {
+                if old != entry.issued_at.secs {
+                    set.due_stale.push((key.clone(), old));
+                }
+            }
             set.ledger.insert(key, entry);
         }
         Entry::LedgerExpired {
@@ -261,10 +273,16 @@ fn apply(store: &Store, set: &mut WriteSet, p: i32, entry: Entry) -> anyhow::Res
 
 /// The end (high watermark) of a changelog partition. A topic created moments ago has no
 /// leader yet for a while: transient errors are retried for half a minute.
-fn end_of(consumer: &BaseConsumer, topic: &str, p: i32) -> anyhow::Result<i64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// A standby (`patient` false) does not wait: it tries again at its next round.
+fn end_of(consumer: &BaseConsumer, topic: &str, p: i32, patient: bool) -> anyhow::Result<i64> {
+    let (wait, each) = if patient {
+        (Duration::from_secs(30), Duration::from_secs(10))
+    } else {
+        (Duration::ZERO, Duration::from_secs(2))
+    };
+    let deadline = Instant::now() + wait;
     loop {
-        match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+        match consumer.fetch_watermarks(topic, p, each) {
             Ok((_, high)) => return Ok(high),
             Err(e) if Instant::now() < deadline => {
                 info!(message = "Waiting for the changelog partition's leader.", topic, partition = p, error = %e);

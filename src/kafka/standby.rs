@@ -39,11 +39,30 @@ const ROUND_EVERY: Duration = Duration::from_millis(500);
 /// The partitions the consumer loop holds. Whoever writes restored state (the assign-time
 /// catch-up, a standby round) holds its lock while doing so.
 #[derive(Debug, Default)]
-pub(super) struct Held(Mutex<BTreeSet<i32>>);
+pub(super) struct Held {
+    held: Mutex<BTreeSet<i32>>,
+    /// Set while the consumer loop waits for the lock: a standby round in progress stops
+    /// at once (a rebalance callback must not wait out a long catch-up).
+    waiting: AtomicBool,
+}
 
 impl Held {
+    /// The lock, for a standby round.
     pub(super) fn lock(&self) -> MutexGuard<'_, BTreeSet<i32>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lock, for the consumer loop: a standby round that holds it gives it up first.
+    pub(super) fn lock_first(&self) -> MutexGuard<'_, BTreeSet<i32>> {
+        self.waiting.store(true, Ordering::SeqCst);
+        let guard = self.lock();
+        self.waiting.store(false, Ordering::SeqCst);
+        guard
+    }
+
+    /// Whether the consumer loop waits for the lock.
+    fn wanted(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst)
     }
 }
 
@@ -90,7 +109,8 @@ pub(super) fn keep_warm(
     let mut warm: BTreeSet<i32> = BTreeSet::new();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(ROUND_EVERY);
-        let held = held.lock();
+        let lock = held;
+        let held = lock.lock();
         if announced.elapsed() >= ANNOUNCE_EVERY {
             announcer.announce(&held.iter().copied().collect::<Vec<_>>());
             announced = Instant::now();
@@ -114,7 +134,15 @@ pub(super) fn keep_warm(
             continue;
         }
         let partitions: Vec<i32> = warm.iter().copied().collect();
-        if let Err(e) = catch_up(kafka, store, &partitions, status, Purpose::Standby) {
+        let interrupt = || lock.wanted() || stop.load(Ordering::Relaxed);
+        if let Err(e) = catch_up(
+            kafka,
+            store,
+            &partitions,
+            status,
+            Purpose::Standby,
+            &interrupt,
+        ) {
             warn!(message = "A standby round failed; retrying.", partitions = ?partitions, error = format!("{e:#}"));
         }
     }

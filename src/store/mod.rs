@@ -13,6 +13,9 @@
 //!   everything before it is in this store, so a catch-up reads on from there.
 //! - `counts`:  `partition` -> users of the partition (u64 BE), exact: written in the batch
 //!   that adds a user (fjall's own key count also counts old versions not yet compacted).
+//! - `meta`:    `due-indexed`, `users-counted` -> empty: the one-off fills of `due` and
+//!   `counts` for a store written before them finished (written with their last batch,
+//!   so that a fill interrupted by a crash runs again at the next open).
 //! - `due`:     `partition | issued_at seconds (i64 BE, sign flipped) | user_id | 0x00 |
 //!   receipt_id` -> empty: the ledger in event-time order, written with every ledger entry,
 //!   so that the entries leaving the dedup window are found by one range read and deleted
@@ -146,6 +149,10 @@ pub struct WriteSet {
     /// user_id, receipt_id) -> the entry's issued_at seconds (`None`: not known, the
     /// `due` index entry is left for the next expiry to find).
     pub ledger_expired: HashMap<(i32, String, String), Option<i64>>,
+    /// `due` index entries left by a ledger entry that was replaced by a newer one under
+    /// the same key (a receipt id used again after its first entry expired): (key,
+    /// issued_at seconds of the old entry). Only the index entry is deleted.
+    pub due_stale: Vec<((i32, String, String), i64)>,
     /// Partitions whose users are written without touching the leaderboard index (a
     /// partition restored into a store that had none of it: no previous scores to read;
     /// [`Store::index_partition`] indexes it once all its users are in).
@@ -161,6 +168,7 @@ impl WriteSet {
             && self.marks.is_empty()
             && self.changelog.is_empty()
             && self.ledger_expired.is_empty()
+            && self.due_stale.is_empty()
     }
 }
 
@@ -193,6 +201,8 @@ pub struct Store {
     /// Users per partition, exact (the `counts` keyspace, cached).
     counts: Keyspace,
     user_counts: RwLock<HashMap<i32, u64>>,
+    /// Markers of finished one-off fills (see the module doc).
+    meta: Keyspace,
 }
 
 fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
@@ -201,6 +211,11 @@ fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
     k.extend_from_slice(user_id.as_bytes());
     k
 }
+
+/// `meta` marker: every ledger entry is in the `due` index.
+const DUE_INDEXED: &str = "due-indexed";
+/// `meta` marker: `counts` holds every partition's users.
+const USERS_COUNTED: &str = "users-counted";
 
 /// The key of a ledger entry in the `due` index: event time (seconds) first, sign bit
 /// flipped so that byte order is time order.
@@ -402,10 +417,18 @@ impl Store {
         let board = db.keyspace("board", options).map_err(open_err)?;
         let marks_ks = db.keyspace("marks", options).map_err(open_err)?;
         let changelog = db.keyspace("changelog", options).map_err(open_err)?;
-        let due_is_new = !db.keyspace_exists("due");
-        let counts_is_new = !db.keyspace_exists("counts");
         let counts = db.keyspace("counts", options).map_err(open_err)?;
         let due = db.keyspace("due", options).map_err(open_err)?;
+        let meta = db.keyspace("meta", options).map_err(open_err)?;
+        let done = |marker: &str| {
+            meta.get(marker)
+                .map(|v| v.is_some())
+                .map_err(|source| StoreError::Io {
+                    op: "read store meta",
+                    source,
+                })
+        };
+        let (due_indexed, users_counted) = (done(DUE_INDEXED)?, done(USERS_COUNTED)?);
         let store = Self {
             path: path.to_owned(),
             db,
@@ -420,8 +443,9 @@ impl Store {
             partitions: std::sync::RwLock::default(),
             counts,
             user_counts: RwLock::default(),
+            meta,
         };
-        if counts_is_new {
+        if !users_counted {
             // A store from before the counts: counted once, here.
             let mut per: HashMap<i32, u64> = HashMap::new();
             for kv in store.users.iter() {
@@ -432,6 +456,7 @@ impl Store {
             for (p, n) in &per {
                 batch.insert(&store.counts, p.to_be_bytes(), n.to_be_bytes());
             }
+            batch.insert(&store.meta, USERS_COUNTED, []);
             batch.commit().map_err(io("commit counts"))?;
         }
         let mut per = HashMap::new();
@@ -446,7 +471,7 @@ impl Store {
             .user_counts
             .write()
             .unwrap_or_else(PoisonError::into_inner) = per;
-        if due_is_new {
+        if !due_indexed {
             // A store from before the index: its ledger is indexed once, here.
             store.index_due()?;
         }
@@ -558,6 +583,7 @@ impl Store {
                 batch = self.db.batch();
             }
         }
+        batch.insert(&self.meta, DUE_INDEXED, []);
         batch.commit().map_err(io("commit due index"))?;
         self.db.persist(PersistMode::SyncAll).map_err(io("persist"))
     }
@@ -863,6 +889,9 @@ impl Store {
                 due_key(*p, entry.issued_at.secs, user_id, receipt_id),
                 [],
             );
+        }
+        for ((p, user_id, receipt_id), secs) in &set.due_stale {
+            batch.remove(&self.due, due_key(*p, *secs, user_id, receipt_id));
         }
         for ((p, user_id, receipt_id), secs) in &set.ledger_expired {
             batch.remove(&self.ledger, ledger_key(*p, user_id, receipt_id));
