@@ -542,11 +542,13 @@ impl Processor {
     /// that left the dedup window (at most [`EXPIRE_PER_BATCH`] per partition; the rest
     /// go with the next batches): from the store, and by tombstones from the changelog.
     fn expire_ledger(&mut self) -> Result<(), StoreError> {
-        let partitions: Vec<i32> = self.pending.offsets.keys().map(|(_, p)| *p).collect();
-        for p in partitions {
-            let Some(cutoff) = self.cutoff(p) else {
-                continue;
-            };
+        let cutoffs: HashMap<i32, i64> = self
+            .pending
+            .offsets
+            .keys()
+            .filter_map(|(_, p)| self.cutoff(*p).map(|c| (*p, c)))
+            .collect();
+        for (&p, &cutoff) in &cutoffs {
             let from = self.expired_before.get(&p).copied().unwrap_or(i64::MIN);
             let due = self.store.ledger_due(p, from, cutoff, EXPIRE_PER_BATCH)?;
             if due.len() < EXPIRE_PER_BATCH {
@@ -573,19 +575,19 @@ impl Processor {
                     self.pending.ledger_expired.insert(key, Some(secs));
                 }
             }
-            // Entries of this very batch that a later receipt of it moved out of the
-            // window: never stored, so the index above cannot list them.
-            let late: Vec<_> = self
-                .pending
-                .ledger
-                .iter()
-                .filter(|((q, _, _), e)| *q == p && e.issued_at.secs < cutoff)
-                .map(|(k, e)| (k.clone(), e.issued_at.secs))
-                .collect();
-            for (key, secs) in late {
-                self.pending.ledger.remove(&key);
-                self.pending.ledger_expired.insert(key, Some(secs));
-            }
+        }
+        // Entries of this very batch that a later receipt of it moved out of the window:
+        // never stored, so the index cannot list them.
+        let late: Vec<_> = self
+            .pending
+            .ledger
+            .iter()
+            .filter(|((p, _, _), e)| cutoffs.get(p).is_some_and(|c| e.issued_at.secs < *c))
+            .map(|(k, e)| (k.clone(), e.issued_at.secs))
+            .collect();
+        for (key, secs) in late {
+            self.pending.ledger.remove(&key);
+            self.pending.ledger_expired.insert(key, Some(secs));
         }
         Ok(())
     }
