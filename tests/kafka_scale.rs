@@ -791,7 +791,7 @@ fn scale_figures() {
     ] {
         let mut kills = Vec::new();
         let mut handoffs = Vec::new();
-        for round in 0..3 {
+        for round in 0..env("MALLQUEST_BENCH_ROUNDS", 3) {
             let group = format!("failover-{static_ids}-{standbys}-{round}");
             let make =
                 |name: &str| Instance::start_with(&broker, name, &group, static_ids, 50, standbys);
