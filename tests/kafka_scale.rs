@@ -84,9 +84,13 @@ impl Instance {
             .replace("group_id = \"mq-test\"", &format!("group_id = \"{group}\""))
             .replace(
                 "commit_interval_ms = 50",
-                &format!(
-                    "commit_interval_ms = {commit_interval_ms}\nstandby_replicas = {standbys}"
-                ),
+                &if standbys > 0 {
+                    format!(
+                        "commit_interval_ms = {commit_interval_ms}\nstandby_replicas = {standbys}"
+                    )
+                } else {
+                    format!("commit_interval_ms = {commit_interval_ms}")
+                },
             );
         std::fs::write(&config, text).unwrap();
         let mut run = Run::new(config, store);
