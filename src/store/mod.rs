@@ -5,8 +5,10 @@
 //! - `users`:   `partition (i32 BE) | user_id` -> [`UserState`]
 //! - `ledger`:  `partition | user_id | 0x00 | receipt_id` -> [`LedgerEntry`]
 //! - `offsets`: `topic | 0x00 | partition` -> next offset to read (i64 BE)
-//! - `board`:   `board kind (u8) | descending score (u64 BE) | user_id` -> partition:
-//!   the leaderboard index, kept in the same write batch as the state it indexes.
+//! - `leaders`: `partition | board kind (u8) | descending score (u64 BE) | user_id` ->
+//!   empty: the leaderboard index, kept in the same write batch as the state it indexes,
+//!   partition first like everything else (a store of an earlier version had it
+//!   board-first in `board`: rebuilt from the users at the first open, `board` dropped).
 //! - `marks`:   `partition` -> highest applied issued_at, in seconds (i64 BE): the event
 //!   time the dedup window is measured against.
 //! - `changelog`: `partition` -> next offset to read of the partition's changelog (i64 BE):
@@ -105,15 +107,16 @@ impl Board {
     }
 }
 
-fn board_key(board: Board, u: &UserState) -> Vec<u8> {
-    board_key_for(board, board.score(u), &u.user_id)
+fn board_key(partition: i32, board: Board, u: &UserState) -> Vec<u8> {
+    board_key_for(partition, board, board.score(u), &u.user_id)
 }
 
-fn board_key_for(board: Board, score: i64, user_id: &str) -> Vec<u8> {
+fn board_key_for(partition: i32, board: Board, score: i64, user_id: &str) -> Vec<u8> {
     // Flip the sign bit so that i64 order is byte order, then invert so that the highest
     // score comes first; ties then sort by user_id ascending.
     let ordered = (score as u64) ^ (1 << 63);
-    let mut k = Vec::with_capacity(9 + user_id.len());
+    let mut k = Vec::with_capacity(13 + user_id.len());
+    k.extend_from_slice(&partition.to_be_bytes());
     k.push(board.tag());
     k.extend_from_slice(&(!ordered).to_be_bytes());
     k.extend_from_slice(user_id.as_bytes());
@@ -214,6 +217,8 @@ fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
 
 /// `meta` marker: every ledger entry is in the `due` index.
 const DUE_INDEXED: &str = "due-indexed";
+/// `meta` marker: `leaders` indexes every user.
+const LEADERS_INDEXED: &str = "leaders-indexed";
 /// `meta` marker: `counts` holds every partition's users.
 const USERS_COUNTED: &str = "users-counted";
 
@@ -414,7 +419,12 @@ impl Store {
         let users = db.keyspace("users", options).map_err(open_err)?;
         let ledger = db.keyspace("ledger", options).map_err(open_err)?;
         let offsets = db.keyspace("offsets", options).map_err(open_err)?;
-        let board = db.keyspace("board", options).map_err(open_err)?;
+        let board = db.keyspace("leaders", options).map_err(open_err)?;
+        if db.keyspace_exists("board") {
+            // The board-first index of an earlier version: rebuilt below.
+            let old = db.keyspace("board", options).map_err(open_err)?;
+            db.delete_keyspace(old).map_err(open_err)?;
+        }
         let marks_ks = db.keyspace("marks", options).map_err(open_err)?;
         let changelog = db.keyspace("changelog", options).map_err(open_err)?;
         let counts = db.keyspace("counts", options).map_err(open_err)?;
@@ -429,6 +439,7 @@ impl Store {
                 })
         };
         let (due_indexed, users_counted) = (done(DUE_INDEXED)?, done(USERS_COUNTED)?);
+        let leaders_indexed = done(LEADERS_INDEXED)?;
         let store = Self {
             path: path.to_owned(),
             db,
@@ -471,6 +482,26 @@ impl Store {
             .user_counts
             .write()
             .unwrap_or_else(PoisonError::into_inner) = per;
+        if !leaders_indexed {
+            // A store from before the partition-first index: indexed once, here.
+            let mut batch = store.db.batch();
+            let mut n = 0usize;
+            for kv in store.users.iter() {
+                let (k, v) = kv.into_inner().map_err(io("scan users"))?;
+                let p = partition_of(&k, "user key")?;
+                let u: UserState = decode("user", &v)?;
+                for b in Board::ALL {
+                    batch.insert(&store.board, board_key(p, b, &u), []);
+                }
+                n += 1;
+                if n % 50_000 == 0 {
+                    batch.commit().map_err(io("commit leaderboard index"))?;
+                    batch = store.db.batch();
+                }
+            }
+            batch.insert(&store.meta, LEADERS_INDEXED, []);
+            batch.commit().map_err(io("commit leaderboard index"))?;
+        }
         if !due_indexed {
             // A store from before the index: its ledger is indexed once, here.
             store.index_due()?;
@@ -647,11 +678,7 @@ impl Store {
             let v = kv.value().map_err(io("scan users"))?;
             let u: UserState = decode("user", &v)?;
             for b in Board::ALL {
-                batch.insert(
-                    &self.board,
-                    board_key(b, &u),
-                    partition.to_be_bytes().to_vec(),
-                );
+                batch.insert(&self.board, board_key(partition, b, &u), []);
             }
             in_batch += 1;
             total += 1;
@@ -868,13 +895,13 @@ impl Store {
             match previous {
                 Some(old) => {
                     for (b, score) in Board::ALL.into_iter().zip(old) {
-                        batch.remove(&self.board, board_key_for(b, score, user_id));
+                        batch.remove(&self.board, board_key_for(*p, b, score, user_id));
                     }
                 }
                 None => *added.entry(*p).or_default() += 1,
             }
             for b in Board::ALL {
-                batch.insert(&self.board, board_key(b, state), p.to_be_bytes().to_vec());
+                batch.insert(&self.board, board_key(*p, b, state), []);
             }
             batch.insert(&self.users, user_key(*p, user_id), encode(state));
         }
@@ -959,34 +986,46 @@ impl Store {
         self.leaderboard_of(board, limit, |_| true)
     }
 
-    /// The top `limit` users by `board` among the partitions `keep` accepts.
+    /// The top `limit` users by `board` among the partitions `keep` accepts: each
+    /// partition's top `limit` index entries, merged (ties by user_id), then their users.
     pub fn leaderboard_of(
         &self,
         board: Board,
         limit: usize,
         keep: impl Fn(i32) -> bool,
     ) -> Result<Vec<UserState>, StoreError> {
-        let mut out = Vec::with_capacity(limit);
-        for kv in self.board.prefix([board.tag()]) {
-            if out.len() >= limit {
-                break;
+        let partitions: Vec<i32> = self
+            .user_counts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .filter(|p| keep(*p))
+            .collect();
+        let corrupt = || StoreError::Corrupt {
+            what: "leaderboard entry",
+            detail: "malformed key".into(),
+        };
+        // (the key without its partition: descending score then user_id, so byte order is
+        // rank order; the partition)
+        let mut top: Vec<(Vec<u8>, i32)> = Vec::new();
+        for p in partitions {
+            let mut prefix = p.to_be_bytes().to_vec();
+            prefix.push(board.tag());
+            for kv in self.board.prefix(&prefix).take(limit) {
+                let k = kv.key().map_err(io("scan leaderboard"))?;
+                top.push((k.get(4..).ok_or_else(corrupt)?.to_vec(), p));
             }
-            let (k, v) = kv.into_inner().map_err(io("scan leaderboard"))?;
-            let corrupt = || StoreError::Corrupt {
-                what: "leaderboard entry",
-                detail: "malformed key or value".into(),
-            };
+        }
+        top.sort_unstable();
+        top.truncate(limit);
+        let mut out = Vec::with_capacity(top.len());
+        for (k, p) in top {
             let user_id = k
                 .get(9..)
                 .and_then(|b| std::str::from_utf8(b).ok())
                 .ok_or_else(corrupt)?;
-            let p: [u8; 4] = v.as_ref().try_into().map_err(|_| corrupt())?;
-            let p = i32::from_be_bytes(p);
-            if !keep(p) {
-                continue;
-            }
-            let user = self.user(p, user_id)?.ok_or_else(corrupt)?;
-            out.push(user);
+            out.push(self.user(p, user_id)?.ok_or_else(corrupt)?);
         }
         Ok(out)
     }
@@ -1074,6 +1113,49 @@ mod tests {
         store.commit(&set).unwrap();
         assert_eq!(ids(Board::Xp), ["u-c", "u-a", "u-b", "u-d"]);
         assert_eq!(store.leaderboard(Board::Xp, 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_store_with_the_board_first_index_of_before_is_reindexed_partition_first() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut set = WriteSet::default();
+            for (p, id, xp) in [(0, "u-a", 5), (1, "u-b", 9), (2, "u-c", 7)] {
+                set.users.insert((p, id.to_string()), user(id, xp, 1));
+            }
+            store.commit(&set).unwrap();
+        }
+        {
+            // As an earlier version left it: a board-first `board`, no `leaders`, no marker.
+            let db = Database::builder(dir.path()).open().unwrap();
+            let options = KeyspaceCreateOptions::default;
+            let leaders = db.keyspace("leaders", options).unwrap();
+            db.delete_keyspace(leaders).unwrap();
+            let meta = db.keyspace("meta", options).unwrap();
+            meta.remove(LEADERS_INDEXED).unwrap();
+            let board = db.keyspace("board", options).unwrap();
+            board.insert([0u8, 1, 2, 3], 0i32.to_be_bytes()).unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let ids: Vec<String> = store
+            .leaderboard(Board::Xp, 10)
+            .unwrap()
+            .into_iter()
+            .map(|u| u.user_id)
+            .collect();
+        assert_eq!(ids, ["u-b", "u-c", "u-a"]);
+        let ids: Vec<String> = store
+            .leaderboard_of(Board::Xp, 10, |p| p != 1)
+            .unwrap()
+            .into_iter()
+            .map(|u| u.user_id)
+            .collect();
+        assert_eq!(ids, ["u-c", "u-a"]);
+        drop(store);
+        let db = Database::builder(dir.path()).open().unwrap();
+        assert!(!db.keyspace_exists("board"));
     }
 
     #[test]
