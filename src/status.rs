@@ -66,11 +66,6 @@ impl Status {
         self.write().assigned = Some(partitions);
     }
 
-    /// Partitions were revoked.
-    pub fn revoked(&self) {
-        self.write().assigned = Some(Vec::new());
-    }
-
     /// Partitions are being restored from the changelog.
     pub fn restoring(&self, partitions: Vec<i32>) {
         self.write().restoring = Some(partitions);
@@ -248,7 +243,7 @@ mod tests {
         o.insert(("receipts".to_string(), 0), 120);
         s.committed(&o);
         assert_eq!(s.offsets_header(), "receipts/0=120,receipts/1=98");
-        s.revoked();
+        s.assigned(Vec::new());
         assert!(s.ready().is_err());
         s.assigned(vec![0]);
         s.broker_unreachable("cannot reach the Kafka brokers at 127.0.0.1:9092: refused".into());

@@ -17,7 +17,7 @@ use mallquest::sim::{Mix, Simulator};
 use mallquest::store::Store;
 use serde_json::Value;
 use support::broker::{Broker, Read};
-use support::outputs::dlq_reasons;
+use support::outputs::{dlq_reasons, stored_projections};
 use support::processor::{write_config_with, Run};
 use support::streams::{last_per_key, reference_of, take};
 
@@ -513,18 +513,7 @@ fn a_partition_restores_from_the_changelog_after_retention_removed_its_oldest_re
         .sum();
     assert_eq!(folded, 2_000.0, "receipts folded by the new instance");
     assert!(new.run.terminate(Duration::from_secs(30)).success());
-    let store = Store::open(&new.run.store).unwrap();
-    let stored: BTreeMap<String, Value> = store
-        .users()
-        .map(|u| {
-            let u = u.unwrap();
-            (
-                u.user_id.clone(),
-                serde_json::to_value(ProjectionJson::from_state(&u)).unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(stored, expected.projections);
+    assert_eq!(stored_projections(&new.run.store), expected.projections);
     assert_eq!(dlq_reasons(&broker.read_all("receipts-dlq")), expected.dlq);
 }
 
@@ -615,18 +604,7 @@ fn a_standby_keeps_partitions_warm_so_a_failover_catches_up_only_the_last_record
         expected.projections.len() as f64
     );
     assert!(pair[1].run.terminate(Duration::from_secs(30)).success());
-    let store = Store::open(&pair[1].run.store).unwrap();
-    let stored: BTreeMap<String, Value> = store
-        .users()
-        .map(|u| {
-            let u = u.unwrap();
-            (
-                u.user_id.clone(),
-                serde_json::to_value(ProjectionJson::from_state(&u)).unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(stored, expected.projections);
+    assert_eq!(stored_projections(&pair[1].run.store), expected.projections);
 }
 
 /// Asks random instances for random users until `stop`: every answer is a projection, a

@@ -91,7 +91,6 @@ impl ConsumerContext for StoreSeekingContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // Cooperative rebalancing names only the partitions added; eager (a
                 // strategy set in [kafka.client]) names all, after revoking all.
-                let cooperative = cooperative(consumer);
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 // Held from here: a standby round in progress finishes first, and none
                 // starts on these partitions again.
@@ -104,11 +103,7 @@ impl ConsumerContext for StoreSeekingContext {
                             held.remove(p);
                         }
                         self.set_fatal(format!("{e:#}"));
-                        let _ = if cooperative {
-                            consumer.incremental_unassign(tpl)
-                        } else {
-                            consumer.unassign()
-                        };
+                        let _ = give_back(consumer, tpl);
                         return;
                     }
                 };
@@ -121,9 +116,8 @@ impl ConsumerContext for StoreSeekingContext {
                         self.set_fatal(format!("setting the offset of partition {p}: {e}"));
                     }
                 }
-                let all: Vec<i32> = held.iter().copied().collect();
-                telemetry::partitions_assigned(&assigned, &all);
-                let done = if cooperative {
+                telemetry::partitions_assigned(&assigned, &Vec::from_iter(held.iter().copied()));
+                let done = if cooperative(consumer) {
                     consumer.incremental_assign(tpl)
                 } else {
                     consumer.assign(tpl)
@@ -131,47 +125,28 @@ impl ConsumerContext for StoreSeekingContext {
                 if let Err(e) = done {
                     self.set_fatal(format!("assigning partitions: {e}"));
                 } else {
-                    telemetry::users(self.store.users_in(|p| held.contains(&p)));
-                    self.announcer.announce(&all);
-                    self.status.assigned(all);
+                    self.held_now(&held);
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let cooperative = cooperative(consumer);
                 let ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 let mut held = self.held.lock_first();
                 for p in &ps {
                     held.remove(p);
                 }
-                let kept: Vec<i32> = held.iter().copied().collect();
-                telemetry::partitions_revoked(&ps, &kept);
-                // The batch in hand is dropped, for every partition (its transaction
-                // aborted by the main loop before it folds anything else): positions fall
-                // back to the store, and the partitions kept are sought back to it.
-                self.positions
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clear();
-                self.revoked.store(true, Ordering::SeqCst);
-                telemetry::users(self.store.users_in(|p| held.contains(&p)));
-                self.status.assigned(kept.clone());
-                self.announcer.announce(&kept);
-                let _ = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
+                telemetry::partitions_revoked(&ps, &Vec::from_iter(held.iter().copied()));
+                // The partitions kept are sought back to the store by the main loop.
+                self.drop_batch_in_hand();
+                self.held_now(&held);
+                let _ = give_back(consumer, tpl);
             }
             other => {
                 telemetry::kafka_error(&format_args!("rebalance error: {other:?}"));
                 // Everything is dropped, as for a revocation of all.
-                self.positions
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clear();
-                self.revoked.store(true, Ordering::SeqCst);
-                self.held.lock_first().clear();
-                self.status.assigned(Vec::new());
+                self.drop_batch_in_hand();
+                let mut held = self.held.lock_first();
+                held.clear();
+                self.held_now(&held);
                 let _ = consumer.unassign();
             }
         }
@@ -179,6 +154,25 @@ impl ConsumerContext for StoreSeekingContext {
 }
 
 impl StoreSeekingContext {
+    /// The batch in hand is dropped, for every partition (its transaction aborted by the
+    /// main loop before it folds anything else): positions fall back to the store.
+    fn drop_batch_in_hand(&self) {
+        self.positions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.revoked.store(true, Ordering::SeqCst);
+    }
+
+    /// The partitions held changed to `held`: the API, the other instances and the user
+    /// count hear of it.
+    fn held_now(&self, held: &std::collections::BTreeSet<i32>) {
+        let all: Vec<i32> = held.iter().copied().collect();
+        telemetry::users(self.store.users_in(|p| held.contains(&p)));
+        self.announcer.announce(&all);
+        self.status.assigned(all);
+    }
+
     /// Makes `partitions` ready to fold: caught up from their changelog, then each vouched
     /// for by the store or refused. Returns where to resume each (`None`: from the start).
     fn prepare(
@@ -753,10 +747,8 @@ fn assign_all(
     consumer
         .assign(&tpl)
         .context("failed to assign partitions")?;
-    let all: Vec<i32> = held.iter().copied().collect();
-    telemetry::partitions_assigned(&assigned, &all);
-    ctx.announcer.announce(&all);
-    ctx.status.assigned(all);
+    telemetry::partitions_assigned(&assigned, &Vec::from_iter(held.iter().copied()));
+    ctx.held_now(&held);
     Ok(true)
 }
 
@@ -834,6 +826,18 @@ fn rewind_to_store(
             .context("failed to re-assign partitions")?;
     }
     Ok(())
+}
+
+/// Gives partitions back in a rebalance: only those (cooperative), or all (eager).
+fn give_back(
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    tpl: &TopicPartitionList,
+) -> rdkafka::error::KafkaResult<()> {
+    if cooperative(consumer) {
+        consumer.incremental_unassign(tpl)
+    } else {
+        consumer.unassign()
+    }
 }
 
 /// Whether the group rebalances cooperatively (only the partitions that move are revoked).

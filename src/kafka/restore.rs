@@ -74,18 +74,18 @@ pub(super) fn catch_up(
     let mut tpl = TopicPartitionList::new();
     let mut left = BTreeSet::new();
     // Partitions this store never held: their users are written without reading any
-    // previous state, and indexed for the leaderboards in one scan at their end.
+    // previous state (and without their leaderboard entries).
     let mut fresh = BTreeSet::new();
-    // Partitions restored for the first time (no changelog offset): an earlier attempt may
-    // have written users without counting them, so they are counted again at their end.
+    // Partitions restored for the first time (no changelog offset), fresh or not (an
+    // earlier attempt may have written users unindexed and uncounted): indexed and counted
+    // in one scan at their end, before their position.
     let mut first = BTreeSet::new();
     for &p in partitions {
         let stored = store.changelog_offset(p)?;
         if stored.is_none() {
+            first.insert(p);
             if store.partition_is_empty(p)? {
                 fresh.insert(p);
-            } else {
-                first.insert(p);
             }
         }
         let from = stored.unwrap_or(0);
@@ -122,6 +122,12 @@ pub(super) fn catch_up(
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_read = Instant::now();
     let mut last_log = Instant::now();
+    // Writes what is in hand; the users of partitions still fresh go in unindexed.
+    let flush = |set: &mut WriteSet, fresh: &BTreeSet<i32>| {
+        let mut set = std::mem::take(set);
+        set.unindexed = fresh.clone();
+        store.commit(&set)
+    };
     while !left.is_empty() {
         if interrupt() {
             // What is in hand is dropped; what was written has no position yet, so the
@@ -139,18 +145,13 @@ pub(super) fn catch_up(
                 if !left.remove(&p) {
                     continue;
                 }
-                if fresh.remove(&p) {
-                    // Its users first, then its index, then its position: a crash in
-                    // between leaves no position, and the next catch-up reads it again.
-                    set.unindexed = fresh.clone();
-                    set.unindexed.insert(p);
-                    store.commit(&std::mem::take(&mut set))?;
+                if first.remove(&p) {
+                    // Its users first, then its index and count, then its position: a
+                    // crash in between leaves no position, and the next catch-up reads
+                    // it again.
+                    flush(&mut set, &fresh)?;
+                    fresh.remove(&p);
                     store.index_partition(p, CHUNK)?;
-                } else if first.remove(&p) {
-                    // Its users first, then their count, then its position.
-                    set.unindexed = fresh.clone();
-                    store.commit(&std::mem::take(&mut set))?;
-                    store.recount_users(p)?;
                 }
                 if let Some(m) = metas.remove(&p) {
                     set.offsets.insert((m.topic.clone(), p), m.next_offset);
@@ -161,8 +162,7 @@ pub(super) fn catch_up(
                 if let Some(n) = next.remove(&p) {
                     set.changelog.insert(p, n);
                 }
-                set.unindexed = fresh.clone();
-                store.commit(&std::mem::take(&mut set))?;
+                flush(&mut set, &fresh)?;
                 in_set = 0;
                 if restore {
                     telemetry::restoring_partitions(left.len());
@@ -196,8 +196,7 @@ pub(super) fn catch_up(
                 }
                 if in_set >= CHUNK {
                     // Users and ledger entries only: the position waits for the end.
-                    set.unindexed = fresh.clone();
-                    store.commit(&std::mem::take(&mut set))?;
+                    flush(&mut set, &fresh)?;
                     in_set = 0;
                 }
                 if restore && last_log.elapsed() >= Duration::from_secs(5) {

@@ -15,9 +15,9 @@
 //!   everything before it is in this store, so a catch-up reads on from there.
 //! - `counts`:  `partition` -> users of the partition (u64 BE), exact: written in the batch
 //!   that adds a user (fjall's own key count also counts old versions not yet compacted).
-//! - `meta`:    `due-indexed`, `users-counted` -> empty: the one-off fills of `due` and
-//!   `counts` for a store written before them finished (written with their last batch,
-//!   so that a fill interrupted by a crash runs again at the next open).
+//! - `meta`:    `due-indexed`, `users-indexed` -> empty: the one-off fills of `due`, and of
+//!   `leaders` and `counts`, for a store written before them finished (written with their
+//!   last batch, so that a fill interrupted by a crash runs again at the next open).
 //! - `due`:     `partition | issued_at seconds (i64 BE, sign flipped) | user_id | 0x00 |
 //!   receipt_id` -> empty: the ledger in event-time order, written with every ledger entry,
 //!   so that the entries leaving the dedup window are found by one range read and deleted
@@ -111,14 +111,17 @@ fn board_key(partition: i32, board: Board, u: &UserState) -> Vec<u8> {
     board_key_for(partition, board, board.score(u), &u.user_id)
 }
 
+/// An i64 as 8 bytes whose byte order is its numeric order (sign bit flipped).
+fn ordered(n: i64) -> u64 {
+    (n as u64) ^ (1 << 63)
+}
+
 fn board_key_for(partition: i32, board: Board, score: i64, user_id: &str) -> Vec<u8> {
-    // Flip the sign bit so that i64 order is byte order, then invert so that the highest
-    // score comes first; ties then sort by user_id ascending.
-    let ordered = (score as u64) ^ (1 << 63);
+    // Inverted so that the highest score comes first; ties then sort by user_id ascending.
     let mut k = Vec::with_capacity(13 + user_id.len());
     k.extend_from_slice(&partition.to_be_bytes());
     k.push(board.tag());
-    k.extend_from_slice(&(!ordered).to_be_bytes());
+    k.extend_from_slice(&(!ordered(score)).to_be_bytes());
     k.extend_from_slice(user_id.as_bytes());
     k
 }
@@ -215,19 +218,25 @@ fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
     k
 }
 
+/// Items per batch of a one-off fill at open.
+const MIGRATION_CHUNK: usize = 50_000;
+
 /// `meta` marker: every ledger entry is in the `due` index.
 const DUE_INDEXED: &str = "due-indexed";
-/// `meta` marker: `leaders` indexes every user.
-const LEADERS_INDEXED: &str = "leaders-indexed";
-/// `meta` marker: `counts` holds every partition's users.
-const USERS_COUNTED: &str = "users-counted";
+/// `meta` marker: `leaders` indexes every user and `counts` counts them.
+const USERS_INDEXED: &str = "users-indexed";
 
-/// The key of a ledger entry in the `due` index: event time (seconds) first, sign bit
-/// flipped so that byte order is time order.
+/// Where a partition's `due` entries of event time `secs` (seconds) start: byte order is
+/// time order.
+fn due_prefix(partition: i32, secs: i64) -> Vec<u8> {
+    let mut k = partition.to_be_bytes().to_vec();
+    k.extend_from_slice(&ordered(secs).to_be_bytes());
+    k
+}
+
+/// The key of a ledger entry in the `due` index: event time first.
 fn due_key(partition: i32, secs: i64, user_id: &str, receipt_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(14 + user_id.len() + receipt_id.len());
-    k.extend_from_slice(&partition.to_be_bytes());
-    k.extend_from_slice(&((secs as u64) ^ (1 << 63)).to_be_bytes());
+    let mut k = due_prefix(partition, secs);
     k.extend_from_slice(user_id.as_bytes());
     k.push(0);
     k.extend_from_slice(receipt_id.as_bytes());
@@ -438,8 +447,7 @@ impl Store {
                     source,
                 })
         };
-        let (due_indexed, users_counted) = (done(DUE_INDEXED)?, done(USERS_COUNTED)?);
-        let leaders_indexed = done(LEADERS_INDEXED)?;
+        let (due_indexed, users_indexed) = (done(DUE_INDEXED)?, done(USERS_INDEXED)?);
         let store = Self {
             path: path.to_owned(),
             db,
@@ -456,19 +464,10 @@ impl Store {
             user_counts: RwLock::default(),
             meta,
         };
-        if !users_counted {
-            // A store from before the counts: counted once, here.
-            let mut per: HashMap<i32, u64> = HashMap::new();
-            for kv in store.users.iter() {
-                let k = kv.key().map_err(io("scan users"))?;
-                *per.entry(partition_of(&k, "user key")?).or_default() += 1;
-            }
-            let mut batch = store.db.batch();
-            for (p, n) in &per {
-                batch.insert(&store.counts, p.to_be_bytes(), n.to_be_bytes());
-            }
-            batch.insert(&store.meta, USERS_COUNTED, []);
-            batch.commit().map_err(io("commit counts"))?;
+        if !users_indexed {
+            // A store from before the partition-first index and the counts: both built
+            // once, here.
+            store.index_users(&[], MIGRATION_CHUNK, Some(USERS_INDEXED))?;
         }
         let mut per = HashMap::new();
         for kv in store.counts.iter() {
@@ -482,26 +481,6 @@ impl Store {
             .user_counts
             .write()
             .unwrap_or_else(PoisonError::into_inner) = per;
-        if !leaders_indexed {
-            // A store from before the partition-first index: indexed once, here.
-            let mut batch = store.db.batch();
-            let mut n = 0usize;
-            for kv in store.users.iter() {
-                let (k, v) = kv.into_inner().map_err(io("scan users"))?;
-                let p = partition_of(&k, "user key")?;
-                let u: UserState = decode("user", &v)?;
-                for b in Board::ALL {
-                    batch.insert(&store.board, board_key(p, b, &u), []);
-                }
-                n += 1;
-                if n % 50_000 == 0 {
-                    batch.commit().map_err(io("commit leaderboard index"))?;
-                    batch = store.db.batch();
-                }
-            }
-            batch.insert(&store.meta, LEADERS_INDEXED, []);
-            batch.commit().map_err(io("commit leaderboard index"))?;
-        }
         if !due_indexed {
             // A store from before the index: its ledger is indexed once, here.
             store.index_due()?;
@@ -589,34 +568,50 @@ impl Store {
         v.map(|v| decode_i64("changelog offset", &v)).transpose()
     }
 
-    /// Builds the `due` index of every ledger entry (a store written before it existed).
-    fn index_due(&self) -> Result<(), StoreError> {
+    /// Writes, for each item, what `each` adds to a batch, committing every `chunk` items;
+    /// returns the last batch, uncommitted, for the caller's final writes and
+    /// [`Self::commit_durably`].
+    fn write_in_batches<T>(
+        &self,
+        items: impl Iterator<Item = Result<T, StoreError>>,
+        chunk: usize,
+        mut each: impl FnMut(&mut fjall::OwnedWriteBatch, T),
+    ) -> Result<fjall::OwnedWriteBatch, StoreError> {
         let mut batch = self.db.batch();
-        let mut n = 0usize;
-        for kv in self.ledger.iter() {
-            let (k, v) = kv.into_inner().map_err(io("scan ledger"))?;
-            let corrupt = || StoreError::Corrupt {
-                what: "ledger key",
-                detail: "malformed".into(),
-            };
-            let p = partition_of(&k, "ledger key")?;
-            let rest = std::str::from_utf8(&k[4..]).map_err(|_| corrupt())?;
-            let (user_id, receipt_id) = rest.split_once('\0').ok_or_else(corrupt)?;
-            let e: IssuedAt = decode("ledger entry", &v)?;
-            batch.insert(
-                &self.due,
-                due_key(p, e.issued_at.secs, user_id, receipt_id),
-                [],
-            );
-            n += 1;
-            if n % 50_000 == 0 {
-                batch.commit().map_err(io("commit due index"))?;
+        let mut in_batch = 0usize;
+        for item in items {
+            each(&mut batch, item?);
+            in_batch += 1;
+            if in_batch >= chunk {
+                batch.commit().map_err(io("commit batch"))?;
                 batch = self.db.batch();
+                in_batch = 0;
             }
         }
-        batch.insert(&self.meta, DUE_INDEXED, []);
-        batch.commit().map_err(io("commit due index"))?;
+        Ok(batch)
+    }
+
+    /// Commits `batch` and persists the store.
+    fn commit_durably(&self, batch: fjall::OwnedWriteBatch) -> Result<(), StoreError> {
+        batch.commit().map_err(io("commit batch"))?;
         self.db.persist(PersistMode::SyncAll).map_err(io("persist"))
+    }
+
+    /// Builds the `due` index of every ledger entry (a store written before it existed).
+    fn index_due(&self) -> Result<(), StoreError> {
+        let mut last = self.write_in_batches(
+            self.ledger_entries(),
+            MIGRATION_CHUNK,
+            |batch, (p, user_id, receipt_id, e)| {
+                batch.insert(
+                    &self.due,
+                    due_key(p, e.issued_at.secs, &user_id, &receipt_id),
+                    [],
+                );
+            },
+        )?;
+        last.insert(&self.meta, DUE_INDEXED, []);
+        self.commit_durably(last)
     }
 
     /// Up to `limit` ledger entries of `partition` issued at or after `from` and before
@@ -632,12 +627,7 @@ impl Store {
         cutoff: i64,
         limit: usize,
     ) -> Result<Vec<(String, String, i64)>, StoreError> {
-        let at = |secs: i64| {
-            let mut k = partition.to_be_bytes().to_vec();
-            k.extend_from_slice(&((secs as u64) ^ (1 << 63)).to_be_bytes());
-            k
-        };
-        let (start, end) = (at(from), at(cutoff));
+        let (start, end) = (due_prefix(partition, from), due_prefix(partition, cutoff));
         if start >= end {
             return Ok(Vec::new());
         }
@@ -651,7 +641,7 @@ impl Store {
             let secs = k
                 .get(4..12)
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(|b| (u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+                .map(|b| ordered(u64::from_be_bytes(b) as i64) as i64)
                 .ok_or_else(corrupt)?;
             let rest = std::str::from_utf8(&k[12..]).map_err(|_| corrupt())?;
             let (user_id, receipt_id) = rest.split_once('\0').ok_or_else(corrupt)?;
@@ -668,54 +658,44 @@ impl Store {
         }
     }
 
-    /// Builds the leaderboard index of `partition` from its users, for users written
-    /// with [`WriteSet::unindexed`]: one scan, no point reads, in durable batches of
-    /// `chunk` users. The partition must have had no index entries before.
-    pub fn index_partition(&self, partition: i32, chunk: usize) -> Result<u64, StoreError> {
-        let mut batch = self.db.batch();
-        let (mut in_batch, mut total) = (0usize, 0u64);
-        for kv in self.users.prefix(partition.to_be_bytes()) {
-            let v = kv.value().map_err(io("scan users"))?;
-            let u: UserState = decode("user", &v)?;
-            for b in Board::ALL {
-                batch.insert(&self.board, board_key(partition, b, &u), []);
-            }
-            in_batch += 1;
-            total += 1;
-            if in_batch >= chunk {
-                batch.commit().map_err(io("commit index"))?;
-                batch = self.db.batch();
-                in_batch = 0;
-            }
+    /// Indexes the users under `prefix` (one partition's, or every one) for the
+    /// leaderboards and counts them: one scan, no point reads, in durable batches of
+    /// `chunk` users; `marker`, if any, goes with the last batch. For users written with
+    /// [`WriteSet::unindexed`], or whose count is not known; indexing users already
+    /// indexed writes the same keys again.
+    fn index_users(
+        &self,
+        prefix: &[u8],
+        chunk: usize,
+        marker: Option<&str>,
+    ) -> Result<HashMap<i32, u64>, StoreError> {
+        let mut per: HashMap<i32, u64> = HashMap::new();
+        let mut last =
+            self.write_in_batches(self.users_under(prefix), chunk, |batch, (p, u)| {
+                for b in Board::ALL {
+                    batch.insert(&self.board, board_key(p, b, &u), []);
+                }
+                *per.entry(p).or_default() += 1;
+            })?;
+        for (p, n) in &per {
+            last.insert(&self.counts, p.to_be_bytes(), n.to_be_bytes());
         }
-        batch.insert(&self.counts, partition.to_be_bytes(), total.to_be_bytes());
-        batch.commit().map_err(io("commit index"))?;
-        self.db
-            .persist(PersistMode::SyncAll)
-            .map_err(io("persist"))?;
+        if let Some(m) = marker {
+            last.insert(&self.meta, m, []);
+        }
+        self.commit_durably(last)?;
         self.user_counts
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(partition, total);
-        Ok(total)
+            .extend(per.iter().map(|(p, n)| (*p, *n)));
+        Ok(per)
     }
 
-    /// Counts the users of `partition` by a scan and stores the count (after a restore
-    /// that may have been interrupted before: what it wrote then was not counted).
-    pub fn recount_users(&self, partition: i32) -> Result<u64, StoreError> {
-        let mut n = 0u64;
-        for kv in self.users.prefix(partition.to_be_bytes()) {
-            kv.key().map_err(io("scan users"))?;
-            n += 1;
-        }
-        let mut batch = self.db.batch();
-        batch.insert(&self.counts, partition.to_be_bytes(), n.to_be_bytes());
-        batch.commit().map_err(io("commit counts"))?;
-        self.user_counts
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(partition, n);
-        Ok(n)
+    /// Indexes and counts the users of `partition` ([`Self::index_users`]): after a
+    /// restore that wrote them unindexed, or that may have been interrupted before.
+    pub fn index_partition(&self, partition: i32, chunk: usize) -> Result<u64, StoreError> {
+        let per = self.index_users(&partition.to_be_bytes(), chunk, None)?;
+        Ok(per.get(&partition).copied().unwrap_or(0))
     }
 
     /// Users of the partitions `keep` accepts, exactly.
@@ -828,7 +808,15 @@ impl Store {
     pub fn users_by_partition(
         &self,
     ) -> impl Iterator<Item = Result<(i32, UserState), StoreError>> + '_ {
-        self.users.iter().map(|kv| {
+        self.users_under(&[])
+    }
+
+    /// The user states whose keys start with `prefix`, with their partition, in key order.
+    fn users_under(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(i32, UserState), StoreError>> + '_ {
+        self.users.prefix(prefix).map(|kv| {
             let (k, v) = kv.into_inner().map_err(io("scan users"))?;
             let p = partition_of(&k, "user key")?;
             Ok((p, decode("user", &v)?))
@@ -1133,7 +1121,7 @@ mod tests {
             let leaders = db.keyspace("leaders", options).unwrap();
             db.delete_keyspace(leaders).unwrap();
             let meta = db.keyspace("meta", options).unwrap();
-            meta.remove(LEADERS_INDEXED).unwrap();
+            meta.remove(USERS_INDEXED).unwrap();
             let board = db.keyspace("board", options).unwrap();
             board.insert([0u8, 1, 2, 3], 0i32.to_be_bytes()).unwrap();
             db.persist(PersistMode::SyncAll).unwrap();
@@ -1185,7 +1173,7 @@ mod tests {
         assert_eq!(store.users_in(|p| p == 2), 0);
         store.index_partition(2, 10).unwrap();
         assert_eq!(store.users_in(|p| p == 2), 2);
-        assert_eq!(store.recount_users(0).unwrap(), 3);
+        assert_eq!(store.index_partition(0, 10).unwrap(), 3);
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.users_in(|_| true), 6);
