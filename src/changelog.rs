@@ -164,6 +164,7 @@ mod tests {
             earned_coins: 12,
             earned_xp: 22,
             refunded: 0,
+            campaign_coins: vec![("opening-week".into(), 5)],
         };
         let all = [
             Entry::User(u),

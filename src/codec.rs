@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::domain::money::{format_minor, parse_amount};
-use crate::domain::{LevelUp, Receipt, ReceiptKind, Reject, Rules, Timestamp, UserState};
+use crate::domain::{
+    BadgeEarned, Event, LevelUp, MissionEvent, Receipt, ReceiptKind, Reject, Rules, Timestamp,
+    UserState,
+};
 
 /// Records larger than this are rejected as `too_large` before any parsing.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -20,6 +23,7 @@ const MAX_ID_BYTES: usize = 128;
 /// A record's document, read in one pass that checks all of it is JSON (so that a syntax
 /// error anywhere is `invalid_json`, whatever comes before it) and keeps only the
 /// receipt's members. Nothing here is a schema error: that is decided afterwards.
+#[allow(clippy::large_enum_variant)] // one per record, on the stack, consumed at once
 enum Doc<'a> {
     /// A JSON object: the receipt's members as written.
     Object(Wire<'a>),
@@ -41,6 +45,8 @@ struct Wire<'a> {
     currency: Option<Scalar<'a>>,
     kind: Option<Scalar<'a>>,
     refund_of: Option<Scalar<'a>>,
+    /// Unparsed: a redemption's coins must be written as a positive integer.
+    coins: Option<&'a RawValue>,
     /// A known member was given more than once: it has no single meaning (`schema`).
     repeated: bool,
 }
@@ -64,6 +70,7 @@ enum Key {
     Currency,
     Type,
     RefundOf,
+    Coins,
     Unknown,
 }
 
@@ -180,6 +187,7 @@ impl<'de> Deserialize<'de> for Key {
                     "currency" => Key::Currency,
                     "type" => Key::Type,
                     "refund_of" => Key::RefundOf,
+                    "coins" => Key::Coins,
                     _ => Key::Unknown,
                 })
             }
@@ -231,6 +239,7 @@ impl<'de> Deserialize<'de> for Doc<'de> {
                         Key::Currency => member(&mut map, &mut w.currency, repeated)?,
                         Key::Type => member(&mut map, &mut w.kind, repeated)?,
                         Key::RefundOf => member(&mut map, &mut w.refund_of, repeated)?,
+                        Key::Coins => member(&mut map, &mut w.coins, repeated)?,
                         Key::Unknown => {
                             map.next_value::<Checked>()?;
                         }
@@ -284,14 +293,8 @@ pub fn decode_receipt(
     };
     // The amount was kept unparsed for its literal: check it is JSON before any schema
     // decision too.
-    let amount = wire
-        .amount
-        .map(|raw| {
-            serde_json::from_str::<Scalar<'_>>(raw.get())
-                .map(|v| (raw.get(), v))
-                .map_err(|_| Reject::InvalidJson)
-        })
-        .transpose()?;
+    let amount = literal(wire.amount)?;
+    let coins = literal(wire.coins)?;
     if wire.repeated {
         return Err(Reject::Schema);
     }
@@ -312,10 +315,24 @@ pub fn decode_receipt(
         Some("refund") => ReceiptKind::Refund {
             refund_of: refund_of.ok_or(Reject::Schema)?,
         },
+        // receipt.schema.json: a redemption's `coins` is a positive JSON integer.
+        Some("redemption") => ReceiptKind::Redemption {
+            coins: coins_field(coins)?,
+        },
+        Some("redemption_reversal") => ReceiptKind::RedemptionReversal {
+            refund_of: refund_of.ok_or(Reject::Schema)?,
+        },
         Some(_) => return Err(Reject::Schema),
     };
     let currency = opt_string_field(wire.currency)?;
-    let amount = amount_field(amount)?;
+    let amount = match kind {
+        ReceiptKind::Purchase | ReceiptKind::Refund { .. } => amount_field(amount)?,
+        // Optional, and may be 0, on redemptions and their reversals.
+        ReceiptKind::Redemption { .. } | ReceiptKind::RedemptionReversal { .. } => match amount {
+            None => 0,
+            Some(v) => zero_or_amount_field(v)?,
+        },
+    };
     if currency.is_some_and(|c| c != rules.currency) {
         return Err(Reject::Currency);
     }
@@ -334,6 +351,16 @@ pub fn decode_receipt(
 
 /// Deeper JSON than this is refused, even inside ignored fields: serde_json refuses
 /// past 128 levels in known fields anyway, and no receipt needs more than 2.
+/// A member kept unparsed, with its literal text: checked to be JSON.
+fn literal(raw: Option<&RawValue>) -> Result<Option<(&str, Scalar<'_>)>, Reject> {
+    raw.map(|raw| {
+        serde_json::from_str::<Scalar<'_>>(raw.get())
+            .map(|v| (raw.get(), v))
+            .map_err(|_| Reject::InvalidJson)
+    })
+    .transpose()
+}
+
 const MAX_DEPTH: usize = 64;
 
 /// The deepest nesting of arrays and objects, outside strings.
@@ -381,6 +408,43 @@ fn id_field(v: Option<Scalar<'_>>) -> Result<String, Reject> {
 }
 
 /// The amount: its raw text and what JSON value it is.
+/// A redemption's coins: a JSON integer literal (digits only) from 1 to 10^15.
+fn coins_field(v: Option<(&str, Scalar<'_>)>) -> Result<i64, Reject> {
+    match v {
+        Some((raw, Scalar::Number))
+            if raw.bytes().all(|b| b.is_ascii_digit()) && raw.len() <= 16 =>
+        {
+            raw.parse::<i64>()
+                .ok()
+                .filter(|c| (1..=MAX_COINS).contains(c))
+                .ok_or(Reject::Schema)
+        }
+        _ => Err(Reject::Schema),
+    }
+}
+
+/// Most coins one redemption may spend.
+const MAX_COINS: i64 = 1_000_000_000_000_000;
+
+/// An amount that may also be zero (`"0.00"`, `0`), as on redemptions.
+fn zero_or_amount_field(v: (&str, Scalar<'_>)) -> Result<i64, Reject> {
+    let text = match &v {
+        (_, Scalar::Str(s)) => s.as_ref(),
+        (raw, Scalar::Number) => raw,
+        _ => return Err(Reject::Schema),
+    };
+    let zero = |t: &str| {
+        let (int, frac) = t.split_once('.').unwrap_or((t, "0"));
+        !int.is_empty()
+            && (1..=2).contains(&frac.len())
+            && int.bytes().chain(frac.bytes()).all(|b| b == b'0')
+    };
+    if zero(text) {
+        return Ok(0);
+    }
+    amount_field(Some(v))
+}
+
 fn amount_field(v: Option<(&str, Scalar<'_>)>) -> Result<i64, Reject> {
     let text = match v.ok_or(Reject::Schema)? {
         // A JSON string: its content must be a plain decimal.
@@ -408,6 +472,43 @@ pub struct ProjectionJson {
     pub last_receipt_at: Option<String>,
     pub version: u64,
     pub source: Option<SourceJson>,
+    /// Campaign coins held per campaign, net of refunds.
+    pub coins_by_campaign: std::collections::BTreeMap<String, i64>,
+    /// Mission instances still kept, with their progress.
+    pub missions: Vec<MissionJson>,
+    /// Runs of consecutive days (or weeks) with a purchase.
+    pub streak: StreakJson,
+    /// Badges earned, in earning order.
+    pub badges: Vec<String>,
+    /// Redemptions applied.
+    pub redemptions: u64,
+    /// Coins redeemed, net of reversals.
+    pub coins_redeemed: i64,
+}
+
+/// One mission instance of a projection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MissionJson {
+    pub mission_id: String,
+    /// `2026-11-30`, `2026-W49`, `2026-12` or `once`.
+    pub period: String,
+    /// Spend counted (in the mission's category for `category_spend`), net of refunds.
+    pub spend: String,
+    /// Purchases not fully refunded.
+    pub receipts: u64,
+    /// Distinct stores with a purchase not fully refunded.
+    pub stores: u64,
+    /// Whether the reward is held.
+    pub completed: bool,
+}
+
+/// `streak` of a projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreakJson {
+    pub current: i64,
+    pub best: i64,
 }
 
 /// `source` of a projection: the last applied event.
@@ -437,6 +538,26 @@ impl ProjectionJson {
                 partition: s.partition,
                 offset: s.offset,
             }),
+            coins_by_campaign: s.coins_by_campaign.clone(),
+            missions: s
+                .missions
+                .iter()
+                .map(|m| MissionJson {
+                    mission_id: m.mission_id.clone(),
+                    period: m.period.clone(),
+                    spend: format_minor(m.spend),
+                    receipts: m.receipts,
+                    stores: m.stores.len() as u64,
+                    completed: m.completed,
+                })
+                .collect(),
+            streak: StreakJson {
+                current: s.streak_current(),
+                best: s.streak_best(),
+            },
+            badges: s.badges.clone(),
+            redemptions: s.redemptions,
+            coins_redeemed: s.coins_redeemed,
         }
     }
 }
@@ -459,6 +580,62 @@ pub struct LevelUpJson {
     pub bonus_coins: i64,
     pub receipt_id: String,
     pub at: String,
+}
+
+/// A `mission_completed` or `mission_revoked` event as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MissionEventJson {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub user_id: String,
+    pub mission_id: String,
+    pub period: String,
+    pub reward_coins: i64,
+    pub reward_xp: i64,
+    pub receipt_id: String,
+    pub at: String,
+}
+
+/// A `badge_earned` event as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BadgeEventJson {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub user_id: String,
+    pub badge_id: String,
+    pub receipt_id: String,
+    pub at: String,
+}
+
+/// Encodes any event for the events topic.
+pub fn encode_event(e: &Event) -> Vec<u8> {
+    let mission = |kind: &str, m: &MissionEvent| MissionEventJson {
+        kind: kind.into(),
+        user_id: m.user_id.clone(),
+        mission_id: m.mission_id.clone(),
+        period: m.period.clone(),
+        reward_coins: m.reward_coins,
+        reward_xp: m.reward_xp,
+        receipt_id: m.receipt_id.clone(),
+        at: m.at.to_rfc3339(),
+    };
+    let badge = |b: &BadgeEarned| BadgeEventJson {
+        kind: "badge_earned".into(),
+        user_id: b.user_id.clone(),
+        badge_id: b.badge_id.clone(),
+        receipt_id: b.receipt_id.clone(),
+        at: b.at.to_rfc3339(),
+    };
+    // Serialising plain structs of strings and integers cannot fail.
+    match e {
+        Event::LevelUp(l) => Ok(encode_level_up(l)),
+        Event::MissionCompleted(m) => serde_json::to_vec(&mission("mission_completed", m)),
+        Event::MissionRevoked(m) => serde_json::to_vec(&mission("mission_revoked", m)),
+        Event::BadgeEarned(b) => serde_json::to_vec(&badge(b)),
+    }
+    .unwrap_or_default()
 }
 
 /// Encodes a level-up event.

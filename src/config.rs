@@ -49,6 +49,18 @@ pub struct Config {
     /// The query API and metrics endpoint.
     #[serde(default)]
     pub http: HttpConfig,
+    // The game's top-level sections: moved into `rules.game` by `parse`, where the fold
+    // reads them.
+    #[serde(default)]
+    store_categories: BTreeMap<String, String>,
+    #[serde(default)]
+    campaigns: Vec<crate::domain::game::Campaign>,
+    #[serde(default)]
+    missions: Vec<crate::domain::game::Mission>,
+    #[serde(default)]
+    streaks: crate::domain::game::Streaks,
+    #[serde(default)]
+    badges: Vec<crate::domain::game::Badge>,
 }
 
 /// `[http]`: the query API, health checks and `/metrics`.
@@ -348,10 +360,20 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<text>"),
             message: e.message().to_owned(),
         })?;
+        config.rules.game = crate::domain::Game {
+            store_categories: std::mem::take(&mut config.store_categories),
+            campaigns: std::mem::take(&mut config.campaigns),
+            missions: std::mem::take(&mut config.missions),
+            streaks: config.streaks,
+            badges: std::mem::take(&mut config.badges),
+            window_secs: Some(
+                i64::from(config.processing.dedup_window_days) * crate::domain::game::SECS_PER_DAY,
+            ),
+        };
         config.validate()?;
         Ok(config)
     }

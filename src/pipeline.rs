@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::changelog;
 use crate::codec;
-use crate::domain::{self, Effect, LevelUp, Reject, Rules, Source, UserState};
+use crate::domain::{self, Effect, Event, LevelUp, Reject, Rules, Source, UserState};
 use crate::store::{Store, StoreError, WriteSet};
 use crate::telemetry;
 
@@ -58,8 +58,8 @@ pub struct DeadLetter {
 pub struct Outputs {
     /// Latest state of every user changed in the batch.
     pub projections: Vec<UserState>,
-    /// Level-ups in fold order.
-    pub level_ups: Vec<LevelUp>,
+    /// Events (level-ups, missions, badges) in fold order.
+    pub events: Vec<Event>,
     /// Rejected records in fold order.
     pub dead_letters: Vec<DeadLetter>,
     /// Changelog records by partition: the batch's users, ledger entries and, last, the
@@ -127,6 +127,16 @@ pub struct BatchStats {
     pub level_ups: u64,
     /// Levels gained.
     pub levels: u64,
+    /// Missions completed.
+    pub missions_completed: u64,
+    /// Missions revoked.
+    pub missions_revoked: u64,
+    /// Badges earned.
+    pub badges_earned: u64,
+    /// Campaign coins granted.
+    pub campaign_coins: u64,
+    /// Coins redeemed, net of reversals.
+    pub coins_redeemed: i64,
     /// Coins granted (purchases and level bonuses).
     pub coins_awarded: u64,
     /// Coins taken back by refunds.
@@ -138,6 +148,19 @@ pub struct BatchStats {
 }
 
 impl BatchStats {
+    /// Counts one event.
+    fn count(&mut self, event: &Event) {
+        match event {
+            Event::LevelUp(up) => {
+                self.levels += u64::from(up.to_level - up.from_level);
+                self.level_ups += 1;
+            }
+            Event::MissionCompleted(_) => self.missions_completed += 1,
+            Event::MissionRevoked(_) => self.missions_revoked += 1,
+            Event::BadgeEarned(_) => self.badges_earned += 1,
+        }
+    }
+
     /// Adds a later batch: its counts, and its offsets over this one's.
     pub fn add_batch(&mut self, o: BatchStats) {
         self.add(&o);
@@ -154,6 +177,11 @@ impl BatchStats {
         }
         self.level_ups += o.level_ups;
         self.levels += o.levels;
+        self.missions_completed += o.missions_completed;
+        self.missions_revoked += o.missions_revoked;
+        self.badges_earned += o.badges_earned;
+        self.campaign_coins += o.campaign_coins;
+        self.coins_redeemed += o.coins_redeemed;
         self.coins_awarded += o.coins_awarded;
         self.coins_reversed += o.coins_reversed;
         self.users_published += o.users_published;
@@ -206,8 +234,8 @@ pub struct Processor {
     inflight: Option<InFlight>,
     /// Users of `pending` changed since its outputs were last sent.
     unsent: HashSet<(i32, String)>,
-    /// Level-ups of `pending` not sent yet.
-    level_ups: Vec<LevelUp>,
+    /// Events of `pending` not sent yet.
+    events: Vec<Event>,
     /// Dead letters of `pending` not sent yet.
     dead_letters: Vec<DeadLetter>,
     stats: BatchStats,
@@ -226,8 +254,9 @@ impl Processor {
     }
 
     /// A processor whose hot set holds at most `hot_users` users (0: none).
-    pub fn with_hot_users(store: Arc<Store>, rules: Rules, hot_users: usize) -> Self {
+    pub fn with_hot_users(store: Arc<Store>, mut rules: Rules, hot_users: usize) -> Self {
         let window_secs = i64::from(DEFAULT_DEDUP_WINDOW_DAYS) * SECS_PER_DAY;
+        rules.game.window_secs = Some(window_secs);
         store.set_dedup_window_secs(window_secs);
         Self {
             hot: (hot_users > 0).then(|| HotSet::new(hot_users)),
@@ -236,7 +265,7 @@ impl Processor {
             pending: WriteSet::default(),
             inflight: None,
             unsent: HashSet::new(),
-            level_ups: Vec::new(),
+            events: Vec::new(),
             dead_letters: Vec::new(),
             stats: BatchStats::default(),
             positions: Positions::default(),
@@ -249,6 +278,7 @@ impl Processor {
     /// receipts are rejected as `too_old`, older ledger entries are dead.
     pub fn with_dedup_window_days(mut self, days: u32) -> Self {
         self.window_secs = i64::from(days.max(1)) * SECS_PER_DAY;
+        self.rules.game.window_secs = Some(self.window_secs);
         self.store.set_dedup_window_secs(self.window_secs);
         self
     }
@@ -371,11 +401,9 @@ impl Processor {
         };
         let user_key = (p, receipt.user_id.clone());
         let existing = live(self.ledger(p, &receipt.user_id, &receipt.receipt_id)?);
-        let original = match &receipt.kind {
-            domain::ReceiptKind::Refund { refund_of } => {
-                live(self.ledger(p, &receipt.user_id, refund_of)?)
-            }
-            domain::ReceiptKind::Purchase => None,
+        let original = match receipt.kind.refund_of() {
+            Some(refund_of) => live(self.ledger(p, &receipt.user_id, refund_of)?),
+            None => None,
         };
         let source = Source {
             partition: p,
@@ -419,8 +447,9 @@ impl Processor {
             Effect::Applied {
                 entry,
                 original: updated,
-                level_up,
+                events,
                 coins_delta,
+                attributed: _,
             } => {
                 self.stats.applied += 1;
                 if coins_delta >= 0 {
@@ -445,22 +474,19 @@ impl Processor {
                         .insert(user_key.clone(), previous);
                     self.pending.users.insert(user_key, state);
                 }
-                if let (Some(updated), domain::ReceiptKind::Refund { refund_of }) =
-                    (updated, &receipt.kind)
-                {
+                if let (Some(updated), Some(refund_of)) = (updated, receipt.kind.refund_of()) {
                     self.pending
                         .ledger
-                        .insert((p, receipt.user_id.clone(), refund_of.clone()), updated);
+                        .insert((p, receipt.user_id.clone(), refund_of.to_owned()), updated);
                 }
                 self.pending.ledger.insert(
                     (p, receipt.user_id.clone(), receipt.receipt_id.clone()),
                     entry,
                 );
-                if let Some(up) = level_up {
-                    self.stats.levels += u64::from(up.to_level - up.from_level);
-                    self.stats.level_ups += 1;
-                    self.level_ups.push(up);
+                for event in &events {
+                    self.stats.count(event);
                 }
+                self.events.extend(events);
             }
         }
         Ok(())
@@ -502,7 +528,7 @@ impl Processor {
 
     /// Whether the batch in hand has outputs that were not sent yet.
     pub fn has_unsent(&self) -> bool {
-        !(self.unsent.is_empty() && self.level_ups.is_empty() && self.dead_letters.is_empty())
+        !(self.unsent.is_empty() && self.events.is_empty() && self.dead_letters.is_empty())
     }
 
     /// Sends the outputs of the batch in hand that were not sent yet, without waiting for
@@ -522,7 +548,7 @@ impl Processor {
                 .drain()
                 .filter_map(|k| self.pending.users.get(&k).cloned())
                 .collect(),
-            level_ups: std::mem::take(&mut self.level_ups),
+            events: std::mem::take(&mut self.events),
             dead_letters: std::mem::take(&mut self.dead_letters),
             changelog: Vec::new(),
         };
@@ -719,7 +745,7 @@ impl Processor {
         self.pending = WriteSet::default();
         self.inflight = None;
         self.unsent.clear();
-        self.level_ups.clear();
+        self.events.clear();
         self.dead_letters.clear();
         self.stats = BatchStats::default();
         // A dropped batch's expiries did not happen; a restore may bring entries back.
@@ -764,6 +790,8 @@ pub struct MemorySink {
     pub projections: BTreeMap<String, UserState>,
     /// Every level-up published.
     pub level_ups: Vec<LevelUp>,
+    /// Every event published (level-ups included), in order.
+    pub events: Vec<Event>,
     /// Every dead letter published.
     pub dead_letters: Vec<DeadLetter>,
     /// Keep only counts, not the dead letters and level-ups themselves (bounded memory).
@@ -794,7 +822,12 @@ impl Sink for MemorySink {
         for p in &outputs.projections {
             self.projections.insert(p.user_id.clone(), p.clone());
         }
-        self.level_ups.extend(outputs.level_ups.iter().cloned());
+        self.events.extend(outputs.events.iter().cloned());
+        self.level_ups
+            .extend(outputs.events.iter().filter_map(|e| match e {
+                Event::LevelUp(l) => Some(l.clone()),
+                _ => None,
+            }));
         self.dead_letters
             .extend(outputs.dead_letters.iter().cloned());
         Ok(())

@@ -69,11 +69,7 @@ fn decides_as_the_contract(
                 "issued_at of {}",
                 shown
             );
-            let refund_of = match &g.kind {
-                ReceiptKind::Purchase => None,
-                ReceiptKind::Refund { refund_of } => Some(refund_of),
-            };
-            prop_assert_eq!(refund_of, w.refund_of.as_ref(), "{}", shown);
+            prop_assert_eq!(g.kind.refund_of(), w.refund_of.as_deref(), "{}", shown);
         }
         _ => prop_assert!(
             false,
@@ -658,10 +654,7 @@ impl Harness {
         let produced: Result<(Receipt, Effect), Reject> =
             decode_receipt(Some(b"u-1"), Some(bytes), &self.rules).and_then(|r| {
                 let existing = self.ledger.get(&r.receipt_id);
-                let original = match &r.kind {
-                    ReceiptKind::Refund { refund_of } => self.ledger.get(refund_of),
-                    ReceiptKind::Purchase => None,
-                };
+                let original = r.kind.refund_of().and_then(|o| self.ledger.get(o));
                 apply(&mut self.state, existing, original, &r, src, &self.rules).map(|e| (r, e))
             });
         let modelled = self.model.apply(0, offset, Some(b"u-1"), bytes);
@@ -681,8 +674,9 @@ impl Harness {
                     Effect::Applied {
                         entry,
                         original,
-                        level_up,
+                        events,
                         coins_delta,
+                        ..
                     },
                 )),
                 Ok(Outcome::Applied { levels, bonus }),
@@ -715,6 +709,10 @@ impl Harness {
                     "coins_delta of {}",
                     shown
                 );
+                let level_up = events.into_iter().find_map(|e| match e {
+                    mallquest::domain::Event::LevelUp(l) => Some(l),
+                    _ => None,
+                });
                 prop_assert_eq!(
                     level_up.map(|l| (
                         u64::from(l.from_level),
@@ -737,6 +735,9 @@ impl Harness {
                         }
                         self.ledger.insert(refund_of.clone(), updated);
                         self.refunds.push(r.receipt_id.clone());
+                    }
+                    ReceiptKind::Redemption { .. } | ReceiptKind::RedemptionReversal { .. } => {
+                        prop_assert!(false, "the core model has no redemptions: {}", shown);
                     }
                 }
                 self.ledger.insert(r.receipt_id.clone(), entry);

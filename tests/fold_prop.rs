@@ -237,7 +237,7 @@ fn run_case(specs: &[Spec], actions: &[Action]) {
     assert_eq!(stored.len(), expected.projections.len());
     for u in &stored {
         let got = serde_json::to_value(ProjectionJson::from_state(u)).unwrap();
-        assert_eq!(got, expected.projections[&u.user_id]);
+        support::golden::assert_projection_eq(&got, &expected.projections[&u.user_id]);
         // The last published projection of each user equals its stored state.
         assert_eq!(&sink.projections[&u.user_id], u);
     }

@@ -146,7 +146,7 @@ impl mallquest::pipeline::Sink for FlakySink {
         staged
             .projections
             .extend(outputs.projections.iter().cloned());
-        staged.level_ups.extend(outputs.level_ups.iter().cloned());
+        staged.events.extend(outputs.events.iter().cloned());
         staged
             .dead_letters
             .extend(outputs.dead_letters.iter().cloned());

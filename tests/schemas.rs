@@ -92,6 +92,58 @@ fn receipt_schema_accepts_exactly_what_the_decoder_accepts() {
 }
 
 #[test]
+fn the_game_vectors_outputs_and_receipts_match_their_schemas() {
+    let config = golden::game::config();
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(mallquest::store::Store::open(dir.path()).unwrap());
+    let mut processor = mallquest::pipeline::Processor::new(store, config.rules.clone());
+    let mut sink = MemorySink::default();
+    for r in golden::game::receipts() {
+        golden::feed(&mut processor, &r);
+    }
+    processor.commit(&mut sink).unwrap();
+    let projection = schema("projection.schema.json");
+    for p in sink.projections.values() {
+        let v: Value = serde_json::from_slice(&codec::encode_projection(p)).unwrap();
+        assert!(projection.is_valid(&v), "{v}");
+    }
+    let events = [
+        ("level_up", schema("level-up.schema.json")),
+        ("mission_completed", schema("mission-completed.schema.json")),
+        ("mission_revoked", schema("mission-revoked.schema.json")),
+        ("badge_earned", schema("badge-earned.schema.json")),
+    ];
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for e in &sink.events {
+        let v: Value = serde_json::from_slice(&codec::encode_event(e)).unwrap();
+        let (kind, s) = events
+            .iter()
+            .find(|(k, _)| v["type"] == *k)
+            .unwrap_or_else(|| panic!("unknown event {v}"));
+        assert!(s.is_valid(&v), "{v}");
+        // No event validates against another type's schema.
+        assert_eq!(events.iter().filter(|(_, s)| s.is_valid(&v)).count(), 1);
+        *seen.entry(kind).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 4, "every event type was emitted: {seen:?}");
+    // The receipt schema and the decoder agree on every game receipt.
+    let receipt = schema("receipt.schema.json");
+    for r in golden::game::receipts() {
+        let value: Value = serde_json::from_slice(&r.value).unwrap();
+        let key = value["user_id"].as_str().map(|s| s.as_bytes().to_vec());
+        let decided = decode_receipt(key.as_deref(), Some(&r.value), &config.rules).err();
+        if schema_expressible(decided, &value) {
+            assert_eq!(
+                receipt.is_valid(&value),
+                decided.is_none(),
+                "offset {}: decoder said {decided:?} for {value}",
+                r.offset
+            );
+        }
+    }
+}
+
+#[test]
 fn receipt_schema_agrees_on_hand_written_edge_cases() {
     let receipt = schema("receipt.schema.json");
     let rules = mallquest::domain::Rules::default();
@@ -112,6 +164,23 @@ fn receipt_schema_agrees_on_hand_written_edge_cases() {
         ("}", r#","type":"refund","refund_of":"r-0"}"#),
         ("}", r#","type":"gift"}"#),
         ("}", r#","extra":{"anything":[1,2,3]}}"#),
+        // Redemptions: coins a positive integer, amount optional and possibly zero.
+        ("}", r#","type":"redemption","coins":20}"#),
+        ("}", r#","type":"redemption","coins":0}"#),
+        ("}", r#","type":"redemption","coins":1.5}"#),
+        ("}", r#","type":"redemption","coins":"20"}"#),
+        ("}", r#","type":"redemption"}"#),
+        (
+            r#""amount":"1.00""#,
+            r#""amount":"0.00","type":"redemption","coins":5"#,
+        ),
+        (r#","amount":"1.00""#, r#","type":"redemption","coins":5"#),
+        (
+            r#","amount":"1.00""#,
+            r#","type":"redemption_reversal","refund_of":"x-1""#,
+        ),
+        (r#","amount":"1.00""#, r#","type":"redemption_reversal""#),
+        (r#","amount":"1.00""#, ""),
     ];
     for (from, to) in cases {
         let text = base.replace(from, to);

@@ -1,7 +1,15 @@
 //! The fold: one receipt applied to one user's state.
+//!
+//! One receipt's effects come in a fixed order: base coins and XP (or a refund's
+//! reversal), campaign coins, mission completions or revocations (config order), one
+//! level-up check over all the XP the receipt added, then badges (config order). Its
+//! events are emitted in that order.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::game::{streak_unit, Goal, Mission, MissionPeriod, OnRefund, Period};
 use super::{Minor, Reject, Rules, Timestamp};
 
 /// A decoded, validated receipt event.
@@ -13,11 +21,12 @@ pub struct Receipt {
     pub user_id: String,
     /// Where the sale happened; picks the coin multiplier.
     pub store_id: String,
-    /// The amount in minor units, in `1..=MAX_AMOUNT`.
+    /// The amount in minor units: in `1..=MAX_AMOUNT` for purchases and refunds; for
+    /// redemptions and their reversals, as given (0 when absent).
     pub amount: Minor,
     /// When the POS issued it.
     pub issued_at: Timestamp,
-    /// Purchase or refund.
+    /// Purchase, refund, redemption or redemption reversal.
     pub kind: ReceiptKind,
 }
 
@@ -32,6 +41,28 @@ pub enum ReceiptKind {
         /// The purchase's receipt_id.
         refund_of: String,
     },
+    /// Coins spent.
+    Redemption {
+        /// How many, at least 1.
+        coins: i64,
+    },
+    /// An earlier redemption of the same user given back, whole.
+    RedemptionReversal {
+        /// The redemption's receipt_id.
+        refund_of: String,
+    },
+}
+
+impl ReceiptKind {
+    /// The receipt id this one reverses, for refunds and redemption reversals.
+    pub fn refund_of(&self) -> Option<&str> {
+        match self {
+            ReceiptKind::Refund { refund_of } | ReceiptKind::RedemptionReversal { refund_of } => {
+                Some(refund_of)
+            }
+            ReceiptKind::Purchase | ReceiptKind::Redemption { .. } => None,
+        }
+    }
 }
 
 /// Where the last applied event came from.
@@ -48,7 +79,8 @@ pub struct Source {
 pub struct UserState {
     /// The shopper.
     pub user_id: String,
-    /// Coins held: purchases, level-up bonuses, less refunds.
+    /// Coins held: purchases, campaigns, missions, level-up bonuses, less refunds and
+    /// redemptions. May be negative (a refund after a redemption).
     pub coins: i64,
     /// Experience points.
     pub xp: i64,
@@ -66,10 +98,62 @@ pub struct UserState {
     pub first_receipt_at: Option<Timestamp>,
     /// Latest purchase issued_at.
     pub last_receipt_at: Option<Timestamp>,
-    /// Applied purchases and refunds.
+    /// Applied receipts of every kind.
     pub version: u64,
     /// The last applied event.
     pub source: Option<Source>,
+    /// Campaign coins held, net of refunds, per campaign (no zero entries).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub coins_by_campaign: BTreeMap<String, i64>,
+    /// Mission instances still kept (those a receipt inside the dedup window can change).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missions: Vec<MissionInstance>,
+    /// Missions completed, ever (revocations do not take completions back).
+    #[serde(default)]
+    pub missions_completed: u64,
+    /// Runs of consecutive streak units with a purchase, `(first, last)`, sorted, apart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streak_runs: Vec<(i64, i64)>,
+    /// Badges earned, in earning order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub badges: Vec<String>,
+    /// Redemptions applied (reversals do not take them back).
+    #[serde(default)]
+    pub redemptions: u64,
+    /// Coins redeemed, net of reversals.
+    #[serde(default)]
+    pub coins_redeemed: i64,
+}
+
+/// One user's progress on one mission in one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissionInstance {
+    /// The mission.
+    pub mission_id: String,
+    /// The period's key: `2026-11-30`, `2026-W49`, `2026-12` or `once`.
+    pub period: String,
+    /// Money spent in the period (in the mission's category, for `category_spend`), net
+    /// of refunds.
+    pub spend: Minor,
+    /// Purchases not fully refunded.
+    pub receipts: u64,
+    /// Purchases not fully refunded, per store.
+    pub stores: BTreeMap<String, u64>,
+    /// Whether its reward is held now.
+    pub completed: bool,
+    /// issued_at of the receipt that completed it: where its reward is attributed.
+    pub completed_at: Option<Timestamp>,
+}
+
+impl MissionInstance {
+    /// Progress towards the mission's target, in the target's unit.
+    pub fn progress(&self, goal: Goal) -> i64 {
+        match goal {
+            Goal::Spend | Goal::CategorySpend => self.spend,
+            Goal::Receipts => i64::try_from(self.receipts).unwrap_or(i64::MAX),
+            Goal::Stores => self.stores.len() as i64,
+        }
+    }
 }
 
 impl UserState {
@@ -88,6 +172,46 @@ impl UserState {
             last_receipt_at: None,
             version: 0,
             source: None,
+            coins_by_campaign: BTreeMap::new(),
+            missions: Vec::new(),
+            missions_completed: 0,
+            streak_runs: Vec::new(),
+            badges: Vec::new(),
+            redemptions: 0,
+            coins_redeemed: 0,
+        }
+    }
+
+    /// The run of streak units ending at the latest unit with a purchase.
+    pub fn streak_current(&self) -> i64 {
+        self.streak_runs.last().map_or(0, |(a, b)| b - a + 1)
+    }
+
+    /// The longest run ever (units are never removed, so the longest run now).
+    pub fn streak_best(&self) -> i64 {
+        self.streak_runs
+            .iter()
+            .map(|(a, b)| b - a + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Adds a unit with a purchase, joining the runs it touches.
+    fn add_streak_unit(&mut self, unit: i64) {
+        let runs = &mut self.streak_runs;
+        let at = runs.partition_point(|(_, last)| *last < unit - 1);
+        match runs.get(at).copied() {
+            Some((first, last)) if first <= unit + 1 => {
+                let merged = (first.min(unit), last.max(unit));
+                runs[at] = merged;
+                if let Some(&(next_first, next_last)) = runs.get(at + 1) {
+                    if next_first == merged.1 + 1 {
+                        runs[at] = (merged.0, next_last);
+                        runs.remove(at + 1);
+                    }
+                }
+            }
+            _ => runs.insert(at, (unit, unit)),
         }
     }
 }
@@ -96,7 +220,7 @@ impl UserState {
 /// and to reverse a purchase's earnings proportionally.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
-    /// Purchase or refund (with its original).
+    /// Purchase, refund (with its original), redemption or reversal.
     pub kind: ReceiptKind,
     /// The receipt's store.
     pub store_id: String,
@@ -104,12 +228,15 @@ pub struct LedgerEntry {
     pub amount: Minor,
     /// The receipt's instant.
     pub issued_at: Timestamp,
-    /// Coins the purchase earned, level bonus excluded (0 for refunds).
+    /// Coins the purchase earned by the base rules, level bonus excluded (0 otherwise).
     pub earned_coins: i64,
-    /// XP the purchase earned (0 for refunds).
+    /// XP the purchase earned (0 otherwise).
     pub earned_xp: i64,
-    /// Amount refunded so far (purchases only).
+    /// Amount refunded so far (purchases); coins given back (redemptions).
     pub refunded: Minor,
+    /// Coins the purchase got from each campaign, in config order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub campaign_coins: Vec<(String, i64)>,
 }
 
 impl LedgerEntry {
@@ -138,6 +265,75 @@ pub struct LevelUp {
     pub at: Timestamp,
 }
 
+/// A mission completed or revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissionEvent {
+    /// The shopper.
+    pub user_id: String,
+    /// The mission.
+    pub mission_id: String,
+    /// The period instance's key.
+    pub period: String,
+    /// Coins of the reward (added, or taken back).
+    pub reward_coins: i64,
+    /// XP of the reward (added, or taken back).
+    pub reward_xp: i64,
+    /// The receipt that completed (or revoked) it.
+    pub receipt_id: String,
+    /// That receipt's issued_at.
+    pub at: Timestamp,
+}
+
+/// A badge earned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadgeEarned {
+    /// The shopper.
+    pub user_id: String,
+    /// The badge.
+    pub badge_id: String,
+    /// The receipt that earned it.
+    pub receipt_id: String,
+    /// That receipt's issued_at.
+    pub at: Timestamp,
+}
+
+/// An event of the events topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `level_up`.
+    LevelUp(LevelUp),
+    /// `mission_completed`.
+    MissionCompleted(MissionEvent),
+    /// `mission_revoked`.
+    MissionRevoked(MissionEvent),
+    /// `badge_earned`.
+    BadgeEarned(BadgeEarned),
+}
+
+impl Event {
+    /// The user it is about (the events topic's key).
+    pub fn user_id(&self) -> &str {
+        match self {
+            Event::LevelUp(e) => &e.user_id,
+            Event::MissionCompleted(e) | Event::MissionRevoked(e) => &e.user_id,
+            Event::BadgeEarned(e) => &e.user_id,
+        }
+    }
+}
+
+/// What a receipt added to (or took from) the scores of the periods holding `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attribution {
+    /// The instant whose day, week and month get it.
+    pub at: Timestamp,
+    /// XP.
+    pub xp: i64,
+    /// Coins earned (redemptions never count).
+    pub coins: i64,
+    /// Money spent, in minor units.
+    pub spent: Minor,
+}
+
 /// What applying a receipt did.
 #[allow(clippy::large_enum_variant)] // built once per receipt and consumed at once
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,12 +344,14 @@ pub enum Effect {
     Applied {
         /// The receipt's own ledger entry.
         entry: LedgerEntry,
-        /// For a refund: the original purchase with its refunded total raised.
+        /// For a refund or reversal: the original with its refunded total raised.
         original: Option<LedgerEntry>,
-        /// Set when the level rose.
-        level_up: Option<LevelUp>,
-        /// Coins added (purchase and bonus) or, negative, taken back (refund).
+        /// Events, in emission order.
+        events: Vec<Event>,
+        /// Coins added or, negative, taken back (redemptions excluded).
         coins_delta: i64,
+        /// Period scores changed, by the instant they are attributed to.
+        attributed: Vec<Attribution>,
     },
 }
 
@@ -161,7 +359,8 @@ pub enum Effect {
 ///
 /// `existing` is the ledger entry under the receipt's own id, `original` the one under
 /// its `refund_of` (both looked up by the caller for this user). On `Err`, `state` is
-/// unchanged: every figure is computed first, with checked arithmetic, then assigned.
+/// unchanged: the receipt is folded into a copy, with checked arithmetic, which replaces
+/// `state` only when every step succeeded.
 pub fn apply(
     state: &mut UserState,
     existing: Option<&LedgerEntry>,
@@ -177,74 +376,187 @@ pub fn apply(
             Err(Reject::ConflictingDuplicate)
         };
     }
-    match &receipt.kind {
-        ReceiptKind::Purchase => purchase(state, receipt, source, rules),
-        ReceiptKind::Refund { .. } => refund(state, original, receipt, source),
-    }
+    let mut next = state.clone();
+    let effect = match &receipt.kind {
+        ReceiptKind::Purchase => purchase(&mut next, receipt, rules)?,
+        ReceiptKind::Refund { .. } => refund(&mut next, original, receipt, rules)?,
+        ReceiptKind::Redemption { coins } => redemption(&mut next, receipt, *coins)?,
+        ReceiptKind::RedemptionReversal { .. } => reversal(&mut next, original, receipt)?,
+    };
+    next.version = next.version.checked_add(1).ok_or(Reject::Overflow)?;
+    next.source = Some(source);
+    *state = next;
+    Ok(effect)
 }
 
-fn purchase(
-    state: &mut UserState,
-    r: &Receipt,
-    source: Source,
-    rules: &Rules,
-) -> Result<Effect, Reject> {
-    let of = |v: Option<i128>| v.ok_or(Reject::Overflow);
+fn add(a: i64, b: i64) -> Result<i64, Reject> {
+    a.checked_add(b).ok_or(Reject::Overflow)
+}
+
+fn sub(a: i64, b: i64) -> Result<i64, Reject> {
+    a.checked_sub(b).ok_or(Reject::Overflow)
+}
+
+/// floor(v * num / den), in i128; `None` when the result leaves i64.
+fn scale(v: i64, num: i64, den: i64) -> Result<i64, Reject> {
+    let r = i128::from(v) * i128::from(num) / i128::from(den);
+    i64::try_from(r).map_err(|_| Reject::Overflow)
+}
+
+/// The key of the instance of `m` a receipt issued at `t` counts in, if any.
+fn instance_key(m: &Mission, rules: &Rules, t: Timestamp) -> Option<String> {
+    let period = match m.period {
+        MissionPeriod::Day => Period::Day,
+        MissionPeriod::Week => Period::Week,
+        MissionPeriod::Month => Period::Month,
+        MissionPeriod::Once => {
+            let inside = m.start.is_some_and(|s| s <= t) && m.end.is_some_and(|e| t < e);
+            return inside.then(|| "once".to_owned());
+        }
+    };
+    Some(rules.calendar().key(period, t))
+}
+
+/// Whether a purchase in `store_id` counts for `m` at all.
+fn counts_for(m: &Mission, rules: &Rules, store_id: &str) -> bool {
+    m.goal != Goal::CategorySpend || rules.game.category(store_id) == m.category.as_deref()
+}
+
+fn purchase(s: &mut UserState, r: &Receipt, rules: &Rules) -> Result<Effect, Reject> {
+    let game = &rules.game;
+    let rates = rules.rates_at(r.issued_at);
     // i128 for the product: amount (<= 1e8) x rate x percent cannot overflow it.
-    let earned_coins = of(i128::from(r.amount)
-        .checked_mul(i128::from(rules.coins_per_unit))
-        .and_then(|v| v.checked_mul(i128::from(rules.multiplier_pct(&r.store_id)))))?
+    let earned_coins = i128::from(r.amount)
+        * i128::from(rates.coins_per_unit)
+        * i128::from(rates.multiplier_pct(&r.store_id))
         / 10_000;
     let earned_coins = i64::try_from(earned_coins).map_err(|_| Reject::Overflow)?;
     let earned_xp = (r.amount / 100)
-        .checked_mul(rules.xp_per_unit)
-        .and_then(|v| v.checked_add(rules.xp_per_receipt))
+        .checked_mul(rates.xp_per_unit)
+        .and_then(|v| v.checked_add(rates.xp_per_receipt))
         .ok_or(Reject::Overflow)?;
+    let mut events = Vec::new();
+    let mut coins_delta = earned_coins;
+    let mut xp_delta = earned_xp;
 
-    let xp = state.xp.checked_add(earned_xp).ok_or(Reject::Overflow)?;
-    let level = rules.level_for(xp).max(state.level);
-    let gained = level - state.level;
-    let bonus = i64::from(gained)
-        .checked_mul(rules.level_up_bonus_coins)
-        .ok_or(Reject::Overflow)?;
-    let coins_delta = earned_coins.checked_add(bonus).ok_or(Reject::Overflow)?;
-    let coins = state
-        .coins
-        .checked_add(coins_delta)
-        .ok_or(Reject::Overflow)?;
-    let total_spent = state
-        .total_spent
-        .checked_add(r.amount)
-        .ok_or(Reject::Overflow)?;
-
-    let level_up = (gained > 0).then(|| LevelUp {
-        user_id: state.user_id.clone(),
-        from_level: state.level,
-        to_level: level,
-        bonus_coins: bonus,
-        receipt_id: r.receipt_id.clone(),
-        at: r.issued_at,
-    });
-    state.coins = coins;
-    state.xp = xp;
-    state.level = level;
-    state.total_spent = total_spent;
-    state.receipt_count += 1;
-    if let Err(at) = state.stores.binary_search(&r.store_id) {
-        state.stores.insert(at, r.store_id.clone());
+    // Campaigns, in config order, each limited by what is left of its cap.
+    let mut campaign_coins = Vec::new();
+    let category = game.category(&r.store_id);
+    for c in &game.campaigns {
+        let in_time = c.start <= r.issued_at && r.issued_at < c.end;
+        let big_enough = c.min_amount.is_none_or(|m| r.amount >= m);
+        let in_store = match (&c.stores, &c.categories) {
+            (None, None) => true,
+            (stores, categories) => {
+                stores.as_ref().is_some_and(|l| l.contains(&r.store_id))
+                    || categories
+                        .as_ref()
+                        .is_some_and(|l| category.is_some_and(|cat| l.iter().any(|x| x == cat)))
+            }
+        };
+        if !(in_time && big_enough && in_store) {
+            continue;
+        }
+        let held = s.coins_by_campaign.get(&c.id).copied().unwrap_or(0);
+        let mut bonus = add(scale(earned_coins, c.bonus_percent, 100)?, c.bonus_coins)?;
+        if let Some(cap) = c.max_coins_per_user {
+            bonus = bonus.min(sub(cap, held)?.max(0));
+        }
+        if bonus > 0 {
+            s.coins_by_campaign.insert(c.id.clone(), add(held, bonus)?);
+            campaign_coins.push((c.id.clone(), bonus));
+            coins_delta = add(coins_delta, bonus)?;
+        }
     }
-    state.first_receipt_at = Some(
-        state
-            .first_receipt_at
+
+    // Missions, in config order.
+    prune_missions(s, rules, r.issued_at);
+    for m in &game.missions {
+        let Some(key) = instance_key(m, rules, r.issued_at) else {
+            continue;
+        };
+        if !counts_for(m, rules, &r.store_id) {
+            continue;
+        }
+        let at = match s
+            .missions
+            .iter()
+            .position(|i| i.mission_id == m.id && i.period == key)
+        {
+            Some(at) => at,
+            None => {
+                s.missions.push(MissionInstance {
+                    mission_id: m.id.clone(),
+                    period: key,
+                    spend: 0,
+                    receipts: 0,
+                    stores: BTreeMap::new(),
+                    completed: false,
+                    completed_at: None,
+                });
+                s.missions.len() - 1
+            }
+        };
+        let inst = &mut s.missions[at];
+        inst.spend = add(inst.spend, r.amount)?;
+        inst.receipts += 1;
+        *inst.stores.entry(r.store_id.clone()).or_default() += 1;
+        if !inst.completed && inst.progress(m.goal) >= m.target.value() {
+            inst.completed = true;
+            inst.completed_at = Some(r.issued_at);
+            coins_delta = add(coins_delta, m.reward_coins)?;
+            xp_delta = add(xp_delta, m.reward_xp)?;
+            s.missions_completed += 1;
+            events.push(Event::MissionCompleted(MissionEvent {
+                user_id: s.user_id.clone(),
+                mission_id: m.id.clone(),
+                period: inst.period.clone(),
+                reward_coins: m.reward_coins,
+                reward_xp: m.reward_xp,
+                receipt_id: r.receipt_id.clone(),
+                at: r.issued_at,
+            }));
+        }
+    }
+
+    // One level-up check over all the XP the receipt added.
+    let xp = add(s.xp, xp_delta)?;
+    let level = rules.level_for(xp).max(s.level);
+    let gained = level - s.level;
+    if gained > 0 {
+        let bonus = i64::from(gained)
+            .checked_mul(rules.level_up_bonus_coins)
+            .ok_or(Reject::Overflow)?;
+        coins_delta = add(coins_delta, bonus)?;
+        events.push(Event::LevelUp(LevelUp {
+            user_id: s.user_id.clone(),
+            from_level: s.level,
+            to_level: level,
+            bonus_coins: bonus,
+            receipt_id: r.receipt_id.clone(),
+            at: r.issued_at,
+        }));
+    }
+    s.coins = add(s.coins, coins_delta)?;
+    s.xp = xp;
+    s.level = level;
+    s.total_spent = add(s.total_spent, r.amount)?;
+    s.receipt_count += 1;
+    if let Err(at) = s.stores.binary_search(&r.store_id) {
+        s.stores.insert(at, r.store_id.clone());
+    }
+    s.first_receipt_at = Some(
+        s.first_receipt_at
             .map_or(r.issued_at, |t| t.min(r.issued_at)),
     );
-    state.last_receipt_at = Some(
-        state
-            .last_receipt_at
+    s.last_receipt_at = Some(
+        s.last_receipt_at
             .map_or(r.issued_at, |t| t.max(r.issued_at)),
     );
-    state.version += 1;
-    state.source = Some(source);
+    let date = rules.calendar().date(r.issued_at);
+    s.add_streak_unit(streak_unit(game.streaks.unit, date));
+    award_badges(s, rules, r, &mut events);
+
     Ok(Effect::Applied {
         entry: LedgerEntry {
             kind: ReceiptKind::Purchase,
@@ -254,67 +566,241 @@ fn purchase(
             earned_coins,
             earned_xp,
             refunded: 0,
+            campaign_coins,
         },
         original: None,
-        level_up,
+        events,
         coins_delta,
+        attributed: vec![Attribution {
+            at: r.issued_at,
+            xp: xp_delta,
+            coins: coins_delta,
+            spent: r.amount,
+        }],
     })
 }
 
+/// Drops the mission instances no receipt can change any more: those of periods that
+/// ended before the dedup window reaching back from `t` (their purchases have left the
+/// ledger, so no refund can find them, and a receipt that old is `too_old`).
+fn prune_missions(s: &mut UserState, rules: &Rules, t: Timestamp) {
+    let Some(window) = rules.game.window_secs else {
+        return;
+    };
+    let oldest = Timestamp {
+        secs: t.secs.saturating_sub(window),
+        nanos: 0,
+    };
+    let cal = rules.calendar();
+    let game = &rules.game;
+    s.missions.retain(|i| {
+        let Some(m) = game.missions.iter().find(|m| m.id == i.mission_id) else {
+            return false; // a mission no longer configured
+        };
+        match m.period {
+            MissionPeriod::Once => m.end.is_none_or(|e| e > oldest),
+            MissionPeriod::Day => i.period >= cal.key(Period::Day, oldest),
+            MissionPeriod::Week => i.period >= cal.key(Period::Week, oldest),
+            MissionPeriod::Month => i.period >= cal.key(Period::Month, oldest),
+        }
+    });
+}
+
+fn award_badges(s: &mut UserState, rules: &Rules, r: &Receipt, events: &mut Vec<Event>) {
+    use super::game::BadgeKind;
+    for b in &rules.game.badges {
+        if s.badges.contains(&b.id) {
+            continue;
+        }
+        let figure = match b.kind {
+            BadgeKind::Streak => s.streak_best(),
+            BadgeKind::Stores => s.stores.len() as i64,
+            BadgeKind::Receipts => i64::try_from(s.receipt_count).unwrap_or(i64::MAX),
+            BadgeKind::Spend => s.total_spent,
+            BadgeKind::Level => i64::from(s.level),
+            BadgeKind::Missions => i64::try_from(s.missions_completed).unwrap_or(i64::MAX),
+        };
+        if figure >= b.threshold.value() {
+            s.badges.push(b.id.clone());
+            events.push(Event::BadgeEarned(BadgeEarned {
+                user_id: s.user_id.clone(),
+                badge_id: b.id.clone(),
+                receipt_id: r.receipt_id.clone(),
+                at: r.issued_at,
+            }));
+        }
+    }
+}
+
 fn refund(
-    state: &mut UserState,
+    s: &mut UserState,
     original: Option<&LedgerEntry>,
     r: &Receipt,
-    source: Source,
+    rules: &Rules,
 ) -> Result<Effect, Reject> {
     let orig = match original {
         Some(e) if e.kind == ReceiptKind::Purchase => e,
         _ => return Err(Reject::UnknownOriginal),
     };
     let r0 = orig.refunded;
-    let r1 = r0.checked_add(r.amount).ok_or(Reject::Overflow)?;
+    let r1 = add(r0, r.amount)?;
     if r1 > orig.amount {
         return Err(Reject::RefundExceedsOriginal);
     }
     // floor(earned * R1 / amount) - floor(earned * R0 / amount): partial refunds add up
     // to exactly what the purchase earned, whatever their order and rounding.
-    let share = |earned: i64, refunded: Minor| -> i64 {
-        let v = i128::from(earned) * i128::from(refunded) / i128::from(orig.amount);
-        v as i64 // <= earned, so it fits
+    let back = |earned: i64| -> Result<i64, Reject> {
+        sub(
+            scale(earned, r1, orig.amount)?,
+            scale(earned, r0, orig.amount)?,
+        )
     };
-    let coins_back = share(orig.earned_coins, r1) - share(orig.earned_coins, r0);
-    let xp_back = share(orig.earned_xp, r1) - share(orig.earned_xp, r0);
-    let coins = state
-        .coins
-        .checked_sub(coins_back)
-        .ok_or(Reject::Overflow)?;
-    let xp = state.xp.checked_sub(xp_back).ok_or(Reject::Overflow)?;
-    let total_spent = state
-        .total_spent
-        .checked_sub(r.amount)
-        .ok_or(Reject::Overflow)?;
-
-    state.coins = coins;
-    state.xp = xp;
-    state.total_spent = total_spent;
-    state.refund_count += 1;
-    state.version += 1;
-    state.source = Some(source);
+    let mut coins_back = back(orig.earned_coins)?;
+    let xp_back = back(orig.earned_xp)?;
+    for (id, got) in &orig.campaign_coins {
+        let c = back(*got)?;
+        if c != 0 {
+            let held = sub(s.coins_by_campaign.get(id).copied().unwrap_or(0), c)?;
+            if held == 0 {
+                s.coins_by_campaign.remove(id);
+            } else {
+                s.coins_by_campaign.insert(id.clone(), held);
+            }
+            coins_back = add(coins_back, c)?;
+        }
+    }
+    let mut events = Vec::new();
+    let mut attributed = vec![Attribution {
+        at: orig.issued_at,
+        xp: -xp_back,
+        coins: -coins_back,
+        spent: -r.amount,
+    }];
+    let mut revoked_coins = 0;
+    let mut revoked_xp = 0;
+    // The purchase's mission instances lose what it counted for.
+    let fully = r1 == orig.amount;
+    for m in &rules.game.missions {
+        let Some(key) = instance_key(m, rules, orig.issued_at) else {
+            continue;
+        };
+        if !counts_for(m, rules, &orig.store_id) {
+            continue;
+        }
+        let Some(inst) = s
+            .missions
+            .iter_mut()
+            .find(|i| i.mission_id == m.id && i.period == key)
+        else {
+            continue; // pruned: its purchases have left the ledger
+        };
+        inst.spend = sub(inst.spend, r.amount)?;
+        if fully {
+            inst.receipts = inst.receipts.saturating_sub(1);
+            if let Some(n) = inst.stores.get_mut(&orig.store_id) {
+                *n -= 1;
+                if *n == 0 {
+                    inst.stores.remove(&orig.store_id);
+                }
+            }
+        }
+        if m.on_refund == OnRefund::Revoke
+            && inst.completed
+            && inst.progress(m.goal) < m.target.value()
+        {
+            inst.completed = false;
+            let completed_at = inst.completed_at.take().unwrap_or(orig.issued_at);
+            revoked_coins = add(revoked_coins, m.reward_coins)?;
+            revoked_xp = add(revoked_xp, m.reward_xp)?;
+            attributed.push(Attribution {
+                at: completed_at,
+                xp: -m.reward_xp,
+                coins: -m.reward_coins,
+                spent: 0,
+            });
+            events.push(Event::MissionRevoked(MissionEvent {
+                user_id: s.user_id.clone(),
+                mission_id: m.id.clone(),
+                period: key,
+                reward_coins: m.reward_coins,
+                reward_xp: m.reward_xp,
+                receipt_id: r.receipt_id.clone(),
+                at: r.issued_at,
+            }));
+        }
+    }
+    let coins_delta = -add(coins_back, revoked_coins)?;
+    s.coins = add(s.coins, coins_delta)?;
+    s.xp = sub(sub(s.xp, xp_back)?, revoked_xp)?;
+    s.total_spent = sub(s.total_spent, r.amount)?;
+    s.refund_count += 1;
+    award_badges(s, rules, r, &mut events);
     let mut updated = orig.clone();
     updated.refunded = r1;
     Ok(Effect::Applied {
-        entry: LedgerEntry {
-            kind: r.kind.clone(),
-            store_id: r.store_id.clone(),
-            amount: r.amount,
-            issued_at: r.issued_at,
-            earned_coins: 0,
-            earned_xp: 0,
-            refunded: 0,
-        },
+        entry: entry_of(r),
         original: Some(updated),
-        level_up: None,
-        coins_delta: -coins_back,
+        events,
+        coins_delta,
+        attributed,
+    })
+}
+
+/// The ledger entry of a receipt that earns nothing itself.
+fn entry_of(r: &Receipt) -> LedgerEntry {
+    LedgerEntry {
+        kind: r.kind.clone(),
+        store_id: r.store_id.clone(),
+        amount: r.amount,
+        issued_at: r.issued_at,
+        earned_coins: 0,
+        earned_xp: 0,
+        refunded: 0,
+        campaign_coins: Vec::new(),
+    }
+}
+
+fn redemption(s: &mut UserState, r: &Receipt, coins: i64) -> Result<Effect, Reject> {
+    if s.coins < coins {
+        return Err(Reject::InsufficientCoins);
+    }
+    s.coins = sub(s.coins, coins)?;
+    s.coins_redeemed = add(s.coins_redeemed, coins)?;
+    s.redemptions += 1;
+    Ok(Effect::Applied {
+        entry: entry_of(r),
+        original: None,
+        events: Vec::new(),
+        coins_delta: 0,
+        attributed: Vec::new(),
+    })
+}
+
+fn reversal(
+    s: &mut UserState,
+    original: Option<&LedgerEntry>,
+    r: &Receipt,
+) -> Result<Effect, Reject> {
+    let (orig, coins) = match original {
+        Some(e) => match e.kind {
+            ReceiptKind::Redemption { coins } => (e, coins),
+            _ => return Err(Reject::UnknownOriginal),
+        },
+        None => return Err(Reject::UnknownOriginal),
+    };
+    if orig.refunded != 0 {
+        return Err(Reject::RefundExceedsOriginal);
+    }
+    s.coins = add(s.coins, coins)?;
+    s.coins_redeemed = sub(s.coins_redeemed, coins)?;
+    let mut updated = orig.clone();
+    updated.refunded = coins;
+    Ok(Effect::Applied {
+        entry: entry_of(r),
+        original: Some(updated),
+        events: Vec::new(),
+        coins_delta: 0,
+        attributed: Vec::new(),
     })
 }
 
@@ -356,9 +842,15 @@ mod tests {
             Effect::Applied {
                 entry,
                 original,
-                level_up,
+                events,
                 ..
-            } => (entry, original, level_up),
+            } => {
+                let level_up = events.into_iter().find_map(|e| match e {
+                    Event::LevelUp(l) => Some(l),
+                    _ => None,
+                });
+                (entry, original, level_up)
+            }
             Effect::Duplicate => panic!("expected an applied effect"),
         }
     }
@@ -530,6 +1022,7 @@ mod tests {
             earned_coins: 0,
             earned_xp: 0,
             refunded: 0,
+            campaign_coins: Vec::new(),
         };
         assert_eq!(
             apply(&mut s, None, Some(&refund_entry), &r, SRC, &rules),

@@ -4,11 +4,16 @@
 //! then folds it into one user's [`UserState`], given the ledger entries it needs.
 
 pub mod fold;
+pub mod game;
 pub mod money;
 pub mod rules;
 pub mod time;
 
-pub use fold::{apply, Effect, LedgerEntry, LevelUp, Receipt, ReceiptKind, Source, UserState};
+pub use fold::{
+    apply, Attribution, BadgeEarned, Effect, Event, LedgerEntry, LevelUp, MissionEvent,
+    MissionInstance, Receipt, ReceiptKind, Source, UserState,
+};
+pub use game::{Calendar, Game, Period};
 pub use money::Minor;
 pub use rules::Rules;
 pub use time::Timestamp;
@@ -36,6 +41,8 @@ pub enum Reject {
     ConflictingDuplicate,
     /// The user's totals would overflow a 64-bit integer.
     Overflow,
+    /// A redemption asks for more coins than the user holds.
+    InsufficientCoins,
     /// issued_at is older than the dedup window (measured back from the partition's
     /// highest applied issued_at): it can no longer be checked for duplicates.
     TooOld,
@@ -43,7 +50,7 @@ pub enum Reject {
 
 impl Reject {
     /// Every reason, in a stable order.
-    pub const ALL: [Reject; 11] = [
+    pub const ALL: [Reject; 12] = [
         Reject::TooLarge,
         Reject::InvalidJson,
         Reject::Schema,
@@ -55,6 +62,7 @@ impl Reject {
         Reject::ConflictingDuplicate,
         Reject::Overflow,
         Reject::TooOld,
+        Reject::InsufficientCoins,
     ];
 
     /// The reason as written in the DLQ header and in metrics.
@@ -71,6 +79,7 @@ impl Reject {
             Reject::ConflictingDuplicate => "conflicting_duplicate",
             Reject::Overflow => "overflow",
             Reject::TooOld => "too_old",
+            Reject::InsufficientCoins => "insufficient_coins",
         }
     }
 

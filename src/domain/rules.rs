@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::game::{Calendar, Game, DEFAULT_TIMEZONE};
+use super::Timestamp;
+
 /// The game's rules. Defaults are those of the config reference.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +35,61 @@ pub struct Rules {
     /// Coin multiplier per store_id, in percent; stores not listed earn 100.
     #[serde(default)]
     pub store_multipliers: BTreeMap<String, i64>,
+    /// The mall's IANA time zone: days, ISO weeks and months are mall-local.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// `[[rules.history]]`: earlier rates, each for receipts issued before its `until`.
+    #[serde(default)]
+    pub history: Vec<Era>,
+    /// Campaigns, missions, streaks, badges and store categories: the top-level sections
+    /// of the configuration, set by [`crate::config`].
+    #[serde(skip)]
+    pub game: Game,
+}
+
+/// One `[[rules.history]]` entry: rates in force before `until` (and at or after the
+/// previous entry's `until`). What it omits comes from the rule set in force after it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Era {
+    /// The first instant these rates no longer apply to.
+    #[serde(deserialize_with = "super::game::instant_field")]
+    pub until: Timestamp,
+    /// As `[rules] coins_per_unit`.
+    #[serde(default)]
+    pub coins_per_unit: Option<i64>,
+    /// As `[rules] xp_per_receipt`.
+    #[serde(default)]
+    pub xp_per_receipt: Option<i64>,
+    /// As `[rules] xp_per_unit`.
+    #[serde(default)]
+    pub xp_per_unit: Option<i64>,
+    /// Replaces the whole map when present.
+    #[serde(default)]
+    pub store_multipliers: Option<BTreeMap<String, i64>>,
+}
+
+/// The earning rates in force at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Rates<'a> {
+    /// Coins per 1.00 spent.
+    pub coins_per_unit: i64,
+    /// XP per purchase.
+    pub xp_per_receipt: i64,
+    /// XP per whole 1.00.
+    pub xp_per_unit: i64,
+    multipliers: &'a BTreeMap<String, i64>,
+}
+
+impl Rates<'_> {
+    /// The coin multiplier of a store, in percent.
+    pub fn multiplier_pct(&self, store_id: &str) -> i64 {
+        self.multipliers.get(store_id).copied().unwrap_or(100)
+    }
+}
+
+fn default_timezone() -> String {
+    DEFAULT_TIMEZONE.into()
 }
 
 fn default_currency() -> String {
@@ -67,6 +125,9 @@ impl Default for Rules {
             max_level: default_max_level(),
             level_up_bonus_coins: default_level_up_bonus_coins(),
             store_multipliers: BTreeMap::new(),
+            timezone: default_timezone(),
+            history: Vec::new(),
+            game: Game::default(),
         }
     }
 }
@@ -76,9 +137,34 @@ impl Default for Rules {
 const MAX_RATE: i64 = 1_000_000;
 
 impl Rules {
-    /// The coin multiplier of a store, in percent.
+    /// The coin multiplier of a store today (without history), in percent.
     pub fn multiplier_pct(&self, store_id: &str) -> i64 {
         self.store_multipliers.get(store_id).copied().unwrap_or(100)
+    }
+
+    /// The rates a purchase issued at `t` earns by: those of the first history entry whose
+    /// `until` is after `t` (history is kept sorted by `until`), each omitted one taken
+    /// from the entries after it, then from `[rules]`; `[rules]` itself past the last.
+    pub fn rates_at(&self, t: Timestamp) -> Rates<'_> {
+        let from = self.history.partition_point(|e| e.until <= t);
+        let later = &self.history[from..];
+        let pick = |f: fn(&Era) -> Option<i64>, base: i64| later.iter().find_map(f).unwrap_or(base);
+        Rates {
+            coins_per_unit: pick(|e| e.coins_per_unit, self.coins_per_unit),
+            xp_per_receipt: pick(|e| e.xp_per_receipt, self.xp_per_receipt),
+            xp_per_unit: pick(|e| e.xp_per_unit, self.xp_per_unit),
+            multipliers: later
+                .iter()
+                .find_map(|e| e.store_multipliers.as_ref())
+                .unwrap_or(&self.store_multipliers),
+        }
+    }
+
+    /// The mall's calendar.
+    pub fn calendar(&self) -> Calendar {
+        Calendar::new(&self.timezone).unwrap_or_else(|| {
+            Calendar::new(DEFAULT_TIMEZONE).unwrap_or_else(|| unreachable!("a built-in zone"))
+        })
     }
 
     /// The level for an XP total: `min(max_level, 1 + isqrt(xp / level_xp_base))`.
@@ -119,16 +205,53 @@ impl Rules {
                 format!("must be between 1 and 100000, got {}", self.max_level),
             ));
         }
-        for (store, pct) in &self.store_multipliers {
-            if !(0..=10_000).contains(pct) {
+        check_multipliers("rules.store_multipliers", &self.store_multipliers)?;
+        if Calendar::new(&self.timezone).is_none() {
+            return Err((
+                "rules.timezone",
+                format!(
+                    "{:?} is not an IANA time zone name such as \"Asia/Dubai\"",
+                    self.timezone
+                ),
+            ));
+        }
+        for (i, e) in self.history.iter().enumerate() {
+            if i > 0 && self.history[i - 1].until >= e.until {
                 return Err((
-                    "rules.store_multipliers",
-                    format!("{store:?} must be a percentage between 0 and 10000, got {pct}"),
+                    "rules.history",
+                    "entries must be in increasing order of `until`, each `until` once".into(),
                 ));
             }
+            for (key, v) in [
+                ("rules.history.coins_per_unit", e.coins_per_unit),
+                ("rules.history.xp_per_receipt", e.xp_per_receipt),
+                ("rules.history.xp_per_unit", e.xp_per_unit),
+            ] {
+                if let Some(v) = v.filter(|v| !(0..=MAX_RATE).contains(v)) {
+                    return Err((key, format!("must be between 0 and {MAX_RATE}, got {v}")));
+                }
+            }
+            if let Some(m) = &e.store_multipliers {
+                check_multipliers("rules.history.store_multipliers", m)?;
+            }
         }
-        Ok(())
+        self.game.validate()
     }
+}
+
+fn check_multipliers(
+    key: &'static str,
+    map: &BTreeMap<String, i64>,
+) -> Result<(), (&'static str, String)> {
+    for (store, pct) in map {
+        if !(0..=10_000).contains(pct) {
+            return Err((
+                key,
+                format!("{store:?} must be a percentage between 0 and 10000, got {pct}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -153,6 +276,35 @@ mod tests {
             ..Rules::default()
         };
         assert_eq!(r.level_for(i64::MAX), 5);
+    }
+
+    #[test]
+    fn history_rates_apply_before_their_until_and_inherit_what_they_omit() {
+        let rules: Rules = toml::from_str(
+            r#"
+            coins_per_unit = 1
+            [store_multipliers]
+            "s-1" = 200
+            [[history]]
+            until = "2026-06-01T00:00:00+04:00"
+            xp_per_unit = 2
+            [[history]]
+            until = "2026-07-01T00:00:00+04:00"
+            coins_per_unit = 3
+            [history.store_multipliers]
+            "s-1" = 300
+            "#,
+        )
+        .unwrap();
+        let at = |s: &str| rules.rates_at(Timestamp::parse_rfc3339(s).unwrap());
+        let may = at("2026-05-31T19:59:59Z");
+        assert_eq!((may.coins_per_unit, may.xp_per_unit), (3, 2));
+        assert_eq!(may.multiplier_pct("s-1"), 300);
+        let june = at("2026-05-31T20:00:00Z");
+        assert_eq!((june.coins_per_unit, june.xp_per_unit), (3, 1));
+        let july = at("2026-06-30T20:00:00Z");
+        assert_eq!((july.coins_per_unit, july.xp_per_unit), (1, 1));
+        assert_eq!(july.multiplier_pct("s-1"), 200);
     }
 
     #[test]

@@ -425,11 +425,11 @@ impl KafkaSink {
                     .payload(&value[..]),
             )?;
         }
-        for l in &out.level_ups {
-            let value = codec::encode_level_up(l);
+        for e in &out.events {
+            let value = codec::encode_event(e);
             self.enqueue(
                 BaseRecord::to(&self.events_topic)
-                    .key(l.user_id.as_bytes())
+                    .key(e.user_id().as_bytes())
                     .payload(&value[..]),
             )?;
         }
