@@ -475,6 +475,27 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn game_sections_reach_the_rules_and_bad_ones_are_named() {
+        let c = Config::parse(
+            "[rules]\ntimezone = \"Europe/Berlin\"\n[store_categories]\n\"s-1\" = \"food\"\n\
+             [[campaigns]]\nid = \"c\"\nstart = \"2026-01-01T00:00:00Z\"\nend = \"2026-02-01T00:00:00Z\"\nbonus_coins = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.rules.game.campaigns.len(), 1);
+        assert_eq!(c.rules.game.category("s-1"), Some("food"));
+        assert_eq!(c.rules.game.window_secs, Some(90 * 86_400));
+        let err = Config::parse("[rules]\ntimezone = \"Mars/Olympus\"\n").unwrap_err();
+        assert!(err.to_string().contains("rules.timezone"), "{err}");
+        let err = Config::parse("[[campaigns]]\nid = \"c\"\nstart = \"2026-01-01T00:00:00Z\"\nend = \"2026-02-01T00:00:00Z\"\nbonus = 5\n").unwrap_err();
+        assert!(err.to_string().contains("bonus"), "{err}");
+        let err = Config::parse(
+            "[[rules.history]]\nuntil = \"2026-06-01T00:00:00Z\"\n[[rules.history]]\nuntil = \"2026-05-01T00:00:00Z\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("rules.history"), "{err}");
+    }
+
     use super::*;
 
     #[test]
