@@ -123,3 +123,56 @@ fn game_vectors_reject_exactly_the_expected_records() {
         .collect();
     assert_eq!(got, game::dlq());
 }
+
+/// The property test (tests/game_prop.rs) trusts the game reference: pin it to the
+/// independent vectors too, boards included.
+#[test]
+fn the_game_reference_agrees_with_the_vectors() {
+    let text = std::fs::read_to_string(format!(
+        "{}/tests/golden/game/config.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let records: Vec<_> = game::receipts()
+        .into_iter()
+        .map(|r| (0, r.offset, r.key, r.value))
+        .collect();
+    let exp = support::game_reference::fold(&text, &records);
+    for (user, want) in game::projections() {
+        let mut got = exp.projections[&user].clone();
+        whole_seconds(&mut got);
+        golden::assert_projection_eq(&got, &want);
+    }
+    assert_eq!(exp.dlq, game::dlq());
+    let events: Vec<Value> = exp
+        .events
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            whole_seconds(&mut e);
+            e
+        })
+        .collect();
+    assert_eq!(events.len(), game::events().len());
+    for (g, w) in events.iter().zip(game::events()) {
+        let inst =
+            |v: &Value| mallquest::domain::Timestamp::parse_rfc3339(v["at"].as_str().unwrap());
+        assert_eq!(inst(g), inst(&w));
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            v.as_object_mut().unwrap().remove("at");
+            v
+        };
+        assert_eq!(strip(g), strip(&w));
+    }
+    for w in game::boards() {
+        let (p, at, by) = (
+            w["period"].as_str().unwrap(),
+            w["at"].as_str().unwrap(),
+            w["by"].as_str().unwrap(),
+        );
+        let n = w["entries"].as_array().unwrap().len();
+        let got = exp.board(p, at, by).map(|b| b.to_json(n));
+        assert_eq!(got.as_ref(), Some(&w), "board {p} {at} {by}");
+    }
+}
