@@ -255,7 +255,7 @@ fn run(specs: Vec<Spec>, actions: Vec<Action>) {
     let mut store = Arc::new(Store::open(dir.path()).unwrap());
     let mut processor = Processor::new(Arc::clone(&store), rules.clone());
     let mut sink = MemorySink::default();
-    let mut cursor = vec![0usize; PARTITIONS];
+    let mut cursor = [0usize; PARTITIONS];
     let total: usize = logs.iter().map(Vec::len).sum();
     let mut step = 0;
     let mut actions = actions.into_iter();
