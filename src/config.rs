@@ -251,6 +251,9 @@ pub struct ProcessingConfig {
     /// receipts are rejected as `too_old` and older ledger entries are compacted away.
     #[serde(default = "default_dedup_window_days")]
     pub dedup_window_days: u32,
+    /// How many of the latest days, weeks and months the period leaderboards keep.
+    #[serde(default = "default_periods_kept")]
+    pub periods_kept: usize,
     /// How many other instances keep a warm copy of each partition by tailing its
     /// changelog, so that a failover catches up only what the copy lacks (0: none).
     #[serde(default)]
@@ -278,6 +281,10 @@ fn default_dlq_topic() -> String {
 fn default_store_path() -> PathBuf {
     PathBuf::from("data/mallquest")
 }
+const fn default_periods_kept() -> usize {
+    crate::domain::game::DEFAULT_PERIODS_KEPT
+}
+
 const fn default_dedup_window_days() -> u32 {
     90
 }
@@ -337,6 +344,7 @@ impl Default for ProcessingConfig {
         Self {
             commit_interval_ms: default_commit_interval_ms(),
             dedup_window_days: default_dedup_window_days(),
+            periods_kept: default_periods_kept(),
             standby_replicas: 0,
         }
     }
@@ -373,6 +381,7 @@ impl Config {
             window_secs: Some(
                 i64::from(config.processing.dedup_window_days) * crate::domain::game::SECS_PER_DAY,
             ),
+            periods_kept: Some(config.processing.periods_kept),
         };
         config.validate()?;
         Ok(config)
@@ -443,6 +452,15 @@ impl Config {
                 message: format!(
                     "must be between 1 and 36500, got {}",
                     self.processing.dedup_window_days
+                ),
+            });
+        }
+        if !(1..=100).contains(&self.processing.periods_kept) {
+            return Err(ConfigError::Invalid {
+                key: "processing.periods_kept",
+                message: format!(
+                    "must be between 1 and 100, got {}",
+                    self.processing.periods_kept
                 ),
             });
         }

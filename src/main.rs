@@ -197,6 +197,7 @@ async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
         )
         })?,
     );
+    store.set_periods_kept(config.processing.periods_kept);
     let status = Arc::new(Status::default());
     // Before the API serves anything: until the group assigns partitions, this instance
     // holds none, whatever its store has (it is not a standalone `serve`).

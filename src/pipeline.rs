@@ -257,6 +257,7 @@ impl Processor {
     pub fn with_hot_users(store: Arc<Store>, mut rules: Rules, hot_users: usize) -> Self {
         let window_secs = i64::from(DEFAULT_DEDUP_WINDOW_DAYS) * SECS_PER_DAY;
         rules.game.window_secs = Some(window_secs);
+        store.set_periods_kept(rules.game.periods_kept());
         store.set_dedup_window_secs(window_secs);
         Self {
             hot: (hot_users > 0).then(|| HotSet::new(hot_users)),
@@ -428,7 +429,7 @@ impl Processor {
                         None => self.store.user(p, &receipt.user_id)?,
                     },
                 };
-                previous = Some(stored.as_ref().map(crate::store::scores));
+                previous = Some(stored.as_ref().map(crate::store::indexed));
                 loaded.insert(stored.unwrap_or_else(|| UserState::new(&receipt.user_id)))
             }
         };

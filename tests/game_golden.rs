@@ -176,3 +176,107 @@ fn the_game_reference_agrees_with_the_vectors() {
         assert_eq!(got.as_ref(), Some(&w), "board {p} {at} {by}");
     }
 }
+
+/// The period boards and the all-time boards, read from the store's ordered indexes,
+/// are the vectors' (top 10 and `of`), for every batch size; the kept periods are exactly
+/// the listed ones; and every user's rank on every kept board is the reference's.
+#[test]
+fn game_vectors_give_the_expected_boards_and_ranks() {
+    use mallquest::domain::Period;
+    use mallquest::store::Board;
+    let text = std::fs::read_to_string(format!(
+        "{}/tests/golden/game/config.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let records: Vec<_> = game::receipts()
+        .into_iter()
+        .map(|r| (0, r.offset, r.key, r.value))
+        .collect();
+    let reference = support::game_reference::fold(&text, &records);
+    for commit_every in [1, 61, 100_000] {
+        let (_sink, store, _dir) = fold(commit_every);
+        let board_of = |by: &str| match by {
+            "xp" => Board::Xp,
+            "coins" => Board::Coins,
+            _ => Board::Spent,
+        };
+        let all = |_| true;
+        for w in game::boards() {
+            let (period, at, by) = (
+                w["period"].as_str().unwrap(),
+                w["at"].as_str().unwrap(),
+                w["by"].as_str().unwrap(),
+            );
+            let n = w["entries"].as_array().unwrap().len();
+            let board = board_of(by);
+            let (of, top): (u64, Vec<(i64, String)>) = match Period::parse(period) {
+                Some(kind) => (
+                    store.period_users(kind, at, all).unwrap(),
+                    store
+                        .period_board(kind, at, board, n, all)
+                        .unwrap()
+                        .into_iter()
+                        .map(|(s, u)| (s, u.user_id))
+                        .collect(),
+                ),
+                None => (
+                    store.users_in(all),
+                    store
+                        .leaderboard_of(board, n, all)
+                        .unwrap()
+                        .into_iter()
+                        .map(|u| (mallquest::store::scores(&u)[board as usize], u.user_id))
+                        .collect(),
+                ),
+            };
+            let entries: Vec<Value> = top
+                .iter()
+                .enumerate()
+                .map(|(i, (score, user))| {
+                    let score = if by == "spent" {
+                        Value::from(mallquest::domain::money::format_minor(*score))
+                    } else {
+                        Value::from(*score)
+                    };
+                    serde_json::json!({"rank": i + 1, "user_id": user, "score": score})
+                })
+                .collect();
+            let got = serde_json::json!({"period": period, "at": at, "by": by, "of": of, "entries": entries});
+            assert_eq!(got, w, "commits of {commit_every}");
+            // Every user's rank, from the index entries above it.
+            let full = reference.board(period, at, by).unwrap();
+            for e in &full.entries {
+                let score = i64::try_from(e.score).unwrap();
+                let above = store
+                    .rank_above(
+                        Period::parse(period).map(|k| (k, at)),
+                        board,
+                        score,
+                        &e.user_id,
+                        all,
+                    )
+                    .unwrap();
+                assert_eq!(
+                    above + 1,
+                    e.rank,
+                    "{period} {at} {by} rank of {}",
+                    e.user_id
+                );
+            }
+        }
+        for kind in Period::ALL {
+            let listed: std::collections::BTreeSet<String> = game::boards()
+                .iter()
+                .filter(|w| w["period"] == kind.as_str())
+                .map(|w| w["at"].as_str().unwrap().to_owned())
+                .collect();
+            let kept: std::collections::BTreeSet<String> =
+                store.period_keys(kind, all).unwrap().into_iter().collect();
+            assert_eq!(
+                kept, listed,
+                "kept {kind:?} periods, commits of {commit_every}"
+            );
+        }
+    }
+}

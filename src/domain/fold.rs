@@ -123,6 +123,25 @@ pub struct UserState {
     /// Coins redeemed, net of reversals.
     #[serde(default)]
     pub coins_redeemed: i64,
+    /// Scores attributed to the user's latest days, weeks and months (at most
+    /// `periods_kept` of each kind, by key): what the period boards index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub periods: Vec<PeriodScore>,
+}
+
+/// What the fold attributed to one user in one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodScore {
+    /// Day, week or month.
+    pub kind: Period,
+    /// `2026-11-30`, `2026-W49` or `2026-12`.
+    pub key: String,
+    /// XP attributed.
+    pub xp: i64,
+    /// Coins earned (redemptions never count).
+    pub coins: i64,
+    /// Money spent, net of refunds, in minor units.
+    pub spent: Minor,
 }
 
 /// One user's progress on one mission in one period.
@@ -179,7 +198,60 @@ impl UserState {
             badges: Vec::new(),
             redemptions: 0,
             coins_redeemed: 0,
+            periods: Vec::new(),
         }
+    }
+
+    /// Adds what a receipt attributed to the periods holding `a.at`. A period older than
+    /// the user's `kept` latest of its kind is not recorded (no board keeps it: the
+    /// partition has at least as many newer ones), and older ones are dropped.
+    fn attribute(&mut self, a: &Attribution, rules: &Rules) -> Result<(), Reject> {
+        let cal = rules.calendar();
+        let kept = rules.game.periods_kept();
+        for kind in Period::ALL {
+            let key = cal.key(kind, a.at);
+            let at = match self
+                .periods
+                .iter()
+                .position(|p| p.kind == kind && p.key == key)
+            {
+                Some(at) => at,
+                None => {
+                    let newer = self
+                        .periods
+                        .iter()
+                        .filter(|p| p.kind == kind && p.key > key)
+                        .count();
+                    if newer >= kept {
+                        continue;
+                    }
+                    self.periods.push(PeriodScore {
+                        kind,
+                        key,
+                        xp: 0,
+                        coins: 0,
+                        spent: 0,
+                    });
+                    self.periods.len() - 1
+                }
+            };
+            let p = &mut self.periods[at];
+            p.xp = add(p.xp, a.xp)?;
+            p.coins = add(p.coins, a.coins)?;
+            p.spent = add(p.spent, a.spent)?;
+        }
+        // Keep the latest `kept` of each kind, in (kind, key) order.
+        self.periods
+            .sort_by(|x, y| x.kind.cmp(&y.kind).then_with(|| y.key.cmp(&x.key)));
+        let mut seen = (None, 0usize);
+        self.periods.retain(|p| {
+            if seen.0 != Some(p.kind) {
+                seen = (Some(p.kind), 0);
+            }
+            seen.1 += 1;
+            seen.1 <= kept
+        });
+        Ok(())
     }
 
     /// The run of streak units ending at the latest unit with a purchase.
@@ -383,6 +455,11 @@ pub fn apply(
         ReceiptKind::Redemption { coins } => redemption(&mut next, receipt, *coins)?,
         ReceiptKind::RedemptionReversal { .. } => reversal(&mut next, original, receipt)?,
     };
+    if let Effect::Applied { attributed, .. } = &effect {
+        for a in attributed {
+            next.attribute(a, rules)?;
+        }
+    }
     next.version = next.version.checked_add(1).ok_or(Reject::Overflow)?;
     next.source = Some(source);
     *state = next;

@@ -36,7 +36,14 @@ pub struct Game {
     /// before it are dropped from the state (nothing can change them any more).
     #[serde(skip)]
     pub window_secs: Option<i64>,
+    /// `[processing] periods_kept`: how many of the latest days, weeks and months the
+    /// period boards keep (default [`DEFAULT_PERIODS_KEPT`]).
+    #[serde(skip)]
+    pub periods_kept: Option<usize>,
 }
+
+/// Default of `[processing] periods_kept`.
+pub const DEFAULT_PERIODS_KEPT: usize = 3;
 
 /// A dated bonus on qualifying purchases.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -258,6 +265,11 @@ pub const SECS_PER_DAY: i64 = 86_400;
 const MAX_REWARD: i64 = 1_000_000;
 
 impl Game {
+    /// How many of the latest periods of each kind the boards keep.
+    pub fn periods_kept(&self) -> usize {
+        self.periods_kept.unwrap_or(DEFAULT_PERIODS_KEPT).max(1)
+    }
+
     /// The category of a store, if listed.
     pub fn category(&self, store_id: &str) -> Option<&str> {
         self.store_categories.get(store_id).map(String::as_str)
@@ -429,7 +441,10 @@ impl Calendar {
 }
 
 /// A calendar period kind of boards and missions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Period {
     /// A mall-local day.
     Day,
@@ -442,6 +457,11 @@ pub enum Period {
 impl Period {
     /// Every kind, in a stable order.
     pub const ALL: [Period; 3] = [Period::Day, Period::Week, Period::Month];
+
+    /// The kind named `day`, `week` or `month`.
+    pub fn parse(s: &str) -> Option<Period> {
+        Period::ALL.into_iter().find(|p| p.as_str() == s)
+    }
 
     /// The name in the API: `day`, `week`, `month`.
     pub fn as_str(self) -> &'static str {

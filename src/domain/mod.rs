@@ -11,7 +11,7 @@ pub mod time;
 
 pub use fold::{
     apply, Attribution, BadgeEarned, Effect, Event, LedgerEntry, LevelUp, MissionEvent,
-    MissionInstance, Receipt, ReceiptKind, Source, UserState,
+    MissionInstance, PeriodScore, Receipt, ReceiptKind, Source, UserState,
 };
 pub use game::{Calendar, Game, Period};
 pub use money::Minor;

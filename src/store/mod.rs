@@ -13,6 +13,8 @@
 //!   time the dedup window is measured against.
 //! - `changelog`: `partition` -> next offset to read of the partition's changelog (i64 BE):
 //!   everything before it is in this store, so a catch-up reads on from there.
+//! - `periods`, `period_users`: the period leaderboards and their user counts (see
+//!   [`periods`]).
 //! - `counts`:  `partition` -> users of the partition (u64 BE), exact: written in the batch
 //!   that adds a user (fjall's own key count also counts old versions not yet compacted).
 //! - `meta`:    `due-indexed`, `users-indexed` -> empty: the one-off fills of `due`, and of
@@ -40,7 +42,9 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::domain::{LedgerEntry, UserState};
+use crate::domain::{LedgerEntry, PeriodScore, UserState};
+
+mod periods;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +105,8 @@ impl Board {
     fn score(self, u: &UserState) -> i64 {
         match self {
             Board::Xp => u.xp,
-            Board::Coins => u.coins,
+            // Coins earned: redemptions never lower a score.
+            Board::Coins => u.coins.saturating_add(u.coins_redeemed),
             Board::Spent => u.total_spent,
         }
     }
@@ -134,6 +139,24 @@ pub fn scores(u: &UserState) -> Scores {
     Board::ALL.map(|b| b.score(u))
 }
 
+/// What the leaderboard indexes hold for a stored user: its all-time scores and its
+/// period scores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed {
+    /// All-time scores, in [`Board::ALL`] order.
+    pub scores: Scores,
+    /// Period scores.
+    pub periods: Vec<PeriodScore>,
+}
+
+/// The index entries of a stored user.
+pub fn indexed(u: &UserState) -> Indexed {
+    Indexed {
+        scores: scores(u),
+        periods: u.periods.clone(),
+    }
+}
+
 /// Everything one commit writes, in one atomic batch.
 #[derive(Debug, Default)]
 pub struct WriteSet {
@@ -150,7 +173,7 @@ pub struct WriteSet {
     /// For users in `users`: their scores as stored before this batch (`None`: new user),
     /// so that the commit can re-index them without reading them again. Users missing
     /// here are read from the store.
-    pub previous_scores: HashMap<(i32, String), Option<Scores>>,
+    pub previous_scores: HashMap<(i32, String), Option<Indexed>>,
     /// Ledger entries that left the dedup window, deleted by this batch: (partition,
     /// user_id, receipt_id) -> the entry's issued_at seconds (`None`: not known, the
     /// `due` index entry is left for the next expiry to find).
@@ -209,6 +232,11 @@ pub struct Store {
     user_counts: RwLock<HashMap<i32, u64>>,
     /// Markers of finished one-off fills (see the module doc).
     meta: Keyspace,
+    /// Period leaderboards and their user counts ([`periods`]).
+    periods: Keyspace,
+    period_users: Keyspace,
+    /// `[processing] periods_kept`.
+    periods_kept: std::sync::atomic::AtomicUsize,
 }
 
 fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
@@ -439,6 +467,8 @@ impl Store {
         let counts = db.keyspace("counts", options).map_err(open_err)?;
         let due = db.keyspace("due", options).map_err(open_err)?;
         let meta = db.keyspace("meta", options).map_err(open_err)?;
+        let periods = db.keyspace("periods", options).map_err(open_err)?;
+        let period_users = db.keyspace("period_users", options).map_err(open_err)?;
         let done = |marker: &str| {
             meta.get(marker)
                 .map(|v| v.is_some())
@@ -463,6 +493,11 @@ impl Store {
             counts,
             user_counts: RwLock::default(),
             meta,
+            periods,
+            period_users,
+            periods_kept: std::sync::atomic::AtomicUsize::new(
+                crate::domain::game::DEFAULT_PERIODS_KEPT,
+            ),
         };
         if !users_indexed {
             // A store from before the partition-first index and the counts: both built
@@ -670,20 +705,55 @@ impl Store {
         marker: Option<&str>,
     ) -> Result<HashMap<i32, u64>, StoreError> {
         let mut per: HashMap<i32, u64> = HashMap::new();
+        let mut on_period: BTreeMap<(i32, crate::domain::Period, String), u64> = BTreeMap::new();
         let mut last =
             self.write_in_batches(self.users_under(prefix), chunk, |batch, (p, u)| {
                 for b in Board::ALL {
                     batch.insert(&self.board, board_key(p, b, &u), []);
+                }
+                for s in &u.periods {
+                    for b in Board::ALL {
+                        let score = periods::period_score(s, b);
+                        let key = periods::entry_key(p, s.kind, &s.key, b, score, &u.user_id);
+                        batch.insert(&self.periods, key, []);
+                    }
+                    *on_period.entry((p, s.kind, s.key.clone())).or_default() += 1;
                 }
                 *per.entry(p).or_default() += 1;
             })?;
         for (p, n) in &per {
             last.insert(&self.counts, p.to_be_bytes(), n.to_be_bytes());
         }
+        // Each partition keeps its latest periods: users that were not touched since may
+        // still hold older ones, whose entries go again.
+        let kept = self.periods_kept();
+        let mut seen: HashMap<(i32, crate::domain::Period), usize> = HashMap::new();
+        let mut dropped = Vec::new();
+        for ((p, kind, key), n) in on_period.iter().rev() {
+            let rank = seen.entry((*p, *kind)).or_default();
+            *rank += 1;
+            let prefix = periods::period_prefix(*p, *kind, key);
+            if *rank <= kept {
+                last.insert(&self.period_users, prefix, n.to_be_bytes());
+            } else {
+                dropped.push(prefix);
+            }
+        }
         if let Some(m) = marker {
             last.insert(&self.meta, m, []);
         }
         self.commit_durably(last)?;
+        if !dropped.is_empty() {
+            // Once everything above is in: a prefix read sees every entry to drop.
+            let mut batch = self.db.batch();
+            for prefix in dropped {
+                for k in self.periods.prefix(&prefix) {
+                    let k = k.key().map_err(io("scan period board"))?;
+                    batch.remove(&self.periods, k.to_vec());
+                }
+            }
+            self.commit_durably(batch)?;
+        }
         self.user_counts
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -870,29 +940,40 @@ impl Store {
         let mut batch = self.db.batch();
         // Users new to each partition in this batch.
         let mut added: HashMap<i32, u64> = HashMap::new();
+        let mut period_changes = periods::PeriodChanges::default();
         for ((p, user_id), state) in &set.users {
             if set.unindexed.contains(p) {
                 batch.insert(&self.users, user_key(*p, user_id), encode(state));
                 continue;
             }
-            // Re-index: drop the old scores' keys, add the new ones, in the same batch.
+            // Re-index: drop the old scores' keys, add the new ones, in the same batch;
+            // a board whose score did not change is not touched.
             let previous = match set.previous_scores.get(&(*p, user_id.clone())) {
-                Some(known) => *known,
-                None => self.user(*p, user_id)?.as_ref().map(scores),
+                Some(known) => known.clone(),
+                None => self.user(*p, user_id)?.as_ref().map(indexed),
             };
-            match previous {
+            let now = scores(state);
+            match &previous {
                 Some(old) => {
-                    for (b, score) in Board::ALL.into_iter().zip(old) {
-                        batch.remove(&self.board, board_key_for(*p, b, score, user_id));
+                    for ((b, was), score) in Board::ALL.into_iter().zip(old.scores).zip(now) {
+                        if was != score {
+                            batch.remove(&self.board, board_key_for(*p, b, was, user_id));
+                            batch.insert(&self.board, board_key_for(*p, b, score, user_id), []);
+                        }
                     }
                 }
-                None => *added.entry(*p).or_default() += 1,
+                None => {
+                    *added.entry(*p).or_default() += 1;
+                    for b in Board::ALL {
+                        batch.insert(&self.board, board_key(*p, b, state), []);
+                    }
+                }
             }
-            for b in Board::ALL {
-                batch.insert(&self.board, board_key(*p, b, state), []);
-            }
+            let before = previous.as_ref().map_or(&[][..], |i| &i.periods[..]);
+            period_changes.add(*p, state, before);
             batch.insert(&self.users, user_key(*p, user_id), encode(state));
         }
+        period_changes.write(self, &mut batch, self.periods_kept())?;
         for ((p, user_id, receipt_id), entry) in &set.ledger {
             batch.insert(
                 &self.ledger,
