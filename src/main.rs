@@ -212,6 +212,7 @@ async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
             metrics: Some(metrics),
             token: config.http.token.as_deref().map(Arc::from),
             forward_timeout: Duration::from_millis(config.http.forward_timeout_ms),
+            calendar: config.rules.calendar(),
         },
         Duration::from_millis(config.http.request_timeout_ms),
     );

@@ -40,6 +40,7 @@ impl Server {
                 metrics: None,
                 token: None,
                 forward_timeout: std::time::Duration::from_secs(2),
+                calendar: mallquest::domain::Rules::default().calendar(),
             },
             timeout,
         );

@@ -31,6 +31,7 @@ fn fixture(token: Option<&str>) -> Fixture {
             metrics: None,
             token: token.map(Arc::from),
             forward_timeout: std::time::Duration::from_secs(2),
+            calendar: mallquest::domain::Rules::default().calendar(),
         },
         _dir: dir,
     }
@@ -246,4 +247,145 @@ async fn an_instance_that_has_not_joined_its_group_yet_answers_503_never_404() {
     let (status, _, body) = get(&f, "/v1/users/u-nobody", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(json(&body)["error"], "partition_moving");
+}
+
+/// A standalone API over the game vectors' store.
+fn game_fixture() -> Fixture {
+    let config = golden::game::config();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(mallquest::store::Store::open(dir.path()).unwrap());
+    let mut processor =
+        mallquest::pipeline::Processor::new(Arc::clone(&store), config.rules.clone());
+    let mut sink = mallquest::pipeline::MemorySink::default();
+    for r in golden::game::receipts() {
+        golden::feed(&mut processor, &r);
+    }
+    processor.commit(&mut sink).unwrap();
+    let status = Arc::new(Status::default());
+    status.committed(&store.offsets().unwrap());
+    Fixture {
+        state: AppState {
+            store,
+            status,
+            metrics: None,
+            token: None,
+            forward_timeout: std::time::Duration::from_secs(2),
+            calendar: config.rules.calendar(),
+        },
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn period_boards_and_ranks_are_the_game_vectors_over_http() {
+    let f = game_fixture();
+    let text = std::fs::read_to_string(format!(
+        "{}/tests/golden/game/config.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let records: Vec<_> = golden::game::receipts()
+        .into_iter()
+        .map(|r| (0, r.offset, r.key, r.value))
+        .collect();
+    let reference = support::game_reference::fold(&text, &records);
+    for want in golden::game::boards() {
+        let (period, at, by) = (
+            want["period"].as_str().unwrap(),
+            want["at"].as_str().unwrap(),
+            want["by"].as_str().unwrap(),
+        );
+        let n = want["entries"].as_array().unwrap().len();
+        let (status, _, body) = get(
+            &f,
+            &format!("/v1/leaderboard?by={by}&period={period}&at={at}&limit={n}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let v = json(&body);
+        assert_eq!(
+            (&v["by"], &v["period"], &v["at"]),
+            (&want["by"], &want["period"], &want["at"])
+        );
+        let got: Vec<Value> = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::json!({"rank": e["rank"], "user_id": e["user_id"], "score": e["score"]}))
+            .collect();
+        assert_eq!(&Value::from(got), &want["entries"], "{period} {at} {by}");
+        // Each entry also carries the user's current figures.
+        for e in v["entries"].as_array().unwrap() {
+            let p = &reference.projections[e["user_id"].as_str().unwrap()];
+            for k in ["level", "xp", "coins", "total_spent"] {
+                assert_eq!(e[k], p[k], "{k} of {}", e["user_id"]);
+            }
+        }
+        // Ranks of every fifth user on the board, as the reference ranks them.
+        let full = reference.board(period, at, by).unwrap();
+        for e in full.entries.iter().step_by(5) {
+            let (status, _, body) = get(
+                &f,
+                &format!(
+                    "/v1/users/{}/rank?by={by}&period={period}&at={at}",
+                    e.user_id
+                ),
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            let r = json(&body);
+            assert_eq!(r["rank"], e.rank, "{period} {at} {by} {}", e.user_id);
+            assert_eq!(r["of"], want["of"]);
+            let score = if by == "spent" {
+                Value::from(mallquest::domain::money::format_minor(e.score as i64))
+            } else {
+                Value::from(e.score as i64)
+            };
+            assert_eq!(r["score"], score);
+        }
+    }
+    // The default period is the one holding the highest event-time mark (the hand-made
+    // cases end on 2026-12-07, Berlin time), and period defaults to all.
+    for (q, at) in [
+        ("period=day", "2026-12-07"),
+        ("period=week", "2026-W50"),
+        ("period=month", "2026-12"),
+        ("", "all"),
+    ] {
+        let (status, _, body) = get(&f, &format!("/v1/leaderboard?{q}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json(&body)["at"], at, "{q}");
+    }
+}
+
+#[tokio::test]
+async fn periods_not_kept_and_bad_board_queries_are_json_errors() {
+    let f = game_fixture();
+    let (status, _, body) = get(&f, "/v1/leaderboard?period=week&at=2026-W40", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let message = json(&body)["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("2026-W48, 2026-W49, 2026-W50"),
+        "names the kept weeks: {message}"
+    );
+    let (status, _, _) = get(&f, "/v1/users/u-000/rank?period=day&at=2026-10-01", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = get(&f, "/v1/users/nobody/rank", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for (path, code) in [
+        ("/v1/leaderboard?period=year", "invalid_period"),
+        ("/v1/leaderboard?period=day&at=2026-13-01", "invalid_at"),
+        ("/v1/leaderboard?period=week&at=2026-W54", "invalid_at"),
+        ("/v1/leaderboard?period=month&at=2026-1", "invalid_at"),
+        ("/v1/leaderboard?at=2026-12", "invalid_at"),
+        ("/v1/users/u-000/rank?by=level", "invalid_by"),
+        ("/v1/users/u-000/rank?limit=3", "unknown_parameter"),
+        ("/v1/users/u-000/rank?score=5", "unknown_parameter"),
+    ] {
+        let (status, _, body) = get(&f, path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(json(&body)["error"], code, "{path}");
+    }
 }

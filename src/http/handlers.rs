@@ -11,6 +11,7 @@ use super::forward::{self, Answer, HEADER_FORWARDED, HEADER_PARTITIONS};
 use super::{ApiError, AppState, HEADER_OFFSETS};
 use crate::codec;
 use crate::domain::money::format_minor;
+use crate::domain::Period;
 use crate::store::Board;
 use crate::telemetry;
 
@@ -167,6 +168,10 @@ pub(super) async fn user(
 #[derive(Serialize, Deserialize)]
 struct Leaderboard {
     by: String,
+    #[serde(default)]
+    period: String,
+    #[serde(default)]
+    at: String,
     entries: Vec<Entry>,
 }
 
@@ -174,29 +179,99 @@ struct Leaderboard {
 struct Entry {
     rank: usize,
     user_id: String,
+    /// The user's score on this board (`spent`: a money string).
+    #[serde(default)]
+    score: serde_json::Value,
     level: u32,
     xp: i64,
     coins: i64,
     total_spent: String,
 }
 
-/// `GET /v1/leaderboard?by=xp|coins|spent&limit=N`.
-pub(super) async fn leaderboard(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let (mut by, mut limit) = (Board::Xp, 10usize);
-    for pair in query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
+/// Header: the periods of the asked kind an instance keeps (`2026-W48,2026-W49`), so
+/// that the instance merging answers can say which exist.
+const HEADER_PERIODS: &str = "x-mallquest-periods";
+
+/// The board a query names: by what, over which period.
+struct BoardQuery {
+    by: Board,
+    /// `None`: all time.
+    period: Option<Period>,
+    /// The period's key, as asked (`None`: the default).
+    at: Option<String>,
+    limit: usize,
+    /// Internal, on forwarded rank queries: count the users above this score and user.
+    score: Option<i64>,
+}
+
+fn board_name(by: Board) -> &'static str {
+    match by {
+        Board::Xp => "xp",
+        Board::Coins => "coins",
+        Board::Spent => "spent",
+    }
+}
+
+/// A score as shown: an integer, or a money string on the `spent` board.
+fn score_json(by: Board, score: i64) -> serde_json::Value {
+    match by {
+        Board::Spent => format_minor(score).into(),
+        Board::Xp | Board::Coins => score.into(),
+    }
+}
+
+fn score_of(by: Board, v: &serde_json::Value) -> Option<i64> {
+    match by {
+        Board::Spent => v.as_str().and_then(crate::domain::money::parse_formatted),
+        Board::Xp | Board::Coins => v.as_i64(),
+    }
+}
+
+/// Whether `at` is a well-formed key of `kind`: `2026-11-30`, `2026-W49`, `2026-12`.
+fn valid_key(kind: Period, at: &str) -> bool {
+    let b = at.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    match kind {
+        Period::Day => {
+            b.len() == 10
+                && chrono::NaiveDate::parse_from_str(at, "%Y-%m-%d").is_ok()
+                && digits(0..4)
+        }
+        Period::Week => {
+            b.len() == 8 && digits(0..4) && &b[4..6] == b"-W" && digits(6..8) && {
+                let w: u32 = at[6..].parse().unwrap_or(0);
+                (1..=53).contains(&w)
+            }
+        }
+        Period::Month => {
+            b.len() == 7 && digits(0..4) && b[4] == b'-' && digits(5..7) && {
+                let m: u32 = at[5..].parse().unwrap_or(0);
+                (1..=12).contains(&m)
+            }
+        }
+    }
+}
+
+fn parse_board_query(query: Option<&str>, allowed: &[&str]) -> Result<BoardQuery, ApiError> {
+    let mut q = BoardQuery {
+        by: Board::Xp,
+        period: None,
+        at: None,
+        limit: 10,
+        score: None,
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !allowed.contains(&k) {
+            return Err(ApiError::bad_request(
+                "unknown_parameter",
+                format!("the only parameters are {}", allowed.join(", ")),
+            ));
+        }
         match k {
             "by" => {
-                by = match v {
+                q.by = match v {
                     "xp" => Board::Xp,
                     "coins" => Board::Coins,
                     "spent" => Board::Spent,
@@ -208,8 +283,20 @@ pub(super) async fn leaderboard(
                     }
                 }
             }
+            "period" => {
+                q.period = match v {
+                    "all" => None,
+                    other => Some(Period::parse(other).ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_period",
+                            "period must be one of day, week, month, all",
+                        )
+                    })?),
+                }
+            }
+            "at" => q.at = Some(v.to_owned()),
             "limit" => {
-                limit = v
+                q.limit = v
                     .parse()
                     .ok()
                     .filter(|n| (1..=100).contains(n))
@@ -220,24 +307,110 @@ pub(super) async fn leaderboard(
                         )
                     })?;
             }
-            _ => {
-                return Err(ApiError::bad_request(
-                    "unknown_parameter",
-                    "the only parameters are by and limit",
-                ))
+            "score" => {
+                q.score = Some(v.parse().map_err(|_| {
+                    ApiError::bad_request("invalid_score", "score must be an integer")
+                })?)
             }
+            _ => {}
         }
     }
+    match (q.period, q.at.as_deref()) {
+        (None, None | Some("all")) => {}
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_at",
+                "at is for period = day, week or month (or \"all\" with period = all)",
+            ))
+        }
+        (Some(kind), Some(at)) if !valid_key(kind, at) => {
+            return Err(ApiError::bad_request(
+                "invalid_at",
+                format!(
+                    "at must be a {} key such as {}",
+                    kind.as_str(),
+                    match kind {
+                        Period::Day => "2026-11-30",
+                        Period::Week => "2026-W49",
+                        Period::Month => "2026-12",
+                    }
+                ),
+            ))
+        }
+        _ => {}
+    }
+    Ok(q)
+}
+
+/// The period a query is about: the asked one, or the one holding the highest event-time
+/// mark of the partitions this instance holds. `None` for all time, or when there is no
+/// mark yet.
+fn resolve_at(state: &AppState, q: &BoardQuery) -> Option<(Period, String)> {
+    let kind = q.period?;
+    if let Some(at) = &q.at {
+        return Some((kind, at.clone()));
+    }
+    let keep = holder(state);
+    let mark = state
+        .store
+        .marks()
+        .into_iter()
+        .filter(|(p, _)| keep(*p))
+        .map(|(_, m)| m)
+        .max()?;
+    let t = crate::domain::Timestamp {
+        secs: mark,
+        nanos: 0,
+    };
+    Some((kind, state.calendar.key(kind, t)))
+}
+
+/// `GET /v1/leaderboard?by=xp|coins|spent&period=day|week|month|all&at=KEY&limit=N`.
+pub(super) async fn leaderboard(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = parse_board_query(query.as_deref(), &["by", "period", "at", "limit"])?;
+    let (by, limit) = (q.by, q.limit);
+    let forwarded = headers.contains_key(HEADER_FORWARDED);
+    let period = match resolve_at(&state, &q) {
+        Some(p) => Some(p),
+        None if q.period.is_none() => None,
+        None => {
+            return Err(ApiError::not_found(
+                "no period is kept yet: nothing was folded into the partitions held here",
+            ))
+        }
+    };
     // Only the partitions held now: the others' entries here stopped changing.
     let owned = state.status.owned();
-    let users = state
-        .store
-        .leaderboard_of(by, limit, holder(&state))
-        .map_err(|e| ApiError::internal(&e))?;
-    let mut entries: Vec<Entry> = users
+    let keep = holder(&state);
+    let mut kept = match &period {
+        Some((kind, _)) => state
+            .store
+            .period_keys(*kind, &keep)
+            .map_err(|e| ApiError::internal(&e))?,
+        None => Vec::new(),
+    };
+    let rows: Vec<(i64, crate::domain::UserState)> = match &period {
+        Some((kind, at)) => state
+            .store
+            .period_board(*kind, at, by, limit, &keep)
+            .map_err(|e| ApiError::internal(&e))?,
+        None => state
+            .store
+            .leaderboard_of(by, limit, &keep)
+            .map_err(|e| ApiError::internal(&e))?
+            .into_iter()
+            .map(|u| (crate::store::scores(&u)[by as usize], u))
+            .collect(),
+    };
+    let mut entries: Vec<Entry> = rows
         .into_iter()
-        .map(|u| Entry {
+        .map(|(score, u)| Entry {
             rank: 0,
+            score: score_json(by, score),
             level: u.level,
             xp: u.xp,
             coins: u.coins,
@@ -245,15 +418,17 @@ pub(super) async fn leaderboard(
             user_id: u.user_id,
         })
         .collect();
-    let by_name = match by {
-        Board::Xp => "xp",
-        Board::Coins => "coins",
-        Board::Spent => "spent",
+    let (period_name, at_name) = match &period {
+        Some((kind, at)) => (kind.as_str(), at.clone()),
+        None => ("all", "all".to_owned()),
     };
     let mut offsets = vec![state.status.offsets_header()];
-    if !headers.contains_key(HEADER_FORWARDED) && state.status.in_group() {
+    if !forwarded && state.status.in_group() {
         // Every owner's top `limit`, merged: the top `limit` of the union is in it.
-        let path = format!("/v1/leaderboard?by={by_name}&limit={limit}");
+        let path = format!(
+            "/v1/leaderboard?by={}&period={period_name}&at={at_name}&limit={limit}",
+            board_name(by)
+        );
         let mut covered = owned.clone().unwrap_or_default();
         let mut failed = Vec::new();
         for a in ask_peers(&state, &path).await {
@@ -266,6 +441,13 @@ pub(super) async fn leaderboard(
                                 a.headers.get(HEADER_OFFSETS).and_then(|v| v.to_str().ok())
                             {
                                 offsets.push(o.to_owned());
+                            }
+                            if let Some(p) =
+                                a.headers.get(HEADER_PERIODS).and_then(|v| v.to_str().ok())
+                            {
+                                kept.extend(
+                                    p.split(',').filter(|k| !k.is_empty()).map(String::from),
+                                );
                             }
                             entries.extend(board.entries);
                         }
@@ -286,19 +468,33 @@ pub(super) async fn leaderboard(
                 ),
             ));
         }
-        let key = |e: &Entry| -> i64 {
-            match by {
-                Board::Xp => e.xp,
-                Board::Coins => e.coins,
-                Board::Spent => {
-                    crate::domain::money::parse_formatted(&e.total_spent).unwrap_or(i64::MIN)
-                }
-            }
-        };
-        entries.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.user_id.cmp(&b.user_id)));
+        entries.sort_by(|a, b| {
+            score_of(by, &b.score)
+                .cmp(&score_of(by, &a.score))
+                .then_with(|| a.user_id.cmp(&b.user_id))
+        });
         let mut seen = std::collections::HashSet::new();
         entries.retain(|e| seen.insert(e.user_id.clone()));
         entries.truncate(limit);
+    }
+    if let (Some((kind, at)), false) = (&period, forwarded) {
+        // The union of every instance's kept periods, latest first in the message.
+        kept.sort();
+        kept.dedup();
+        let excess = kept.len().saturating_sub(state.store_periods_kept());
+        kept.drain(..excess);
+        if !kept.contains(at) {
+            return Err(ApiError::not_found(format!(
+                "{} {at} is not kept; the kept {} periods are: {}",
+                kind.as_str(),
+                kind.as_str(),
+                if kept.is_empty() {
+                    "none yet".to_owned()
+                } else {
+                    kept.join(", ")
+                }
+            )));
+        }
     }
     for (i, e) in entries.iter_mut().enumerate() {
         e.rank = i + 1;
@@ -306,7 +502,9 @@ pub(super) async fn leaderboard(
     let mut r = with_freshness(
         &state,
         Json(Leaderboard {
-            by: by_name.to_owned(),
+            by: board_name(by).to_owned(),
+            period: period_name.to_owned(),
+            at: at_name,
             entries,
         })
         .into_response(),
@@ -319,7 +517,207 @@ pub(super) async fn leaderboard(
     if let Ok(v) = HeaderValue::from_str(&merged) {
         r.headers_mut().insert(HEADER_OFFSETS, v);
     }
+    if let Ok(v) = HeaderValue::from_str(&kept.join(",")) {
+        r.headers_mut().insert(HEADER_PERIODS, v);
+    }
     Ok(r)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Rank {
+    rank: u64,
+    score: serde_json::Value,
+    of: u64,
+}
+
+/// A forwarded rank query's partial answer: users above a score here, and on the board.
+#[derive(Serialize, Deserialize)]
+struct Above {
+    above: u64,
+    of: u64,
+}
+
+/// `GET /v1/users/{user_id}/rank?by=&period=&at=`: the user's rank, score and the users on
+/// the board, exactly, from the index entries above the user (never every user).
+pub(super) async fn rank(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let Path(user_id) =
+        path.map_err(|e| ApiError::bad_request("invalid_user_id", e.body_text()))?;
+    if user_id.is_empty() || user_id.len() > MAX_USER_ID || user_id.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_user_id",
+            format!("user_id must be 1 to {MAX_USER_ID} bytes without control characters"),
+        ));
+    }
+    let forwarded = headers.contains_key(HEADER_FORWARDED);
+    let allowed: &[&str] = if forwarded {
+        &["by", "period", "at", "score"]
+    } else {
+        &["by", "period", "at"]
+    };
+    let q = parse_board_query(query.as_deref(), allowed)?;
+    let by = q.by;
+    let period = match resolve_at(&state, &q) {
+        Some(p) => Some(p),
+        None if q.period.is_none() => None,
+        None => {
+            return Err(ApiError::not_found(
+                "no period is kept yet: nothing was folded into the partitions held here",
+            ))
+        }
+    };
+    let keep = holder(&state);
+    let board_users = |keep: &dyn Fn(i32) -> bool| -> Result<u64, ApiError> {
+        match &period {
+            Some((kind, at)) => state
+                .store
+                .period_users(*kind, at, keep)
+                .map_err(|e| ApiError::internal(&e)),
+            None => Ok(state.store.users_in(keep)),
+        }
+    };
+    let above = |score: i64| -> Result<u64, ApiError> {
+        state
+            .store
+            .rank_above(
+                period.as_ref().map(|(k, at)| (*k, at.as_str())),
+                by,
+                score,
+                &user_id,
+                &keep,
+            )
+            .map_err(|e| ApiError::internal(&e))
+    };
+    if let (true, Some(score)) = (forwarded, q.score) {
+        let body = Above {
+            above: above(score)?,
+            of: board_users(&keep)?,
+        };
+        return Ok(with_freshness(&state, Json(body).into_response()));
+    }
+    // The user's score on the board, where the user is held.
+    let found = state
+        .store
+        .locate_user(&user_id)
+        .map_err(|e| ApiError::internal(&e))?
+        .filter(|(p, _)| keep(*p));
+    let not_on_board = || {
+        ApiError::not_found(match &period {
+            Some((kind, at)) => format!(
+                "user {user_id:?} has nothing attributed to {} {at}",
+                kind.as_str()
+            ),
+            None => format!("no user {user_id:?}"),
+        })
+    };
+    let local_score = match &found {
+        Some((_, u)) => Some(match &period {
+            Some((kind, at)) => u
+                .periods
+                .iter()
+                .find(|s| s.kind == *kind && s.key == *at)
+                .map(|s| match by {
+                    Board::Xp => s.xp,
+                    Board::Coins => s.coins,
+                    Board::Spent => s.spent,
+                })
+                .ok_or_else(not_on_board)?,
+            None => crate::store::scores(u)[by as usize],
+        }),
+        None => None,
+    };
+    let (period_name, at_name) = match &period {
+        Some((kind, at)) => (kind.as_str(), at.clone()),
+        None => ("all", "all".to_owned()),
+    };
+    let base = format!(
+        "/v1/users/{user_id}/rank?by={}&period={period_name}&at={at_name}",
+        board_name(by)
+    );
+    if forwarded || !state.status.in_group() {
+        // Answered from the partitions held here only.
+        let score = local_score.ok_or_else(not_on_board)?;
+        let body = Rank {
+            rank: above(score)? + 1,
+            score: score_json(by, score),
+            of: board_users(&keep)?,
+        };
+        return Ok(with_freshness(&state, Json(body).into_response()));
+    }
+    let score = match local_score {
+        Some(s) => s,
+        None => {
+            // The owner knows the score.
+            let mut unreachable = Vec::new();
+            let mut score = None;
+            for a in ask_peers(&state, &base).await {
+                match a {
+                    Ok(a) if a.status == StatusCode::OK => {
+                        if let Ok(r) = serde_json::from_slice::<Rank>(&a.body) {
+                            score = score_of(by, &r.score);
+                        }
+                    }
+                    Ok(a) if a.status == StatusCode::NOT_FOUND => {}
+                    Ok(a) => unreachable.push(format!("an instance answered {}", a.status)),
+                    Err(e) => unreachable.push(e),
+                }
+            }
+            match score {
+                Some(s) => s,
+                None if unreachable.is_empty() => return Err(not_on_board()),
+                None => {
+                    return Err(ApiError::unavailable(
+                        "partition_moving",
+                        format!(
+                            "the owner of user {user_id:?} did not answer ({}); try again",
+                            unreachable.join("; ")
+                        ),
+                    ))
+                }
+            }
+        }
+    };
+    // Every owner counts the users above it in its partitions.
+    let mut total = Above {
+        above: above(score)?,
+        of: board_users(&keep)?,
+    };
+    let mut covered = state.status.owned().unwrap_or_default();
+    let mut failed = Vec::new();
+    for a in ask_peers(&state, &format!("{base}&score={score}")).await {
+        match a {
+            Ok(a) if a.status == StatusCode::OK => match serde_json::from_slice::<Above>(&a.body) {
+                Ok(part) => {
+                    covered.extend(a.partitions());
+                    total.above += part.above;
+                    total.of += part.of;
+                }
+                Err(e) => failed.push(format!("a malformed answer: {e}")),
+            },
+            Ok(a) => failed.push(format!("an instance answered {}", a.status)),
+            Err(e) => failed.push(e),
+        }
+    }
+    let missing = uncovered(&state, &covered);
+    if !missing.is_empty() {
+        return Err(ApiError::unavailable(
+            "partition_moving",
+            format!(
+                "a rank needs every partition's owner: {missing:?} have none that answered (moving between instances?){}; try again",
+                if failed.is_empty() { String::new() } else { format!(" ({})", failed.join("; ")) }
+            ),
+        ));
+    }
+    let body = Rank {
+        rank: total.above + 1,
+        score: score_json(by, score),
+        of: total.of,
+    };
+    Ok(with_freshness(&state, Json(body).into_response()))
 }
 
 pub(super) async fn healthz() -> Response {

@@ -30,8 +30,9 @@ use crate::telemetry;
 pub const OPENAPI: &str = include_str!("../../schemas/openapi.json");
 
 /// Every route, as its pattern (the OpenAPI test checks the document against it).
-pub const ROUTES: [&str; 6] = [
+pub const ROUTES: [&str; 7] = [
     "/v1/users/{user_id}",
+    "/v1/users/{user_id}/rank",
     "/v1/leaderboard",
     "/healthz",
     "/readyz",
@@ -55,12 +56,21 @@ pub struct AppState {
     pub token: Option<Arc<str>>,
     /// How long a query forwarded to another instance may take.
     pub forward_timeout: Duration,
+    /// The mall's calendar: the default period of a period board.
+    pub calendar: crate::domain::Calendar,
+}
+
+impl AppState {
+    fn store_periods_kept(&self) -> usize {
+        self.store.periods_kept_now()
+    }
 }
 
 /// The whole HTTP app.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let v1 = Router::new()
         .route("/v1/users/{user_id}", get(handlers::user))
+        .route("/v1/users/{user_id}/rank", get(handlers::rank))
         .route("/v1/leaderboard", get(handlers::leaderboard))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -223,6 +223,11 @@ impl Store {
             .store(kept.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// How many of the latest periods of each kind are kept.
+    pub fn periods_kept_now(&self) -> usize {
+        self.periods_kept()
+    }
+
     pub(super) fn periods_kept(&self) -> usize {
         self.periods_kept.load(std::sync::atomic::Ordering::Relaxed)
     }
