@@ -135,8 +135,8 @@ pub struct BatchStats {
     pub badges_earned: u64,
     /// Campaign coins granted.
     pub campaign_coins: u64,
-    /// Coins redeemed, net of reversals.
-    pub coins_redeemed: i64,
+    /// Coins spent by redemptions (reversals not subtracted).
+    pub coins_redeemed: u64,
     /// Coins granted (purchases and level bonuses).
     pub coins_awarded: u64,
     /// Coins taken back by refunds.
@@ -453,6 +453,16 @@ impl Processor {
                 attributed: _,
             } => {
                 self.stats.applied += 1;
+                match &entry.kind {
+                    domain::ReceiptKind::Purchase => {
+                        let granted: i64 = entry.campaign_coins.iter().map(|(_, c)| c).sum();
+                        self.stats.campaign_coins += granted.unsigned_abs();
+                    }
+                    domain::ReceiptKind::Redemption { coins } => {
+                        self.stats.coins_redeemed += coins.unsigned_abs();
+                    }
+                    _ => {}
+                }
                 if coins_delta >= 0 {
                     self.stats.coins_awarded += coins_delta.unsigned_abs();
                 } else {

@@ -19,6 +19,16 @@ pub const COINS_AWARDED_TOTAL: &str = "mallquest_coins_awarded_total";
 pub const COINS_REVERSED_TOTAL: &str = "mallquest_coins_reversed_total";
 /// Levels gained.
 pub const LEVEL_UPS_TOTAL: &str = "mallquest_level_ups_total";
+/// Coins granted by campaigns (refunds' reversals not subtracted).
+pub const CAMPAIGN_COINS_TOTAL: &str = "mallquest_campaign_coins_total";
+/// Coins spent by redemptions (reversals not subtracted).
+pub const COINS_REDEEMED_TOTAL: &str = "mallquest_coins_redeemed_total";
+/// Mission instances completed.
+pub const MISSIONS_COMPLETED_TOTAL: &str = "mallquest_missions_completed_total";
+/// Mission rewards revoked by refunds.
+pub const MISSIONS_REVOKED_TOTAL: &str = "mallquest_missions_revoked_total";
+/// Badges earned.
+pub const BADGES_EARNED_TOTAL: &str = "mallquest_badges_earned_total";
 /// Time to publish and persist one batch.
 pub const BATCH_DURATION_SECONDS: &str = "mallquest_batch_duration_seconds";
 /// Failed commits (publish or store) and pauses for disk space (disk), by stage.
@@ -60,12 +70,17 @@ pub const STANDBY_RECORDS_TOTAL: &str = "mallquest_standby_records_total";
 pub const STANDBY_PARTITIONS: &str = "mallquest_standby_partitions";
 
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 24] = [
+pub const ALL_METRICS: [&str; 29] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
     COINS_REVERSED_TOTAL,
     LEVEL_UPS_TOTAL,
+    CAMPAIGN_COINS_TOTAL,
+    COINS_REDEEMED_TOTAL,
+    MISSIONS_COMPLETED_TOTAL,
+    MISSIONS_REVOKED_TOTAL,
+    BADGES_EARNED_TOTAL,
     BATCH_DURATION_SECONDS,
     COMMIT_FAILURES_TOTAL,
     KAFKA_ERRORS_TOTAL,
@@ -125,6 +140,20 @@ pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::Prome
 /// HELP text of every metric.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        CAMPAIGN_COINS_TOTAL,
+        "Coins granted by campaigns (refunds' reversals not subtracted)."
+    );
+    describe_counter!(
+        COINS_REDEEMED_TOTAL,
+        "Coins spent by redemptions (reversals not subtracted)."
+    );
+    describe_counter!(MISSIONS_COMPLETED_TOTAL, "Mission instances completed.");
+    describe_counter!(
+        MISSIONS_REVOKED_TOTAL,
+        "Mission rewards revoked by refunds."
+    );
+    describe_counter!(BADGES_EARNED_TOTAL, "Badges earned.");
     describe_counter!(
         RECEIPTS_TOTAL,
         "Receipts folded, by outcome (applied, duplicate, rejected)."
@@ -268,6 +297,11 @@ pub fn batch_committed(
     counter!(COINS_AWARDED_TOTAL).increment(stats.coins_awarded);
     counter!(COINS_REVERSED_TOTAL).increment(stats.coins_reversed);
     counter!(LEVEL_UPS_TOTAL).increment(stats.levels);
+    counter!(CAMPAIGN_COINS_TOTAL).increment(stats.campaign_coins);
+    counter!(COINS_REDEEMED_TOTAL).increment(stats.coins_redeemed);
+    counter!(MISSIONS_COMPLETED_TOTAL).increment(stats.missions_completed);
+    counter!(MISSIONS_REVOKED_TOTAL).increment(stats.missions_revoked);
+    counter!(BADGES_EARNED_TOTAL).increment(stats.badges_earned);
     gauge!(STORE_BYTES).set(store.disk_bytes() as f64);
     self::users(users);
     let memory = store.memory();

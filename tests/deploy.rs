@@ -295,6 +295,10 @@ fn every_dashboard_query_uses_only_exported_metrics() {
         "mallquest_coins_awarded_total",
         "mallquest_coins_reversed_total",
         "mallquest_level_ups_total",
+        "mallquest_campaign_coins_total",
+        "mallquest_coins_redeemed_total",
+        "mallquest_missions_completed_total",
+        "mallquest_badges_earned_total",
         "mallquest_http_request_duration_seconds",
         "mallquest_http_requests_total",
     ] {

@@ -561,3 +561,179 @@ fn restart_time_with_and_without_static_membership() {
         drop(producer);
     }
 }
+
+/// The game vectors through `mallquest run` on the real broker: mission and badge events
+/// (with the level-ups, in the vectors' order) on the events topic, the new projection
+/// fields on the projections topic, period boards and ranks over HTTP, and the game's
+/// counters on /metrics, scraped by a real Prometheus.
+#[test]
+fn game_vectors_through_real_broker_give_events_boards_and_metrics() {
+    let broker = Broker::start();
+    broker.create_topic("receipts", 1, false);
+    let records: Vec<_> = golden::game::receipts()
+        .into_iter()
+        .map(|r| (r.key, r.value))
+        .collect();
+    broker.produce("receipts", &records);
+    let game = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/game/config.toml"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store, http) = write_config(dir.path(), &broker.bootstrap(), &game);
+    let mut run = Run::new(config, store);
+    run.start();
+    // The projections topic: the vectors' projections (mission progress is ours; the
+    // vectors write instants to the second, see tests/game_golden.rs).
+    let expected = golden::game::projections();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let to_second = |v: &Value| -> Value {
+        let mut v = v.clone();
+        let o = v.as_object_mut().unwrap();
+        o.remove("missions");
+        for (k, x) in o.iter_mut() {
+            if k.ends_with("_at") {
+                if let Some(t) = x
+                    .as_str()
+                    .and_then(mallquest::domain::Timestamp::parse_rfc3339)
+                {
+                    *x = mallquest::domain::Timestamp { nanos: 0, ..t }
+                        .to_rfc3339()
+                        .into();
+                }
+            }
+        }
+        v
+    };
+    loop {
+        let got = last_per_key(&broker.read_all("user-projections"));
+        let wrong = expected
+            .iter()
+            .filter(|(k, want)| {
+                !got.get(*k)
+                    .is_some_and(|g| same_projection(&to_second(g), want))
+            })
+            .count();
+        if wrong == 0 {
+            break;
+        }
+        assert!(run.is_running(), "mallquest exited early:\n{}", run.log());
+        assert!(
+            Instant::now() < deadline,
+            "{wrong} users not (yet) right\n{}",
+            run.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The events topic: every event of the vectors, in their order (one partition here,
+    // and no replay).
+    let events: Vec<Value> = broker
+        .read_all("gamification-events")
+        .iter()
+        .map(|r| {
+            let mut v: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            assert_eq!(r.key.as_deref(), v["user_id"].as_str().map(str::as_bytes));
+            let t = mallquest::domain::Timestamp::parse_rfc3339(v["at"].as_str().unwrap()).unwrap();
+            v["at"] = mallquest::domain::Timestamp { nanos: 0, ..t }
+                .to_rfc3339()
+                .into();
+            v
+        })
+        .collect();
+    let want: Vec<Value> = golden::game::events()
+        .into_iter()
+        .map(|mut v| {
+            let t = mallquest::domain::Timestamp::parse_rfc3339(v["at"].as_str().unwrap()).unwrap();
+            v["at"] = t.to_rfc3339().into();
+            v
+        })
+        .collect();
+    assert_eq!(events, want);
+    // Period boards and a rank over a real socket.
+    let week = golden::game::boards()
+        .into_iter()
+        .find(|b| b["period"] == "week" && b["by"] == "xp")
+        .unwrap();
+    let r = support::http::get(
+        &http,
+        &format!(
+            "/v1/leaderboard?by=xp&period=week&at={}&limit=10",
+            week["at"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let board: Value = serde_json::from_slice(&r.body).unwrap();
+    for (got, want) in board["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(week["entries"].as_array().unwrap())
+    {
+        assert_eq!(
+            (&got["user_id"], &got["score"], &got["rank"]),
+            (&want["user_id"], &want["score"], &want["rank"])
+        );
+    }
+    let first = &week["entries"][0];
+    let r = support::http::get(
+        &http,
+        &format!(
+            "/v1/users/{}/rank?by=xp&period=week&at={}",
+            first["user_id"].as_str().unwrap(),
+            week["at"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let rank: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!((&rank["rank"], &rank["of"]), (&Value::from(1), &week["of"]));
+    // The game's counters, scraped by a real Prometheus with the dashboard's queries.
+    let metrics = String::from_utf8(support::http::get(&http, "/metrics").unwrap().body).unwrap();
+    let completed = want
+        .iter()
+        .filter(|e| e["type"] == "mission_completed")
+        .count();
+    let badges = want.iter().filter(|e| e["type"] == "badge_earned").count();
+    assert_eq!(
+        support::prometheus::sample(&metrics, "mallquest_missions_completed_total"),
+        completed as f64
+    );
+    assert_eq!(
+        support::prometheus::sample(&metrics, "mallquest_badges_earned_total"),
+        badges as f64
+    );
+    assert!(support::prometheus::sample(&metrics, "mallquest_campaign_coins_total") > 0.0);
+    assert!(support::prometheus::sample(&metrics, "mallquest_coins_redeemed_total") > 0.0);
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/grafana/dashboards/mallquest.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_owned())
+        })
+        .filter(|e| {
+            e.contains("missions")
+                || e.contains("badges")
+                || e.contains("campaign")
+                || e.contains("redeemed")
+        })
+        .collect();
+    assert!(exprs.len() >= 4, "the dashboard shows the game: {exprs:?}");
+    support::prometheus::scrape_and_query(&http, "mallquest_missions_completed_total", &exprs);
+    let status = run.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}\n{}", run.log());
+}
