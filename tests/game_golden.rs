@@ -280,3 +280,76 @@ fn game_vectors_give_the_expected_boards_and_ranks() {
         }
     }
 }
+
+/// Refolding the log after a rule change (old rates moved to `[[rules.history]]`) gives
+/// the live state byte for byte: users and ledger as stored, events and rejections.
+#[test]
+fn a_refold_after_moving_the_rules_into_history_equals_the_live_state_byte_for_byte() {
+    let changed = mallquest::config::Config::parse(&game::changed_rules_config()).unwrap();
+    assert_ne!(
+        changed.rules.coins_per_unit,
+        game::config().rules.coins_per_unit
+    );
+    let fold_with = |rules: mallquest::domain::Rules, every: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut processor = Processor::new(Arc::clone(&store), rules);
+        let mut sink = MemorySink::default();
+        for (i, r) in game::receipts().iter().enumerate() {
+            golden::feed(&mut processor, r);
+            if (i + 1) % every == 0 {
+                processor.commit(&mut sink).unwrap();
+            }
+        }
+        processor.commit(&mut sink).unwrap();
+        let users: Vec<Vec<u8>> = store
+            .users()
+            .map(|u| serde_json::to_vec(&u.unwrap()).unwrap())
+            .collect();
+        let ledger: Vec<(String, String, Vec<u8>)> = store
+            .ledger_entries()
+            .map(|e| {
+                let (_, u, r, e) = e.unwrap();
+                (u, r, serde_json::to_vec(&e).unwrap())
+            })
+            .collect();
+        let events: Vec<Vec<u8>> = sink.events.iter().map(codec::encode_event).collect();
+        let dlq: Vec<(i64, &'static str)> = sink
+            .dead_letters
+            .iter()
+            .map(|d| (d.offset, d.reason.as_str()))
+            .collect();
+        (users, ledger, events, dlq)
+    };
+    let live = fold_with(game::config().rules, 50);
+    let refold = fold_with(changed.rules.clone(), 977);
+    assert!(live.0 == refold.0, "stored users differ");
+    assert!(live.1 == refold.1, "ledger entries differ");
+    assert!(live.2 == refold.2, "events differ");
+    assert_eq!(live.3, refold.3);
+    // The new rates do apply after the change: a purchase on 2027-01-02 earns 5 a unit.
+    let mut late = game::receipts();
+    late.truncate(1);
+    let v = String::from_utf8(late[0].value.clone())
+        .unwrap()
+        .replace("2026-10-12T08:16:55Z", "2027-01-02T08:16:55Z");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let mut processor = Processor::new(Arc::clone(&store), changed.rules);
+    golden::feed(
+        &mut processor,
+        &golden::GoldenRecord {
+            offset: 0,
+            key: late[0].key.clone(),
+            value: v.into_bytes(),
+        },
+    );
+    processor.commit(&mut MemorySink::default()).unwrap();
+    let u = store.find_user("u-009").unwrap().unwrap();
+    assert_eq!(u.xp, 10 + 32 * 7, "10 a receipt and 7 a whole unit");
+    assert_eq!(
+        u.coins,
+        3226 * 5 / 100 + 50,
+        "5 coins a unit, and a level's bonus"
+    );
+}

@@ -187,6 +187,31 @@ pub mod game {
             .collect()
     }
 
+    /// The vectors' config with today's `[rules]` rates moved into a last
+    /// `[[rules.history]]` entry (until after every receipt) and new rates in `[rules]`: what
+    /// an operator writes to change the rules from a date on.
+    pub fn changed_rules_config() -> String {
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/golden/game/config.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let text = text
+            .replacen("coins_per_unit = 1\n", "coins_per_unit = 5\n", 1)
+            .replacen("xp_per_unit = 1\n", "xp_per_unit = 7\n", 1)
+            .replacen(
+                "\"s-el-01\" = 200\n\"s-fa-03\" = 150\n",
+                "\"s-el-01\" = 100\n",
+                1,
+            );
+        let moved =
+            "\n[[rules.history]]\nuntil = \"2027-01-01T00:00:00+01:00\"\ncoins_per_unit = 1\n\
+                     xp_per_receipt = 10\nxp_per_unit = 1\n[rules.history.store_multipliers]\n\
+                     \"s-el-01\" = 200\n\"s-fa-03\" = 150\n";
+        let at = text.find("[store_categories]").unwrap();
+        format!("{}{moved}\n{}", &text[..at], &text[at..])
+    }
+
     /// Expected boards: `period`, `at`, `by`, `of` and the top 10 `entries`.
     pub fn boards() -> Vec<Value> {
         lines("expected-boards.jsonl")
