@@ -46,13 +46,22 @@ pub enum Command {
         /// Store directory (default: a fresh temporary directory, removed afterwards).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Config file for the rules (default: built-in defaults).
+        /// Config file for the rules and the game (default: the built-in demo game,
+        /// config/demo-game.toml).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Every user buys once, in order, first: `--receipts` >= `--users` then stores
         /// every user (for scale benchmarks).
         #[arg(long)]
         every_user: bool,
+        /// Fold with the default rules and no game (campaigns, missions, badges), as the
+        /// fold-engine benchmarks do.
+        #[arg(long, conflicts_with = "config")]
+        plain: bool,
+        /// After the summary, keep the query API up on the demo store at ADDR
+        /// (`127.0.0.1:8080`) until Ctrl-C, for curl.
+        #[arg(long, value_name = "ADDR")]
+        serve: Option<String>,
     },
     /// Publish simulated POS receipts to Kafka at a steady rate.
     Simulate {

@@ -11,10 +11,10 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
-use crate::domain::Reject;
+use crate::domain::{Period, Reject};
 use crate::pipeline::{BatchStats, MemorySink, Processor, Record};
 use crate::sim::{Mix, Simulator};
-use crate::store::Store;
+use crate::store::{Board, Store};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -33,10 +33,21 @@ pub struct DemoOptions {
     pub partitions: i32,
     /// Every user buys once, in order, before the usual skewed picks.
     pub every_user: bool,
+    /// Keep the store (and its temporary directory) in the summary, for `--serve`.
+    pub keep_store: bool,
 }
 
+/// The game `demo` plays when given no config (README, "The game").
+pub const DEMO_GAME: &str = include_str!("../config/demo-game.toml");
+
+/// Days of event time the simulated receipts span when a game is played: enough for
+/// streaks, weekly missions and period boards to mean something.
+const GAME_SPAN_DAYS: u64 = 28;
+
+/// A row of a top 10: (user_id, xp, level, coins).
+pub type TopRow = (String, i64, u32, i64);
+
 /// The demo's result.
-#[derive(Debug)]
 pub struct DemoSummary {
     /// Counts over the whole run.
     pub stats: BatchStats,
@@ -44,12 +55,19 @@ pub struct DemoSummary {
     pub elapsed: Duration,
     /// Users in the store.
     pub users: u64,
-    /// Top 10 by XP: (user_id, xp, level, coins).
-    pub top: Vec<(String, i64, u32, i64)>,
+    /// Top 10 by XP.
+    pub top: Vec<TopRow>,
+    /// With a game: the week holding the last receipt, and its top 10 by XP (user_id,
+    /// the week's xp, level, coins).
+    pub week: Option<(String, Vec<TopRow>)>,
     /// Users per level.
     pub levels: BTreeMap<u32, u64>,
     /// Where the store is.
     pub store_path: PathBuf,
+    /// The store, when asked to keep it ([`DemoOptions::keep_store`]).
+    pub store: Option<Arc<Store>>,
+    /// A temporary store's directory, removed when the summary is dropped.
+    pub temp: Option<tempfile::TempDir>,
 }
 
 /// A min-heap entry for the top 10: (xp, user_id reversed so ties keep the smaller id, level, coins).
@@ -84,7 +102,16 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
         counts_only: true,
         ..MemorySink::default()
     };
-    let mut sim = Simulator::new(opts.seed, opts.users, opts.stores, Mix::default());
+    let game = &config.rules.game;
+    let plays = !(game.campaigns.is_empty() && game.missions.is_empty() && game.badges.is_empty());
+    let mix = Mix {
+        redemptions: if plays { 30 } else { 0 },
+        ..Mix::default()
+    };
+    let mut sim = Simulator::new(opts.seed, opts.users, opts.stores, mix);
+    if plays {
+        sim = sim.spread_over(GAME_SPAN_DAYS, opts.receipts);
+    }
     if opts.every_user {
         sim = sim.every_user_first();
     }
@@ -147,20 +174,46 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
         .map(|Reverse((xp, Reverse(id), level, coins))| (id, xp, level, coins))
         .collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let week = if plays {
+        let mark = store.marks().into_values().max();
+        match mark {
+            Some(secs) => {
+                let key = config
+                    .rules
+                    .calendar()
+                    .key(Period::Week, crate::domain::Timestamp { secs, nanos: 0 });
+                let rows = store
+                    .period_board(Period::Week, &key, Board::Xp, 10, |_| true)?
+                    .into_iter()
+                    .map(|(score, u)| (u.user_id, score, u.level, u.coins))
+                    .collect();
+                Some((key, rows))
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
     let store_path = dir.clone();
     drop(processor);
-    if let Some(t) = _temp {
+    let (store, temp) = if opts.keep_store {
+        (Some(store), _temp)
+    } else {
         // Keep nothing behind for a temporary store.
         drop(store);
-        drop(t);
-    }
+        drop(_temp);
+        (None, None)
+    };
     Ok(DemoSummary {
         stats: total,
         elapsed,
         users,
         top,
+        week,
         levels,
         store_path,
+        store,
+        temp,
     })
 }
 
@@ -197,13 +250,31 @@ impl std::fmt::Display for DemoSummary {
         )?;
         writeln!(f, "  users        {}", self.users)?;
         writeln!(f, "  store        {}", self.store_path.display())?;
-        writeln!(f, "\n  top 10 by XP")?;
+        let rejected: Vec<String> = Reject::ALL
+            .iter()
+            .filter_map(|r| s.rejected.get(r).map(|n| format!("{} {n}", r.as_str())))
+            .collect();
+        if !rejected.is_empty() {
+            writeln!(f, "  rejects      {}", rejected.join(", "))?;
+        }
+        let (title, rows) = match &self.week {
+            Some((key, rows)) => {
+                writeln!(
+                    f,
+                    "  game         campaign coins {}  coins redeemed {}  missions completed {} (revoked {})  badges earned {}",
+                    s.campaign_coins, s.coins_redeemed, s.missions_completed, s.missions_revoked, s.badges_earned
+                )?;
+                (format!("top 10 of week {key} by XP earned that week"), rows)
+            }
+            None => ("top 10 by XP".to_owned(), &self.top),
+        };
+        writeln!(f, "\n  {title}")?;
         writeln!(
             f,
             "  {:>4}  {:<12} {:>10} {:>6} {:>10}",
             "rank", "user", "xp", "level", "coins"
         )?;
-        for (i, (id, xp, level, coins)) in self.top.iter().enumerate() {
+        for (i, (id, xp, level, coins)) in rows.iter().enumerate() {
             writeln!(
                 f,
                 "  {:>4}  {:<12} {:>10} {:>6} {:>10}",
@@ -214,18 +285,37 @@ impl std::fmt::Display for DemoSummary {
                 coins
             )?;
         }
-        writeln!(f, "\n  level histogram")?;
-        let max = self.levels.values().copied().max().unwrap_or(1).max(1);
-        for (level, n) in &self.levels {
+        writeln!(f, "\n  users per level")?;
+        for (range, n) in level_buckets(&self.levels) {
+            let max = self.users.max(1);
             let bar = "#".repeat(((n * 40).div_ceil(max)) as usize);
-            writeln!(f, "  {level:>4} {n:>8} {bar}")?;
+            writeln!(f, "  {range:>7} {n:>8} {bar}")?;
         }
-        writeln!(f, "\n  rejects by reason")?;
-        for r in Reject::ALL {
-            if let Some(n) = s.rejected.get(&r) {
-                writeln!(f, "  {:<24} {n}", r.as_str())?;
-            }
-        }
+        writeln!(
+            f,
+            "\n  look further: add --serve 127.0.0.1:8080 to keep the API up on this store, then\n\
+             \x20 curl 'http://127.0.0.1:8080/v1/leaderboard?period=week' or\n\
+             \x20 curl 'http://127.0.0.1:8080/v1/users/{}/rank?period=week' (README, Query API)",
+            rows.first().map_or("u-00000000", |r| r.0.as_str())
+        )?;
         Ok(())
     }
+}
+
+/// Users per level in powers of two (1, 2-3, 4-7, ...): a few lines whatever the levels.
+fn level_buckets(levels: &BTreeMap<u32, u64>) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let mut low = 1u32;
+    while levels.keys().any(|l| *l >= low) {
+        let high = low.saturating_mul(2) - 1;
+        let n = levels.range(low..=high).map(|(_, n)| n).sum();
+        let range = if low == high {
+            low.to_string()
+        } else {
+            format!("{low}-{high}")
+        };
+        out.push((range, n));
+        low = low.saturating_mul(2);
+    }
+    out
 }

@@ -11,6 +11,43 @@ use mallquest::cli::{Cli, Command, SnapshotAction};
 use mallquest::config::Config;
 use mallquest::status::Status;
 
+/// Serves the query API on a demo's store until Ctrl-C (standalone: every partition).
+fn serve_demo(config: &Config, store: Arc<Store>, listen: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the runtime")?;
+    runtime.block_on(async {
+        let status = Arc::new(Status::default());
+        status.committed(&store.offsets()?);
+        let app = http::router(
+            http::AppState {
+                store,
+                status,
+                metrics: None,
+                token: config.http.token.as_deref().map(Arc::from),
+                forward_timeout: Duration::from_millis(config.http.forward_timeout_ms),
+                calendar: config.rules.calendar(),
+            },
+            Duration::from_millis(config.http.request_timeout_ms),
+        );
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("failed to listen on {listen}"))?;
+        println!("\nServing the demo store on http://{listen} until Ctrl-C.");
+        http::serve(
+            listener,
+            app,
+            http::Limits {
+                head_timeout: Duration::from_millis(config.http.request_timeout_ms),
+                max_connections: config.http.max_connections,
+            },
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await?;
+        Ok(())
+    })
+}
+
 /// jemalloc instead of glibc's malloc: the fold allocates small, short-lived keys and
 /// values per receipt, and glibc's allocator took about 18% of the fold thread's time.
 /// Side by side (BENCHMARKS.md 1) the fold ran 1.34x faster with jemalloc, for 11% more
@@ -60,10 +97,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             dir,
             config,
             every_user,
+            plain,
+            serve,
         } => {
-            let config = match config {
-                Some(p) => Config::load(&p)?,
-                None => Config::default(),
+            let config = match (config, plain) {
+                (Some(p), _) => Config::load(&p)?,
+                (None, true) => Config::default(),
+                (None, false) => Config::parse(demo::DEMO_GAME)?,
             };
             let opts = demo::DemoOptions {
                 receipts,
@@ -73,10 +113,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 partitions: 4,
                 every_user,
+                keep_store: serve.is_some(),
             };
             let summary = demo::run(&config, &opts, true)?;
             print!("{summary}");
-            Ok(())
+            match (serve, &summary.store) {
+                (Some(listen), Some(store)) => serve_demo(&config, Arc::clone(store), &listen),
+                _ => Ok(()),
+            }
         }
         Command::Simulate {
             brokers,
@@ -102,6 +146,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     refunds: refunds_permille,
                     duplicates: duplicates_permille,
                     bad: bad_permille,
+                    redemptions: 0,
                 },
             };
             let (n, secs) = simulate::run(&opts)?;

@@ -25,6 +25,8 @@ pub struct Mix {
     pub duplicates: u32,
     /// Events that must be rejected.
     pub bad: u32,
+    /// Redemptions of 10 to 300 coins (some for more than the shopper holds).
+    pub redemptions: u32,
 }
 
 impl Default for Mix {
@@ -33,6 +35,7 @@ impl Default for Mix {
             refunds: 50,
             duplicates: 20,
             bad: 10,
+            redemptions: 0,
         }
     }
 }
@@ -58,6 +61,8 @@ pub struct Simulator {
     /// Users not yet picked in order (see [`Simulator::every_user_first`]).
     in_order: u64,
     picked: u64,
+    /// Event time between two events, in milliseconds.
+    step_ms: u64,
 }
 
 const RECENT: usize = 4096;
@@ -76,6 +81,7 @@ impl Simulator {
             base_secs: 1_793_491_200,
             in_order: 0,
             picked: 0,
+            step_ms: 50,
         }
     }
 
@@ -87,12 +93,19 @@ impl Simulator {
     }
 
     /// The user_id of user number `n`.
+    /// Spreads `events` over `days` of event time (default: 50 ms apart), so that a
+    /// shorter run still spans days and weeks (streaks, missions, period boards).
+    pub fn spread_over(mut self, days: u64, events: u64) -> Self {
+        self.step_ms = (days * 86_400_000 / events.max(1)).max(1);
+        self
+    }
+
     pub fn user_id(n: u64) -> String {
         format!("u-{n:08}")
     }
 
     fn now(&self) -> String {
-        let ms = self.seq * 50;
+        let ms = self.seq * self.step_ms;
         let secs = self.base_secs + (ms / 1000) as i64;
         let t = crate::domain::Timestamp {
             secs,
@@ -122,6 +135,24 @@ impl Simulator {
         if roll < m.bad + m.duplicates && !self.recent.is_empty() {
             let i = self.rng.gen_range(0..self.recent.len());
             return self.recent[i].event.clone();
+        }
+        let redeem_from = m.bad + m.duplicates + m.refunds;
+        if (redeem_from..redeem_from + m.redemptions).contains(&roll) {
+            let user = self.pick_user();
+            let coins = self.rng.gen_range(10..=300);
+            let user_id = Self::user_id(user);
+            let v = serde_json::json!({
+                "receipt_id": format!("x-{}", self.seq),
+                "user_id": user_id,
+                "store_id": "s-desk",
+                "type": "redemption",
+                "coins": coins,
+                "issued_at": self.now(),
+            });
+            return SimEvent {
+                key: user_id,
+                payload: serde_json::to_vec(&v).unwrap_or_default(),
+            };
         }
         if roll < m.bad + m.duplicates + m.refunds && !self.recent.is_empty() {
             let i = self.rng.gen_range(0..self.recent.len());

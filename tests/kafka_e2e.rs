@@ -219,6 +219,7 @@ fn simulated(seed: u64, n: usize, users: u64) -> Records {
         refunds: 80,
         duplicates: 40,
         bad: 20,
+        redemptions: 0,
     };
     take(&mut Simulator::new(seed, users, 20, mix), n)
 }

@@ -183,6 +183,7 @@ fn partitions_move_between_three_instances_and_every_state_moves_with_them_exact
         refunds: 80,
         duplicates: 40,
         bad: 20,
+        redemptions: 0,
     };
     // scripts/soak.sh repeats the moves (scripts/test.sh unsets this: one round).
     let rounds: usize = std::env::var("MALLQUEST_SCALE_ROUNDS")
@@ -445,6 +446,7 @@ fn a_partition_restores_from_the_changelog_after_retention_removed_its_oldest_re
         refunds: 80,
         duplicates: 40,
         bad: 20,
+        redemptions: 0,
     };
     let mut sim = Simulator::new(5, 300, 20, mix);
     let first = take(&mut sim, 3_000);
@@ -534,6 +536,7 @@ fn a_standby_keeps_partitions_warm_so_a_failover_catches_up_only_the_last_record
         refunds: 80,
         duplicates: 40,
         bad: 20,
+        redemptions: 0,
     };
     let records = take(&mut Simulator::new(33, 2_000, 20, mix), 9_000);
     let producer = broker.client().produce_at_rate("receipts", records, 250);

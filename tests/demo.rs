@@ -1,0 +1,140 @@
+//! `mallquest demo` plays the built-in game: its summary shows campaign coins, coins
+//! redeemed, missions, badges and the week's top 10 (equal to the store's period board),
+//! fits one screen, and says how to look further; `--plain` folds without the game.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use mallquest::config::Config;
+use mallquest::demo::{self, DemoOptions, DEMO_GAME};
+use mallquest::domain::Period;
+use mallquest::store::Board;
+
+fn options(keep_store: bool) -> DemoOptions {
+    DemoOptions {
+        receipts: 30_000,
+        users: 2_000,
+        stores: 40,
+        seed: 7,
+        dir: None,
+        partitions: 4,
+        every_user: false,
+        keep_store,
+    }
+}
+
+#[test]
+fn the_demo_plays_the_game_and_its_summary_fits_one_screen() {
+    let config = Config::parse(DEMO_GAME).unwrap();
+    let summary = demo::run(&config, &options(true), false).unwrap();
+    let s = &summary.stats;
+    assert!(s.campaign_coins > 0, "campaign coins");
+    assert!(s.coins_redeemed > 0, "redemptions");
+    assert!(s.missions_completed > 0, "missions");
+    assert!(s.badges_earned > 0, "badges");
+    assert!(s
+        .rejected
+        .contains_key(&mallquest::domain::Reject::InsufficientCoins));
+    let (week, rows) = summary.week.clone().expect("a week's top 10");
+    assert_eq!(rows.len(), 10);
+    let store = summary.store.clone().unwrap();
+    let board = store
+        .period_board(Period::Week, &week, Board::Xp, 10, |_| true)
+        .unwrap();
+    let expected: Vec<(String, i64)> = board.into_iter().map(|(s, u)| (u.user_id, s)).collect();
+    let shown: Vec<(String, i64)> = rows.iter().map(|r| (r.0.clone(), r.1)).collect();
+    assert_eq!(shown, expected);
+    // The receipts span four weeks: the shown week is the last one (2026-11-28/29).
+    assert_eq!(week, "2026-W48");
+    let text = summary.to_string();
+    let lines = text.lines().count();
+    assert!(lines <= 45, "{lines} lines:\n{text}");
+    assert!(text.contains("game         campaign coins"), "{text}");
+    assert!(
+        text.contains("look further") && text.contains("--serve"),
+        "{text}"
+    );
+    assert!(text.contains("4-7"), "levels are bucketed: {text}");
+}
+
+#[test]
+fn a_plain_demo_folds_without_the_game() {
+    let summary = demo::run(&Config::default(), &options(false), false).unwrap();
+    let s = &summary.stats;
+    assert_eq!(
+        (
+            s.campaign_coins,
+            s.coins_redeemed,
+            s.missions_completed,
+            s.badges_earned
+        ),
+        (0, 0, 0, 0)
+    );
+    assert!(summary.week.is_none() && summary.store.is_none());
+    assert!(summary.to_string().contains("top 10 by XP"));
+}
+
+/// `demo --serve ADDR` keeps the API up on the demo store: a real HTTP client reads the
+/// week's board and a rank from it, and Ctrl-C (SIGINT) ends it cleanly.
+#[test]
+fn demo_serve_keeps_the_api_up_for_curl() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mallquest"))
+            .args([
+                "demo",
+                "--receipts",
+                "8000",
+                "--users",
+                "500",
+                "--serve",
+                &addr,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let board = loop {
+        if let Ok(r) = support::http::get(&addr, "/v1/leaderboard?period=week") {
+            break r;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "demo exited");
+        assert!(Instant::now() < deadline, "the demo never served");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(board.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&board.body).unwrap();
+    assert_eq!(v["period"], "week");
+    let first = v["entries"][0]["user_id"].as_str().unwrap().to_owned();
+    let r = support::http::get(&addr, &format!("/v1/users/{first}/rank?period=week")).unwrap();
+    assert_eq!(r.status, 200);
+    let rank: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(rank["rank"], 1);
+    assert_eq!(rank["score"], v["entries"][0]["score"]);
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// A child process killed when the test ends, even by a failed assertion.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
