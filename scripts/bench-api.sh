@@ -27,7 +27,7 @@ ulimit -n 65536 2>/dev/null || true
 STORE="${BENCH_STORE:-$WORK/store}"
 if [ ! -d "$STORE" ]; then
   echo "== filling the store: demo --receipts $RECEIPTS --users $USERS"
-  RUST_LOG=warn "$BIN" demo --receipts "$RECEIPTS" --users "$USERS" --dir "$STORE" | sed -n '1,5p'
+  RUST_LOG=warn "$BIN" demo --plain --receipts "$RECEIPTS" --users "$USERS" --dir "$STORE" | sed -n '1,5p'
 fi
 
 kafka_broker_start "$WORK/kafka"

@@ -4,7 +4,7 @@
 # export and import of it. Prints receipts/s, CPU per million receipts, peak RSS, disk,
 # and the snapshot timings.
 # Usage: scripts/bench-scale.sh [USERS] [RECEIPTS]   (SNAPSHOT=0 skips the snapshot part)
-#   every user buys once first (`demo --every-user`), so the store holds all USERS.
+#   every user buys once first (`demo --plain --every-user`; `--plain`: no game, as in the rows before it), so the store holds all USERS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS="${1:-100000}"
@@ -15,7 +15,7 @@ WORK="$(mktemp -d "${BENCH_DIR:-/tmp}/mq-scale.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
 /usr/bin/time -f "%e %U %S %M" -o "$WORK/demo.time" \
-  "$BIN" demo --users "$USERS" --receipts "$RECEIPTS" --every-user --dir "$WORK/store" >"$WORK/demo.out"
+  "$BIN" demo --plain --users "$USERS" --receipts "$RECEIPTS" --every-user --dir "$WORK/store" >"$WORK/demo.out"
 read -r WALL UT ST RSS <"$WORK/demo.time"
 grep -E "receipts/s|users|applied" "$WORK/demo.out" || cat "$WORK/demo.out"
 python3 - "$RECEIPTS" "$WALL" "$UT" "$ST" "$RSS" <<'PY'
