@@ -54,8 +54,9 @@ pub enum Command {
         /// every user (for scale benchmarks).
         #[arg(long)]
         every_user: bool,
-        /// Fold with the default rules and no game (campaigns, missions, badges), as the
-        /// fold-engine benchmarks do.
+        /// The fold-engine benchmarks' run: the default rules, no game (campaigns,
+        /// missions, badges), and the stream of earlier versions (receipts 50 ms apart, no
+        /// redemptions).
         #[arg(long, conflicts_with = "config")]
         plain: bool,
         /// After the summary, keep the query API up on the demo store at ADDR

@@ -35,13 +35,16 @@ pub struct DemoOptions {
     pub every_user: bool,
     /// Keep the store (and its temporary directory) in the summary, for `--serve`.
     pub keep_store: bool,
+    /// The stream of earlier versions: 50 ms apart, no redemptions (the fold benchmarks'
+    /// stream). Otherwise receipts span four weeks and 3% are redemptions.
+    pub plain: bool,
 }
 
 /// The game `demo` plays when given no config (README, "The game").
 pub const DEMO_GAME: &str = include_str!("../config/demo-game.toml");
 
-/// Days of event time the simulated receipts span when a game is played: enough for
-/// streaks, weekly missions and period boards to mean something.
+/// Days of event time the simulated receipts span (but with `plain`): enough for streaks,
+/// weekly missions and period boards to mean something.
 const GAME_SPAN_DAYS: u64 = 28;
 
 /// A row of a top 10: (user_id, xp, level, coins).
@@ -105,11 +108,11 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
     let game = &config.rules.game;
     let plays = !(game.campaigns.is_empty() && game.missions.is_empty() && game.badges.is_empty());
     let mix = Mix {
-        redemptions: if plays { 30 } else { 0 },
+        redemptions: if opts.plain { 0 } else { 30 },
         ..Mix::default()
     };
     let mut sim = Simulator::new(opts.seed, opts.users, opts.stores, mix);
-    if plays {
+    if !opts.plain {
         sim = sim.spread_over(GAME_SPAN_DAYS, opts.receipts);
     }
     if opts.every_user {

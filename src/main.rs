@@ -114,6 +114,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 partitions: 4,
                 every_user,
                 keep_store: serve.is_some(),
+                plain,
             };
             let summary = demo::run(&config, &opts, true)?;
             print!("{summary}");

@@ -11,7 +11,7 @@ use mallquest::demo::{self, DemoOptions, DEMO_GAME};
 use mallquest::domain::Period;
 use mallquest::store::Board;
 
-fn options(keep_store: bool) -> DemoOptions {
+fn options(keep_store: bool, plain: bool) -> DemoOptions {
     DemoOptions {
         receipts: 30_000,
         users: 2_000,
@@ -21,13 +21,14 @@ fn options(keep_store: bool) -> DemoOptions {
         partitions: 4,
         every_user: false,
         keep_store,
+        plain,
     }
 }
 
 #[test]
 fn the_demo_plays_the_game_and_its_summary_fits_one_screen() {
     let config = Config::parse(DEMO_GAME).unwrap();
-    let summary = demo::run(&config, &options(true), false).unwrap();
+    let summary = demo::run(&config, &options(true, false), false).unwrap();
     let s = &summary.stats;
     assert!(s.campaign_coins > 0, "campaign coins");
     assert!(s.coins_redeemed > 0, "redemptions");
@@ -60,7 +61,7 @@ fn the_demo_plays_the_game_and_its_summary_fits_one_screen() {
 
 #[test]
 fn a_plain_demo_folds_without_the_game() {
-    let summary = demo::run(&Config::default(), &options(false), false).unwrap();
+    let summary = demo::run(&Config::default(), &options(false, true), false).unwrap();
     let s = &summary.stats;
     assert_eq!(
         (
