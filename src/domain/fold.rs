@@ -1160,4 +1160,389 @@ mod tests {
         );
         assert_eq!(s, before);
     }
+
+    // ---- The game's rules, one at a time (README, "The game"). ----
+
+    use std::collections::HashMap;
+
+    /// One user folded receipt by receipt, with its ledger, as the pipeline does.
+    struct Player {
+        s: UserState,
+        ledger: HashMap<String, LedgerEntry>,
+        rules: Rules,
+        events: Vec<Event>,
+        offset: i64,
+    }
+
+    impl Player {
+        fn new(game: &str) -> Self {
+            let mut rules = Rules {
+                timezone: "UTC".into(),
+                ..Rules::default()
+            };
+            rules.game = toml::from_str(game).unwrap();
+            rules.game.validate().unwrap();
+            rules.game.window_secs = Some(90 * 86_400);
+            Self {
+                s: UserState::new("u-1"),
+                ledger: HashMap::new(),
+                rules,
+                events: Vec::new(),
+                offset: 0,
+            }
+        }
+
+        fn feed(&mut self, r: Receipt) -> Result<(), Reject> {
+            self.offset += 1;
+            let existing = self.ledger.get(&r.receipt_id).cloned();
+            let original = r.kind.refund_of().and_then(|o| self.ledger.get(o)).cloned();
+            let src = Source {
+                partition: 0,
+                offset: self.offset,
+            };
+            match apply(
+                &mut self.s,
+                existing.as_ref(),
+                original.as_ref(),
+                &r,
+                src,
+                &self.rules,
+            )? {
+                Effect::Duplicate => {}
+                Effect::Applied {
+                    entry,
+                    original: updated,
+                    events,
+                    ..
+                } => {
+                    if let (Some(u), Some(of)) = (updated, r.kind.refund_of()) {
+                        self.ledger.insert(of.to_owned(), u);
+                    }
+                    self.ledger.insert(r.receipt_id.clone(), entry);
+                    self.events.extend(events);
+                }
+            }
+            Ok(())
+        }
+
+        fn buy(&mut self, id: &str, store: &str, amount: Minor, at: &str) -> Result<(), Reject> {
+            self.feed(Receipt {
+                issued_at: ts(at),
+                ..purchase_of(id, store, amount)
+            })
+        }
+
+        fn refund(&mut self, id: &str, of: &str, amount: Minor, at: &str) -> Result<(), Reject> {
+            self.feed(Receipt {
+                issued_at: ts(at),
+                ..refund_of(id, of, amount)
+            })
+        }
+
+        fn redeem(&mut self, id: &str, coins: i64) -> Result<(), Reject> {
+            self.feed(Receipt {
+                kind: ReceiptKind::Redemption { coins },
+                amount: 0,
+                ..purchase_of(id, "desk", 0)
+            })
+        }
+
+        fn reverse(&mut self, id: &str, of: &str) -> Result<(), Reject> {
+            self.feed(Receipt {
+                kind: ReceiptKind::RedemptionReversal {
+                    refund_of: of.into(),
+                },
+                amount: 0,
+                ..purchase_of(id, "desk", 0)
+            })
+        }
+
+        fn kinds(&self) -> Vec<&'static str> {
+            self.events
+                .iter()
+                .map(|e| match e {
+                    Event::LevelUp(_) => "level_up",
+                    Event::MissionCompleted(_) => "mission_completed",
+                    Event::MissionRevoked(_) => "mission_revoked",
+                    Event::BadgeEarned(_) => "badge_earned",
+                })
+                .collect()
+        }
+    }
+
+    const DAY1: &str = "2026-11-18T10:00:00Z";
+    const DAY2: &str = "2026-11-19T10:00:00Z";
+    const DAY3: &str = "2026-11-20T10:00:00Z";
+
+    #[test]
+    fn a_campaign_applies_in_its_window_store_and_minimum_up_to_its_cap_and_refunds_give_back() {
+        let mut p = Player::new(
+            r#"
+            [[campaigns]]
+            id = "c"
+            start = "2026-11-18T00:00:00Z"
+            end = "2026-11-20T00:00:00Z"
+            stores = ["s-1"]
+            min_amount = "10.00"
+            bonus_percent = 100
+            bonus_coins = 2
+            max_coins_per_user = 30
+            "#,
+        );
+        p.buy("r-1", "s-1", 2000, DAY1).unwrap(); // 20 base + 20 + 2
+        assert_eq!(p.s.coins_by_campaign["c"], 22);
+        p.buy("r-2", "s-2", 2000, DAY1).unwrap(); // another store
+        p.buy("r-3", "s-1", 500, DAY1).unwrap(); // under min_amount
+        p.buy("r-4", "s-1", 2000, DAY3).unwrap(); // after the end (exclusive)
+        assert_eq!(p.s.coins_by_campaign["c"], 22);
+        p.buy("r-5", "s-1", 2000, "2026-11-19T23:59:59Z").unwrap(); // 22, capped at 8
+        assert_eq!(p.s.coins_by_campaign["c"], 30);
+        assert_eq!(p.ledger["r-5"].campaign_coins, vec![("c".to_owned(), 8)]);
+        let before = p.s.coins;
+        p.refund("f-1", "r-1", 1000, DAY2).unwrap(); // half: 10 base and 11 campaign back
+        assert_eq!(p.s.coins, before - 10 - 11);
+        assert_eq!(p.s.coins_by_campaign["c"], 19);
+        p.buy("r-6", "s-1", 2000, DAY2).unwrap(); // the cap has 11 left again
+        assert_eq!(p.s.coins_by_campaign["c"], 30);
+        assert_eq!(
+            p.s.xp,
+            5 * (10 + 20) + (10 + 5) - 15,
+            "campaign coins give no XP"
+        );
+    }
+
+    #[test]
+    fn redemptions_spend_at_most_the_balance_and_reverse_once() {
+        let mut p = Player::new("");
+        p.buy("r-1", "s-1", 5000, DAY1).unwrap(); // 50 coins
+        assert_eq!(p.redeem("x-1", 51), Err(Reject::InsufficientCoins));
+        p.redeem("x-2", 50).unwrap(); // exactly the balance
+        assert_eq!((p.s.coins, p.s.redemptions, p.s.coins_redeemed), (0, 1, 50));
+        assert_eq!(
+            (p.s.version, p.s.receipt_count),
+            (2, 1),
+            "counts in version only"
+        );
+        assert_eq!(p.reverse("v-1", "r-1"), Err(Reject::UnknownOriginal));
+        assert_eq!(
+            p.reverse("v-2", "x-1"),
+            Err(Reject::UnknownOriginal),
+            "rejected ones are unknown"
+        );
+        assert_eq!(
+            p.refund("f-0", "x-2", 100, DAY1),
+            Err(Reject::UnknownOriginal)
+        );
+        p.reverse("v-3", "x-2").unwrap();
+        assert_eq!((p.s.coins, p.s.redemptions, p.s.coins_redeemed), (50, 1, 0));
+        assert_eq!(p.reverse("v-4", "x-2"), Err(Reject::RefundExceedsOriginal));
+        // A refund after a redemption may take the balance below zero.
+        p.redeem("x-3", 50).unwrap();
+        p.refund("f-1", "r-1", 5000, DAY2).unwrap();
+        assert_eq!(p.s.coins, -50);
+        assert_eq!(p.redeem("x-4", 1), Err(Reject::InsufficientCoins));
+    }
+
+    const REVOKING_DAY: &str = r#"
+        [[missions]]
+        id = "big-day"
+        period = "day"
+        goal = "spend"
+        target = "50.00"
+        reward_coins = 40
+        reward_xp = 1000
+        on_refund = "revoke"
+        "#;
+
+    #[test]
+    fn a_revoking_mission_completes_is_revoked_below_target_and_completes_again() {
+        let mut p = Player::new(REVOKING_DAY);
+        p.buy("r-1", "s-1", 6000, DAY1).unwrap();
+        assert_eq!(
+            p.kinds(),
+            ["mission_completed", "level_up"],
+            "mission before level-up"
+        );
+        let level = p.s.level;
+        assert!(level > 1);
+        let (coins, xp) = (p.s.coins, p.s.xp);
+        p.refund("f-1", "r-1", 1000, DAY2).unwrap(); // 50.00 left: still at the target
+        assert_eq!(p.kinds().len(), 2);
+        p.refund("f-2", "r-1", 1, DAY2).unwrap(); // 49.99: below
+        let Some(Event::MissionRevoked(m)) = p.events.last() else {
+            panic!("{:?}", p.events)
+        };
+        assert_eq!(
+            (m.period.as_str(), m.receipt_id.as_str()),
+            ("2026-11-18", "f-2")
+        );
+        assert_eq!(m.at, ts(DAY2), "the refund's own time");
+        assert_eq!(p.s.coins, coins - 10 - 40, "10 base back, the reward back");
+        assert_eq!(p.s.xp, xp - 11 - 1000);
+        assert_eq!(p.s.level, level, "levels never go down");
+        // A later purchase the same day completes it again; one on another day does not.
+        p.buy("r-2", "s-1", 100, DAY3).unwrap();
+        assert!(!p
+            .s
+            .missions
+            .iter()
+            .any(|m| m.period == "2026-11-18" && m.completed));
+        p.buy("r-3", "s-2", 100, "2026-11-18T23:00:00Z").unwrap();
+        assert!(matches!(p.events.last(), Some(Event::MissionCompleted(_))));
+        assert_eq!(p.s.missions_completed, 2, "completions ever");
+    }
+
+    #[test]
+    fn a_keeping_mission_stays_completed_and_never_pays_twice() {
+        let mut p = Player::new(&REVOKING_DAY.replace("\"revoke\"", "\"keep\""));
+        p.buy("r-1", "s-1", 6000, DAY1).unwrap();
+        p.refund("f-1", "r-1", 6000, DAY1).unwrap();
+        p.buy("r-2", "s-1", 6000, DAY1).unwrap();
+        let completions = p
+            .kinds()
+            .iter()
+            .filter(|k| **k == "mission_completed")
+            .count();
+        assert_eq!(completions, 1);
+        assert!(!p.kinds().contains(&"mission_revoked"));
+    }
+
+    #[test]
+    fn store_and_receipt_goals_count_purchases_not_fully_refunded() {
+        let mut p = Player::new(
+            r#"
+            [[missions]]
+            id = "stores"
+            period = "week"
+            goal = "stores"
+            target = 3
+            reward_coins = 1
+            [[missions]]
+            id = "receipts"
+            period = "month"
+            goal = "receipts"
+            target = 9
+            "#,
+        );
+        p.buy("r-1", "s-1", 1000, DAY1).unwrap();
+        p.buy("r-2", "s-2", 1000, DAY1).unwrap();
+        p.buy("r-3", "s-2", 1000, DAY2).unwrap();
+        p.refund("f-1", "r-2", 1000, DAY2).unwrap(); // s-2 still has r-3
+        p.refund("f-2", "r-1", 500, DAY2).unwrap(); // partly: s-1 still counts
+        let week =
+            p.s.missions
+                .iter()
+                .find(|m| m.mission_id == "stores")
+                .unwrap();
+        assert_eq!(week.stores.len(), 2);
+        assert_eq!(week.period, "2026-W47");
+        let month =
+            p.s.missions
+                .iter()
+                .find(|m| m.mission_id == "receipts")
+                .unwrap();
+        assert_eq!((month.receipts, month.period.as_str()), (2, "2026-11"));
+        p.buy("r-4", "s-3", 1000, DAY3).unwrap();
+        assert_eq!(p.kinds(), ["mission_completed"]);
+    }
+
+    #[test]
+    fn a_once_mission_counts_from_its_start_inclusive_to_its_end_exclusive() {
+        let mut p = Player::new(
+            r#"
+            [[missions]]
+            id = "once"
+            period = "once"
+            start = "2026-11-18T10:00:00Z"
+            end = "2026-11-19T10:00:00Z"
+            goal = "receipts"
+            target = 2
+            reward_coins = 5
+            "#,
+        );
+        p.buy("r-0", "s-1", 100, "2026-11-18T09:59:59Z").unwrap();
+        p.buy("r-1", "s-1", 100, DAY1).unwrap();
+        p.buy("r-2", "s-1", 100, DAY2).unwrap();
+        assert!(p.events.is_empty(), "only r-1 is inside");
+        p.buy("r-3", "s-1", 100, "2026-11-19T09:59:59Z").unwrap();
+        let Some(Event::MissionCompleted(m)) = p.events.last() else {
+            panic!()
+        };
+        assert_eq!((m.period.as_str(), m.receipt_id.as_str()), ("once", "r-3"));
+    }
+
+    #[test]
+    fn a_late_receipt_fills_its_gap_and_joins_two_streak_runs() {
+        let mut p =
+            Player::new("[[badges]]\nid = \"streak-3\"\nkind = \"streak\"\nthreshold = 3\n");
+        p.buy("r-1", "s-1", 100, DAY1).unwrap();
+        p.buy("r-2", "s-1", 100, DAY3).unwrap();
+        assert_eq!((p.s.streak_current(), p.s.streak_best()), (1, 1));
+        p.buy("r-3", "s-1", 100, DAY3).unwrap(); // same day: no change
+        assert_eq!(p.s.streak_runs.len(), 2);
+        p.buy("r-4", "s-1", 100, DAY2).unwrap(); // late
+        assert_eq!((p.s.streak_current(), p.s.streak_best()), (3, 3));
+        assert_eq!(p.kinds(), ["badge_earned"]);
+        p.refund("f-1", "r-4", 100, DAY3).unwrap();
+        assert_eq!(p.s.streak_best(), 3, "refunds do not break streaks");
+        p.buy("r-5", "s-1", 100, "2026-11-25T10:00:00Z").unwrap();
+        assert_eq!((p.s.streak_current(), p.s.streak_best()), (1, 3));
+    }
+
+    #[test]
+    fn badges_are_earned_once_in_config_order_and_never_revoked() {
+        let mut p = Player::new(
+            r#"
+            [[badges]]
+            id = "spender"
+            kind = "spend"
+            threshold = "100.00"
+            [[badges]]
+            id = "two-stores"
+            kind = "stores"
+            threshold = 2
+            "#,
+        );
+        p.buy("r-1", "s-1", 10_000, DAY1).unwrap();
+        assert_eq!(p.s.badges, ["spender"]);
+        p.refund("f-1", "r-1", 5_000, DAY1).unwrap();
+        p.buy("r-2", "s-2", 5_000, DAY2).unwrap(); // spend back at 100.00: not again
+        assert_eq!(p.s.badges, ["spender", "two-stores"]);
+        assert_eq!(p.kinds(), ["level_up", "badge_earned", "badge_earned"]);
+    }
+
+    #[test]
+    fn period_scores_go_to_the_purchase_s_periods_and_only_the_latest_are_kept() {
+        let mut p = Player::new("");
+        p.rules.game.periods_kept = Some(2);
+        p.buy("r-1", "s-1", 1000, DAY1).unwrap();
+        p.refund("f-1", "r-1", 400, DAY3).unwrap(); // back to day 1, not day 3
+        let day = |p: &Player, key: &str| {
+            p.s.periods
+                .iter()
+                .find(|s| s.kind == Period::Day && s.key == key)
+                .map(|s| (s.xp, s.coins, s.spent))
+        };
+        assert_eq!(day(&p, "2026-11-18"), Some((20 - 8, 10 - 4, 600)));
+        assert_eq!(
+            day(&p, "2026-11-20"),
+            None,
+            "nothing attributed to the refund's day"
+        );
+        p.buy("r-2", "s-1", 1000, DAY2).unwrap();
+        p.buy("r-3", "s-1", 1000, DAY3).unwrap();
+        assert_eq!(day(&p, "2026-11-18"), None, "two newer days: dropped");
+        let days = p.s.periods.iter().filter(|s| s.kind == Period::Day).count();
+        assert_eq!(days, 2);
+        // A late receipt for a day older than both kept ones is not recorded.
+        p.buy("r-4", "s-1", 1000, "2026-11-17T10:00:00Z").unwrap();
+        assert_eq!(day(&p, "2026-11-17"), None);
+        assert_eq!(
+            p.s.periods
+                .iter()
+                .filter(|s| s.kind == Period::Week)
+                .count(),
+            1
+        );
+    }
 }
