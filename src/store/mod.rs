@@ -15,6 +15,8 @@
 //!   everything before it is in this store, so a catch-up reads on from there.
 //! - `periods`, `period_users`: the period leaderboards and their user counts (see
 //!   [`periods`]).
+//! - `rank_counts`: users per narrow score range of every board, so that a rank costs the
+//!   same whatever it is (see [`ranks`]).
 //! - `counts`:  `partition` -> users of the partition (u64 BE), exact: written in the batch
 //!   that adds a user (fjall's own key count also counts old versions not yet compacted).
 //! - `meta`:    `due-indexed`, `users-indexed` -> empty: the one-off fills of `due`, and of
@@ -45,6 +47,7 @@ use serde::Serialize;
 use crate::domain::{LedgerEntry, PeriodScore, UserState};
 
 mod periods;
+mod ranks;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +238,8 @@ pub struct Store {
     /// Period leaderboards and their user counts ([`periods`]).
     periods: Keyspace,
     period_users: Keyspace,
+    /// Users per score range of every board ([`ranks`]).
+    rank_counts: Keyspace,
     /// `[processing] periods_kept`.
     periods_kept: std::sync::atomic::AtomicUsize,
 }
@@ -253,6 +258,8 @@ const MIGRATION_CHUNK: usize = 50_000;
 const DUE_INDEXED: &str = "due-indexed";
 /// `meta` marker: `leaders` indexes every user and `counts` counts them.
 const USERS_INDEXED: &str = "users-indexed";
+/// `meta` marker: `rank_counts` counts every user of every board.
+const RANKS_COUNTED: &str = "ranks-counted";
 
 /// Where a partition's `due` entries of event time `secs` (seconds) start: byte order is
 /// time order.
@@ -469,6 +476,7 @@ impl Store {
         let meta = db.keyspace("meta", options).map_err(open_err)?;
         let periods = db.keyspace("periods", options).map_err(open_err)?;
         let period_users = db.keyspace("period_users", options).map_err(open_err)?;
+        let rank_counts = db.keyspace("rank_counts", options).map_err(open_err)?;
         let done = |marker: &str| {
             meta.get(marker)
                 .map(|v| v.is_some())
@@ -478,6 +486,7 @@ impl Store {
                 })
         };
         let (due_indexed, users_indexed) = (done(DUE_INDEXED)?, done(USERS_INDEXED)?);
+        let ranks_counted = done(RANKS_COUNTED)?;
         let store = Self {
             path: path.to_owned(),
             db,
@@ -495,14 +504,15 @@ impl Store {
             meta,
             periods,
             period_users,
+            rank_counts,
             periods_kept: std::sync::atomic::AtomicUsize::new(
                 crate::domain::game::DEFAULT_PERIODS_KEPT,
             ),
         };
-        if !users_indexed {
-            // A store from before the partition-first index and the counts: both built
-            // once, here.
-            store.index_users(&[], MIGRATION_CHUNK, Some(USERS_INDEXED))?;
+        if !users_indexed || !ranks_counted {
+            // A store from before the partition-first index, the counts or the rank
+            // counts: all built once, here.
+            store.index_users(&[], MIGRATION_CHUNK, &[USERS_INDEXED, RANKS_COUNTED])?;
         }
         let mut per = HashMap::new();
         for kv in store.counts.iter() {
@@ -702,20 +712,25 @@ impl Store {
         &self,
         prefix: &[u8],
         chunk: usize,
-        marker: Option<&str>,
+        markers: &[&str],
     ) -> Result<HashMap<i32, u64>, StoreError> {
         let mut per: HashMap<i32, u64> = HashMap::new();
         let mut on_period: BTreeMap<(i32, crate::domain::Period, String), u64> = BTreeMap::new();
+        let mut ranks = ranks::RankCounts::default();
         let mut last =
             self.write_in_batches(self.users_under(prefix), chunk, |batch, (p, u)| {
+                let all_time = ranks::all_time_scope(p);
                 for b in Board::ALL {
                     batch.insert(&self.board, board_key(p, b, &u), []);
+                    ranks.add(&all_time, b, b.score(&u));
                 }
                 for s in &u.periods {
+                    let scope = periods::rank_scope(p, s.kind, &s.key);
                     for b in Board::ALL {
                         let score = periods::period_score(s, b);
                         let key = periods::entry_key(p, s.kind, &s.key, b, score, &u.user_id);
                         batch.insert(&self.periods, key, []);
+                        ranks.add(&scope, b, score);
                     }
                     *on_period.entry((p, s.kind, s.key.clone())).or_default() += 1;
                 }
@@ -739,8 +754,15 @@ impl Store {
                 dropped.push(prefix);
             }
         }
-        if let Some(m) = marker {
-            last.insert(&self.meta, m, []);
+        // Rank counts of the kept periods and of the all-time boards; the scan saw every
+        // user of these partitions, so the counts are whole.
+        ranks.write(self, &mut last, |key| {
+            !dropped
+                .iter()
+                .any(|d| key.starts_with(d) && key.get(d.len()) == Some(&0))
+        });
+        for m in markers {
+            last.insert(&self.meta, *m, []);
         }
         self.commit_durably(last)?;
         if !dropped.is_empty() {
@@ -764,7 +786,7 @@ impl Store {
     /// Indexes and counts the users of `partition` ([`Self::index_users`]): after a
     /// restore that wrote them unindexed, or that may have been interrupted before.
     pub fn index_partition(&self, partition: i32, chunk: usize) -> Result<u64, StoreError> {
-        let per = self.index_users(&partition.to_be_bytes(), chunk, None)?;
+        let per = self.index_users(&partition.to_be_bytes(), chunk, &[])?;
         Ok(per.get(&partition).copied().unwrap_or(0))
     }
 
@@ -941,6 +963,7 @@ impl Store {
         // Users new to each partition in this batch.
         let mut added: HashMap<i32, u64> = HashMap::new();
         let mut period_changes = periods::PeriodChanges::default();
+        let mut rank_deltas = ranks::RankDeltas::default();
         for ((p, user_id), state) in &set.users {
             if set.unindexed.contains(p) {
                 batch.insert(&self.users, user_key(*p, user_id), encode(state));
@@ -953,19 +976,22 @@ impl Store {
                 None => self.user(*p, user_id)?.as_ref().map(indexed),
             };
             let now = scores(state);
+            let all_time = ranks::all_time_scope(*p);
             match &previous {
                 Some(old) => {
                     for ((b, was), score) in Board::ALL.into_iter().zip(old.scores).zip(now) {
                         if was != score {
                             batch.remove(&self.board, board_key_for(*p, b, was, user_id));
                             batch.insert(&self.board, board_key_for(*p, b, score, user_id), []);
+                            rank_deltas.moved(&all_time, b, Some(was), Some(score));
                         }
                     }
                 }
                 None => {
                     *added.entry(*p).or_default() += 1;
-                    for b in Board::ALL {
+                    for (b, score) in Board::ALL.into_iter().zip(now) {
                         batch.insert(&self.board, board_key(*p, b, state), []);
+                        rank_deltas.moved(&all_time, b, None, Some(score));
                     }
                 }
             }
@@ -973,7 +999,8 @@ impl Store {
             period_changes.add(*p, state, before);
             batch.insert(&self.users, user_key(*p, user_id), encode(state));
         }
-        period_changes.write(self, &mut batch, self.periods_kept())?;
+        period_changes.write(self, &mut batch, self.periods_kept(), &mut rank_deltas)?;
+        rank_deltas.write(self, &mut batch)?;
         for ((p, user_id, receipt_id), entry) in &set.ledger {
             batch.insert(
                 &self.ledger,
@@ -1300,5 +1327,70 @@ mod tests {
         set.users.insert((3, "u-a".into()), user("u-a", 0, 0));
         store.commit(&set).unwrap();
         assert_eq!(ids(Board::Xp), ["u-b", "u-x", "u-c", "u-a"]);
+    }
+
+    #[test]
+    fn ranks_from_the_counts_equal_a_full_sort_through_updates_and_for_an_older_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut latest: HashMap<(i32, String), UserState> = HashMap::new();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for _ in 0..12 {
+                let mut set = WriteSet::default();
+                for _ in 0..60 {
+                    let n = next() % 150;
+                    let (id, p) = (format!("u-{n:03}"), (n % 2) as i32);
+                    // Scores from exact buckets to wide ones, ties, and negative coins.
+                    let xp = match next() % 4 {
+                        0 => (next() % 70) as i64,
+                        1 => 1000,
+                        _ => (next() % 5_000_000) as i64,
+                    };
+                    let coins = (next() % 4000) as i64 - 1000;
+                    set.users.insert((p, id.clone()), user(&id, xp, coins));
+                }
+                store.commit(&set).unwrap();
+                latest.extend(set.users);
+            }
+            check_ranks(&store, &latest);
+        }
+        // An older store: no rank counts and no marker. The first open counts them.
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let keys: Vec<_> = store
+                .rank_counts
+                .iter()
+                .map(|kv| kv.key().unwrap().to_vec())
+                .collect();
+            let mut batch = store.db.batch();
+            for k in keys {
+                batch.remove(&store.rank_counts, k);
+            }
+            batch.remove(&store.meta, RANKS_COUNTED);
+            batch.commit().unwrap();
+            store.db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        check_ranks(&store, &latest);
+    }
+
+    fn check_ranks(store: &Store, users: &HashMap<(i32, String), UserState>) {
+        for b in Board::ALL {
+            let mut all: Vec<&UserState> = users.values().collect();
+            all.sort_by(|x, y| b.score(y).cmp(&b.score(x)).then(x.user_id.cmp(&y.user_id)));
+            for (i, u) in all.iter().enumerate() {
+                let above = store
+                    .rank_above(None, b, b.score(u), &u.user_id, |_| true)
+                    .unwrap();
+                assert_eq!(above as usize, i, "{b:?} rank of {}", u.user_id);
+            }
+        }
     }
 }

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::ranks::RankDeltas;
 use super::{io, ordered, Board, Store, StoreError};
 use crate::domain::{Period, PeriodScore, UserState};
 
@@ -32,6 +33,13 @@ pub(super) fn period_prefix(partition: i32, kind: Period, key: &str) -> Vec<u8> 
     k.extend_from_slice(&partition.to_be_bytes());
     k.push(kind_tag(kind));
     k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The rank counts' scope of one period ([`super::ranks`]).
+pub(super) fn rank_scope(partition: i32, kind: Period, key: &str) -> Vec<u8> {
+    let mut k = period_prefix(partition, kind, key);
+    k.push(0);
     k
 }
 
@@ -115,6 +123,7 @@ impl PeriodChanges {
         store: &Store,
         batch: &mut fjall::OwnedWriteBatch,
         kept: usize,
+        ranks: &mut RankDeltas,
     ) -> Result<(), StoreError> {
         if self.changes.is_empty() {
             return Ok(());
@@ -144,6 +153,10 @@ impl PeriodChanges {
             // Kept: among the `kept` greatest keys.
             if set.range(key.clone()..).count() > kept {
                 continue;
+            }
+            let scope = rank_scope(*p, *kind, key);
+            for (i, b) in Board::ALL.into_iter().enumerate() {
+                ranks.moved(&scope, b, old.map(|o| o[i]), new.map(|n| n[i]));
             }
             if let Some(old) = old {
                 for (b, score) in Board::ALL.into_iter().zip(old) {
@@ -184,6 +197,7 @@ impl PeriodChanges {
                 batch.remove(&store.periods, k.to_vec());
             }
             batch.remove(&store.period_users, prefix);
+            store.drop_rank_counts(&rank_scope(p, kind, &key), batch)?;
         }
         Ok(())
     }
@@ -306,7 +320,8 @@ impl Store {
 
     /// How many users of the partitions `keep` accepts rank above (`score`, `user_id`) on
     /// one period board (`None`: the all-time board): higher scores, and equal scores with
-    /// a smaller user_id. Reads the index entries above it.
+    /// a smaller user_id. The rank counts of the score ranges above, then the index entries
+    /// above it in its own range: a cost that does not grow with the rank.
     pub fn rank_above(
         &self,
         period: Option<(Period, &str)>,
@@ -315,25 +330,25 @@ impl Store {
         user_id: &str,
         keep: impl Fn(i32) -> bool,
     ) -> Result<u64, StoreError> {
+        let top = super::ranks::bucket_max(super::ranks::bucket(score));
         let mut n = 0u64;
         for p in self.partitions_with_users(&keep) {
-            let (ks, prefix, mine) = match period {
+            let (ks, scope, from, mine) = match period {
                 Some((kind, key)) => (
                     &self.periods,
-                    board_prefix(p, kind, key, board),
+                    rank_scope(p, kind, key),
+                    entry_key(p, kind, key, board, top, ""),
                     entry_key(p, kind, key, board, score, user_id),
                 ),
-                None => {
-                    let mut prefix = p.to_be_bytes().to_vec();
-                    prefix.push(board.tag());
-                    (
-                        &self.board,
-                        prefix,
-                        super::board_key_for(p, board, score, user_id),
-                    )
-                }
+                None => (
+                    &self.board,
+                    super::ranks::all_time_scope(p),
+                    super::board_key_for(p, board, top, ""),
+                    super::board_key_for(p, board, score, user_id),
+                ),
             };
-            for kv in ks.range(prefix..mine) {
+            n += self.counted_above(&scope, board, score)?;
+            for kv in ks.range(from..mine) {
                 kv.key().map_err(io("scan board"))?;
                 n += 1;
             }
