@@ -376,6 +376,47 @@ fn run(specs: Vec<Spec>, actions: Vec<Action>) {
     g.sort();
     w.sort();
     assert_eq!(g, w, "rejection reasons");
+    // Boards: every kept period's board in full, its `of` and every rank, from the store's
+    // indexes and rank counts, equal the reference's (which prunes nothing).
+    use mallquest::domain::Period;
+    use mallquest::store::Board;
+    let all = |_| true;
+    for kind in Period::ALL {
+        let kept = store.period_keys(kind, all).unwrap();
+        assert_eq!(
+            kept,
+            expected.kept_periods(kind.as_str()),
+            "kept {kind:?} periods"
+        );
+        for at in &kept {
+            for (by, board) in [
+                ("xp", Board::Xp),
+                ("coins", Board::Coins),
+                ("spent", Board::Spent),
+            ] {
+                let want = expected.board(kind.as_str(), at, by).unwrap();
+                let got: Vec<(String, i128)> = store
+                    .period_board(kind, at, board, 10_000, all)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(score, u)| (u.user_id, i128::from(score)))
+                    .collect();
+                let want_rows: Vec<(String, i128)> = want
+                    .entries
+                    .iter()
+                    .map(|e| (e.user_id.clone(), e.score))
+                    .collect();
+                assert_eq!(got, want_rows, "{kind:?} {at} {by}");
+                assert_eq!(store.period_users(kind, at, all).unwrap(), want.of);
+                for e in &want.entries {
+                    let above = store
+                        .rank_above(Some((kind, at)), board, e.score as i64, &e.user_id, all)
+                        .unwrap();
+                    assert_eq!(above + 1, e.rank, "{kind:?} {at} {by} {}", e.user_id);
+                }
+            }
+        }
+    }
 }
 
 proptest! {

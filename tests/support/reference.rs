@@ -79,7 +79,13 @@ pub struct RefRules {
     pub level_up_bonus_coins: i64,
     /// store_id -> percent.
     pub store_multipliers: BTreeMap<String, i64>,
+    /// The mall's UTC offset in seconds: the reference knows the zones these tests use,
+    /// which keep one offset all year (Asia/Dubai, the default, and UTC).
+    pub utc_offset_secs: i64,
 }
+
+/// `rules.timezone` default (README): Asia/Dubai, UTC+04:00 all year.
+pub const DEFAULT_UTC_OFFSET_SECS: i64 = 4 * 3600;
 
 impl RefRules {
     /// The defaults written in the README's configuration reference.
@@ -93,6 +99,7 @@ impl RefRules {
             max_level: DEFAULT_MAX_LEVEL,
             level_up_bonus_coins: DEFAULT_LEVEL_UP_BONUS_COINS,
             store_multipliers: BTreeMap::new(),
+            utc_offset_secs: DEFAULT_UTC_OFFSET_SECS,
         }
     }
 
@@ -107,7 +114,17 @@ impl RefRules {
             max_level: u64::from(r.max_level),
             level_up_bonus_coins: r.level_up_bonus_coins,
             store_multipliers: r.store_multipliers.clone(),
+            utc_offset_secs: match r.timezone.as_str() {
+                "Asia/Dubai" => DEFAULT_UTC_OFFSET_SECS,
+                "UTC" | "Etc/UTC" => 0,
+                other => panic!("the core reference knows no offset for {other:?}"),
+            },
         }
+    }
+
+    /// The mall-local day number of an instant.
+    fn local_day(&self, t: Instant) -> i64 {
+        (t.secs + self.utc_offset_secs).div_euclid(SECS_PER_DAY)
     }
 
     fn pct(&self, store_id: &str) -> i128 {
@@ -511,6 +528,8 @@ pub struct Totals {
     pub first: Option<Instant>,
     /// Latest purchase.
     pub last: Option<Instant>,
+    /// Mall-local days with a purchase (for `streak`; refunds never remove one).
+    pub days: BTreeSet<i64>,
     /// Applied purchases and refunds.
     pub version: u64,
     /// (partition, offset) of the last applied receipt.
@@ -529,6 +548,7 @@ impl Default for Totals {
             stores: BTreeSet::new(),
             first: None,
             last: None,
+            days: BTreeSet::new(),
             version: 0,
             source: None,
         }
@@ -657,6 +677,7 @@ impl Model {
                 u.stores.insert(r.store_id.clone());
                 u.first = Some(u.first.map_or(r.at, |t| t.min(r.at)));
                 u.last = Some(u.last.map_or(r.at, |t| t.max(r.at)));
+                u.days.insert(rules.local_day(r.at));
                 self.ledger.insert(
                     lkey,
                     Seen {
@@ -762,8 +783,27 @@ impl Model {
             "last_receipt_at": ts(u.last),
             "version": u.version,
             "source": u.source.map(|(p, o)| json!({"partition": p, "offset": o})),
+            // The game's fields, for rules without a game: a streak of days, nothing else.
+            "coins_by_campaign": {},
+            "missions": [],
+            "streak": streak(&u.days),
+            "badges": [],
+            "redemptions": 0,
+            "coins_redeemed": 0,
         }))
     }
+}
+
+/// `{"current", "best"}` of a set of day numbers: the run of consecutive days ending at the
+/// latest, and the longest run.
+fn streak(days: &BTreeSet<i64>) -> Value {
+    let (mut best, mut run, mut prev) = (0u64, 0u64, None::<i64>);
+    for d in days {
+        run = if prev == Some(d - 1) { run + 1 } else { 1 };
+        best = best.max(run);
+        prev = Some(*d);
+    }
+    json!({"current": run, "best": best})
 }
 
 // ---------------------------------------------------------------------------------------
