@@ -95,3 +95,38 @@ fn no_broker_at_start_is_reported_within_seconds_and_retried_until_one_appears()
         run.log()
     );
 }
+
+/// Started before the receipts topic exists (its changelog cannot be sized yet), then the
+/// topic is created: the first assignment creates the changelog and folds, rather than
+/// refusing the partition.
+#[test]
+fn a_receipts_topic_created_after_start_gets_its_changelog_at_the_first_assignment() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store, http) = write_config(dir.path(), &broker.bootstrap(), "");
+    let mut run = Run::new(config, store);
+    run.start();
+    wait_until("consuming", Duration::from_secs(60), &mut run, |run| {
+        run.log().contains("Consuming.")
+    });
+    assert!(run.log().contains("The receipts topic does not exist yet"));
+    broker.create_topic("receipts", 1, false);
+    let receipt = br#"{"receipt_id":"r-1","user_id":"u-1","store_id":"s-1","amount":"12.00","issued_at":"2026-11-18T10:00:00Z"}"#;
+    broker.produce("receipts", &[(Some(b"u-1".to_vec()), receipt.to_vec())]);
+    wait_until(
+        "the receipt folded",
+        Duration::from_secs(90),
+        &mut run,
+        |_| support::http::get(&http, "/v1/users/u-1").is_ok_and(|r| r.status == 200),
+    );
+    assert!(
+        run.log().contains("Creating the changelog topic"),
+        "{}",
+        run.log()
+    );
+    assert!(
+        run.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        run.log()
+    );
+}

@@ -184,7 +184,30 @@ impl StoreSeekingContext {
             self.status.set_partition_count(n);
         }
         let changelog = self.kafka.changelog_topic();
-        let have = super::partition_count(consumer, &changelog)?.unwrap_or(0);
+        let mut have = super::partition_count(consumer, &changelog)?.unwrap_or(0);
+        if have == 0 && !partitions.is_empty() {
+            // The receipts topic appeared after start-up (before it existed the changelog
+            // could not be sized): create the changelog now, as a start would have.
+            info!(message = "Creating the changelog topic, now that the receipts topic exists.", topic = %changelog);
+            let kafka = &self.kafka;
+            // On a thread of its own: this one may be inside the runtime, which cannot be
+            // blocked on from within.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?
+                        .block_on(super::ensure_output_topics(kafka))
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("creating the changelog topic panicked"))?
+            })?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while have == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+                have = super::partition_count(consumer, &changelog)?.unwrap_or(0);
+            }
+        }
         if let Some(p) = partitions.iter().find(|p| **p as usize >= have) {
             anyhow::bail!(
                 "the changelog topic {changelog} has {have} partitions, but partition {p} of {} was \
