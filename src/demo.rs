@@ -178,22 +178,17 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
         .collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let week = if plays {
-        let mark = store.marks().into_values().max();
-        match mark {
-            Some(secs) => {
-                let key = config
-                    .rules
-                    .calendar()
-                    .key(Period::Week, crate::domain::Timestamp { secs, nanos: 0 });
+        store
+            .latest_period(Period::Week, config.rules.calendar(), |_| true)
+            .map(|key| {
                 let rows = store
                     .period_board(Period::Week, &key, Board::Xp, 10, |_| true)?
                     .into_iter()
                     .map(|(score, u)| (u.user_id, score, u.level, u.coins))
                     .collect();
-                Some((key, rows))
-            }
-            None => None,
-        }
+                Ok::<_, crate::store::StoreError>((key, rows))
+            })
+            .transpose()?
     } else {
         None
     };

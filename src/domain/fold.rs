@@ -1177,7 +1177,7 @@ mod tests {
     impl Player {
         fn new(game: &str) -> Self {
             let mut rules = Rules {
-                timezone: "UTC".into(),
+                timezone: crate::domain::Calendar::new("UTC").unwrap(),
                 ..Rules::default()
             };
             rules.game = toml::from_str(game).unwrap();

@@ -408,8 +408,9 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && !id.chars().any(char::is_control)
 }
 
-/// The mall's calendar: an instant's local day, ISO week and month.
-#[derive(Debug, Clone, Copy)]
+/// The mall's calendar (`[rules] timezone`, an IANA zone name): an instant's local day,
+/// ISO week and month. Parsed once, with the config: the fold only converts instants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Calendar {
     tz: Tz,
 }
@@ -417,10 +418,34 @@ pub struct Calendar {
 /// The default mall time zone (`[rules] timezone`).
 pub const DEFAULT_TIMEZONE: &str = "Asia/Dubai";
 
+impl Default for Calendar {
+    fn default() -> Self {
+        Calendar {
+            tz: Tz::Asia__Dubai,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Calendar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Calendar::new(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "rules.timezone: {name:?} is not an IANA time zone name such as \"{DEFAULT_TIMEZONE}\""
+            ))
+        })
+    }
+}
+
 impl Calendar {
     /// The calendar of an IANA zone name, if known.
     pub fn new(timezone: &str) -> Option<Calendar> {
         timezone.parse::<Tz>().ok().map(|tz| Calendar { tz })
+    }
+
+    /// The zone's IANA name.
+    pub fn name(self) -> &'static str {
+        self.tz.name()
     }
 
     /// The mall-local date of an instant.

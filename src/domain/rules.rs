@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::game::{Calendar, Game, DEFAULT_TIMEZONE};
+use super::game::{Calendar, Game};
 use super::Timestamp;
 
 /// The game's rules. Defaults are those of the config reference.
@@ -36,8 +36,8 @@ pub struct Rules {
     #[serde(default)]
     pub store_multipliers: BTreeMap<String, i64>,
     /// The mall's IANA time zone: days, ISO weeks and months are mall-local.
-    #[serde(default = "default_timezone")]
-    pub timezone: String,
+    #[serde(default)]
+    pub timezone: Calendar,
     /// `[[rules.history]]`: earlier rates, each for receipts issued before its `until`.
     #[serde(default)]
     pub history: Vec<Era>,
@@ -88,10 +88,6 @@ impl Rates<'_> {
     }
 }
 
-fn default_timezone() -> String {
-    DEFAULT_TIMEZONE.into()
-}
-
 fn default_currency() -> String {
     "AED".into()
 }
@@ -125,7 +121,7 @@ impl Default for Rules {
             max_level: default_max_level(),
             level_up_bonus_coins: default_level_up_bonus_coins(),
             store_multipliers: BTreeMap::new(),
-            timezone: default_timezone(),
+            timezone: Calendar::default(),
             history: Vec::new(),
             game: Game::default(),
         }
@@ -162,9 +158,7 @@ impl Rules {
 
     /// The mall's calendar.
     pub fn calendar(&self) -> Calendar {
-        Calendar::new(&self.timezone).unwrap_or_else(|| {
-            Calendar::new(DEFAULT_TIMEZONE).unwrap_or_else(|| unreachable!("a built-in zone"))
-        })
+        self.timezone
     }
 
     /// The level for an XP total: `min(max_level, 1 + isqrt(xp / level_xp_base))`.
@@ -206,15 +200,6 @@ impl Rules {
             ));
         }
         check_multipliers("rules.store_multipliers", &self.store_multipliers)?;
-        if Calendar::new(&self.timezone).is_none() {
-            return Err((
-                "rules.timezone",
-                format!(
-                    "{:?} is not an IANA time zone name such as \"Asia/Dubai\"",
-                    self.timezone
-                ),
-            ));
-        }
         for (i, e) in self.history.iter().enumerate() {
             if i > 0 && self.history[i - 1].until >= e.until {
                 return Err((

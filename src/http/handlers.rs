@@ -342,27 +342,37 @@ fn parse_board_query(query: Option<&str>, allowed: &[&str]) -> Result<BoardQuery
     Ok(q)
 }
 
-/// The period a query is about: the asked one, or the one holding the highest event-time
-/// mark of the partitions this instance holds. `None` for all time, or when there is no
+/// The period a query is about (`None`: all time): the asked one, or the one holding the
+/// highest event-time mark of the partitions this instance holds; a 404 when there is no
 /// mark yet.
-fn resolve_at(state: &AppState, q: &BoardQuery) -> Option<(Period, String)> {
-    let kind = q.period?;
-    if let Some(at) = &q.at {
-        return Some((kind, at.clone()));
-    }
-    let keep = holder(state);
-    let mark = state
-        .store
-        .marks()
-        .into_iter()
-        .filter(|(p, _)| keep(*p))
-        .map(|(_, m)| m)
-        .max()?;
-    let t = crate::domain::Timestamp {
-        secs: mark,
-        nanos: 0,
+fn resolve_at(state: &AppState, q: &BoardQuery) -> Result<Option<(Period, String)>, ApiError> {
+    let Some(kind) = q.period else {
+        return Ok(None);
     };
-    Some((kind, state.calendar.key(kind, t)))
+    if let Some(at) = &q.at {
+        return Ok(Some((kind, at.clone())));
+    }
+    let at = state
+        .store
+        .latest_period(kind, state.calendar, holder(state))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "no period is kept yet: nothing was folded into the partitions held here",
+            )
+        })?;
+    Ok(Some((kind, at)))
+}
+
+/// The 503 of an answer that needs every partition's owner (`what` needs them) when
+/// `missing` partitions have none that answered; `failed` says why others did not.
+fn owners_missing(what: &str, missing: &[i32], failed: &[String]) -> ApiError {
+    ApiError::unavailable(
+        "partition_moving",
+        format!(
+            "{what} needs every partition's owner: {missing:?} have none that answered (moving between instances?){}; try again",
+            if failed.is_empty() { String::new() } else { format!(" ({})", failed.join("; ")) }
+        ),
+    )
 }
 
 /// `GET /v1/leaderboard?by=xp|coins|spent&period=day|week|month|all&at=KEY&limit=N`.
@@ -374,15 +384,7 @@ pub(super) async fn leaderboard(
     let q = parse_board_query(query.as_deref(), &["by", "period", "at", "limit"])?;
     let (by, limit) = (q.by, q.limit);
     let forwarded = headers.contains_key(HEADER_FORWARDED);
-    let period = match resolve_at(&state, &q) {
-        Some(p) => Some(p),
-        None if q.period.is_none() => None,
-        None => {
-            return Err(ApiError::not_found(
-                "no period is kept yet: nothing was folded into the partitions held here",
-            ))
-        }
-    };
+    let period = resolve_at(&state, &q)?;
     // Only the partitions held now: the others' entries here stopped changing.
     let owned = state.status.owned();
     let keep = holder(&state);
@@ -460,13 +462,7 @@ pub(super) async fn leaderboard(
         }
         let missing = uncovered(&state, &covered);
         if !missing.is_empty() {
-            return Err(ApiError::unavailable(
-                "partition_moving",
-                format!(
-                    "the leaderboard needs every partition's owner: {missing:?} have none that answered (moving between instances?){}; try again",
-                    if failed.is_empty() { String::new() } else { format!(" ({})", failed.join("; ")) }
-                ),
-            ));
+            return Err(owners_missing("the leaderboard", &missing, &failed));
         }
         entries.sort_by(|a, b| {
             score_of(by, &b.score)
@@ -481,7 +477,7 @@ pub(super) async fn leaderboard(
         // The union of every instance's kept periods, latest first in the message.
         kept.sort();
         kept.dedup();
-        let excess = kept.len().saturating_sub(state.store_periods_kept());
+        let excess = kept.len().saturating_sub(state.store.periods_kept());
         kept.drain(..excess);
         if !kept.contains(at) {
             return Err(ApiError::not_found(format!(
@@ -561,15 +557,7 @@ pub(super) async fn rank(
     };
     let q = parse_board_query(query.as_deref(), allowed)?;
     let by = q.by;
-    let period = match resolve_at(&state, &q) {
-        Some(p) => Some(p),
-        None if q.period.is_none() => None,
-        None => {
-            return Err(ApiError::not_found(
-                "no period is kept yet: nothing was folded into the partitions held here",
-            ))
-        }
-    };
+    let period = resolve_at(&state, &q)?;
     let keep = holder(&state);
     let board_users = |keep: &dyn Fn(i32) -> bool| -> Result<u64, ApiError> {
         match &period {
@@ -620,11 +608,7 @@ pub(super) async fn rank(
                 .periods
                 .iter()
                 .find(|s| s.kind == *kind && s.key == *at)
-                .map(|s| match by {
-                    Board::Xp => s.xp,
-                    Board::Coins => s.coins,
-                    Board::Spent => s.spent,
-                })
+                .map(|s| crate::store::period_score(s, by))
                 .ok_or_else(not_on_board)?,
             None => crate::store::scores(u)[by as usize],
         }),
@@ -704,13 +688,7 @@ pub(super) async fn rank(
     }
     let missing = uncovered(&state, &covered);
     if !missing.is_empty() {
-        return Err(ApiError::unavailable(
-            "partition_moving",
-            format!(
-                "a rank needs every partition's owner: {missing:?} have none that answered (moving between instances?){}; try again",
-                if failed.is_empty() { String::new() } else { format!(" ({})", failed.join("; ")) }
-            ),
-        ));
+        return Err(owners_missing("a rank", &missing, &failed));
     }
     let body = Rank {
         rank: total.above + 1,

@@ -60,12 +60,6 @@ pub struct AppState {
     pub calendar: crate::domain::Calendar,
 }
 
-impl AppState {
-    fn store_periods_kept(&self) -> usize {
-        self.store.periods_kept_now()
-    }
-}
-
 /// The whole HTTP app.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let v1 = Router::new()

@@ -49,6 +49,8 @@ use crate::domain::{LedgerEntry, PeriodScore, UserState};
 mod periods;
 mod ranks;
 
+pub use periods::period_score;
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::ranks::RankDeltas;
 use super::{io, ordered, Board, Store, StoreError};
-use crate::domain::{Period, PeriodScore, UserState};
+use crate::domain::{Calendar, Period, PeriodScore, Timestamp, UserState};
 
 pub(super) fn kind_tag(kind: Period) -> u8 {
     match kind {
@@ -65,7 +65,7 @@ pub(super) fn entry_key(
 }
 
 /// A period score on one board.
-pub(super) fn period_score(p: &PeriodScore, board: Board) -> i64 {
+pub fn period_score(p: &PeriodScore, board: Board) -> i64 {
     match board {
         Board::Xp => p.xp,
         Board::Coins => p.coins,
@@ -116,8 +116,8 @@ impl PeriodChanges {
     }
 
     /// Writes the changes into `batch`: entries of kept periods only, users-per-period
-    /// counts, and the deletion of every period that fell out of its partition's kept set.
-    /// Returns nothing to apply after the commit: the counts are read from the store.
+    /// counts, their rank-count moves (into `ranks`), and the deletion of every period that
+    /// fell out of its partition's kept set.
     pub(super) fn write(
         self,
         store: &Store,
@@ -238,12 +238,25 @@ impl Store {
     }
 
     /// How many of the latest periods of each kind are kept.
-    pub fn periods_kept_now(&self) -> usize {
-        self.periods_kept()
+    pub fn periods_kept(&self) -> usize {
+        self.periods_kept.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub(super) fn periods_kept(&self) -> usize {
-        self.periods_kept.load(std::sync::atomic::Ordering::Relaxed)
+    /// The key of the `kind` period holding the highest event-time mark of the partitions
+    /// `keep` accepts (`None`: no mark yet): a board's default period.
+    pub fn latest_period(
+        &self,
+        kind: Period,
+        calendar: Calendar,
+        keep: impl Fn(i32) -> bool,
+    ) -> Option<String> {
+        let secs = self
+            .marks()
+            .into_iter()
+            .filter(|(p, _)| keep(*p))
+            .map(|(_, m)| m)
+            .max()?;
+        Some(calendar.key(kind, Timestamp { secs, nanos: 0 }))
     }
 
     /// The kept keys of `kind` over the partitions `keep` accepts: the latest

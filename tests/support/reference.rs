@@ -114,7 +114,7 @@ impl RefRules {
             max_level: u64::from(r.max_level),
             level_up_bonus_coins: r.level_up_bonus_coins,
             store_multipliers: r.store_multipliers.clone(),
-            utc_offset_secs: match r.timezone.as_str() {
+            utc_offset_secs: match r.timezone.name() {
                 "Asia/Dubai" => DEFAULT_UTC_OFFSET_SECS,
                 "UTC" | "Etc/UTC" => 0,
                 other => panic!("the core reference knows no offset for {other:?}"),
