@@ -128,16 +128,7 @@ fn game_vectors_reject_exactly_the_expected_records() {
 /// independent vectors too, boards included.
 #[test]
 fn the_game_reference_agrees_with_the_vectors() {
-    let text = std::fs::read_to_string(format!(
-        "{}/tests/golden/game/config.toml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let records: Vec<_> = game::receipts()
-        .into_iter()
-        .map(|r| (0, r.offset, r.key, r.value))
-        .collect();
-    let exp = support::game_reference::fold(&text, &records);
+    let exp = game::reference();
     for (user, want) in game::projections() {
         let mut got = exp.projections[&user].clone();
         whole_seconds(&mut got);
@@ -184,16 +175,7 @@ fn the_game_reference_agrees_with_the_vectors() {
 fn game_vectors_give_the_expected_boards_and_ranks() {
     use mallquest::domain::Period;
     use mallquest::store::Board;
-    let text = std::fs::read_to_string(format!(
-        "{}/tests/golden/game/config.toml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let records: Vec<_> = game::receipts()
-        .into_iter()
-        .map(|r| (0, r.offset, r.key, r.value))
-        .collect();
-    let reference = support::game_reference::fold(&text, &records);
+    let reference = game::reference();
     for commit_every in [1, 61, 100_000] {
         let (_sink, store, _dir) = fold(commit_every);
         let board_of = |by: &str| match by {

@@ -279,16 +279,7 @@ fn game_fixture() -> Fixture {
 #[tokio::test]
 async fn period_boards_and_ranks_are_the_game_vectors_over_http() {
     let f = game_fixture();
-    let text = std::fs::read_to_string(format!(
-        "{}/tests/golden/game/config.toml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let records: Vec<_> = golden::game::receipts()
-        .into_iter()
-        .map(|r| (0, r.offset, r.key, r.value))
-        .collect();
-    let reference = support::game_reference::fold(&text, &records);
+    let reference = golden::game::reference();
     for want in golden::game::boards() {
         let (period, at, by) = (
             want["period"].as_str().unwrap(),

@@ -176,26 +176,7 @@ fn golden_stream_through_real_broker_matches_expected() {
         }
     }
     // ... and accepts every query of the Grafana dashboard.
-    let dash: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/grafana/dashboards/mallquest.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let exprs: Vec<String> = dash["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| {
-            p["targets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["expr"].as_str().unwrap().to_owned())
-        })
-        .collect();
+    let exprs = support::prometheus::dashboard_queries();
     support::prometheus::scrape_and_query(&http, "mallquest_level_ups_total", &exprs);
 
     let status = run.terminate(Duration::from_secs(30));
@@ -582,11 +563,7 @@ fn game_vectors_through_real_broker_give_events_boards_and_metrics() {
         .map(|r| (r.key, r.value))
         .collect();
     broker.produce("receipts", &records);
-    let game = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/golden/game/config.toml"
-    ))
-    .unwrap();
+    let game = golden::game::config_text();
     let dir = tempfile::tempdir().unwrap();
     let (config, store, http) = write_config(dir.path(), &broker.bootstrap(), &game);
     let mut run = Run::new(config, store.clone());
@@ -713,25 +690,8 @@ fn game_vectors_through_real_broker_give_events_boards_and_metrics() {
     );
     assert!(support::prometheus::sample(&metrics, "mallquest_campaign_coins_total") > 0.0);
     assert!(support::prometheus::sample(&metrics, "mallquest_coins_redeemed_total") > 0.0);
-    let dash: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/grafana/dashboards/mallquest.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let exprs: Vec<String> = dash["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| {
-            p["targets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["expr"].as_str().unwrap().to_owned())
-        })
+    let exprs: Vec<String> = support::prometheus::dashboard_queries()
+        .into_iter()
         .filter(|e| {
             e.contains("missions")
                 || e.contains("badges")

@@ -1171,6 +1171,16 @@ mod tests {
         assert_eq!(store.users().count(), 1);
     }
 
+    /// The top 10 of a board, by id.
+    fn board_ids(store: &Store, b: Board) -> Vec<String> {
+        store
+            .leaderboard(b, 10)
+            .unwrap()
+            .into_iter()
+            .map(|u| u.user_id)
+            .collect()
+    }
+
     fn user(id: &str, xp: i64, coins: i64) -> UserState {
         let mut u = UserState::new(id);
         u.xp = xp;
@@ -1195,14 +1205,7 @@ mod tests {
         store.commit(&set).unwrap();
         // Found by id at once, without a reopen (the partition list is cached).
         assert_eq!(store.find_user("u-c").unwrap().unwrap().xp, 10);
-        let ids = |b| -> Vec<String> {
-            store
-                .leaderboard(b, 10)
-                .unwrap()
-                .into_iter()
-                .map(|u| u.user_id)
-                .collect()
-        };
+        let ids = |b| board_ids(&store, b);
         assert_eq!(ids(Board::Xp), ["u-a", "u-b", "u-c", "u-d"]);
         assert_eq!(ids(Board::Coins), ["u-d", "u-c", "u-a", "u-b"]);
         // An update moves the user and leaves no stale entry behind.
@@ -1311,14 +1314,7 @@ mod tests {
         }
         assert!(!store.partition_is_empty(3).unwrap());
         assert!(store.partition_is_empty(2).unwrap());
-        let ids = |b| -> Vec<String> {
-            store
-                .leaderboard(b, 10)
-                .unwrap()
-                .into_iter()
-                .map(|u| u.user_id)
-                .collect()
-        };
+        let ids = |b| board_ids(&store, b);
         // Not indexed yet: only partition 1 shows.
         assert_eq!(ids(Board::Xp), ["u-x"]);
         assert_eq!(store.index_partition(3, 2).unwrap(), 3);

@@ -147,13 +147,28 @@ pub mod game {
         ))
     }
 
-    /// The configuration the vectors were worked out with.
-    pub fn config() -> mallquest::config::Config {
+    /// The configuration the vectors were worked out with, as written.
+    pub fn config_text() -> String {
         let path = format!(
             "{}/tests/golden/game/config.toml",
             env!("CARGO_MANIFEST_DIR")
         );
-        mallquest::config::Config::load(std::path::Path::new(&path)).unwrap()
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+    }
+
+    /// The configuration the vectors were worked out with.
+    pub fn config() -> mallquest::config::Config {
+        mallquest::config::Config::parse(&config_text()).unwrap()
+    }
+
+    /// What the game reference (`support::game_reference`) makes of the vectors'
+    /// receipts, all on partition 0.
+    pub fn reference() -> crate::support::game_reference::GameExpected {
+        let records: Vec<_> = receipts()
+            .into_iter()
+            .map(|r| (0, r.offset, r.key, r.value))
+            .collect();
+        crate::support::game_reference::fold(&config_text(), &records)
     }
 
     /// The receipt stream.
@@ -191,12 +206,7 @@ pub mod game {
     /// `[[rules.history]]` entry (until after every receipt) and new rates in `[rules]`: what
     /// an operator writes to change the rules from a date on.
     pub fn changed_rules_config() -> String {
-        let text = std::fs::read_to_string(format!(
-            "{}/tests/golden/game/config.toml",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        let text = text
+        let text = config_text()
             .replacen("coins_per_unit = 1\n", "coins_per_unit = 5\n", 1)
             .replacen("xp_per_unit = 1\n", "xp_per_unit = 7\n", 1)
             .replacen(

@@ -33,6 +33,28 @@ pub fn promtool_check(text: &str) {
 }
 
 /// The value of one sample line (`name{labels} value`).
+/// Every query of the Grafana dashboard (config/grafana/dashboards/mallquest.json).
+pub fn dashboard_queries() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/grafana/dashboards/mallquest.json"
+    );
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
 pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
