@@ -21,32 +21,6 @@ use support::streams::{last_per_key, reference_of, take, Records};
 
 const GOLDEN_RULES: &str = "[rules.store_multipliers]\n\"s-07\" = 200\n\"s-13\" = 150\n";
 
-/// Timestamps compared as instants, everything else exactly.
-fn same_projection(a: &Value, b: &Value) -> bool {
-    let (Some(ao), Some(bo)) = (a.as_object(), b.as_object()) else {
-        return false;
-    };
-    // The game's fields are compared when the expectation has them (the core vectors
-    // predate them).
-    let extra_ok = ao
-        .keys()
-        .all(|k| bo.contains_key(k) || golden::GAME_FIELDS.contains(&k.as_str()));
-    extra_ok
-        && bo.keys().all(|k| ao.contains_key(k))
-        && bo.iter().all(|(k, bv)| {
-            let av = &a[k];
-            if k.ends_with("_at") {
-                let t = |v: &Value| {
-                    v.as_str()
-                        .and_then(mallquest::domain::Timestamp::parse_rfc3339)
-                };
-                t(av) == t(bv)
-            } else {
-                av == bv
-            }
-        })
-}
-
 /// Waits until the last projection per key on the topic equals `expected` for every user.
 fn wait_for_projections(
     broker: &Broker,
@@ -59,7 +33,10 @@ fn wait_for_projections(
         let got = last_per_key(&broker.read_all("user-projections"));
         let missing = expected
             .iter()
-            .filter(|(k, v)| !got.get(*k).is_some_and(|g| same_projection(g, v)))
+            .filter(|(k, v)| {
+                !got.get(*k)
+                    .is_some_and(|g| golden::projection_matches(g, v))
+            })
             .count();
         if missing == 0 && got.len() == expected.len() {
             return;
@@ -596,7 +573,7 @@ fn game_vectors_through_real_broker_give_events_boards_and_metrics() {
             .iter()
             .filter(|(k, want)| {
                 !got.get(*k)
-                    .is_some_and(|g| same_projection(&to_second(g), want))
+                    .is_some_and(|g| golden::projection_matches(&to_second(g), want))
             })
             .count();
         if wrong == 0 {

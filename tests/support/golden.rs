@@ -96,34 +96,40 @@ pub fn rules() -> Rules {
 
 /// Compares a projection JSON to the expected one: timestamps as instants, the rest exactly.
 pub fn assert_projection_eq(actual: &Value, expected: &Value) {
-    let obj = expected.as_object().unwrap();
-    let actual_obj = actual.as_object().unwrap();
-    // The game's fields are compared when the expectation has them (tests/golden/game);
-    // the core vectors predate them.
-    let extra: Vec<_> = actual_obj
-        .keys()
-        .filter(|k| !obj.contains_key(*k) && !GAME_FIELDS.contains(&k.as_str()))
-        .collect();
-    let missing: Vec<_> = obj
-        .keys()
-        .filter(|k| !actual_obj.contains_key(*k))
-        .collect();
-    assert!(
-        extra.is_empty() && missing.is_empty(),
-        "field sets differ: {actual} vs {expected}"
-    );
-    for (k, want) in obj {
-        let got = &actual[k];
-        if k.ends_with("_at") {
-            let inst = |v: &Value| {
-                v.as_str()
-                    .map(|s| mallquest::domain::Timestamp::parse_rfc3339(s).unwrap())
-            };
-            assert_eq!(inst(got), inst(want), "{k} of {}", expected["user_id"]);
-        } else {
-            assert_eq!(got, want, "{k} of {}", expected["user_id"]);
-        }
+    if let Some(diff) = projection_diff(actual, expected) {
+        panic!("{diff}");
     }
+}
+
+/// Whether a projection JSON matches the expected one, as [`assert_projection_eq`] judges.
+pub fn projection_matches(actual: &Value, expected: &Value) -> bool {
+    projection_diff(actual, expected).is_none()
+}
+
+/// The first difference between a projection and the expected one: timestamps compared as
+/// instants, the rest exactly; the game's fields are compared when the expectation has
+/// them (tests/golden/game), as the core vectors predate them.
+fn projection_diff(actual: &Value, expected: &Value) -> Option<String> {
+    let (Some(actual_obj), Some(obj)) = (actual.as_object(), expected.as_object()) else {
+        return Some(format!("not objects: {actual} vs {expected}"));
+    };
+    let extra = actual_obj
+        .keys()
+        .any(|k| !obj.contains_key(k) && !GAME_FIELDS.contains(&k.as_str()));
+    let missing = obj.keys().any(|k| !actual_obj.contains_key(k));
+    if extra || missing {
+        return Some(format!("field sets differ: {actual} vs {expected}"));
+    }
+    obj.iter().find_map(|(k, want)| {
+        let got = &actual[k];
+        let same = if k.ends_with("_at") {
+            let inst = |v: &Value| v.as_str().map(mallquest::domain::Timestamp::parse_rfc3339);
+            inst(got) == inst(want)
+        } else {
+            got == want
+        };
+        (!same).then(|| format!("{k} of {}: {got} vs {want}", expected["user_id"]))
+    })
 }
 
 /// Projection fields of the game, absent from the core golden vectors.
