@@ -13,8 +13,8 @@
 //! `floor(earned*R1/amount) - floor(earned*R0/amount)`, `level = min(max_level, 1 +
 //! isqrt(xp / level_xp_base))`, levels never go down, dedup by receipt id with the 90-day
 //! event-time window measured back from the partition's newest applied receipt; its time
-//! parsing and formatting and its decoding are copied here, the serde visitor replaced by a
-//! hand scanner), README.md (configuration reference, rejection reasons) and
+//! parsing and formatting are used as they are, its decoding is copied here with the serde
+//! visitor replaced by a hand scanner), README.md (configuration reference, rejection reasons) and
 //! tests/golden/README.md (what makes two receipts the same). The golden vectors of
 //! `shared/golden/game/` pin it (see the tests that fold them).
 //!
@@ -75,148 +75,10 @@ const MAX_DEPTH: usize = 64;
 const SECS_PER_DAY: i64 = 86_400;
 
 // ---------------------------------------------------------------------------------------
-// Event time: RFC 3339, parsed and formatted by hand (as in reference.rs).
+// Event time: RFC 3339, parsed and formatted by hand: the core reference's, which shares
+// no code with mallquest either.
 
-/// An instant: seconds since the epoch and nanoseconds (>= 1e9 inside a leap second).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Instant {
-    pub secs: i64,
-    pub nanos: u32,
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    match m {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// `YYYY-MM-DD(T|t| )hh:mm:ss(.fraction)?(Z|z|+hh:mm|-hh:mm)`.
-pub fn parse_instant(text: &str) -> Option<Instant> {
-    let b = text.as_bytes();
-    let num = |from: usize, len: usize| -> Option<i64> {
-        let part = b.get(from..from + len)?;
-        part.iter().all(u8::is_ascii_digit).then(|| {
-            part.iter()
-                .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'))
-        })
-    };
-    let at = |i: usize, allowed: &[u8]| b.get(i).is_some_and(|c| allowed.contains(c));
-    let year = num(0, 4)?;
-    let month = num(5, 2)?;
-    let day = num(8, 2)?;
-    let hour = num(11, 2)?;
-    let minute = num(14, 2)?;
-    let second = num(17, 2)?;
-    if !(at(4, b"-") && at(7, b"-") && at(10, b"Tt ") && at(13, b":") && at(16, b":")) {
-        return None;
-    }
-    if !(1..=12).contains(&month)
-        || !(1..=days_in_month(year, month)).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut i = 19;
-    let mut nanos: u32 = 0;
-    if at(i, b".") {
-        i += 1;
-        let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            if i - start < 9 {
-                nanos = nanos * 10 + u32::from(b[i] - b'0');
-            }
-            i += 1;
-        }
-        let digits = i - start;
-        if digits == 0 {
-            return None;
-        }
-        for _ in digits..9 {
-            nanos *= 10;
-        }
-    }
-    let offset = match &b[i..] {
-        b"Z" | b"z" => 0,
-        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let (oh, om) = (num(i + 1, 2)?, num(i + 4, 2)?);
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            let off = oh * 3600 + om * 60;
-            if *sign == b'-' {
-                -off
-            } else {
-                off
-            }
-        }
-        _ => return None,
-    };
-    let (second, leap) = if second == 60 { (59, 1) } else { (second, 0) };
-    let secs =
-        days_from_civil(year, month, day) * SECS_PER_DAY + hour * 3600 + minute * 60 + second
-            - offset;
-    Some(Instant {
-        secs,
-        nanos: nanos + leap * 1_000_000_000,
-    })
-}
-
-/// RFC 3339 in UTC with `Z`; a fraction only when there is one, in 3, 6 or 9 digits.
-pub fn format_instant(t: Instant) -> String {
-    let (leap, nanos) = if t.nanos >= 1_000_000_000 {
-        (true, t.nanos - 1_000_000_000)
-    } else {
-        (false, t.nanos)
-    };
-    let days = t.secs.div_euclid(SECS_PER_DAY);
-    let in_day = t.secs.rem_euclid(SECS_PER_DAY);
-    let (y, m, d) = civil_from_days(days);
-    let year = match y {
-        0..=9999 => format!("{y:04}"),
-        y if y < 0 => format!("-{:04}", -y),
-        y => format!("+{y}"),
-    };
-    let sec = in_day % 60 + i64::from(leap);
-    let frac = match nanos {
-        0 => String::new(),
-        n if n % 1_000_000 == 0 => format!(".{:03}", n / 1_000_000),
-        n if n % 1_000 == 0 => format!(".{:06}", n / 1_000),
-        n => format!(".{n:09}"),
-    };
-    format!(
-        "{year}-{m:02}-{d:02}T{:02}:{:02}:{sec:02}{frac}Z",
-        in_day / 3600,
-        in_day / 60 % 60
-    )
-}
+pub use super::reference::{format_instant, parse_instant, Instant};
 
 // ---------------------------------------------------------------------------------------
 // Mall-local calendar (chrono-tz).
