@@ -1,26 +1,32 @@
 #!/usr/bin/env bash
 # Benchmark: drain one pre-filled receipts topic on Apache Kafka (one KRaft node, see
-# scripts/kafka-broker.sh) four ways, side by side, RUNS rounds:
+# scripts/kafka-broker.sh) five ways, side by side, RUNS rounds:
 #   plain     - a plain rdkafka consumer that only reads (examples/plain_consume: the ceiling);
 #   kafka-perf - Kafka's own org.apache.kafka.tools.ConsumerPerformance (a JVM; reads only);
 #   mallquest - `mallquest run`: the fold, with outputs published and the store written;
 #   quix      - the same fold written with Quix Streams (bench/quix_fold.py, RocksDB state).
+#   kstreams  - the same fold written with Kafka Streams (bench/kstreams/: Java 17, RocksDB
+#               state, exactly_once_v2; its jar is built once with Maven and reused).
 # One broker and one topic for all: every contender reads the same records from the
-# beginning in a consumer group of its own (mallquest and Quix with output topics and a
-# state directory of their own). The order of the contenders rotates from round to round.
+# beginning in a consumer group of its own (mallquest, Quix and Kafka Streams with output
+# topics and a state directory of their own). The order of the contenders rotates from
+# round to round.
 # Prints wall time (process start to the last record folded and stored, or read), records/s,
 # each process's own CPU per record and the broker's CPU during it, then medians and ratios.
 # Usage: scripts/bench-drain.sh [RECEIPTS] [PARTITIONS]
-#   RUNS=3 rounds; QUIX=0 skips Quix Streams; ONLY="plain mallquest" runs only those;
-#   DRAIN_TIMEOUT=900 s per contender; RESULTS=file keeps the per-run table (TSV).
+#   RUNS=3 rounds; QUIX=0 skips Quix Streams; KSTREAMS=0 skips Kafka Streams (its JVM's
+#   options: KSTREAMS_JAVA_OPTS, default -Xmx1g; stream threads: KSTREAMS_THREADS, default 1);
+#   ONLY="plain mallquest" runs only those; DRAIN_TIMEOUT=900 s per contender (mallquest,
+#   kstreams); RESULTS=file keeps the per-run table (TSV).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"
 PARTS="${2:-3}"
 RUNS="${RUNS:-3}"
 TIMEOUT="${DRAIN_TIMEOUT:-900}"
-CONTENDERS="${ONLY:-plain mallquest kafka-perf quix}"
+CONTENDERS="${ONLY:-plain mallquest kafka-perf quix kstreams}"
 [ "${QUIX:-1}" = 0 ] && CONTENDERS="${CONTENDERS//quix/}"
+[ "${KSTREAMS:-1}" = 0 ] && CONTENDERS="${CONTENDERS//kstreams/}"
 . scripts/kafka-broker.sh
 cargo build --release --locked -q --bin mallquest --example plain_consume
 BIN="$PWD/target/release/mallquest"
@@ -30,6 +36,13 @@ if [[ " $CONTENDERS " == *" quix "* ]]; then
   [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import quixstreams' 2>/dev/null || {
     python3 -m venv "$VENV" && "$VENV/bin/pip" install -q quixstreams
   }
+fi
+if [[ " $CONTENDERS " == *" kstreams "* ]]; then
+  # One shaded jar, rebuilt only when the peer's sources or POM are newer than it.
+  KSTREAMS_JAR="$PWD/bench/kstreams/target/kstreams-fold.jar"
+  if [ ! -f "$KSTREAMS_JAR" ] || [ -n "$(find bench/kstreams/pom.xml bench/kstreams/src -newer "$KSTREAMS_JAR" -print -quit)" ]; then
+    mvn -B -q -f bench/kstreams/pom.xml -DskipTests package
+  fi
 fi
 WORK="$(mktemp -d "${BENCH_DIR:-/tmp}/mq-drain.XXXXXX")"
 TICKS=$(getconf CLK_TCK)
@@ -139,6 +152,30 @@ run_quix() { # ROUND
   report "$1" quix "$w" "$(echo "$u + $s" | bc)" "$(secs "$(( $(kafka_cpu_ticks "$KAFKA_PID") - b0 ))")"
 }
 
+run_kstreams() { # ROUND
+  rm -rf "$WORK/kstreams-state"
+  # Output topics like mallquest's (as many partitions as the input); Kafka Streams creates
+  # its own changelog topics (users, ledger, marks).
+  kafka_topic_create "kstreams-projections-$1" "$PARTS" cleanup.policy=compact
+  kafka_topic_create "kstreams-dlq-$1" "$PARTS"
+  local b0 rc=0 note=""; b0=$(kafka_cpu_ticks "$KAFKA_PID")
+  # It exits once RECEIPTS records are folded and its last transaction is committed.
+  # shellcheck disable=SC2086
+  /usr/bin/time -f "%e %U %S" -o "$WORK/kstreams.time" timeout "$TIMEOUT" java ${KSTREAMS_JAVA_OPTS:--Xmx1g} \
+    -jar "$KSTREAMS_JAR" "$KAFKA_BOOTSTRAP" receipts "$N" "$WORK/kstreams-state" "bench-kstreams-$1" "-$1" \
+    >"$WORK/kstreams-$1.log" 2>&1 || rc=$?
+  if [ "$rc" = 124 ]; then
+    note="DID NOT FINISH in ${TIMEOUT} s"
+  elif [ "$rc" != 0 ]; then
+    tail -30 "$WORK/kstreams-$1.log"; return 1
+  fi
+  local w u s; read -r w u s < <(tail -1 "$WORK/kstreams.time")
+  local own; own=$(sed -n 's/^kstreams: folded .*(\(applied [0-9]*, duplicates [0-9]*, rejected [0-9]*\).*; \(first record [0-9.]* s after start\).*/\1; \2/p' \
+    "$WORK/kstreams-$1.log" | head -1)
+  report "$1" kstreams "$w" "$(echo "$u + $s" | bc)" "$(secs "$(( $(kafka_cpu_ticks "$KAFKA_PID") - b0 ))")" \
+    "${note:-${own:+($own)}}"
+}
+
 read -r -a ORDER <<<"$CONTENDERS"
 for round in $(seq "$RUNS"); do
   echo "== round $round of $RUNS"
@@ -170,6 +207,9 @@ if "mallquest" in med and "kafka-perf" in med:
     print(f"mallquest rate / kafka-perf rate: {med['kafka-perf'][0] / med['mallquest'][0]:.0%}")
 if "mallquest" in med and "quix" in med:
     print(f"Quix CPU per record / mallquest's: {med['quix'][1] / med['mallquest'][1]:.1f}x (target >= 10x)")
+if "mallquest" in med and "kstreams" in med:
+    print(f"Kafka Streams CPU per record / mallquest's: {med['kstreams'][1] / med['mallquest'][1]:.1f}x; "
+          f"mallquest rate / Kafka Streams rate: {med['kstreams'][0] / med['mallquest'][0]:.1f}x")
 PY
 [ -n "${KEEP:-}" ] && echo "kept $WORK"
 true
