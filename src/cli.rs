@@ -64,6 +64,36 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         serve: Option<String>,
     },
+    /// Measure the fold engine alone: simulated receipts (generated on a thread of their
+    /// own) through the fold and the durable store, no Kafka; prints receipts/s,
+    /// CPU-seconds per million receipts and peak RSS (BENCHMARKS.md).
+    Bench {
+        /// Receipts to fold.
+        #[arg(long, default_value_t = 1_000_000)]
+        receipts: u64,
+        /// Distinct shoppers.
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        /// Partitions the stream is spread over, as Kafka would.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Simulator seed (same seed, same stream).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Store directory (default: a fresh temporary directory, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Config file for the rules, the game and the store's memory (default: the
+        /// defaults, no game).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Every user buys once, in order, first (so that `--users` users are stored).
+        #[arg(long)]
+        every_user: bool,
+        /// Print the figures as one JSON object instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Publish simulated POS receipts to Kafka at a steady rate.
     Simulate {
         /// Bootstrap brokers.

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::Config;
 use crate::domain::{Period, Reject};
 use crate::pipeline::{BatchStats, MemorySink, Processor, Record};
-use crate::sim::{Mix, Simulator};
+use crate::sim::{Mix, SimEvent, Simulator};
 use crate::store::{Board, Store};
 
 /// What to simulate.
@@ -56,6 +56,8 @@ pub struct DemoSummary {
     pub stats: BatchStats,
     /// Wall time.
     pub elapsed: Duration,
+    /// What the fold engine cost.
+    pub engine: Engine,
     /// Users in the store.
     pub users: u64,
     /// Top 10 by XP.
@@ -71,6 +73,87 @@ pub struct DemoSummary {
     pub store: Option<Arc<Store>>,
     /// A temporary store's directory, removed when the summary is dropped.
     pub temp: Option<tempfile::TempDir>,
+}
+
+/// What folding the stream cost, the simulator's own thread excluded.
+#[derive(Debug, Clone, Copy)]
+pub struct Engine {
+    /// CPU time of the process while folding (the fold, the store and its background
+    /// workers), less the simulator thread's.
+    pub cpu: Duration,
+    /// CPU time of the simulator thread, which generates the receipts' JSON on the other
+    /// core.
+    pub simulator_cpu: Duration,
+    /// Peak resident set size of the process (`VmHWM`), when the platform says it.
+    pub peak_rss: Option<u64>,
+}
+
+impl Engine {
+    /// CPU-seconds per million receipts.
+    pub fn cpu_per_million(&self, receipts: u64) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / receipts.max(1) as f64
+    }
+}
+
+/// Receipts the simulator thread hands over at a time.
+const CHUNK: usize = 4_096;
+
+/// Generates the stream on a thread of its own, in chunks, a few chunks ahead of the
+/// fold, so that generating JSON does not count as folding it. The thread returns its
+/// own CPU time.
+fn spawn_simulator(
+    mut sim: Simulator,
+    receipts: u64,
+) -> anyhow::Result<(
+    std::sync::mpsc::Receiver<Vec<SimEvent>>,
+    std::thread::JoinHandle<Duration>,
+)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    let handle = std::thread::Builder::new()
+        .name("simulator".into())
+        .spawn(move || {
+            let mut left = receipts;
+            while left > 0 {
+                let n = left.min(CHUNK as u64);
+                let chunk: Vec<SimEvent> = (0..n).map(|_| sim.next_event()).collect();
+                left -= n;
+                if tx.send(chunk).is_err() {
+                    break;
+                }
+            }
+            thread_cpu()
+        })
+        .context("failed to start the simulator thread")?;
+    Ok((rx, handle))
+}
+
+fn to_duration(t: rustix::time::Timespec) -> Duration {
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// CPU time of the whole process so far.
+fn process_cpu() -> Duration {
+    to_duration(rustix::time::clock_gettime(
+        rustix::time::ClockId::ProcessCPUTime,
+    ))
+}
+
+/// CPU time of the calling thread so far.
+fn thread_cpu() -> Duration {
+    to_duration(rustix::time::clock_gettime(
+        rustix::time::ClockId::ThreadCPUTime,
+    ))
+}
+
+/// Peak resident set size in bytes, from `/proc/self/status`.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// A min-heap entry for the top 10: (xp, user_id reversed so ties keep the smaller id, level, coins).
@@ -134,31 +217,46 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let interval = Duration::from_millis(config.processing.commit_interval_ms);
+    let cpu_before = process_cpu();
     let started = Instant::now();
+    let (chunks, simulator) = spawn_simulator(sim, opts.receipts)?;
     let mut last_commit = Instant::now();
     let mut total = BatchStats::default();
-    for i in 0..opts.receipts {
-        let e = sim.next_event();
-        let p = partition_of(&e.key, partitions);
-        let offset = next_offset[p as usize];
-        next_offset[p as usize] += 1;
-        processor.process(Record {
-            topic: TOPIC,
-            partition: p,
-            offset,
-            key: Some(e.key.as_bytes()),
-            payload: Some(&e.payload),
-            timestamp_ms: None,
-        })?;
-        if processor.pending_records() >= 50_000 || last_commit.elapsed() >= interval {
-            total.add(&processor.commit(&mut sink)?);
-            last_commit = Instant::now();
-            bar.set_position(i + 1);
+    let mut folded = 0u64;
+    for chunk in chunks {
+        for e in chunk {
+            let p = partition_of(&e.key, partitions);
+            let offset = next_offset[p as usize];
+            next_offset[p as usize] += 1;
+            processor.process(Record {
+                topic: TOPIC,
+                partition: p,
+                offset,
+                key: Some(e.key.as_bytes()),
+                payload: Some(&e.payload),
+                timestamp_ms: None,
+            })?;
+            folded += 1;
+            if processor.pending_records() >= 50_000 || last_commit.elapsed() >= interval {
+                total.add(&processor.commit(&mut sink)?);
+                last_commit = Instant::now();
+                bar.set_position(folded);
+            }
         }
     }
     total.add(&processor.commit(&mut sink)?);
     bar.finish_and_clear();
     let elapsed = started.elapsed();
+    let simulator_cpu = simulator
+        .join()
+        .map_err(|_| anyhow::anyhow!("the simulator thread panicked"))?;
+    let engine = Engine {
+        cpu: process_cpu()
+            .saturating_sub(cpu_before)
+            .saturating_sub(simulator_cpu),
+        simulator_cpu,
+        peak_rss: peak_rss(),
+    };
 
     let mut users = 0u64;
     let mut levels = BTreeMap::new();
@@ -205,6 +303,7 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
     Ok(DemoSummary {
         stats: total,
         elapsed,
+        engine,
         users,
         top,
         week,
@@ -224,6 +323,21 @@ fn partition_of(key: &str, partitions: i32) -> i32 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     (h % partitions as u64) as i32
+}
+
+impl DemoSummary {
+    /// The fold engine's figures on one line: CPU per million receipts and peak RSS.
+    pub fn engine_line(&self) -> String {
+        let e = &self.engine;
+        let rss = e
+            .peak_rss
+            .map_or_else(|| "unknown".to_owned(), |b| format!("{} MiB", b >> 20));
+        format!(
+            "{:.1} CPU-s per million receipts (the simulator's thread excluded: {:.1} s), peak RSS {rss}",
+            e.cpu_per_million(self.stats.records),
+            e.simulator_cpu.as_secs_f64()
+        )
+    }
 }
 
 impl std::fmt::Display for DemoSummary {
@@ -247,6 +361,7 @@ impl std::fmt::Display for DemoSummary {
             s.level_ups
         )?;
         writeln!(f, "  users        {}", self.users)?;
+        writeln!(f, "  engine       {}", self.engine_line())?;
         writeln!(f, "  store        {}", self.store_path.display())?;
         let rejected: Vec<String> = Reject::ALL
             .iter()
@@ -296,6 +411,51 @@ impl std::fmt::Display for DemoSummary {
              \x20 curl 'http://127.0.0.1:8080/v1/users/{}/rank?period=week' (README, Query API)",
             rows.first().map_or("u-00000000", |r| r.0.as_str())
         )?;
+        Ok(())
+    }
+}
+
+/// What `mallquest bench` prints: the engine's figures, as text or as one JSON object.
+pub struct BenchReport<'a>(pub &'a DemoSummary, pub bool);
+
+impl std::fmt::Display for BenchReport<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let BenchReport(d, json) = self;
+        let s = &d.stats;
+        let secs = d.elapsed.as_secs_f64().max(1e-9);
+        let rate = s.records as f64 / secs;
+        let cpu = d.engine.cpu_per_million(s.records);
+        let rss_mib = d.engine.peak_rss.map(|b| b >> 20);
+        if *json {
+            let v = serde_json::json!({
+                "receipts": s.records,
+                "users": d.users,
+                "applied": s.applied,
+                "duplicates": s.duplicates,
+                "rejected": s.rejected.values().sum::<u64>(),
+                "wall_s": secs,
+                "receipts_per_s": rate.round(),
+                "cpu_s_per_million": (cpu * 10.0).round() / 10.0,
+                "simulator_cpu_s": d.engine.simulator_cpu.as_secs_f64(),
+                "peak_rss_mib": rss_mib,
+            });
+            return writeln!(f, "{v}");
+        }
+        writeln!(
+            f,
+            "mallquest bench: the fold engine, an in-process source, the durable store"
+        )?;
+        writeln!(
+            f,
+            "  receipts     {} (applied {}, duplicates {}, rejected {}), {} users stored",
+            s.records,
+            s.applied,
+            s.duplicates,
+            s.rejected.values().sum::<u64>(),
+            d.users
+        )?;
+        writeln!(f, "  wall         {secs:.2} s = {rate:.0} receipts/s")?;
+        writeln!(f, "  engine       {}", d.engine_line())?;
         Ok(())
     }
 }

@@ -123,6 +123,35 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 _ => Ok(()),
             }
         }
+        Command::Bench {
+            receipts,
+            users,
+            partitions,
+            seed,
+            dir,
+            config,
+            every_user,
+            json,
+        } => {
+            let config = match config {
+                Some(p) => Config::load(&p)?,
+                None => Config::default(),
+            };
+            let opts = demo::DemoOptions {
+                receipts,
+                users,
+                stores: 40,
+                seed,
+                dir,
+                partitions,
+                every_user,
+                keep_store: false,
+                plain: true,
+            };
+            let summary = demo::run(&config, &opts, !json && std::io::stderr().is_terminal())?;
+            print!("{}", demo::BenchReport(&summary, json));
+            Ok(())
+        }
         Command::Simulate {
             brokers,
             topic,

@@ -139,3 +139,41 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// `mallquest bench` folds the asked number of receipts through the durable store and
+/// prints the engine's figures; `--json` as one object a script can read.
+#[test]
+fn bench_prints_the_engine_figures() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mallquest"))
+        .args(["bench", "--receipts", "20000", "--users", "3000", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["receipts"], 20_000, "{v}");
+    let applied = v["applied"].as_u64().unwrap();
+    let duplicates = v["duplicates"].as_u64().unwrap();
+    let rejected = v["rejected"].as_u64().unwrap();
+    assert_eq!(applied + duplicates + rejected, 20_000, "{v}");
+    assert!(
+        rejected > 0 && duplicates > 0,
+        "the plain mix has both: {v}"
+    );
+    let users = v["users"].as_u64().unwrap();
+    assert!(users > 0 && users <= 3_000, "{v}");
+    assert!(v["receipts_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["cpu_s_per_million"].as_f64().unwrap() > 0.0, "{v}");
+    // The simulator runs on a thread of its own and is counted apart.
+    assert!(v["simulator_cpu_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["peak_rss_mib"].as_u64().unwrap() > 0, "{v}");
+
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_mallquest"))
+        .args(["bench", "--receipts", "2000", "--users", "100"])
+        .output()
+        .unwrap();
+    assert!(text.status.success(), "{text:?}");
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("receipts/s"), "{text}");
+    assert!(text.contains("CPU-s per million receipts"), "{text}");
+    assert!(text.contains("peak RSS"), "{text}");
+}
