@@ -12,14 +12,18 @@
 //! value), so that compaction removes it and the changelog grows with the users and the
 //! window, not with every receipt ever folded.
 //!
-//! Values are a format byte ([`FORMAT`]) then JSON, so that a later layout can be told
-//! apart from this one.
+//! Values begin with a format byte, so that a later layout can be told apart: users and
+//! ledger entries are the store's own value encoding ([`value::FORMAT`], 2: binary, see
+//! `store::value`), the meta is [`FORMAT`] (1) then JSON. Users and ledger entries in
+//! format 1 (then JSON), as builds before the binary encoding wrote them, are still read.
 
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{LedgerEntry, UserState};
+use crate::store::value;
 
-/// The value format this build writes and reads.
+/// The format of the meta record: JSON after this byte. Users and ledger entries were
+/// written so too before the binary encoding, and are still read so.
 pub const FORMAT: u8 = 1;
 
 /// A partition's position, as of the changelog records before it.
@@ -81,15 +85,17 @@ impl Entry {
 
     /// The record's value (`None`: a tombstone).
     pub fn value(&self) -> Option<Vec<u8>> {
-        let mut v = vec![FORMAT];
-        // Plain structs of strings and integers always serialise.
-        let _ = match self {
-            Entry::User(u) => serde_json::to_writer(&mut v, u),
-            Entry::Ledger { entry, .. } => serde_json::to_writer(&mut v, entry),
-            Entry::Meta(m) => serde_json::to_writer(&mut v, m),
-            Entry::LedgerExpired { .. } => return None,
-        };
-        Some(v)
+        match self {
+            Entry::User(u) => Some(value::encode_user(u)),
+            Entry::Ledger { entry, .. } => Some(value::encode_ledger(entry)),
+            Entry::Meta(m) => {
+                let mut v = vec![FORMAT];
+                // A plain struct of strings and integers always serialises.
+                let _ = serde_json::to_writer(&mut v, m);
+                Some(v)
+            }
+            Entry::LedgerExpired { .. } => None,
+        }
     }
 
     /// Reads a record back.
@@ -100,9 +106,14 @@ impl Entry {
             detail,
         };
         let text = std::str::from_utf8(key).map_err(|_| ChangelogError::Key(shown()))?;
-        let json = match value {
-            Some([FORMAT, json @ ..]) => json,
-            Some([other, ..]) => return Err(bad(format!("format {other}, expected {FORMAT}"))),
+        let value = match value {
+            Some(v @ [FORMAT | value::FORMAT, ..]) => v,
+            Some([other, ..]) => {
+                return Err(bad(format!(
+                    "format {other}, expected {FORMAT} or {}",
+                    value::FORMAT
+                )))
+            }
             None => {
                 // Only a ledger entry is ever deleted.
                 let ledger = text.strip_prefix("l\0").and_then(|r| r.split_once('\0'));
@@ -116,14 +127,22 @@ impl Entry {
             }
             Some([]) => return Err(bad("no value".into())),
         };
+        // Format 1: JSON after the format byte.
+        let json = value.strip_prefix(&[FORMAT]);
         if text == "m" {
+            let Some(json) = json else {
+                return Err(bad(format!("meta in format {}", value::FORMAT)));
+            };
             return serde_json::from_slice(json)
                 .map(Entry::Meta)
                 .map_err(|e| bad(e.to_string()));
         }
         match text.split_once('\0') {
             Some(("u", user_id)) => {
-                let u: UserState = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+                let u: UserState = match json {
+                    Some(json) => serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?,
+                    None => value::decode_user(value).map_err(|e| bad(e.to_string()))?,
+                };
                 if u.user_id != user_id {
                     return Err(bad(format!("holds user {:?}", u.user_id)));
                 }
@@ -136,7 +155,12 @@ impl Entry {
                 Ok(Entry::Ledger {
                     user_id: user_id.to_owned(),
                     receipt_id: receipt_id.to_owned(),
-                    entry: serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?,
+                    entry: match json {
+                        Some(json) => {
+                            serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?
+                        }
+                        None => value::decode_ledger(value).map_err(|e| bad(e.to_string()))?,
+                    },
                 })
             }
             _ => Err(ChangelogError::Key(shown())),
@@ -179,10 +203,21 @@ mod tests {
                 mark: Some(1_700_000_000),
             }),
         ];
-        for e in all {
+        for e in &all {
             let back = Entry::decode(&e.key(), e.value().as_deref()).unwrap();
-            assert_eq!(back, e);
+            assert_eq!(&back, e);
         }
+        // Users and ledger entries as builds before the binary encoding wrote them.
+        for e in &all[..2] {
+            let mut v = vec![FORMAT];
+            match e {
+                Entry::User(u) => serde_json::to_writer(&mut v, u).unwrap(),
+                Entry::Ledger { entry, .. } => serde_json::to_writer(&mut v, entry).unwrap(),
+                _ => unreachable!(),
+            }
+            assert_eq!(&Entry::decode(&e.key(), Some(&v)).unwrap(), e);
+        }
+        assert_eq!(all[0].value().unwrap()[0], value::FORMAT);
         let gone = Entry::LedgerExpired {
             user_id: "u-1".into(),
             receipt_id: "r-9".into(),
@@ -198,10 +233,10 @@ mod tests {
         assert!(Entry::decode(b"u\0u-3", Some(&value)).is_err());
         assert!(Entry::decode(&user.key(), None).is_err());
         let mut other = value;
-        other[0] = 2;
+        other[0] = 3;
         assert!(Entry::decode(&user.key(), Some(&other))
             .unwrap_err()
             .to_string()
-            .contains("format 2"));
+            .contains("format 3"));
     }
 }

@@ -41,13 +41,12 @@ use std::sync::{Arc, PoisonError, RwLock};
 use fjall::compaction::filter::{CompactionFilter, Context, Factory, ItemAccessor, Verdict};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::domain::{LedgerEntry, PeriodScore, UserState};
 
 mod periods;
 mod ranks;
+pub mod value;
 
 pub use periods::period_score;
 
@@ -320,12 +319,6 @@ impl Expiry {
     }
 }
 
-/// The first secs of a ledger value's `issued_at`, without decoding the rest.
-#[derive(serde::Deserialize)]
-struct IssuedAt {
-    issued_at: crate::domain::Timestamp,
-}
-
 /// Drops ledger entries whose issued_at is before their partition's cutoff.
 struct LedgerFilter {
     cutoffs: HashMap<i32, i64>,
@@ -350,8 +343,8 @@ impl CompactionFilter for LedgerFilter {
         };
         let value = item.value()?;
         // An entry that does not decode is kept: the reader reports it as corrupt.
-        match serde_json::from_slice::<IssuedAt>(&value) {
-            Ok(e) if e.issued_at.secs < *cutoff => {
+        match value::ledger_issued_secs(&value) {
+            Some(secs) if secs < *cutoff => {
                 self.removed += 1;
                 Ok(Verdict::Remove)
             }
@@ -392,18 +385,6 @@ fn partition_of(key: &[u8], what: &'static str) -> Result<i32, StoreError> {
             what,
             detail: "shorter than a partition".into(),
         })
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // Plain structs of strings and integers always serialise.
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
-fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        what,
-        detail: e.to_string(),
-    })
 }
 
 /// An i64 stored big-endian (offsets).
@@ -564,7 +545,7 @@ impl Store {
         self.users
             .get(user_key(partition, user_id))
             .map_err(io("read user"))?
-            .map(|v| decode("user", &v))
+            .map(|v| value::decode_user(&v))
             .transpose()
     }
 
@@ -593,7 +574,7 @@ impl Store {
         self.ledger
             .get(ledger_key(partition, user_id, receipt_id))
             .map_err(io("read ledger"))?
-            .map(|v| decode("ledger entry", &v))
+            .map(|v| value::decode_ledger(&v))
             .transpose()
     }
 
@@ -913,7 +894,7 @@ impl Store {
         self.users.prefix(prefix).map(|kv| {
             let (k, v) = kv.into_inner().map_err(io("scan users"))?;
             let p = partition_of(&k, "user key")?;
-            Ok((p, decode("user", &v)?))
+            Ok((p, value::decode_user(&v)?))
         })
     }
 
@@ -936,7 +917,7 @@ impl Store {
                 p,
                 user.to_owned(),
                 receipt.to_owned(),
-                decode("ledger entry", &v)?,
+                value::decode_ledger(&v)?,
             ))
         })
     }
@@ -950,7 +931,7 @@ impl Store {
     pub fn users(&self) -> impl Iterator<Item = Result<UserState, StoreError>> + '_ {
         self.users.iter().map(|kv| {
             let v = kv.value().map_err(io("scan users"))?;
-            decode("user", &v)
+            value::decode_user(&v)
         })
     }
 
@@ -968,7 +949,11 @@ impl Store {
         let mut rank_deltas = ranks::RankDeltas::default();
         for ((p, user_id), state) in &set.users {
             if set.unindexed.contains(p) {
-                batch.insert(&self.users, user_key(*p, user_id), encode(state));
+                batch.insert(
+                    &self.users,
+                    user_key(*p, user_id),
+                    value::encode_user(state),
+                );
                 continue;
             }
             // Re-index: drop the old scores' keys, add the new ones, in the same batch;
@@ -999,7 +984,11 @@ impl Store {
             }
             let before = previous.as_ref().map_or(&[][..], |i| &i.periods[..]);
             period_changes.add(*p, state, before);
-            batch.insert(&self.users, user_key(*p, user_id), encode(state));
+            batch.insert(
+                &self.users,
+                user_key(*p, user_id),
+                value::encode_user(state),
+            );
         }
         period_changes.write(self, &mut batch, self.periods_kept(), &mut rank_deltas)?;
         rank_deltas.write(self, &mut batch)?;
@@ -1007,7 +996,7 @@ impl Store {
             batch.insert(
                 &self.ledger,
                 ledger_key(*p, user_id, receipt_id),
-                encode(entry),
+                value::encode_ledger(entry),
             );
             batch.insert(
                 &self.due,
