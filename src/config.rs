@@ -455,11 +455,11 @@ impl Config {
                 ),
             });
         }
-        if !(1..=100).contains(&self.processing.periods_kept) {
+        if self.processing.periods_kept > 100 {
             return Err(ConfigError::Invalid {
                 key: "processing.periods_kept",
                 message: format!(
-                    "must be between 1 and 100, got {}",
+                    "must be between 0 (no period boards) and 100, got {}",
                     self.processing.periods_kept
                 ),
             });
@@ -525,6 +525,16 @@ mod tests {
         assert_eq!(c.processing.commit_interval_ms, 100);
         assert_eq!(c.rules.currency, "AED");
         assert_eq!(c.rules.level_up_bonus_coins, 50);
+    }
+
+    #[test]
+    fn periods_kept_is_0_to_100_and_reaches_the_rules() {
+        let c = Config::parse("[processing]\nperiods_kept = 0\n").unwrap();
+        assert_eq!(c.rules.game.periods_kept(), 0);
+        let c = Config::parse("[processing]\nperiods_kept = 100\n").unwrap();
+        assert_eq!(c.rules.game.periods_kept(), 100);
+        let err = Config::parse("[processing]\nperiods_kept = 101\n").unwrap_err();
+        assert!(err.to_string().contains("processing.periods_kept"), "{err}");
     }
 
     #[test]

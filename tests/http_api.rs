@@ -251,7 +251,10 @@ async fn an_instance_that_has_not_joined_its_group_yet_answers_503_never_404() {
 
 /// A standalone API over the game vectors' store.
 fn game_fixture() -> Fixture {
-    let config = golden::game::config();
+    game_fixture_with(golden::game::config())
+}
+
+fn game_fixture_with(config: mallquest::config::Config) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(mallquest::store::Store::open(dir.path()).unwrap());
     let mut processor =
@@ -379,4 +382,45 @@ async fn periods_not_kept_and_bad_board_queries_are_json_errors() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
         assert_eq!(json(&body)["error"], code, "{path}");
     }
+}
+
+/// `[processing] periods_kept = 0` turns the period boards off: nothing is indexed for
+/// them, period queries are 404s that say so, and the all-time boards are unchanged.
+#[tokio::test]
+async fn with_no_periods_kept_period_queries_say_the_boards_are_off() {
+    let mut config = golden::game::config();
+    config.processing.periods_kept = 0;
+    config.rules.game.periods_kept = Some(0);
+    let off = game_fixture_with(config);
+    let on = game_fixture();
+    for path in [
+        "/v1/leaderboard?period=week",
+        "/v1/leaderboard?period=day",
+        "/v1/leaderboard?period=week&at=2026-W50",
+        "/v1/users/u-000/rank?period=month",
+    ] {
+        let (status, _, body) = get(&off, path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        let message = json(&body)["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("periods_kept = 0"), "{path}: {message}");
+        let (status, _, _) = get(&on, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path} with the boards on");
+    }
+    for by in ["xp", "coins", "spent"] {
+        let path = format!("/v1/leaderboard?by={by}&limit=100");
+        let (s1, _, a) = get(&off, &path, None).await;
+        let (s2, _, b) = get(&on, &path, None).await;
+        assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+        assert_eq!(json(&a)["entries"], json(&b)["entries"], "{path}");
+    }
+    // Nothing attributed to periods, so nothing for their index.
+    let periods = |f: &Fixture| -> usize {
+        f.state
+            .store
+            .users()
+            .map(|u| u.unwrap().periods.len())
+            .sum()
+    };
+    assert_eq!(periods(&off), 0);
+    assert!(periods(&on) > 0);
 }

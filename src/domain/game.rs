@@ -267,7 +267,7 @@ const MAX_REWARD: i64 = 1_000_000;
 impl Game {
     /// How many of the latest periods of each kind the boards keep.
     pub fn periods_kept(&self) -> usize {
-        self.periods_kept.unwrap_or(DEFAULT_PERIODS_KEPT).max(1)
+        self.periods_kept.unwrap_or(DEFAULT_PERIODS_KEPT)
     }
 
     /// The category of a store, if listed.

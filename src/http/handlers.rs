@@ -349,6 +349,12 @@ fn resolve_at(state: &AppState, q: &BoardQuery) -> Result<Option<(Period, String
     let Some(kind) = q.period else {
         return Ok(None);
     };
+    if state.store.periods_kept() == 0 {
+        return Err(ApiError::not_found(format!(
+            "{} boards are off on this instance ([processing] periods_kept = 0)",
+            kind.as_str()
+        )));
+    }
     if let Some(at) = &q.at {
         return Ok(Some((kind, at.clone())));
     }

@@ -231,10 +231,11 @@ impl Store {
         }
     }
 
-    /// How many of the latest periods of each kind are kept (`[processing] periods_kept`).
+    /// How many of the latest periods of each kind are kept (`[processing] periods_kept`;
+    /// 0: no period boards).
     pub fn set_periods_kept(&self, kept: usize) {
         self.periods_kept
-            .store(kept.max(1), std::sync::atomic::Ordering::Relaxed);
+            .store(kept, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many of the latest periods of each kind are kept.
