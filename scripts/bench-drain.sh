@@ -4,6 +4,7 @@
 #   plain     - a plain rdkafka consumer that only reads (examples/plain_consume: the ceiling);
 #   kafka-perf - Kafka's own org.apache.kafka.tools.ConsumerPerformance (a JVM; reads only);
 #   mallquest - `mallquest run`: the fold, with outputs published and the store written;
+#   mallquest-lean - the same with `[processing] periods_kept = 0` (no period leaderboards);
 #   quix      - the same fold written with Quix Streams (bench/quix_fold.py, RocksDB state).
 #   kstreams  - the same fold written with Kafka Streams (bench/kstreams/: Java 17, RocksDB
 #               state, exactly_once_v2; its jar is built once with Maven and reused).
@@ -24,7 +25,7 @@ N="${1:-1000000}"
 PARTS="${2:-3}"
 RUNS="${RUNS:-3}"
 TIMEOUT="${DRAIN_TIMEOUT:-900}"
-CONTENDERS="${ONLY:-plain mallquest kafka-perf quix kstreams}"
+CONTENDERS="${ONLY:-plain mallquest mallquest-lean kafka-perf quix kstreams}"
 [ "${QUIX:-1}" = 0 ] && CONTENDERS="${CONTENDERS//quix/}"
 [ "${KSTREAMS:-1}" = 0 ] && CONTENDERS="${CONTENDERS//kstreams/}"
 . scripts/kafka-broker.sh
@@ -97,33 +98,41 @@ run_kafka_perf() { # ROUND
   report "$1" kafka-perf "$w" "$(echo "$u + $s" | bc)" "$(secs "$(( $(kafka_cpu_ticks "$KAFKA_PID") - b0 ))")" "$own"
 }
 
-run_mallquest() { # ROUND
+# mallquest-lean: `run` without the period leaderboards (`periods_kept = 0`), the fold the
+# Kafka Streams and Quix peers do plus the all-time boards.
+run_mallquest_lean() { # ROUND
+  run_mallquest "$1" mallquest-lean $'[processing]\nperiods_kept = 0'
+}
+
+run_mallquest() { # ROUND [NAME EXTRA_TOML]
   local http; http=$(_kafka_free_port)
+  local name="${2:-mallquest}"
   rm -rf "$WORK/store"
   # Defaults, but a group, output topics (mallquest creates them: projections compacted)
   # and a store of this run's own.
   cat >"$WORK/mq.toml" <<TOML
 [kafka]
 brokers = "$KAFKA_BOOTSTRAP"
-group_id = "bench-mallquest-$1"
-projections_topic = "user-projections-$1"
-events_topic = "gamification-events-$1"
-dlq_topic = "receipts-dlq-$1"
+group_id = "bench-$name-$1"
+projections_topic = "user-projections-$name-$1"
+events_topic = "gamification-events-$name-$1"
+dlq_topic = "receipts-dlq-$name-$1"
 [store]
 path = "$WORK/store"
 [http]
 listen = "127.0.0.1:$http"
+${3:-}
 TOML
   local b0 start end done=0 note=""
   b0=$(kafka_cpu_ticks "$KAFKA_PID")
   start=$(date +%s.%N)
-  RUST_LOG=warn,mallquest::telemetry=debug "$BIN" run --config "$WORK/mq.toml" 2>"$WORK/run-$1.log" &
+  RUST_LOG=warn,mallquest::telemetry=debug "$BIN" run --config "$WORK/mq.toml" 2>"$WORK/run-$name-$1.log" &
   RUN_PID=$!
   # Done when the committed batches (debug "Batch committed." lines) add up to N.
   while :; do
-    done=$(grep -o 'records=[0-9]*' "$WORK/run-$1.log" | cut -d= -f2 | paste -sd+ | bc 2>/dev/null || echo 0)
+    done=$(grep -o 'records=[0-9]*' "$WORK/run-$name-$1.log" | cut -d= -f2 | paste -sd+ | bc 2>/dev/null || echo 0)
     [ "${done:-0}" -ge "$N" ] && break
-    kill -0 "$RUN_PID" 2>/dev/null || { echo "mallquest run exited:"; tail -20 "$WORK/run-$1.log"; RUN_PID=; return 1; }
+    kill -0 "$RUN_PID" 2>/dev/null || { echo "mallquest run exited:"; tail -20 "$WORK/run-$name-$1.log"; RUN_PID=; return 1; }
     if [ "$(echo "$(date +%s.%N) - $start > $TIMEOUT" | bc)" = 1 ]; then
       note="DID NOT FINISH: ${done:-0} records stored after ${TIMEOUT} s"; break
     fi
@@ -133,9 +142,9 @@ TOML
   local ut st; read -r ut st < <(awk '{print $14, $15}' "/proc/$RUN_PID/stat")
   local bcpu; bcpu=$(secs "$(( $(kafka_cpu_ticks "$KAFKA_PID") - b0 ))")
   kill -TERM "$RUN_PID"; wait "$RUN_PID" || true; RUN_PID=
-  local warns; warns=$(grep -cE '"level":"(WARN|ERROR)"| WARN | ERROR ' "$WORK/run-$1.log" || true)
-  [ "$warns" != 0 ] && note="$note ($warns warning/error lines in its log; first: $(grep -m1 -E '"level":"(WARN|ERROR)"| WARN | ERROR ' "$WORK/run-$1.log" | cut -c1-200))"
-  report "$1" mallquest "$(echo "$end - $start" | bc)" "$(echo "($ut + $st) / $TICKS" | bc -l)" "$bcpu" "$note"
+  local warns; warns=$(grep -cE '"level":"(WARN|ERROR)"| WARN | ERROR ' "$WORK/run-$name-$1.log" || true)
+  [ "$warns" != 0 ] && note="$note ($warns warning/error lines in its log; first: $(grep -m1 -E '"level":"(WARN|ERROR)"| WARN | ERROR ' "$WORK/run-$name-$1.log" | cut -c1-200))"
+  report "$1" "$name" "$(echo "$end - $start" | bc)" "$(echo "($ut + $st) / $TICKS" | bc -l)" "$bcpu" "$note"
 }
 
 run_quix() { # ROUND
@@ -207,9 +216,12 @@ if "mallquest" in med and "kafka-perf" in med:
     print(f"mallquest rate / kafka-perf rate: {med['kafka-perf'][0] / med['mallquest'][0]:.0%}")
 if "mallquest" in med and "quix" in med:
     print(f"Quix CPU per record / mallquest's: {med['quix'][1] / med['mallquest'][1]:.1f}x (target >= 10x)")
-if "mallquest" in med and "kstreams" in med:
-    print(f"Kafka Streams CPU per record / mallquest's: {med['kstreams'][1] / med['mallquest'][1]:.1f}x; "
-          f"mallquest rate / Kafka Streams rate: {med['kstreams'][0] / med['mallquest'][0]:.1f}x")
+for mq in ("mallquest", "mallquest-lean"):
+    if mq in med and "kstreams" in med:
+        print(f"Kafka Streams CPU per record / {mq}'s: {med['kstreams'][1] / med[mq][1]:.1f}x; "
+              f"{mq} rate / Kafka Streams rate: {med['kstreams'][0] / med[mq][0]:.1f}x")
+if "mallquest-lean" in med and "quix" in med:
+    print(f"Quix CPU per record / mallquest-lean's: {med['quix'][1] / med['mallquest-lean'][1]:.1f}x")
 PY
 [ -n "${KEEP:-}" ] && echo "kept $WORK"
 true
