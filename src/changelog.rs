@@ -137,12 +137,16 @@ impl Entry {
                 .map(Entry::Meta)
                 .map_err(|e| bad(e.to_string()));
         }
+        // A user or ledger entry of format 1 is the store's legacy JSON after the byte,
+        // which the store's decoders read as they read format 2.
+        let stored = match json {
+            Some(json @ [b'{', ..]) => json,
+            Some(_) => return Err(bad("format 1 holds no JSON object".into())),
+            None => value,
+        };
         match text.split_once('\0') {
             Some(("u", user_id)) => {
-                let u: UserState = match json {
-                    Some(json) => serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?,
-                    None => value::decode_user(value).map_err(|e| bad(e.to_string()))?,
-                };
+                let u = value::decode_user(stored).map_err(|e| bad(e.to_string()))?;
                 if u.user_id != user_id {
                     return Err(bad(format!("holds user {:?}", u.user_id)));
                 }
@@ -155,12 +159,7 @@ impl Entry {
                 Ok(Entry::Ledger {
                     user_id: user_id.to_owned(),
                     receipt_id: receipt_id.to_owned(),
-                    entry: match json {
-                        Some(json) => {
-                            serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?
-                        }
-                        None => value::decode_ledger(value).map_err(|e| bad(e.to_string()))?,
-                    },
+                    entry: value::decode_ledger(stored).map_err(|e| bad(e.to_string()))?,
                 })
             }
             _ => Err(ChangelogError::Key(shown())),

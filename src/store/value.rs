@@ -92,59 +92,54 @@ pub fn encode_user(u: &UserState) -> Vec<u8> {
 
 /// Reads a user's stored value, in this format or the legacy JSON.
 pub fn decode_user(bytes: &[u8]) -> Result<UserState, StoreError> {
-    const WHAT: &str = "user";
-    let mut r = match open(WHAT, bytes)? {
-        Opened::Json(json) => return json_value(WHAT, json),
-        Opened::Binary(r) => r,
-    };
-    let u = UserState {
-        user_id: r.string()?,
-        coins: r.int()?,
-        xp: r.int()?,
-        level: r.u32()?,
-        total_spent: r.int()?,
-        receipt_count: r.uint()?,
-        refund_count: r.uint()?,
-        stores: r.list(Reader::string)?,
-        first_receipt_at: r.opt_time()?,
-        last_receipt_at: r.opt_time()?,
-        version: r.uint()?,
-        source: match r.flag()? {
-            true => Some(Source {
-                partition: i32::try_from(r.int()?).map_err(|_| r.corrupt("partition"))?,
-                offset: r.int()?,
-            }),
-            false => None,
-        },
-        coins_by_campaign: r.map(|r| Ok((r.string()?, r.int()?)))?,
-        missions: r.list(|r| {
-            Ok(MissionInstance {
-                mission_id: r.string()?,
-                period: r.string()?,
-                spend: r.int()?,
-                receipts: r.uint()?,
-                stores: r.map(|r| Ok((r.string()?, r.uint()?)))?,
-                completed: r.flag()?,
-                completed_at: r.opt_time()?,
-            })
-        })?,
-        missions_completed: r.uint()?,
-        streak_runs: r.list(|r| Ok((r.int()?, r.int()?)))?,
-        badges: r.list(Reader::string)?,
-        redemptions: r.uint()?,
-        coins_redeemed: r.int()?,
-        periods: r.list(|r| {
-            Ok(PeriodScore {
-                kind: r.period()?,
-                key: r.string()?,
-                xp: r.int()?,
-                coins: r.int()?,
-                spent: r.int()?,
-            })
-        })?,
-    };
-    r.end()?;
-    Ok(u)
+    decode("user", bytes, |r| {
+        Ok(UserState {
+            user_id: r.string()?,
+            coins: r.int()?,
+            xp: r.int()?,
+            level: r.u32()?,
+            total_spent: r.int()?,
+            receipt_count: r.uint()?,
+            refund_count: r.uint()?,
+            stores: r.list(Reader::string)?,
+            first_receipt_at: r.opt_time()?,
+            last_receipt_at: r.opt_time()?,
+            version: r.uint()?,
+            source: match r.flag()? {
+                true => Some(Source {
+                    partition: i32::try_from(r.int()?).map_err(|_| r.corrupt("partition"))?,
+                    offset: r.int()?,
+                }),
+                false => None,
+            },
+            coins_by_campaign: r.map(|r| Ok((r.string()?, r.int()?)))?,
+            missions: r.list(|r| {
+                Ok(MissionInstance {
+                    mission_id: r.string()?,
+                    period: r.string()?,
+                    spend: r.int()?,
+                    receipts: r.uint()?,
+                    stores: r.map(|r| Ok((r.string()?, r.uint()?)))?,
+                    completed: r.flag()?,
+                    completed_at: r.opt_time()?,
+                })
+            })?,
+            missions_completed: r.uint()?,
+            streak_runs: r.list(|r| Ok((r.int()?, r.int()?)))?,
+            badges: r.list(Reader::string)?,
+            redemptions: r.uint()?,
+            coins_redeemed: r.int()?,
+            periods: r.list(|r| {
+                Ok(PeriodScore {
+                    kind: r.period()?,
+                    key: r.string()?,
+                    xp: r.int()?,
+                    coins: r.int()?,
+                    spent: r.int()?,
+                })
+            })?,
+        })
+    })
 }
 
 /// A ledger entry's stored value. `issued_at` comes first, so that the compaction filter
@@ -182,35 +177,30 @@ pub fn encode_ledger(e: &LedgerEntry) -> Vec<u8> {
 
 /// Reads a ledger entry's stored value, in this format or the legacy JSON.
 pub fn decode_ledger(bytes: &[u8]) -> Result<LedgerEntry, StoreError> {
-    const WHAT: &str = "ledger entry";
-    let mut r = match open(WHAT, bytes)? {
-        Opened::Json(json) => return json_value(WHAT, json),
-        Opened::Binary(r) => r,
-    };
-    let issued_at = r.time()?;
-    let kind = match r.byte()? {
-        0 => ReceiptKind::Purchase,
-        1 => ReceiptKind::Refund {
-            refund_of: r.string()?,
-        },
-        2 => ReceiptKind::Redemption { coins: r.int()? },
-        3 => ReceiptKind::RedemptionReversal {
-            refund_of: r.string()?,
-        },
-        other => return Err(r.corrupt(&format!("receipt kind {other}"))),
-    };
-    let e = LedgerEntry {
-        kind,
-        store_id: r.string()?,
-        amount: r.int()?,
-        issued_at,
-        earned_coins: r.int()?,
-        earned_xp: r.int()?,
-        refunded: r.int()?,
-        campaign_coins: r.list(|r| Ok((r.string()?, r.int()?)))?,
-    };
-    r.end()?;
-    Ok(e)
+    decode("ledger entry", bytes, |r| {
+        let issued_at = r.time()?;
+        let kind = match r.byte()? {
+            0 => ReceiptKind::Purchase,
+            1 => ReceiptKind::Refund {
+                refund_of: r.string()?,
+            },
+            2 => ReceiptKind::Redemption { coins: r.int()? },
+            3 => ReceiptKind::RedemptionReversal {
+                refund_of: r.string()?,
+            },
+            other => return Err(r.corrupt(&format!("receipt kind {other}"))),
+        };
+        Ok(LedgerEntry {
+            kind,
+            store_id: r.string()?,
+            amount: r.int()?,
+            issued_at,
+            earned_coins: r.int()?,
+            earned_xp: r.int()?,
+            refunded: r.int()?,
+            campaign_coins: r.list(|r| Ok((r.string()?, r.int()?)))?,
+        })
+    })
 }
 
 /// The whole seconds of a ledger value's `issued_at`, decoding nothing else; `None` when
@@ -254,14 +244,24 @@ fn open<'a>(what: &'static str, bytes: &'a [u8]) -> Result<Opened<'a>, StoreErro
     }
 }
 
-fn json_value<T: serde::de::DeserializeOwned>(
+/// Reads a value in the legacy JSON, or in this format with `binary`, which must use up
+/// every byte.
+fn decode<T: serde::de::DeserializeOwned>(
     what: &'static str,
-    json: &[u8],
+    bytes: &[u8],
+    binary: impl FnOnce(&mut Reader<'_>) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(json).map_err(|e| StoreError::Corrupt {
-        what,
-        detail: e.to_string(),
-    })
+    match open(what, bytes)? {
+        Opened::Json(json) => serde_json::from_slice(json).map_err(|e| StoreError::Corrupt {
+            what,
+            detail: e.to_string(),
+        }),
+        Opened::Binary(mut r) => {
+            let v = binary(&mut r)?;
+            r.end()?;
+            Ok(v)
+        }
+    }
 }
 
 fn period_tag(p: Period) -> u8 {
