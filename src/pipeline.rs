@@ -742,6 +742,21 @@ impl Processor {
         Ok(stats)
     }
 
+    /// After `partitions` were revoked with nothing in hand (the batch was committed
+    /// first): forgets their positions, expiry marks and hot users (another instance may
+    /// change those users now). The partitions kept fold on from where they are.
+    pub fn forget(&mut self, partitions: &[i32]) {
+        debug_assert!(self.pending.is_empty() && self.inflight.is_none());
+        self.positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(_, p), _| !partitions.contains(p));
+        self.expired_before.retain(|p, _| !partitions.contains(p));
+        if let Some(hot) = &mut self.hot {
+            hot.retain(|(p, _), _| !partitions.contains(p));
+        }
+    }
+
     /// After a revocation: drops the batches in hand and the hot set (another instance may
     /// change those users now); positions fall back to the store's offsets.
     pub fn revoke(&mut self) {

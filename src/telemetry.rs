@@ -68,9 +68,11 @@ pub const RESTORING_PARTITIONS: &str = "mallquest_restoring_partitions";
 pub const STANDBY_RECORDS_TOTAL: &str = "mallquest_standby_records_total";
 /// Partitions this instance keeps warm as a standby now.
 pub const STANDBY_PARTITIONS: &str = "mallquest_standby_partitions";
+/// Revocations, by what became of the batch in hand (`batch="committed|dropped"`).
+pub const REVOCATIONS_TOTAL: &str = "mallquest_revocations_total";
 
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 29] = [
+pub const ALL_METRICS: [&str; 30] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
@@ -100,6 +102,7 @@ pub const ALL_METRICS: [&str; 29] = [
     RESTORING_PARTITIONS,
     STANDBY_RECORDS_TOTAL,
     STANDBY_PARTITIONS,
+    REVOCATIONS_TOTAL,
 ];
 
 /// Installs the Prometheus recorder with histogram buckets for every histogram.
@@ -134,6 +137,9 @@ pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::Prome
     gauge!(RESTORING_PARTITIONS).set(0.0);
     counter!(STANDBY_RECORDS_TOTAL).increment(0);
     gauge!(STANDBY_PARTITIONS).set(0.0);
+    for b in ["committed", "dropped"] {
+        counter!(REVOCATIONS_TOTAL, "batch" => b).increment(0);
+    }
     Ok(handle)
 }
 
@@ -238,6 +244,10 @@ fn describe() {
     describe_gauge!(
         STANDBY_PARTITIONS,
         "Partitions this instance keeps warm as a standby now."
+    );
+    describe_counter!(
+        REVOCATIONS_TOTAL,
+        "Partition revocations, by whether the batch in hand was committed first or dropped."
     );
 }
 
@@ -379,7 +389,20 @@ pub fn standby_partitions(n: usize) {
     gauge!(STANDBY_PARTITIONS).set(n as f64);
 }
 
-/// Partitions were revoked.
-pub fn partitions_revoked(partitions: &[i32], held: &[i32]) {
-    info!(message = "Partitions revoked.", ?partitions, ?held);
+/// Partitions were revoked, after their batch in hand was committed (`Some(records)`)
+/// or dropped (`None`: the assignment was lost, or the commit failed; it is folded again).
+pub fn partitions_revoked(partitions: &[i32], held: &[i32], committed: Option<u64>) {
+    let batch = if committed.is_some() {
+        "committed"
+    } else {
+        "dropped"
+    };
+    counter!(REVOCATIONS_TOTAL, "batch" => batch).increment(1);
+    info!(
+        message = "Partitions revoked.",
+        ?partitions,
+        ?held,
+        batch_in_hand = batch,
+        records = committed.unwrap_or(0)
+    );
 }

@@ -519,6 +519,88 @@ fn a_partition_restores_from_the_changelog_after_retention_removed_its_oldest_re
     assert_eq!(dlq_reasons(&broker.read_all("receipts-dlq")), expected.dlq);
 }
 
+// Regression (issue 12): a revocation aborted the open transaction and dropped the batch
+// in hand of every partition, so the next owner folded the moved partitions' batch again
+// and the instance refolded the rest.
+#[test]
+fn a_revocation_commits_the_batch_in_hand_so_the_next_owner_resumes_after_it() {
+    let broker = Broker::start();
+    broker.create_topic("receipts", PARTITIONS, false);
+    // Only a revocation or a stop commits: the interval is far longer than the test.
+    let mut pair = vec![Instance::start(&broker, "rv-a", "mq-test", false, 60_000)];
+    wait_all_owned(&mut pair, Duration::from_secs(120));
+    let mix = Mix {
+        refunds: 80,
+        duplicates: 40,
+        bad: 20,
+        redemptions: 0,
+    };
+    broker.produce(
+        "receipts",
+        &take(&mut Simulator::new(41, 300, 20, mix), 1_200),
+    );
+    let receipts = broker.read_all("receipts");
+    let expected = reference_of(&receipts);
+    let ends: BTreeMap<i32, usize> = (0..PARTITIONS)
+        .map(|p| (p, receipts.iter().filter(|r| r.partition == p).count()))
+        .collect();
+    // Folded, in hand, not committed.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        committed_total(&broker, "mq-test", "receipts", PARTITIONS),
+        0
+    );
+
+    pair.push(Instance::start(&broker, "rv-b", "mq-test", false, 60_000));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        wait_all_owned(&mut pair, Duration::from_secs(120));
+        if !pair[0].owned().is_empty() && !pair[1].owned().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", logs(&pair));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The first instance committed everything in hand before it gave partitions up.
+    assert_eq!(
+        committed_total(&broker, "mq-test", "receipts", PARTITIONS),
+        1_200,
+        "{}",
+        logs(&pair)
+    );
+    assert!(
+        pair[0].metric("mallquest_revocations_total{batch=\"committed\"}") >= 1.0,
+        "{}",
+        pair[0].run.log()
+    );
+    assert_eq!(
+        pair[0].metric("mallquest_revocations_total{batch=\"dropped\"}"),
+        0.0
+    );
+    // The new owner restored that batch from the changelog and resumed after it: its
+    // assignment starts every moved partition at the partition's end.
+    let log = pair[1].run.log();
+    assert!(restored_records(&log) > 0, "{log}");
+    let assigned: String = log
+        .lines()
+        .filter(|l| l.contains("Partitions assigned."))
+        .collect();
+    for p in pair[1].owned() {
+        assert!(
+            assigned.contains(&format!("({p}, Some({}))", ends[&p])),
+            "partition {p} of {ends:?}: {assigned}"
+        );
+    }
+    for i in &mut pair {
+        assert!(i.run.terminate(Duration::from_secs(30)).success());
+    }
+    assert_eq!(
+        last_per_key(&broker.read_all("user-projections")),
+        expected.projections
+    );
+    assert_eq!(dlq_reasons(&broker.read_all("receipts-dlq")), expected.dlq);
+}
+
 /// Records restored from the changelog, by the log lines of restores in `log`.
 fn restored_records(log: &str) -> u64 {
     let re = regex::Regex::new(r"records=(\d+)").unwrap();

@@ -4,12 +4,15 @@
 //! for a partition new to this instance), then positioned at the store's offset. Each
 //! batch is one Kafka transaction: its outputs, its changelog records and its receipt
 //! offsets (sent to the group coordinator with the group's metadata, KIP-447) commit
-//! together; the store is written after that commit. A revocation aborts the open
-//! transaction and drops the batch in hand, so a member that lost its partitions can
-//! never make its outputs visible (ARCHITECTURE.md, "Ownership, restore and fencing").
+//! together; the store is written after that commit. A revocation first commits the
+//! batch in hand, while the partitions are still this member's, so that the next owner
+//! resumes right after it; a lost assignment (the session expired, so another member may
+//! hold the partitions already) or a commit that fails aborts the open transaction and
+//! drops the batch instead, so a member that lost its partitions can never make its
+//! outputs visible (ARCHITECTURE.md, "Ownership, restore and fencing").
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -22,13 +25,24 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::{Assignment, Config};
-use crate::pipeline::{CommitError, Positions, Processor, Record};
+use crate::pipeline::{BatchStats, CommitError, Positions, Processor, Record};
 use crate::status::Status;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 
+/// The fold and its outputs. The main loop folds and commits with it; the rebalance
+/// callback commits the batch in hand with it before partitions are given back. Both run
+/// on the thread that polls, so its lock is never contended; it is never held across a
+/// poll (the callback runs inside one).
+struct Engine {
+    processor: Processor,
+    sink: super::KafkaSink,
+}
+
 /// Positions newly assigned partitions at the processor's own offsets.
 struct StoreSeekingContext {
+    /// The processor and its sink.
+    engine: Mutex<Engine>,
     store: Arc<Store>,
     positions: Positions,
     /// A failure inside the rebalance callback, reported by the main loop.
@@ -130,13 +144,27 @@ impl ConsumerContext for StoreSeekingContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                // The batch in hand is finished while the partitions are still ours: its
+                // transaction commits with their offsets, so the next owner's restore
+                // resumes right after it instead of folding it again. A lost assignment
+                // (the session expired: another member may hold them already) is never
+                // committed; the group coordinator would refuse it anyway (KIP-447).
+                let batch = if consumer.assignment_lost() {
+                    None
+                } else {
+                    self.commit_in_hand(consumer)
+                };
                 let mut held = self.held.lock_first();
                 for p in &ps {
                     held.remove(p);
                 }
-                telemetry::partitions_revoked(&ps, &Vec::from_iter(held.iter().copied()));
-                // The partitions kept are sought back to the store by the main loop.
-                self.drop_batch_in_hand();
+                telemetry::partitions_revoked(&ps, &Vec::from_iter(held.iter().copied()), batch);
+                match batch {
+                    // The partitions kept fold on from where they are.
+                    Some(_) => self.engine().processor.forget(&ps),
+                    // The partitions kept are sought back to the store by the main loop.
+                    None => self.drop_batch_in_hand(),
+                }
                 self.held_now(&held);
                 let _ = give_back(consumer, tpl);
             }
@@ -154,6 +182,49 @@ impl ConsumerContext for StoreSeekingContext {
 }
 
 impl StoreSeekingContext {
+    /// The processor and its sink, for the thread that polls.
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits the batch in hand (every partition's: one transaction holds them all).
+    /// Returns the records it committed, or `None` if the commit failed: the batch was
+    /// dropped then, and the failure reported (a store that cannot be written any more
+    /// ends the loop).
+    fn commit_in_hand(&self, consumer: &BaseConsumer<Self>) -> Option<u64> {
+        let mut engine = self.engine();
+        let Engine { processor, sink } = &mut *engine;
+        let started = Instant::now();
+        sink.set_group(consumer.group_metadata());
+        match processor.commit(sink) {
+            Ok(stats) => {
+                report_commit(
+                    consumer,
+                    &self.store,
+                    &self.status,
+                    &stats,
+                    started.elapsed(),
+                );
+                Some(stats.records)
+            }
+            Err(CommitError::Store(e)) => {
+                self.status.commit_failed(e.to_string());
+                self.set_fatal(format!(
+                    "the store at {} cannot be written any more: {e}: {}",
+                    self.store.path().display(),
+                    StoreError::Poisoned
+                ));
+                None
+            }
+            Err(e) => {
+                let e = anyhow::Error::new(e);
+                self.status.commit_failed(format!("publish: {e:#}"));
+                telemetry::commit_failed(&e, "publish", Duration::ZERO);
+                None
+            }
+        }
+    }
+
     /// The batch in hand is dropped, for every partition (its transaction aborted by the
     /// main loop before it folds anything else): positions fall back to the store.
     fn drop_batch_in_hand(&self) {
@@ -264,6 +335,10 @@ impl StoreSeekingContext {
 /// The longest backoff between retries of a failed commit.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// The longest one poll waits for a record: a stop (SIGTERM) waits at most this long to
+/// be seen, whatever the commit interval.
+const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
+
 /// Most records folded into one batch, whatever the commit interval.
 const MAX_BATCH_RECORDS: u64 = 50_000;
 
@@ -287,7 +362,7 @@ pub fn run(
     start: Start,
 ) -> anyhow::Result<()> {
     let kafka = &config.kafka;
-    let mut processor = Processor::with_hot_users(
+    let processor = Processor::with_hot_users(
         Arc::clone(&store),
         config.rules.clone(),
         config.store.hot_users,
@@ -321,9 +396,12 @@ pub fn run(
         standbys,
         Arc::clone(&tail_stop),
     );
+    let txn_id = format!("mallquest-{}-{name}", kafka.group_id);
+    let sink = super::KafkaSink::new(kafka, Some(Arc::clone(&status)), &txn_id)?;
     let context = StoreSeekingContext {
-        store: Arc::clone(&store),
         positions: processor.positions(),
+        engine: Mutex::new(Engine { processor, sink }),
+        store: Arc::clone(&store),
         fatal: Mutex::new(None),
         status: Arc::clone(&status),
         kafka: kafka.clone(),
@@ -374,18 +452,15 @@ pub fn run(
             }
         }
     }
-    let txn_id = format!("mallquest-{}-{name}", kafka.group_id);
-    let mut sink = super::KafkaSink::new(kafka, Some(Arc::clone(&status)), &txn_id)?;
     info!(message = "Consuming.", topic = %kafka.receipts_topic, group = %kafka.group_id);
-    let result = consume(
-        config,
-        &consumer,
-        &mut processor,
-        &mut sink,
-        &store,
-        &status,
-        shutdown,
-    );
+    let result = consume(config, &consumer, &store, &status, shutdown);
+    if result.is_err() {
+        // Whatever is in hand stays uncommitted: leaving the group below revokes every
+        // partition, and that revocation must not commit a batch the loop gave up on.
+        let mut engine = consumer.context().engine();
+        crate::pipeline::Sink::abort(&mut engine.sink);
+        engine.processor.reset();
+    }
     // The re-announcements stop before the last announcement says this instance holds
     // nothing.
     tail_stop.store(true, Ordering::Relaxed);
@@ -437,17 +512,16 @@ fn close_within(consumer: BaseConsumer<StoreSeekingContext>, timeout: Duration) 
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn consume(
     config: &Config,
     consumer: &BaseConsumer<StoreSeekingContext>,
-    processor: &mut Processor,
-    sink: &mut super::KafkaSink,
     store: &Arc<Store>,
     status: &Status,
     shutdown: &AtomicBool,
 ) -> anyhow::Result<()> {
     let kafka = &config.kafka;
+    let topic = &kafka.receipts_topic;
+    let ctx = consumer.context();
     let interval = Duration::from_millis(config.processing.commit_interval_ms);
     let mut deadline = Instant::now() + interval;
     // Early sends are at least this far apart: each is a produce request, and a broker
@@ -459,53 +533,50 @@ fn consume(
     // Set while folding is paused for lack of disk space.
     let mut disk_low = false;
     loop {
-        if let Some(msg) = consumer
-            .context()
-            .fatal
-            .lock()
-            .ok()
-            .and_then(|mut f| f.take())
-        {
+        if let Some(msg) = ctx.fatal.lock().ok().and_then(|mut f| f.take()) {
             anyhow::bail!("rebalance failed: {msg}");
         }
         let stopping = shutdown.load(Ordering::Relaxed);
         let now = Instant::now();
-        if !stopping && now < deadline && processor.pending_records() < MAX_BATCH_RECORDS {
+        if !stopping
+            && now < deadline
+            && ctx.engine().processor.pending_records() < MAX_BATCH_RECORDS
+        {
             // Nothing more in hand: send the batch's outputs now rather than at the
             // commit, so that a projection waits for the broker, not for the interval.
             let mut next = consumer.poll(Duration::ZERO);
-            drop_if_revoked(consumer, processor, sink, &kafka.receipts_topic)?;
+            drop_if_revoked(consumer, topic)?;
             let send_due = last_send + send_every;
-            if next.is_none() && processor.has_unsent() && Instant::now() >= send_due {
-                if let Err(e) = processor.send_changes(sink) {
-                    recover(
-                        consumer,
-                        processor,
-                        status,
-                        e,
-                        &mut backoff,
-                        shutdown,
-                        kafka,
-                    )?;
-                    deadline = Instant::now() + interval;
-                    continue;
+            let unsent = {
+                let mut engine = ctx.engine();
+                let Engine { processor, sink } = &mut *engine;
+                if next.is_none() && processor.has_unsent() && Instant::now() >= send_due {
+                    if let Err(e) = processor.send_changes(sink) {
+                        drop(engine);
+                        recover(consumer, store, status, e, &mut backoff, shutdown, topic)?;
+                        deadline = Instant::now() + interval;
+                        continue;
+                    }
+                    last_send = Instant::now();
                 }
-                last_send = Instant::now();
-            }
+                processor.has_unsent()
+            };
             if next.is_none() {
                 // Wake for the next early send if there is something to send.
-                let until = if processor.has_unsent() {
+                let until = if unsent {
                     deadline.min(send_due)
                 } else {
                     deadline
                 };
-                next = consumer.poll(until.saturating_duration_since(Instant::now()));
-                drop_if_revoked(consumer, processor, sink, &kafka.receipts_topic)?;
+                // Bounded, so that a stop is seen at once whatever the commit interval.
+                let wait = until.saturating_duration_since(Instant::now());
+                next = consumer.poll(wait.min(MAX_POLL_WAIT));
+                drop_if_revoked(consumer, topic)?;
             }
             match next {
                 None => {}
                 Some(Ok(m)) => {
-                    processor.process(Record {
+                    ctx.engine().processor.process(Record {
                         topic: m.topic(),
                         partition: m.partition(),
                         offset: m.offset(),
@@ -530,8 +601,8 @@ fn consume(
                         store.path().display(),
                         config.store.min_free_mb
                     );
-                    processor.reset();
-                    rewind_to_store(consumer, processor, &kafka.receipts_topic)?;
+                    ctx.engine().processor.reset();
+                    rewind_to_store(consumer, store, topic)?;
                     status.commit_failed(why.clone());
                     telemetry::commit_failed(&anyhow::anyhow!(why), "disk", Duration::from_secs(1));
                     disk_low = true;
@@ -544,7 +615,7 @@ fn consume(
                 // Keeps the group session alive; records that arrive are dropped unfolded
                 // and read again after the rewind below.
                 let _ = consumer.poll(Duration::from_secs(1));
-                drop_if_revoked(consumer, processor, sink, &kafka.receipts_topic)?;
+                drop_if_revoked(consumer, topic)?;
                 continue;
             }
             if disk_low {
@@ -552,8 +623,8 @@ fn consume(
                     message = "Disk space is back; resuming from the stored offsets.",
                     free_mib = free.unwrap_or(0) >> 20
                 );
-                processor.reset();
-                rewind_to_store(consumer, processor, &kafka.receipts_topic)?;
+                ctx.engine().processor.reset();
+                rewind_to_store(consumer, store, topic)?;
                 set_paused(consumer, false);
                 disk_low = false;
                 deadline = Instant::now() + interval;
@@ -561,21 +632,19 @@ fn consume(
             }
         }
         let started = Instant::now();
-        // While running, the batch in hand is sent and the batch before it stored once
-        // its outputs are delivered; folding goes on meanwhile. Stopping flushes both.
         // One transaction per batch: the batch in hand is published, its transaction
         // committed with its offsets, then it is stored. Not pipelined: a transaction holds
         // one batch, so that its changelog position stands for exactly what it carries.
-        sink.set_group(consumer.group_metadata());
-        let committed = processor.commit(sink);
+        let committed = {
+            let mut engine = ctx.engine();
+            let Engine { processor, sink } = &mut *engine;
+            sink.set_group(consumer.group_metadata());
+            processor.commit(sink)
+        };
         match committed {
             Ok(stats) => {
                 if stats.records > 0 {
-                    let held = status.owned().unwrap_or_default();
-                    let users = store.users_in(|p| held.contains(&p));
-                    telemetry::batch_committed(&stats, started.elapsed(), store, users);
-                    status.committed(&stats.offsets);
-                    store_positions(consumer, &stats.offsets);
+                    report_commit(consumer, store, status, &stats, started.elapsed());
                     // Only a commit that wrote something proves the fault is gone.
                     backoff = Duration::from_millis(100);
                 }
@@ -594,15 +663,7 @@ fn consume(
                 );
             }
             Err(e) => {
-                recover(
-                    consumer,
-                    processor,
-                    status,
-                    e,
-                    &mut backoff,
-                    shutdown,
-                    kafka,
-                )?;
+                recover(consumer, store, status, e, &mut backoff, shutdown, topic)?;
                 if stopping {
                     anyhow::bail!("stopping with a batch that could not be committed; it will be replayed on restart");
                 }
@@ -617,16 +678,35 @@ fn consume(
     }
 }
 
+/// A batch was committed: the metrics, the API's freshness and the consumer's lag
+/// figures hear of it.
+fn report_commit(
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    store: &Store,
+    status: &Status,
+    stats: &BatchStats,
+    took: Duration,
+) {
+    if stats.records == 0 {
+        return;
+    }
+    let held = status.owned().unwrap_or_default();
+    let users = store.users_in(|p| held.contains(&p));
+    telemetry::batch_committed(stats, took, store, users);
+    status.committed(&stats.offsets);
+    store_positions(consumer, &stats.offsets);
+}
+
 /// After a failed commit or send (the batches in hand were dropped): reports it, rewinds
 /// to the stored offsets to replay them, and backs off.
 fn recover(
     consumer: &BaseConsumer<StoreSeekingContext>,
-    processor: &mut Processor,
+    store: &Store,
     status: &Status,
     e: CommitError,
     backoff: &mut Duration,
     shutdown: &AtomicBool,
-    kafka: &crate::config::KafkaConfig,
+    topic: &str,
 ) -> anyhow::Result<()> {
     let stage = match e {
         CommitError::Publish(_) => "publish",
@@ -635,7 +715,7 @@ fn recover(
     let e = anyhow::Error::new(e);
     status.commit_failed(format!("{stage}: {e:#}"));
     telemetry::commit_failed(&e, stage, *backoff);
-    rewind_to_store(consumer, processor, &kafka.receipts_topic)?;
+    rewind_to_store(consumer, store, topic)?;
     sleep_unless(shutdown, *backoff);
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
     Ok(())
@@ -789,20 +869,21 @@ fn store_positions(
     let _ = consumer.store_offsets(&tpl);
 }
 
-/// After a revocation (seen by the rebalance callback inside a poll): aborts the open
-/// transaction and drops the batches in hand, before anything else is folded or sent.
+/// After a revocation whose batch could not be committed (seen by the rebalance callback
+/// inside a poll): aborts the open transaction and drops the batches in hand, before
+/// anything else is folded or sent.
 fn drop_if_revoked(
     consumer: &BaseConsumer<StoreSeekingContext>,
-    processor: &mut Processor,
-    sink: &mut super::KafkaSink,
     topic: &str,
 ) -> anyhow::Result<()> {
-    if consumer.context().revoked.swap(false, Ordering::SeqCst) {
-        crate::pipeline::Sink::abort(sink);
-        processor.revoke();
+    let ctx = consumer.context();
+    if ctx.revoked.swap(false, Ordering::SeqCst) {
+        let mut engine = ctx.engine();
+        crate::pipeline::Sink::abort(&mut engine.sink);
+        engine.processor.revoke();
         // The partitions kept (cooperative rebalancing) were read past the store's
         // offsets for the batch just dropped.
-        rewind_to_store(consumer, processor, topic)?;
+        rewind_to_store(consumer, &ctx.store, topic)?;
     }
     Ok(())
 }
@@ -810,7 +891,7 @@ fn drop_if_revoked(
 /// Re-positions every assigned partition at the store's offset.
 fn rewind_to_store(
     consumer: &BaseConsumer<StoreSeekingContext>,
-    processor: &Processor,
+    store: &Store,
     topic: &str,
 ) -> anyhow::Result<()> {
     let assignment = consumer
@@ -818,7 +899,7 @@ fn rewind_to_store(
         .context("failed to read the assignment")?;
     let mut tpl = TopicPartitionList::new();
     for e in assignment.elements() {
-        let stored = processor.store().offset(topic, e.partition())?;
+        let stored = store.offset(topic, e.partition())?;
         tpl.add_partition_offset(
             topic,
             e.partition(),
