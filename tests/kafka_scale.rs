@@ -72,11 +72,14 @@ impl Instance {
         standbys: u32,
     ) -> Instance {
         let dir = tempfile::tempdir().unwrap();
-        let kafka_extra = if static_id {
-            format!("instance_id = \"{name}\"")
+        let mut kafka_extra = if static_id {
+            format!("instance_id = \"{name}\"\n")
         } else {
             String::new()
         };
+        // Measurements only: extra `[kafka]` lines, for example
+        // `client = { "heartbeat.interval.ms" = "300" }`.
+        kafka_extra.push_str(&std::env::var("MALLQUEST_BENCH_KAFKA").unwrap_or_default());
         let (config, store, http) =
             write_config_with(dir.path(), &broker.bootstrap(), &kafka_extra, "", "");
         let text = std::fs::read_to_string(&config)
@@ -216,6 +219,18 @@ fn partitions_move_between_three_instances_and_every_state_moves_with_them_exact
         let (addrs, stop, users) = (Arc::clone(&addrs), Arc::clone(&stop), users.clone());
         std::thread::spawn(move || query_during_moves(&addrs, &users, &stop))
     };
+
+    // Every partition has folded state before the moves begin, so that the instance added
+    // below is given state to restore whichever partitions it gets.
+    let deadline = Instant::now() + moves;
+    while committed(&broker, "mq-test", "receipts", PARTITIONS).contains(&0) {
+        assert!(
+            Instant::now() < deadline,
+            "not folded\n{}",
+            logs(&instances)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // kill -9 one, restarted at once with its store.
     instances[0].run.kill();
@@ -743,6 +758,11 @@ fn query_during_moves(
 
 /// The group's committed offsets for `topic`, summed (what the transactions committed).
 fn committed_total(broker: &Broker, group: &str, topic: &str, partitions: i32) -> i64 {
+    committed(broker, group, topic, partitions).iter().sum()
+}
+
+/// The group's committed offset of each partition of `topic` (0 where none).
+fn committed(broker: &Broker, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
@@ -758,10 +778,10 @@ fn committed_total(broker: &Broker, group: &str, topic: &str, partitions: i32) -
         .map(|c| {
             c.elements()
                 .iter()
-                .filter_map(|e| e.offset().to_raw().filter(|o| *o >= 0))
-                .sum()
+                .map(|e| e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0))
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_else(|_| vec![0; partitions as usize])
 }
 
 fn median_of(v: &mut [f64]) -> f64 {
@@ -856,6 +876,10 @@ fn scale_figures() {
         ("static membership, 1 standby", true, 1),
         ("dynamic membership, 1 standby", false, 1),
     ] {
+        // MALLQUEST_BENCH_FAILOVER=<part of a label> measures only the matching set-ups.
+        if !label.contains(&std::env::var("MALLQUEST_BENCH_FAILOVER").unwrap_or_default()) {
+            continue;
+        }
         let mut kills = Vec::new();
         let mut handoffs = Vec::new();
         for round in 0..env("MALLQUEST_BENCH_ROUNDS", 3) {
@@ -917,6 +941,23 @@ fn scale_figures() {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 let secs = started.elapsed().as_secs_f64();
+                if std::env::var("MALLQUEST_BENCH_TRACE").is_ok() {
+                    let tail = |l: &str| {
+                        l.lines()
+                            .rev()
+                            .take(25)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    };
+                    eprintln!(
+                        "TRACE leaver:\n{}\nTRACE survivor:\n{}",
+                        tail(&pair[0].run.log()),
+                        &pair[1].run.log()[log_before..]
+                    );
+                }
                 let caught_up = restored_records(&pair[1].run.log()[log_before..]);
                 eprintln!(
                     "{label}, {how}: partitions {moved:?} held and served again after {secs:.2} s \

@@ -461,12 +461,15 @@ pub fn run(
         crate::pipeline::Sink::abort(&mut engine.sink);
         engine.processor.reset();
     }
-    // The re-announcements stop before the last announcement says this instance holds
+    // The group is left first, so that the partitions' next owner starts as soon as it
+    // can (a planned handoff); the standby thread is only told to stop meanwhile, and
+    // its re-announcements end before the last announcement says this instance holds
     // nothing.
     tail_stop.store(true, Ordering::Relaxed);
-    let _ = warm.join();
-    consumer.context().announcer.announce(&[]);
+    let announcer = Arc::clone(&consumer.context().announcer);
     close_within(consumer, CLOSE_TIMEOUT);
+    let _ = warm.join();
+    announcer.announce(&[]);
     let _ = tail.join();
     result
 }

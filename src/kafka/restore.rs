@@ -64,6 +64,10 @@ pub(super) fn catch_up(
         &[
             ("isolation.level", "read_committed"),
             ("enable.partition.eof", "true"),
+            // A partition read to its end answers at once, not after the broker's wait
+            // for more data (500 ms by default): a caught-up partition's last offset is a
+            // transaction marker, so even a standby that is fully warm reads to an end.
+            ("fetch.wait.max.ms", "10"),
             ("auto.offset.reset", "earliest"),
             ("enable.auto.commit", "false"),
             ("group.id", "mallquest-restore"),

@@ -243,7 +243,8 @@ fn tail(s: &str, lines: usize) -> String {
 }
 
 /// Properties every test node shares: small internal topics (the first group join is
-/// faster), no initial rebalance delay, and log cleaning often enough to see compaction.
+/// faster), no initial rebalance delay, log cleaning often enough to see compaction, and a
+/// session minimum below the 6 s default (only the failover measurement sets a shorter one).
 fn common_properties(replication: u32, min_isr: u32) -> String {
     format!(
         "controller.listener.names=CONTROLLER\n\
@@ -259,6 +260,7 @@ fn common_properties(replication: u32, min_isr: u32) -> String {
          default.replication.factor={replication}\n\
          min.insync.replicas={min_isr}\n\
          group.initial.rebalance.delay.ms=0\n\
+         group.min.session.timeout.ms=1000\n\
          num.partitions=1\n\
          auto.create.topics.enable=true\n\
          log.cleaner.backoff.ms=1000\n\
