@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# Benchmark: query latency of GET /v1/users/{id} under wrk (not our load generator) over a
-# store of ~1,000,000 users, at 1,000 connections, while `run` ingests from Apache Kafka
-# (one KRaft node, scripts/kafka-broker.sh).
-# Usage: scripts/bench-api.sh [DEMO_RECEIPTS] [USERS] [CONNECTIONS] [SECONDS]
+# Benchmark: GET /v1/users/{id} over a store of ~1,000,000 users while `run` ingests from
+# Apache Kafka (one KRaft node, scripts/kafka-broker.sh), with load generators that are not
+# ours: wrk and oha closed-loop at CONNECTIONS (default 256), then oha open-loop at RATE
+# requests/s offered over 1,000 connections (default 20,000; latency corrected for
+# coordinated omission). Installs wrk (apt) and oha (cargo install, kept in ~/.cargo/bin)
+# when missing.
+# Usage: scripts/bench-api.sh [DEMO_RECEIPTS] [USERS] [CONNECTIONS] [SECONDS] [RATE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECEIPTS="${1:-4000000}"
 USERS="${2:-1300000}"
-CONNS="${3:-1000}"
+CONNS="${3:-256}"
 SECS="${4:-30}"
-command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
+RATE="${5:-20000}"
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if ! command -v wrk >/dev/null; then
+  echo "installing wrk (apt)..."
+  $SUDO apt-get install -y -qq wrk >/dev/null 2>&1 || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null; }
+fi
+OHA="$(command -v oha || echo "$HOME/.cargo/bin/oha")"
+if [ ! -x "$OHA" ]; then
+  echo "installing oha (cargo install oha --locked)..."
+  cargo install oha --locked -q
+fi
 . scripts/kafka-broker.sh
 cargo build --release --locked -q
 BIN="$PWD/target/release/mallquest"
@@ -58,7 +71,13 @@ request = function()
   return wrk.format("GET", string.format("/v1/users/u-%08d", math.random(0, $USERS - 1)))
 end
 LUA
-echo "== wrk -t2 -c$CONNS -d${SECS}s while run ingests ~2,000 receipts/s"
+echo "== closed loop: wrk -t2 -c$CONNS -d${SECS}s while run ingests ~2,000 receipts/s"
 wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -s "$WORK/users.lua" "http://127.0.0.1:$HTTP"
+# Ids uniform over u-00000000 to u-00999999, all in the simulated id space.
+URL="http://127.0.0.1:$HTTP/v1/users/u-00[0-9]{6}"
+echo "== closed loop: oha -c $CONNS -z ${SECS}s"
+"$OHA" --no-tui -c "$CONNS" -z "${SECS}s" --rand-regex-url "$URL"
+echo "== open loop: oha -q $RATE -c 1000 -z ${SECS}s --latency-correction"
+"$OHA" --no-tui -q "$RATE" -c 1000 -z "${SECS}s" --latency-correction --rand-regex-url "$URL"
 echo "== ingest during the run (mallquest_receipts_total):"
 curl -fs "http://127.0.0.1:$HTTP/metrics" | grep -E '^mallquest_receipts_total|^mallquest_users ' || true

@@ -126,6 +126,12 @@ pub(super) fn catch_up(
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_read = Instant::now();
     let mut last_log = Instant::now();
+    // First-restored partitions read to their end, users written: indexed after the
+    // loop, all together, then their positions written.
+    let mut to_index: Vec<i32> = Vec::new();
+    // Records read but not yet counted in the metrics (counted in thousands: a metric
+    // update per record costs more than its decoding).
+    let mut uncounted = 0u64;
     // Writes what is in hand; the users of partitions still fresh go in unindexed.
     let flush = |set: &mut WriteSet, fresh: &BTreeSet<i32>| {
         let mut set = std::mem::take(set);
@@ -155,21 +161,14 @@ pub(super) fn catch_up(
                     // it again.
                     flush(&mut set, &fresh)?;
                     fresh.remove(&p);
-                    store.index_partition(p, CHUNK)?;
+                    to_index.push(p);
+                } else {
+                    position(&mut set, p, &mut metas, &mut next);
+                    flush(&mut set, &fresh)?;
                 }
-                if let Some(m) = metas.remove(&p) {
-                    set.offsets.insert((m.topic.clone(), p), m.next_offset);
-                    if let Some(mark) = m.mark {
-                        set.marks.insert(p, mark);
-                    }
-                }
-                if let Some(n) = next.remove(&p) {
-                    set.changelog.insert(p, n);
-                }
-                flush(&mut set, &fresh)?;
                 in_set = 0;
                 if restore {
-                    telemetry::restoring_partitions(left.len());
+                    telemetry::restoring_partitions(left.len() + to_index.len());
                 }
             }
             Some(Err(e)) => {
@@ -193,10 +192,9 @@ pub(super) fn catch_up(
                 next.insert(p, m.offset() + 1);
                 done.records += 1;
                 in_set += 1;
-                if restore {
-                    telemetry::restore_records(1);
-                } else {
-                    telemetry::standby_records(1);
+                uncounted += 1;
+                if uncounted >= 1_000 {
+                    count(restore, std::mem::take(&mut uncounted));
                 }
                 if in_set >= CHUNK {
                     // Users and ledger entries only: the position waits for the end.
@@ -215,6 +213,16 @@ pub(super) fn catch_up(
             }
         }
     }
+    count(restore, uncounted);
+    if !to_index.is_empty() {
+        // Their users are all written; their indexes are built side by side (each
+        // partition's keys are its own), then their positions are written.
+        index_partitions(store, &to_index)?;
+        for &p in &to_index {
+            position(&mut set, p, &mut metas, &mut next);
+        }
+        flush(&mut set, &fresh)?;
+    }
     let secs = started.elapsed().as_secs_f64();
     if !restore {
         tracing::debug!(message = "Standby partitions caught up.", partitions = ?done.partitions, records = done.records);
@@ -230,6 +238,68 @@ pub(super) fn catch_up(
         records_per_s = (done.records as f64 / secs.max(1e-6)) as u64
     );
     Ok(done)
+}
+
+/// Counts `n` changelog records read, as a restore or as a standby's.
+fn count(restore: bool, n: u64) {
+    if restore {
+        telemetry::restore_records(n);
+    } else {
+        telemetry::standby_records(n);
+    }
+}
+
+/// Adds to `set` partition `p`'s position (receipt offset and mark) and changelog offset,
+/// as read: written with everything before it.
+fn position(
+    set: &mut WriteSet,
+    p: i32,
+    metas: &mut BTreeMap<i32, Meta>,
+    next: &mut BTreeMap<i32, i64>,
+) {
+    if let Some(m) = metas.remove(&p) {
+        set.offsets.insert((m.topic.clone(), p), m.next_offset);
+        if let Some(mark) = m.mark {
+            set.marks.insert(p, mark);
+        }
+    }
+    if let Some(n) = next.remove(&p) {
+        set.changelog.insert(p, n);
+    }
+}
+
+/// Builds the leaderboard indexes and user counts of `partitions` from their users, on
+/// as many threads as there are cores: a first restore's longest step.
+fn index_partitions(store: &Store, partitions: &[i32]) -> anyhow::Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(partitions.len());
+    let queue = std::sync::Mutex::new(partitions.iter().copied());
+    let take = || {
+        queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .next()
+    };
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    while let Some(p) = take() {
+                        store
+                            .index_partition(p, CHUNK)
+                            .with_context(|| format!("indexing restored partition {p}"))?;
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("indexing restored partitions panicked"))??;
+        }
+        Ok(())
+    })
 }
 
 /// Adds one changelog record of partition `p` to `set`; a position is returned, for the
