@@ -49,7 +49,8 @@ trap cleanup EXIT
 kafka_coordinators_ready
 # A topic name of its own: a kept store holds offsets of earlier runs' topics.
 TOPIC="bench-$(date +%s)"
-kafka_topic_create "$TOPIC" 3
+# As many partitions as the demo that filled the store spread its users over (4).
+kafka_topic_create "$TOPIC" 4
 cat >"$WORK/mq.toml" <<TOML
 [kafka]
 brokers = "$KAFKA_BOOTSTRAP"
@@ -74,7 +75,7 @@ LUA
 echo "== closed loop: wrk -t2 -c$CONNS -d${SECS}s while run ingests ~2,000 receipts/s"
 wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -s "$WORK/users.lua" "http://127.0.0.1:$HTTP"
 # Ids uniform over u-00000000 to u-00999999, all in the simulated id space.
-URL="http://127.0.0.1:$HTTP/v1/users/u-00[0-9]{6}"
+URL="http://127[.]0[.]0[.]1:$HTTP/v1/users/u-00[0-9]{6}"  # a regex: the dots in brackets
 echo "== closed loop: oha -c $CONNS -z ${SECS}s"
 "$OHA" --no-tui -c "$CONNS" -z "${SECS}s" --rand-regex-url "$URL"
 echo "== open loop: oha -q $RATE -c 1000 -z ${SECS}s --latency-correction"
