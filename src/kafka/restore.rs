@@ -126,9 +126,6 @@ pub(super) fn catch_up(
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_read = Instant::now();
     let mut last_log = Instant::now();
-    // First-restored partitions read to their end, users written: indexed after the
-    // loop, all together, then their positions written.
-    let mut to_index: Vec<i32> = Vec::new();
     // Records read but not yet counted in the metrics (counted in thousands: a metric
     // update per record costs more than its decoding).
     let mut uncounted = 0u64;
@@ -161,14 +158,13 @@ pub(super) fn catch_up(
                     // it again.
                     flush(&mut set, &fresh)?;
                     fresh.remove(&p);
-                    to_index.push(p);
-                } else {
-                    position(&mut set, p, &mut metas, &mut next);
-                    flush(&mut set, &fresh)?;
+                    store.index_partition(p, CHUNK)?;
                 }
+                position(&mut set, p, &mut metas, &mut next);
+                flush(&mut set, &fresh)?;
                 in_set = 0;
                 if restore {
-                    telemetry::restoring_partitions(left.len() + to_index.len());
+                    telemetry::restoring_partitions(left.len());
                 }
             }
             Some(Err(e)) => {
@@ -214,15 +210,6 @@ pub(super) fn catch_up(
         }
     }
     count(restore, uncounted);
-    if !to_index.is_empty() {
-        // Their users are all written; their indexes are built side by side (each
-        // partition's keys are its own), then their positions are written.
-        index_partitions(store, &to_index)?;
-        for &p in &to_index {
-            position(&mut set, p, &mut metas, &mut next);
-        }
-        flush(&mut set, &fresh)?;
-    }
     let secs = started.elapsed().as_secs_f64();
     if !restore {
         tracing::debug!(message = "Standby partitions caught up.", partitions = ?done.partitions, records = done.records);
@@ -266,40 +253,6 @@ fn position(
     if let Some(n) = next.remove(&p) {
         set.changelog.insert(p, n);
     }
-}
-
-/// Builds the leaderboard indexes and user counts of `partitions` from their users, on
-/// as many threads as there are cores: a first restore's longest step.
-fn index_partitions(store: &Store, partitions: &[i32]) -> anyhow::Result<()> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZero::get)
-        .min(partitions.len());
-    let queue = std::sync::Mutex::new(partitions.iter().copied());
-    let take = || {
-        queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .next()
-    };
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    while let Some(p) = take() {
-                        store
-                            .index_partition(p, CHUNK)
-                            .with_context(|| format!("indexing restored partition {p}"))?;
-                    }
-                    anyhow::Ok(())
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join()
-                .map_err(|_| anyhow::anyhow!("indexing restored partitions panicked"))??;
-        }
-        Ok(())
-    })
 }
 
 /// Adds one changelog record of partition `p` to `set`; a position is returned, for the
