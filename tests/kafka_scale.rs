@@ -148,6 +148,20 @@ fn wait_all_owned(instances: &mut [Instance], within: Duration) {
     }
 }
 
+/// Waits until the two instances of `pair` hold every partition between them and each
+/// holds some (not one holding all before the other joined).
+fn wait_both_hold(pair: &mut [Instance], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        wait_all_owned(pair, within);
+        if !pair[0].owned().is_empty() && !pair[1].owned().is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}", logs(pair));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn logs(instances: &[Instance]) -> String {
     instances
         .iter()
@@ -567,15 +581,7 @@ fn a_revocation_commits_the_batch_in_hand_so_the_next_owner_resumes_after_it() {
     );
 
     pair.push(Instance::start(&broker, "rv-b", "mq-test", false, 60_000));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        wait_all_owned(&mut pair, Duration::from_secs(120));
-        if !pair[0].owned().is_empty() && !pair[1].owned().is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", logs(&pair));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_both_hold(&mut pair, Duration::from_secs(120));
     // The first instance committed everything in hand before it gave partitions up.
     assert_eq!(
         committed_total(&broker, "mq-test", "receipts", PARTITIONS),
@@ -641,15 +647,7 @@ fn a_standby_keeps_partitions_warm_so_a_failover_catches_up_only_the_last_record
         Instance::with_standbys(&broker, "sb-a", 1),
         Instance::with_standbys(&broker, "sb-b", 1),
     ];
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        wait_all_owned(&mut pair, Duration::from_secs(120));
-        if !pair[0].owned().is_empty() && !pair[1].owned().is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", logs(&pair));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_both_hold(&mut pair, Duration::from_secs(120));
     let moved = pair[0].owned();
     // The survivor keeps the other's partitions warm, and has copied records of them.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -892,15 +890,7 @@ fn scale_figures() {
                     make(&format!("{group}-{i}-b")),
                 ];
                 // Both members hold partitions (not one holding all before the other joined).
-                let deadline = Instant::now() + Duration::from_secs(600);
-                loop {
-                    wait_all_owned(&mut pair, Duration::from_secs(600));
-                    if !pair[0].owned().is_empty() && !pair[1].owned().is_empty() {
-                        break;
-                    }
-                    assert!(Instant::now() < deadline);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                wait_both_hold(&mut pair, Duration::from_secs(600));
                 let moved = pair[0].owned();
                 // The whole topic folded first: the moved partitions carry all their state.
                 let deadline = Instant::now() + Duration::from_secs(1200);
@@ -941,23 +931,6 @@ fn scale_figures() {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 let secs = started.elapsed().as_secs_f64();
-                if std::env::var("MALLQUEST_BENCH_TRACE").is_ok() {
-                    let tail = |l: &str| {
-                        l.lines()
-                            .rev()
-                            .take(25)
-                            .collect::<Vec<_>>()
-                            .into_iter()
-                            .rev()
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    };
-                    eprintln!(
-                        "TRACE leaver:\n{}\nTRACE survivor:\n{}",
-                        tail(&pair[0].run.log()),
-                        &pair[1].run.log()[log_before..]
-                    );
-                }
                 let caught_up = restored_records(&pair[1].run.log()[log_before..]);
                 eprintln!(
                     "{label}, {how}: partitions {moved:?} held and served again after {secs:.2} s \
