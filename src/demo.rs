@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
 use crate::domain::{Period, Reject};
+use crate::partitioner::Partitioner;
 use crate::pipeline::{BatchStats, MemorySink, Processor, Record};
 use crate::sim::{Mix, SimEvent, Simulator};
 use crate::store::{Board, Store};
@@ -225,7 +226,7 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
     let mut folded = 0u64;
     for chunk in chunks {
         for e in chunk {
-            let p = partition_of(&e.key, partitions);
+            let p = Partitioner::Fnv64.partition(e.key.as_bytes(), partitions);
             let offset = next_offset[p as usize];
             next_offset[p as usize] += 1;
             processor.process(Record {
@@ -312,17 +313,6 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
         store,
         temp,
     })
-}
-
-/// The partition a key goes to: stable across runs.
-fn partition_of(key: &str, partitions: i32) -> i32 {
-    // FNV-1a: deterministic, unlike the std hasher's random seed.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % partitions as u64) as i32
 }
 
 impl DemoSummary {

@@ -11,6 +11,7 @@
 //! - [`store`]: the embedded store (fjall); the only module that names the engine.
 //! - [`kafka`]: the consumer loop of `run`, the producer sink, topic set-up.
 //! - [`pipeline`]: decode -> fold -> publish -> store, one batch at a time.
+//! - [`partitioner`]: the producers' partitioners, to guess a user's partition.
 //! - [`sim`]: the seeded POS simulator.
 //! - [`simulate`]: `mallquest simulate`, the simulator publishing to Kafka.
 //! - [`demo`]: `mallquest demo`, the pipeline fed in-process.
@@ -28,6 +29,7 @@ pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod kafka;
+pub mod partitioner;
 pub mod pipeline;
 pub mod shutdown;
 pub mod sim;

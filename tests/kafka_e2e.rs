@@ -730,3 +730,94 @@ fn stored_bytes(path: &std::path::Path) -> Vec<Vec<u8>> {
     assert!(out.len() > 2000, "{} records", out.len());
     out
 }
+
+/// The partitioners `Store::locate_user` guesses with are the producers' own: keys sent by
+/// librdkafka's default partitioner (CRC-32), its Java-compatible murmur2 and Apache
+/// Kafka's Java producer (`ConsoleProducer`, the client's default partitioner) land where
+/// `mallquest::partitioner` says.
+#[test]
+fn keys_land_where_the_partitioner_guesses_say_for_librdkafka_and_the_java_producer() {
+    use mallquest::partitioner::Partitioner;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    const N: i32 = 7;
+    let broker = Broker::start();
+    let keys: Vec<String> = (0..300).map(|i| format!("u-{:08}", i * 7919)).collect();
+    let check = |topic: &str, partitioner: Partitioner| {
+        let read = broker.read_all(topic);
+        assert_eq!(read.len(), keys.len(), "{topic}");
+        let mut used = std::collections::BTreeSet::new();
+        for r in read {
+            let key = r.key.unwrap();
+            used.insert(r.partition);
+            assert_eq!(
+                r.partition,
+                partitioner.partition(&key, N),
+                "{topic}: key {}",
+                String::from_utf8_lossy(&key)
+            );
+        }
+        assert_eq!(used.len(), N as usize, "{topic}: every partition used");
+    };
+
+    for (topic, setting) in [
+        ("by-librdkafka-default", None),
+        ("by-librdkafka-murmur2", Some("murmur2_random")),
+    ] {
+        broker.create_topic(topic, N, false);
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", broker.bootstrap());
+        if let Some(p) = setting {
+            config.set("partitioner", p);
+        }
+        let producer: BaseProducer = config.create().unwrap();
+        for k in &keys {
+            producer
+                .send(BaseRecord::to(topic).key(k.as_bytes()).payload("{}"))
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    }
+    check("by-librdkafka-default", Partitioner::Crc32);
+    check("by-librdkafka-murmur2", Partitioner::Murmur2);
+
+    let topic = "by-java-producer";
+    broker.create_topic(topic, N, false);
+    let home = support::broker::kafka_home();
+    let mut java = Command::new("java")
+        .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"])
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            home.join("log4j2.properties").display()
+        ))
+        .arg("-cp")
+        .arg(format!("{}/libs/*", home.display()))
+        .args([
+            "org.apache.kafka.tools.ConsoleProducer",
+            "--bootstrap-server",
+        ])
+        .arg(broker.bootstrap())
+        .args(["--topic", topic, "--property", "parse.key=true"])
+        .args(["--property", "key.separator=,"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("java (Java 17) must be installed");
+    {
+        let mut stdin = java.stdin.take().unwrap();
+        for k in &keys {
+            writeln!(stdin, "{k},{{}}").unwrap();
+        }
+    }
+    let out = java.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "ConsoleProducer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(topic, Partitioner::Murmur2);
+}

@@ -231,6 +231,8 @@ pub struct Store {
     /// Partitions with state, cached: user look-ups by id try each, and must not scan
     /// the offsets keyspace on every request.
     partitions: std::sync::RwLock<Vec<i32>>,
+    /// Which partitioner placed the users, learned by [`Store::locate_user`].
+    placement: crate::partitioner::Learned,
     /// Users per partition, exact (the `counts` keyspace, cached).
     counts: Keyspace,
     user_counts: RwLock<HashMap<i32, u64>>,
@@ -482,6 +484,7 @@ impl Store {
             due,
             expiry,
             partitions: std::sync::RwLock::default(),
+            placement: crate::partitioner::Learned::default(),
             counts,
             user_counts: RwLock::default(),
             meta,
@@ -554,10 +557,25 @@ impl Store {
         Ok(self.locate_user(user_id)?.map(|(_, u)| u))
     }
 
-    /// A user's state with the partition that holds it.
+    /// A user's state with the partition that holds it. Users are keyed partition first,
+    /// so the partitions the producers' partitioners would pick for the user id are read
+    /// first (one read when the guess is right, as it is once the store has learned which
+    /// partitioner placed its users), then the others.
     pub fn locate_user(&self, user_id: &str) -> Result<Option<(i32, UserState)>, StoreError> {
-        for partition in self.partitions()? {
+        let held = self.partitions()?;
+        let Some(&last) = held.last() else {
+            return Ok(None);
+        };
+        // The partition count as far as this store knows it: a wrong count only makes the
+        // guesses miss.
+        let count = last.saturating_add(1);
+        let key = user_id.as_bytes();
+        let guesses = self.placement.guesses(key, count);
+        let first = guesses.iter().filter(|p| held.binary_search(p).is_ok());
+        let rest = held.iter().filter(|p| !guesses.contains(p));
+        for &partition in first.chain(rest) {
             if let Some(u) = self.user(partition, user_id)? {
+                self.placement.found(key, count, partition);
                 return Ok(Some((partition, u)));
             }
         }
@@ -1158,6 +1176,53 @@ mod tests {
         assert_eq!(store.offset("receipts", 4).unwrap(), None);
         assert_eq!(store.partitions().unwrap(), vec![3]);
         assert_eq!(store.users().count(), 1);
+    }
+
+    #[test]
+    fn users_are_looked_for_first_where_the_producers_partitioner_put_them() {
+        use crate::partitioner::Partitioner;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let n = 6;
+        let mut set = WriteSet::default();
+        let placed = |id: &str| Partitioner::Murmur2.partition(id.as_bytes(), n);
+        for i in 0..100 {
+            let id = format!("u-{i}");
+            set.users.insert((placed(&id), id.clone()), user(&id, i, 0));
+        }
+        for p in 0..n {
+            set.offsets.insert(("t".into(), p), 1);
+        }
+        // One user in a partition none of the partitioners picks.
+        let odd = (0..)
+            .map(|i| format!("odd-{i}"))
+            .find(|id| {
+                Partitioner::ALL
+                    .iter()
+                    .all(|k| k.partition(id.as_bytes(), n) != 5)
+            })
+            .unwrap();
+        set.users.insert((5, odd.clone()), user(&odd, 7, 0));
+        // And one user in two partitions: an older copy where murmur2 would not put it.
+        let twice = (100..)
+            .map(|i| format!("u-{i}"))
+            .find(|id| placed(id) != 0)
+            .unwrap();
+        set.users.insert((0, twice.clone()), user(&twice, 1, 0));
+        set.users
+            .insert((placed(&twice), twice.clone()), user(&twice, 2, 0));
+        store.commit(&set).unwrap();
+
+        for i in 0..100 {
+            let id = format!("u-{i}");
+            let (p, u) = store.locate_user(&id).unwrap().unwrap();
+            assert_eq!((p, u.xp), (placed(&id), i), "{id}");
+        }
+        assert_eq!(store.locate_user(&odd).unwrap().unwrap().0, 5);
+        assert!(store.locate_user("nobody").unwrap().is_none());
+        // Learned murmur2 from the hundred above, so its partition is read first.
+        let (p, u) = store.locate_user(&twice).unwrap().unwrap();
+        assert_eq!((p, u.xp), (placed(&twice), 2));
     }
 
     /// The top 10 of a board, by id.
