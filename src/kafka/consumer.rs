@@ -209,17 +209,11 @@ impl StoreSeekingContext {
             }
             Err(CommitError::Store(e)) => {
                 self.status.commit_failed(e.to_string());
-                self.set_fatal(format!(
-                    "the store at {} cannot be written any more: {e}: {}",
-                    self.store.path().display(),
-                    StoreError::Poisoned
-                ));
+                self.set_fatal(unwritable(&self.store, &e));
                 None
             }
             Err(e) => {
-                let e = anyhow::Error::new(e);
-                self.status.commit_failed(format!("publish: {e:#}"));
-                telemetry::commit_failed(&e, "publish", Duration::ZERO);
+                report_failure(&self.status, e, Duration::ZERO);
                 None
             }
         }
@@ -659,11 +653,7 @@ fn consume(
             // changelog) a state built on a batch the store may not have.
             Err(CommitError::Store(e)) => {
                 status.commit_failed(e.to_string());
-                anyhow::bail!(
-                    "the store at {} cannot be written any more: {e}: {}",
-                    store.path().display(),
-                    StoreError::Poisoned
-                );
+                anyhow::bail!(unwritable(store, &e));
             }
             Err(e) => {
                 recover(consumer, store, status, e, &mut backoff, shutdown, topic)?;
@@ -700,6 +690,26 @@ fn report_commit(
     store_positions(consumer, &stats.offsets);
 }
 
+/// Why the loop ends after a failed store write.
+fn unwritable(store: &Store, e: &StoreError) -> String {
+    format!(
+        "the store at {} cannot be written any more: {e}: {}",
+        store.path().display(),
+        StoreError::Poisoned
+    )
+}
+
+/// A failed commit or send: the API's readiness, the metrics and the log hear of it.
+fn report_failure(status: &Status, e: CommitError, backoff: Duration) {
+    let stage = match e {
+        CommitError::Publish(_) => "publish",
+        CommitError::Store(_) => "store",
+    };
+    let e = anyhow::Error::new(e);
+    status.commit_failed(format!("{stage}: {e:#}"));
+    telemetry::commit_failed(&e, stage, backoff);
+}
+
 /// After a failed commit or send (the batches in hand were dropped): reports it, rewinds
 /// to the stored offsets to replay them, and backs off.
 fn recover(
@@ -711,13 +721,7 @@ fn recover(
     shutdown: &AtomicBool,
     topic: &str,
 ) -> anyhow::Result<()> {
-    let stage = match e {
-        CommitError::Publish(_) => "publish",
-        CommitError::Store(_) => "store",
-    };
-    let e = anyhow::Error::new(e);
-    status.commit_failed(format!("{stage}: {e:#}"));
-    telemetry::commit_failed(&e, stage, *backoff);
+    report_failure(status, e, *backoff);
     rewind_to_store(consumer, store, topic)?;
     sleep_unless(shutdown, *backoff);
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
