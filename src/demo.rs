@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::Config;
 use crate::domain::{Period, Reject};
 use crate::partitioner::Partitioner;
-use crate::pipeline::{BatchStats, MemorySink, Processor, Record};
+use crate::pipeline::{BatchStats, Cadence, MemorySink, Processor, Record};
 use crate::sim::{Mix, SimEvent, Simulator};
 use crate::store::{Board, Store};
 
@@ -217,11 +217,10 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
         ProgressStyle::with_template("{bar:40} {pos}/{len} receipts {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let interval = Duration::from_millis(config.processing.commit_interval_ms);
     let cpu_before = process_cpu();
     let started = Instant::now();
     let (chunks, simulator) = spawn_simulator(sim, opts.receipts)?;
-    let mut last_commit = Instant::now();
+    let mut cadence = Cadence::new(Duration::from_millis(config.processing.commit_interval_ms));
     let mut total = BatchStats::default();
     let mut folded = 0u64;
     for chunk in chunks {
@@ -238,9 +237,9 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
                 timestamp_ms: None,
             })?;
             folded += 1;
-            if processor.pending_records() >= 50_000 || last_commit.elapsed() >= interval {
+            if cadence.commit_due(processor.pending_records()) {
                 total.add(&processor.commit(&mut sink)?);
-                last_commit = Instant::now();
+                cadence.committed();
                 bar.set_position(folded);
             }
         }

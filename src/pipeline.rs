@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::changelog;
 use crate::codec;
@@ -34,6 +35,67 @@ pub struct Record<'a> {
     /// with the record, so a replay sees the same: it bounds how far one receipt can move
     /// its partition's event-time mark.
     pub timestamp_ms: Option<i64>,
+}
+
+/// Most records folded into one batch, whatever the commit interval.
+pub const MAX_BATCH_RECORDS: u64 = 50_000;
+
+/// When the batch in hand is committed and when its outputs are sent early: the one policy
+/// that `run` and `demo` share. A batch is committed once the commit interval is over or it
+/// holds [`MAX_BATCH_RECORDS`]; between commits, outputs are sent when the source has
+/// nothing more in hand, at most every quarter interval (each send is a produce request).
+#[derive(Debug, Clone)]
+pub struct Cadence {
+    interval: Duration,
+    send_every: Duration,
+    deadline: Instant,
+    last_send: Instant,
+}
+
+impl Cadence {
+    /// A cadence committing every `interval`, starting now.
+    pub fn new(interval: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            interval,
+            send_every: interval / 4,
+            deadline: now + interval,
+            last_send: now,
+        }
+    }
+
+    /// Whether the batch in hand, of `pending` records, is to be committed now.
+    pub fn commit_due(&self, pending: u64) -> bool {
+        pending >= MAX_BATCH_RECORDS || Instant::now() >= self.deadline
+    }
+
+    /// Whether outputs in hand may be sent early now.
+    pub fn send_due(&self) -> bool {
+        Instant::now() >= self.last_send + self.send_every
+    }
+
+    /// How long the source may wait for its next record: until the commit is due, or the
+    /// next early send if outputs are `unsent`; at most `bound`.
+    pub fn wait(&self, unsent: bool, bound: Duration) -> Duration {
+        let until = if unsent {
+            self.deadline.min(self.last_send + self.send_every)
+        } else {
+            self.deadline
+        };
+        until.saturating_duration_since(Instant::now()).min(bound)
+    }
+
+    /// Outputs were sent early.
+    pub fn sent(&mut self) {
+        self.last_send = Instant::now();
+    }
+
+    /// A batch was committed (or given up): the next interval starts now.
+    pub fn committed(&mut self) {
+        let now = Instant::now();
+        self.deadline = now + self.interval;
+        self.last_send = now;
+    }
 }
 
 /// A rejected record, kept whole for the dead-letter topic.
@@ -857,5 +919,29 @@ impl Sink for MemorySink {
         self.dead_letters
             .extend(outputs.dead_letters.iter().cloned());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_committed_when_full_or_when_its_interval_is_over() {
+        let hour = Cadence::new(Duration::from_secs(3600));
+        assert!(!hour.commit_due(0));
+        assert!(!hour.commit_due(MAX_BATCH_RECORDS - 1));
+        assert!(hour.commit_due(MAX_BATCH_RECORDS));
+        assert!(!hour.send_due(), "early sends wait a quarter interval");
+        let bound = Duration::from_millis(100);
+        assert_eq!(hour.wait(false, bound), bound);
+        assert_eq!(hour.wait(true, bound), bound);
+
+        let mut now = Cadence::new(Duration::ZERO);
+        assert!(now.commit_due(0));
+        assert!(now.send_due());
+        assert_eq!(now.wait(true, bound), Duration::ZERO);
+        now.committed();
+        assert!(now.commit_due(0), "a zero interval is always over");
     }
 }

@@ -25,7 +25,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::{Assignment, Config};
-use crate::pipeline::{BatchStats, CommitError, Positions, Processor, Record};
+use crate::pipeline::{BatchStats, Cadence, CommitError, Positions, Processor, Record};
 use crate::status::Status;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -333,9 +333,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// be seen, whatever the commit interval.
 const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
 
-/// Most records folded into one batch, whatever the commit interval.
-const MAX_BATCH_RECORDS: u64 = 50_000;
-
 /// How `run` treats a store with no state for the receipts topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -519,12 +516,7 @@ fn consume(
     let kafka = &config.kafka;
     let topic = &kafka.receipts_topic;
     let ctx = consumer.context();
-    let interval = Duration::from_millis(config.processing.commit_interval_ms);
-    let mut deadline = Instant::now() + interval;
-    // Early sends are at least this far apart: each is a produce request, and a broker
-    // that pays per request (Tansu) falls behind sooner the more of them it gets.
-    let send_every = interval / 4;
-    let mut last_send = Instant::now();
+    let mut cadence = Cadence::new(Duration::from_millis(config.processing.commit_interval_ms));
     let mut backoff = Duration::from_millis(100);
     let min_free = config.store.min_free_mb.saturating_mul(1 << 20);
     // Set while folding is paused for lack of disk space.
@@ -534,40 +526,29 @@ fn consume(
             anyhow::bail!("rebalance failed: {msg}");
         }
         let stopping = shutdown.load(Ordering::Relaxed);
-        let now = Instant::now();
-        if !stopping
-            && now < deadline
-            && ctx.engine().processor.pending_records() < MAX_BATCH_RECORDS
-        {
+        if !stopping && !cadence.commit_due(ctx.engine().processor.pending_records()) {
             // Nothing more in hand: send the batch's outputs now rather than at the
             // commit, so that a projection waits for the broker, not for the interval.
             let mut next = consumer.poll(Duration::ZERO);
             drop_if_revoked(consumer, topic)?;
-            let send_due = last_send + send_every;
             let unsent = {
                 let mut engine = ctx.engine();
                 let Engine { processor, sink } = &mut *engine;
-                if next.is_none() && processor.has_unsent() && Instant::now() >= send_due {
+                if next.is_none() && processor.has_unsent() && cadence.send_due() {
                     if let Err(e) = processor.send_changes(sink) {
                         drop(engine);
                         recover(consumer, store, status, e, &mut backoff, shutdown, topic)?;
-                        deadline = Instant::now() + interval;
+                        cadence.committed();
                         continue;
                     }
-                    last_send = Instant::now();
+                    cadence.sent();
                 }
                 processor.has_unsent()
             };
             if next.is_none() {
-                // Wake for the next early send if there is something to send.
-                let until = if unsent {
-                    deadline.min(send_due)
-                } else {
-                    deadline
-                };
-                // Bounded, so that a stop is seen at once whatever the commit interval.
-                let wait = until.saturating_duration_since(Instant::now());
-                next = consumer.poll(wait.min(MAX_POLL_WAIT));
+                // Wakes for the next early send if there is something to send; bounded, so
+                // that a stop is seen at once whatever the commit interval.
+                next = consumer.poll(cadence.wait(unsent, MAX_POLL_WAIT));
                 drop_if_revoked(consumer, topic)?;
             }
             match next {
@@ -624,7 +605,7 @@ fn consume(
                 rewind_to_store(consumer, store, topic)?;
                 set_paused(consumer, false);
                 disk_low = false;
-                deadline = Instant::now() + interval;
+                cadence.committed();
                 continue;
             }
         }
@@ -666,8 +647,7 @@ fn consume(
             info!(message = "Stopped after committing the batch in hand.");
             return Ok(());
         }
-        deadline = Instant::now() + interval;
-        last_send = Instant::now();
+        cadence.committed();
     }
 }
 
