@@ -129,6 +129,8 @@ pub(super) fn catch_up(
     // Records read but not yet counted in the metrics (counted in thousands: a metric
     // update per record costs more than its decoding).
     let mut uncounted = 0u64;
+    // Time spent indexing first-restored partitions (their leaderboards and counts).
+    let mut indexed = Duration::ZERO;
     // Writes what is in hand; the users of partitions still fresh go in unindexed.
     let flush = |set: &mut WriteSet, fresh: &BTreeSet<i32>| {
         let mut set = std::mem::take(set);
@@ -158,7 +160,9 @@ pub(super) fn catch_up(
                     // it again.
                     flush(&mut set, &fresh)?;
                     fresh.remove(&p);
+                    let indexing = Instant::now();
                     store.index_partition(p, CHUNK)?;
+                    indexed += indexing.elapsed();
                 }
                 position(&mut set, p, &mut metas, &mut next);
                 flush(&mut set, &fresh)?;
@@ -222,6 +226,7 @@ pub(super) fn catch_up(
         partitions = ?done.partitions,
         records = done.records,
         seconds = format!("{secs:.2}"),
+        indexing_seconds = format!("{:.2}", indexed.as_secs_f64()),
         records_per_s = (done.records as f64 / secs.max(1e-6)) as u64
     );
     Ok(done)
