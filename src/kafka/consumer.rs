@@ -518,9 +518,10 @@ fn consume(
     let ctx = consumer.context();
     let mut cadence = Cadence::new(Duration::from_millis(config.processing.commit_interval_ms));
     let mut backoff = Duration::from_millis(100);
-    let min_free = config.store.min_free_mb.saturating_mul(1 << 20);
-    // Set while folding is paused for lack of disk space.
-    let mut disk_low = false;
+    let mut disk = DiskWatch {
+        min_free_mb: config.store.min_free_mb,
+        low: false,
+    };
     loop {
         if let Some(msg) = ctx.fatal.lock().ok().and_then(|mut f| f.take()) {
             anyhow::bail!("rebalance failed: {msg}");
@@ -567,87 +568,143 @@ fn consume(
             }
             continue;
         }
-        if min_free > 0 {
-            let free = store.free_bytes();
-            if free.is_some_and(|f| f < min_free) {
-                if !disk_low {
-                    // Drop the batch in hand before it is published or written; it is
-                    // folded again from the stored offsets when there is space.
-                    let why = format!(
-                        "disk low: {} MiB free at {}, [store] min_free_mb is {}; folding is paused until there is space",
-                        free.unwrap_or(0) >> 20,
-                        store.path().display(),
-                        config.store.min_free_mb
-                    );
-                    ctx.engine().processor.reset();
-                    rewind_to_store(consumer, store, topic)?;
-                    status.commit_failed(why.clone());
-                    telemetry::commit_failed(&anyhow::anyhow!(why), "disk", Duration::from_secs(1));
-                    disk_low = true;
-                }
-                set_paused(consumer, true);
+        match disk.check(consumer, store, status, topic)? {
+            Disk::Fold => {}
+            Disk::Paused => {
                 if stopping {
                     info!(message = "Stopped while paused for disk space; nothing was in hand.");
                     return Ok(());
                 }
                 // Keeps the group session alive; records that arrive are dropped unfolded
-                // and read again after the rewind below.
+                // and read again after the rewind at resumption.
                 let _ = consumer.poll(Duration::from_secs(1));
                 drop_if_revoked(consumer, topic)?;
                 continue;
             }
-            if disk_low {
-                info!(
-                    message = "Disk space is back; resuming from the stored offsets.",
-                    free_mib = free.unwrap_or(0) >> 20
-                );
-                ctx.engine().processor.reset();
-                rewind_to_store(consumer, store, topic)?;
-                set_paused(consumer, false);
-                disk_low = false;
+            Disk::Resumed => {
                 cadence.committed();
                 continue;
             }
         }
-        let started = Instant::now();
-        // One transaction per batch: the batch in hand is published, its transaction
-        // committed with its offsets, then it is stored. Not pipelined: a transaction holds
-        // one batch, so that its changelog position stands for exactly what it carries.
-        let committed = {
-            let mut engine = ctx.engine();
-            let Engine { processor, sink } = &mut *engine;
-            sink.set_group(consumer.group_metadata());
-            processor.commit(sink)
-        };
-        match committed {
-            Ok(stats) => {
-                if stats.records > 0 {
-                    report_commit(consumer, store, status, &stats, started.elapsed());
-                    // Only a commit that wrote something proves the fault is gone.
-                    backoff = Duration::from_millis(100);
-                }
-            }
-            // A failed store write is final: fjall refuses every write after one, and what
-            // it had applied in memory before failing is not known. The batch's transaction
-            // is committed already, so the restart recovers the store from its journal and
-            // catches up from the changelog; folding on here could publish (and keep in the
-            // changelog) a state built on a batch the store may not have.
-            Err(CommitError::Store(e)) => {
-                status.commit_failed(e.to_string());
-                anyhow::bail!(unwritable(store, &e));
-            }
-            Err(e) => {
-                recover(consumer, store, status, e, &mut backoff, shutdown, topic)?;
-                if stopping {
-                    anyhow::bail!("stopping with a batch that could not be committed; it will be replayed on restart");
-                }
-            }
-        }
+        let committed = commit_batch(consumer, store, status, &mut backoff, shutdown, topic)?;
         if stopping {
+            anyhow::ensure!(
+                committed,
+                "stopping with a batch that could not be committed; it will be replayed on restart"
+            );
             info!(message = "Stopped after committing the batch in hand.");
             return Ok(());
         }
         cadence.committed();
+    }
+}
+
+/// Commits the batch in hand: one transaction per batch (published, committed with its
+/// offsets, then stored). Not pipelined: a transaction holds one batch, so that its
+/// changelog position stands for exactly what it carries. Returns whether it was committed;
+/// a failed publish was reported and the consumer rewound to the store, a failed store
+/// write ends the loop.
+fn commit_batch(
+    consumer: &BaseConsumer<StoreSeekingContext>,
+    store: &Store,
+    status: &Status,
+    backoff: &mut Duration,
+    shutdown: &AtomicBool,
+    topic: &str,
+) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let committed = {
+        let mut engine = consumer.context().engine();
+        let Engine { processor, sink } = &mut *engine;
+        sink.set_group(consumer.group_metadata());
+        processor.commit(sink)
+    };
+    match committed {
+        Ok(stats) => {
+            if stats.records > 0 {
+                report_commit(consumer, store, status, &stats, started.elapsed());
+                // Only a commit that wrote something proves the fault is gone.
+                *backoff = Duration::from_millis(100);
+            }
+            Ok(true)
+        }
+        // A failed store write is final: fjall refuses every write after one, and what it
+        // had applied in memory before failing is not known. The batch's transaction is
+        // committed already, so the restart recovers the store from its journal and
+        // catches up from the changelog; folding on here could publish (and keep in the
+        // changelog) a state built on a batch the store may not have.
+        Err(CommitError::Store(e)) => {
+            status.commit_failed(e.to_string());
+            anyhow::bail!(unwritable(store, &e));
+        }
+        Err(e) => {
+            recover(consumer, store, status, e, backoff, shutdown, topic)?;
+            Ok(false)
+        }
+    }
+}
+
+/// What the disk-space check says the loop is to do.
+enum Disk {
+    /// Enough space: fold on.
+    Fold,
+    /// Too little space: folding is paused, nothing is in hand.
+    Paused,
+    /// Space is back: the consumer was rewound to the stored offsets.
+    Resumed,
+}
+
+/// Pauses folding while the store's file system has less than `[store] min_free_mb`
+/// free, so that a full disk never fails a store write half way (0: never pauses).
+struct DiskWatch {
+    min_free_mb: u64,
+    /// Set while folding is paused.
+    low: bool,
+}
+
+impl DiskWatch {
+    fn check(
+        &mut self,
+        consumer: &BaseConsumer<StoreSeekingContext>,
+        store: &Store,
+        status: &Status,
+        topic: &str,
+    ) -> anyhow::Result<Disk> {
+        if self.min_free_mb == 0 {
+            return Ok(Disk::Fold);
+        }
+        let free = store.free_bytes();
+        if free.is_some_and(|f| f < self.min_free_mb.saturating_mul(1 << 20)) {
+            if !self.low {
+                // Drop the batch in hand before it is published or written; it is folded
+                // again from the stored offsets when there is space.
+                let why = format!(
+                    "disk low: {} MiB free at {}, [store] min_free_mb is {}; folding is paused until there is space",
+                    free.unwrap_or(0) >> 20,
+                    store.path().display(),
+                    self.min_free_mb
+                );
+                consumer.context().engine().processor.reset();
+                rewind_to_store(consumer, store, topic)?;
+                status.commit_failed(why.clone());
+                telemetry::commit_failed(&anyhow::anyhow!(why), "disk", Duration::from_secs(1));
+                self.low = true;
+            }
+            set_paused(consumer, true);
+            return Ok(Disk::Paused);
+        }
+        if !self.low {
+            return Ok(Disk::Fold);
+        }
+        info!(
+            message = "Disk space is back; resuming from the stored offsets.",
+            free_mib = free.unwrap_or(0) >> 20
+        );
+        consumer.context().engine().processor.reset();
+        rewind_to_store(consumer, store, topic)?;
+        set_paused(consumer, false);
+        self.low = false;
+        Ok(Disk::Resumed)
     }
 }
 
