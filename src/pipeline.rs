@@ -224,6 +224,26 @@ impl BatchStats {
     }
 
     /// Adds a later batch: its counts, and its offsets over this one's.
+    /// One receipt applied, with its entry and its change of coins.
+    fn applied_one(&mut self, entry: &domain::LedgerEntry, coins_delta: i64) {
+        self.applied += 1;
+        match &entry.kind {
+            domain::ReceiptKind::Purchase => {
+                let granted: i64 = entry.campaign_coins.iter().map(|(_, c)| c).sum();
+                self.campaign_coins += granted.unsigned_abs();
+            }
+            domain::ReceiptKind::Redemption { coins } => {
+                self.coins_redeemed += coins.unsigned_abs();
+            }
+            _ => {}
+        }
+        if coins_delta >= 0 {
+            self.coins_awarded += coins_delta.unsigned_abs();
+        } else {
+            self.coins_reversed += coins_delta.unsigned_abs();
+        }
+    }
+
     pub fn add_batch(&mut self, o: BatchStats) {
         self.add(&o);
         self.offsets.extend(o.offsets);
@@ -448,6 +468,32 @@ impl Processor {
         Ok(true)
     }
 
+    /// A user's newest state outside the batch in hand: the batch in flight's (stored
+    /// first, so the newest), the hot set's, or the store's.
+    fn load(&self, key: &(i32, String)) -> Result<Option<UserState>, StoreError> {
+        if let Some(u) = self.inflight.as_ref().and_then(|f| f.set.users.get(key)) {
+            return Ok(Some(u.clone()));
+        }
+        if let Some(u) = self.hot.as_ref().and_then(|h| h.get(key)) {
+            return Ok(Some(u.clone()));
+        }
+        self.store.user(key.0, &key.1)
+    }
+
+    /// A receipt issued at `issued_secs` was applied in partition `p`: the partition's
+    /// event-time mark moves up to it, but never more than the clock skew allowed past the
+    /// record's Kafka timestamp (a POS clock set far ahead cannot make every later
+    /// receipt `too_old`).
+    fn advance_mark(&mut self, p: i32, issued_secs: i64, timestamp_ms: Option<i64>) {
+        let at = match timestamp_ms {
+            Some(ms) => issued_secs.min(ms.div_euclid(1000).saturating_add(MAX_CLOCK_SKEW_SECS)),
+            None => issued_secs,
+        };
+        if self.mark(p).is_none_or(|m| at > m) {
+            self.pending.marks.insert(p, at);
+        }
+    }
+
     fn fold(&mut self, rec: Record<'_>) -> Result<(), Folded> {
         let receipt = codec::decode_receipt(rec.key, rec.payload, &self.rules)?;
         telemetry::event_age(age_seconds(receipt.issued_at));
@@ -479,18 +525,7 @@ impl Processor {
         let state = match self.pending.users.get_mut(&user_key) {
             Some(s) => s,
             None => {
-                // The batch in flight will be stored first: its state is the newest.
-                let flying = self
-                    .inflight
-                    .as_ref()
-                    .and_then(|f| f.set.users.get(&user_key).cloned());
-                let stored = match flying {
-                    Some(u) => Some(u),
-                    None => match self.hot.as_ref().and_then(|h| h.get(&user_key).cloned()) {
-                        Some(u) => Some(u),
-                        None => self.store.user(p, &receipt.user_id)?,
-                    },
-                };
+                let stored = self.load(&user_key)?;
                 previous = Some(stored.as_ref().map(crate::store::indexed));
                 loaded.insert(stored.unwrap_or_else(|| UserState::new(&receipt.user_id)))
             }
@@ -514,32 +549,8 @@ impl Processor {
                 coins_delta,
                 attributed: _,
             } => {
-                self.stats.applied += 1;
-                match &entry.kind {
-                    domain::ReceiptKind::Purchase => {
-                        let granted: i64 = entry.campaign_coins.iter().map(|(_, c)| c).sum();
-                        self.stats.campaign_coins += granted.unsigned_abs();
-                    }
-                    domain::ReceiptKind::Redemption { coins } => {
-                        self.stats.coins_redeemed += coins.unsigned_abs();
-                    }
-                    _ => {}
-                }
-                if coins_delta >= 0 {
-                    self.stats.coins_awarded += coins_delta.unsigned_abs();
-                } else {
-                    self.stats.coins_reversed += coins_delta.unsigned_abs();
-                }
-                let at = match rec.timestamp_ms {
-                    Some(ms) => receipt
-                        .issued_at
-                        .secs
-                        .min(ms.div_euclid(1000).saturating_add(MAX_CLOCK_SKEW_SECS)),
-                    None => receipt.issued_at.secs,
-                };
-                if self.mark(p).is_none_or(|m| at > m) {
-                    self.pending.marks.insert(p, at);
-                }
+                self.stats.applied_one(&entry, coins_delta);
+                self.advance_mark(p, receipt.issued_at.secs, rec.timestamp_ms);
                 self.unsent.insert(user_key.clone());
                 if let (Some(state), Some(previous)) = (loaded, previous) {
                     self.pending
