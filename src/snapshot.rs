@@ -12,12 +12,67 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{LedgerEntry, UserState};
-use crate::store::{Store, WriteSet};
+use crate::store::{Store, StoreError, WriteSet};
+
+/// Why an export or an import failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Nothing to export.
+    #[error("no store at {}", .0.display())]
+    NoStore(PathBuf),
+    /// An import only creates a store.
+    #[error("the store at {} already exists; import only creates a new store: move it aside first", .0.display())]
+    StoreExists(PathBuf),
+    /// A file could not be created, read, written or moved.
+    #[error("failed to {op} {}", .path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be opened, read or written.
+    #[error("the store at {} failed", .path.display())]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    /// A line that is not a snapshot line.
+    #[error("{} line {line}: not a snapshot line", .path.display())]
+    Line {
+        path: PathBuf,
+        line: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A snapshot of another format version.
+    #[error("snapshot format {0} is not supported (this version reads {FORMAT_VERSION})")]
+    Unsupported(u32),
+    /// Not a snapshot at all.
+    #[error("{} is not a mallquest snapshot (no header line)", .0.display())]
+    NoHeader(PathBuf),
+    /// A snapshot whose lines or counts do not add up: nothing of it is imported.
+    #[error("{}: {problem}; nothing was imported", .path.display())]
+    Malformed { path: PathBuf, problem: String },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.to_owned();
+    move |source| SnapshotError::Io { op, path, source }
+}
+
+fn store_err(path: &Path) -> impl Fn(StoreError) -> SnapshotError {
+    let path = path.to_owned();
+    move |source| SnapshotError::Store {
+        path: path.clone(),
+        source,
+    }
+}
 
 /// The format version written in the header.
 pub const FORMAT_VERSION: u32 = 1;
@@ -78,54 +133,47 @@ fn bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
-fn write_line(out: &mut impl Write, line: &Line) -> anyhow::Result<()> {
+fn write_line(out: &mut impl Write, line: &Line) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, line)?;
-    out.write_all(b"\n")?;
-    Ok(())
+    out.write_all(b"\n")
 }
 
 /// Writes the store at `store_path` to `file`, leaving out ledger entries older than
 /// `dedup_window_days` before their partition's mark. The store must not be in use.
-pub fn export(store_path: &Path, file: &Path, dedup_window_days: u32) -> anyhow::Result<Counts> {
+pub fn export(
+    store_path: &Path,
+    file: &Path,
+    dedup_window_days: u32,
+) -> Result<Counts, SnapshotError> {
     if !store_path.exists() {
-        bail!("no store at {}", store_path.display());
+        return Err(SnapshotError::NoStore(store_path.to_owned()));
     }
-    let store = Store::open(store_path)
-        .with_context(|| format!("failed to open the store at {}", store_path.display()))?;
+    let store = Store::open(store_path).map_err(store_err(store_path))?;
     let tmp = with_suffix(file, ".partial");
-    let mut out = BufWriter::new(
-        File::create(&tmp).with_context(|| format!("failed to create {}", tmp.display()))?,
-    );
+    let mut out = BufWriter::new(File::create(&tmp).map_err(io("create", &tmp))?);
+    let stored = store_err(store_path);
+    let mut write = |line: &Line| write_line(&mut out, line).map_err(io("write", &tmp));
     let mut counts = Counts::default();
-    write_line(
-        &mut out,
-        &Line::Header {
-            mallquest_snapshot: FORMAT_VERSION,
-            dedup_window_days,
-        },
-    )?;
-    for ((topic, partition), next) in store.offsets()? {
-        write_line(
-            &mut out,
-            &Line::Offset {
-                topic,
-                partition,
-                next,
-            },
-        )?;
+    write(&Line::Header {
+        mallquest_snapshot: FORMAT_VERSION,
+        dedup_window_days,
+    })?;
+    for ((topic, partition), next) in store.offsets().map_err(&stored)? {
+        write(&Line::Offset {
+            topic,
+            partition,
+            next,
+        })?;
         counts.offsets += 1;
     }
     let marks = store.marks();
     let mut sorted: Vec<_> = marks.iter().collect();
     sorted.sort();
     for (partition, secs) in sorted {
-        write_line(
-            &mut out,
-            &Line::Mark {
-                partition: *partition,
-                secs: *secs,
-            },
-        )?;
+        write(&Line::Mark {
+            partition: *partition,
+            secs: *secs,
+        })?;
         counts.marks += 1;
     }
     let progress = bar(
@@ -133,8 +181,8 @@ pub fn export(store_path: &Path, file: &Path, dedup_window_days: u32) -> anyhow:
         "export",
     );
     for u in store.users_by_partition() {
-        let (partition, state) = u?;
-        write_line(&mut out, &Line::User { partition, state })?;
+        let (partition, state) = u.map_err(&stored)?;
+        write(&Line::User { partition, state })?;
         counts.users += 1;
         progress.inc(1);
     }
@@ -144,7 +192,7 @@ pub fn export(store_path: &Path, file: &Path, dedup_window_days: u32) -> anyhow:
         .map(|(p, m)| (*p, m.saturating_sub(window)))
         .collect();
     for e in store.ledger_entries() {
-        let (partition, user_id, receipt_id, entry) = e?;
+        let (partition, user_id, receipt_id, entry) = e.map_err(&stored)?;
         progress.inc(1);
         if cutoffs
             .get(&partition)
@@ -152,56 +200,45 @@ pub fn export(store_path: &Path, file: &Path, dedup_window_days: u32) -> anyhow:
         {
             continue;
         }
-        write_line(
-            &mut out,
-            &Line::Ledger {
-                partition,
-                user_id,
-                receipt_id,
-                entry,
-            },
-        )?;
+        write(&Line::Ledger {
+            partition,
+            user_id,
+            receipt_id,
+            entry,
+        })?;
         counts.ledger += 1;
     }
-    write_line(&mut out, &Line::End(counts))?;
-    let file_handle = out.into_inner().context("failed to write the snapshot")?;
-    file_handle.sync_all()?;
-    std::fs::rename(&tmp, file)
-        .with_context(|| format!("failed to move the snapshot to {}", file.display()))?;
+    write(&Line::End(counts))?;
+    let file_handle = out
+        .into_inner()
+        .map_err(|e| io("write", &tmp)(e.into_error()))?;
+    file_handle.sync_all().map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, file).map_err(io("move the snapshot to", file))?;
     progress.finish_and_clear();
     Ok(counts)
 }
 
 /// Builds a new store at `store_path` from `file`. Refuses an existing, non-empty store.
-pub fn import(file: &Path, store_path: &Path) -> anyhow::Result<Counts> {
+pub fn import(file: &Path, store_path: &Path) -> Result<Counts, SnapshotError> {
     if store_path.exists()
         && std::fs::read_dir(store_path)
             .map(|mut d| d.next().is_some())
             .unwrap_or(true)
     {
-        bail!(
-            "the store at {} already exists; import only creates a new store: move it aside first",
-            store_path.display()
-        );
+        return Err(SnapshotError::StoreExists(store_path.to_owned()));
     }
     let staging = with_suffix(store_path, ".importing");
     if staging.exists() {
-        std::fs::remove_dir_all(&staging)
-            .with_context(|| format!("failed to remove {}", staging.display()))?;
+        std::fs::remove_dir_all(&staging).map_err(io("remove", &staging))?;
     }
     let result = fill(file, &staging);
     match result {
         Ok(counts) => {
             if store_path.exists() {
-                std::fs::remove_dir(store_path)?;
+                std::fs::remove_dir(store_path).map_err(io("remove", store_path))?;
             }
-            std::fs::rename(&staging, store_path).with_context(|| {
-                format!(
-                    "failed to move {} to {}",
-                    staging.display(),
-                    store_path.display()
-                )
-            })?;
+            std::fs::rename(&staging, store_path)
+                .map_err(io("move the new store to", store_path))?;
             Ok(counts)
         }
         Err(e) => {
@@ -211,21 +248,30 @@ pub fn import(file: &Path, store_path: &Path) -> anyhow::Result<Counts> {
     }
 }
 
-fn fill(file: &Path, staging: &Path) -> anyhow::Result<Counts> {
-    let input = File::open(file).with_context(|| format!("failed to open {}", file.display()))?;
-    let progress = bar(input.metadata()?.len(), "import");
-    let store = Store::open(staging)?;
+fn fill(file: &Path, staging: &Path) -> Result<Counts, SnapshotError> {
+    let input = File::open(file).map_err(io("open", file))?;
+    let progress = bar(input.metadata().map_err(io("read", file))?.len(), "import");
+    let stored = store_err(staging);
+    let store = Store::open(staging).map_err(&stored)?;
+    let malformed = |problem: &str| SnapshotError::Malformed {
+        path: file.to_owned(),
+        problem: problem.to_owned(),
+    };
     let mut lines = BufReader::new(input).lines();
     let mut n = 0u64;
-    let mut next_line = |progress: &ProgressBar| -> anyhow::Result<Option<Line>> {
+    let mut next_line = |progress: &ProgressBar| -> Result<Option<Line>, SnapshotError> {
         let Some(text) = lines.next() else {
             return Ok(None);
         };
-        let text = text.with_context(|| format!("failed to read {}", file.display()))?;
+        let text = text.map_err(io("read", file))?;
         n += 1;
         progress.inc(text.len() as u64 + 1);
         serde_json::from_str(&text)
-            .with_context(|| format!("{} line {n}: not a snapshot line", file.display()))
+            .map_err(|source| SnapshotError::Line {
+                path: file.to_owned(),
+                line: n,
+                source,
+            })
             .map(Some)
     };
     match next_line(&progress)? {
@@ -235,8 +281,8 @@ fn fill(file: &Path, staging: &Path) -> anyhow::Result<Counts> {
         }) => {}
         Some(Line::Header {
             mallquest_snapshot, ..
-        }) => bail!("snapshot format {mallquest_snapshot} is not supported (this version reads {FORMAT_VERSION})"),
-        _ => bail!("{} is not a mallquest snapshot (no header line)", file.display()),
+        }) => return Err(SnapshotError::Unsupported(mallquest_snapshot)),
+        _ => return Err(SnapshotError::NoHeader(file.to_owned())),
     }
     let mut counts = Counts::default();
     // Offsets and marks go in the last batch, with the last users and entries.
@@ -245,11 +291,8 @@ fn fill(file: &Path, staging: &Path) -> anyhow::Result<Counts> {
     let mut in_batch = 0;
     let end = loop {
         match next_line(&progress)? {
-            None => bail!(
-                "{} is truncated: it has no end line; nothing was imported",
-                file.display()
-            ),
-            Some(Line::Header { .. }) => bail!("{}: a second header line", file.display()),
+            None => return Err(malformed("truncated: it has no end line")),
+            Some(Line::Header { .. }) => return Err(malformed("a second header line")),
             Some(Line::End(c)) => break c,
             Some(Line::Offset {
                 topic,
@@ -282,22 +325,21 @@ fn fill(file: &Path, staging: &Path) -> anyhow::Result<Counts> {
             }
         }
         if in_batch >= IMPORT_BATCH {
-            store.commit(&std::mem::take(&mut batch))?;
+            store.commit(&std::mem::take(&mut batch)).map_err(&stored)?;
             in_batch = 0;
         }
     };
     if next_line(&progress)?.is_some() {
-        bail!("{}: lines after the end line", file.display());
+        return Err(malformed("lines after the end line"));
     }
     if end != counts {
-        bail!(
-            "{}: the end line counts {end:?} but the file holds {counts:?}; nothing was imported",
-            file.display()
-        );
+        return Err(malformed(&format!(
+            "the end line counts {end:?} but the file holds {counts:?}"
+        )));
     }
     batch.offsets = tail.offsets;
     batch.marks = tail.marks;
-    store.commit(&batch)?;
+    store.commit(&batch).map_err(&stored)?;
     progress.finish_and_clear();
     Ok(counts)
 }
