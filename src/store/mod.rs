@@ -40,6 +40,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use fjall::compaction::filter::{CompactionFilter, Context, Factory, ItemAccessor, Verdict};
 
+use fjall::config::FilterPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::domain::{LedgerEntry, PeriodScore, UserState};
@@ -82,6 +83,9 @@ pub enum StoreError {
 /// cost shows in bulk folds of millions of users: more CPU and a higher peak (many small
 /// tables), where 64 does better (BENCHMARKS.md 3).
 pub const DEFAULT_WRITE_BUFFER: u64 = 16 << 20;
+
+/// The size fjall's leveled compaction aims at for a table (see `open_with_memory`).
+const TABLE_TARGET: u64 = 8 << 20;
 
 /// What a leaderboard ranks by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -425,7 +429,23 @@ impl Store {
         // One keyspace's memtable is a quarter of the budget, so that a busy keyspace
         // flushes before it alone can fill it.
         let memtable = (write_buffer_bytes / 4).max(1 << 20);
-        let options = move || KeyspaceCreateOptions::default().max_memtable_size(memtable);
+        // Tables of 8 MiB, not fjall's 64: level 1 is then 32 MiB, not 256, so a
+        // compaction from level 0 (whose random keys overlap all of level 1) rewrites at
+        // most that much. fjall's one worker runs flushes and compactions in turn, and while
+        // a long compaction runs no memtable is rotated or flushed, so the memtables grew far
+        // past their budget in bulk folds: peak RSS at 2,000,000 new users 357 to 396 MiB
+        // against 544 to 555, at the same rate (BENCHMARKS.md, "The fold engine").
+        let options = move || {
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(memtable)
+                .compaction_strategy(Arc::new(
+                    fjall::compaction::Leveled::default().with_table_target_size(TABLE_TARGET),
+                ))
+        };
+        // Keyspaces only ever scanned by prefix or range (the leaderboard indexes and the
+        // ledger's time index) need no bloom filter: building one costs every flush and
+        // compaction a hash per key, and no read ever consults it.
+        let scanned = move || options().filter_policy(FilterPolicy::disabled());
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -448,7 +468,7 @@ impl Store {
         let users = db.keyspace("users", options).map_err(open_err)?;
         let ledger = db.keyspace("ledger", options).map_err(open_err)?;
         let offsets = db.keyspace("offsets", options).map_err(open_err)?;
-        let board = db.keyspace("leaders", options).map_err(open_err)?;
+        let board = db.keyspace("leaders", scanned).map_err(open_err)?;
         if db.keyspace_exists("board") {
             // The board-first index of an earlier version: rebuilt below.
             let old = db.keyspace("board", options).map_err(open_err)?;
@@ -457,9 +477,9 @@ impl Store {
         let marks_ks = db.keyspace("marks", options).map_err(open_err)?;
         let changelog = db.keyspace("changelog", options).map_err(open_err)?;
         let counts = db.keyspace("counts", options).map_err(open_err)?;
-        let due = db.keyspace("due", options).map_err(open_err)?;
+        let due = db.keyspace("due", scanned).map_err(open_err)?;
         let meta = db.keyspace("meta", options).map_err(open_err)?;
-        let periods = db.keyspace("periods", options).map_err(open_err)?;
+        let periods = db.keyspace("periods", scanned).map_err(open_err)?;
         let period_users = db.keyspace("period_users", options).map_err(open_err)?;
         let rank_counts = db.keyspace("rank_counts", options).map_err(open_err)?;
         let done = |marker: &str| {
