@@ -349,3 +349,59 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     s.push(suffix);
     PathBuf::from(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn import_text(text: &str) -> (Result<Counts, SnapshotError>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("snap.jsonl");
+        std::fs::write(&file, text).unwrap();
+        let result = import(&file, &dir.path().join("store"));
+        (result, dir)
+    }
+
+    #[test]
+    fn a_bad_snapshot_is_refused_with_its_reason_and_leaves_no_store() {
+        let header = r#"{"header":{"mallquest_snapshot":1,"dedup_window_days":90}}"#;
+        let end = r#"{"end":{"offsets":0,"marks":0,"users":0,"ledger":0}}"#;
+
+        let (r, dir) = import_text("");
+        assert!(matches!(r, Err(SnapshotError::NoHeader(_))), "{r:?}");
+        assert!(!dir.path().join("store").exists());
+
+        let (r, _) = import_text(r#"{"header":{"mallquest_snapshot":99,"dedup_window_days":9}}"#);
+        assert!(matches!(r, Err(SnapshotError::Unsupported(99))), "{r:?}");
+
+        let (r, _) = import_text(&format!("{header}\nnot json\n"));
+        assert!(
+            matches!(r, Err(SnapshotError::Line { line: 2, .. })),
+            "{r:?}"
+        );
+
+        let (r, dir) = import_text(&format!("{header}\n"));
+        let e = r.unwrap_err();
+        assert!(matches!(e, SnapshotError::Malformed { .. }));
+        assert!(e.to_string().contains("no end line"), "{e}");
+        assert!(!dir.path().join("store").exists());
+
+        let (r, _) = import_text(&format!("{header}\n{end}\n{end}\n"));
+        assert!(matches!(r, Err(SnapshotError::Malformed { .. })), "{r:?}");
+
+        let (r, _) = import_text(&format!("{header}\n{end}\n"));
+        assert_eq!(r.unwrap(), Counts::default());
+    }
+
+    #[test]
+    fn import_refuses_an_existing_store_and_export_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::write(store.join("x"), "").unwrap();
+        let r = import(&dir.path().join("none"), &store);
+        assert!(matches!(r, Err(SnapshotError::StoreExists(_))), "{r:?}");
+        let r = export(&dir.path().join("nowhere"), &dir.path().join("f"), 90);
+        assert!(matches!(r, Err(SnapshotError::NoStore(_))), "{r:?}");
+    }
+}
