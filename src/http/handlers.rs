@@ -35,6 +35,15 @@ fn with_freshness(state: &AppState, mut r: Response) -> Response {
     r
 }
 
+/// The receipts topic's partition count, once the consumer has seen it: where the
+/// producers put a user depends on it.
+fn partition_count(state: &AppState) -> Option<i32> {
+    state
+        .status
+        .partition_count()
+        .and_then(|n| i32::try_from(n).ok())
+}
+
 /// Which partitions are served from here: those held now; or, standalone (`serve`,
 /// `demo`), every partition in the store. An instance of a group that was assigned nothing
 /// yet holds nothing: what its store has may have moved on elsewhere while it was down.
@@ -109,7 +118,7 @@ pub(super) async fn user(
     }
     let found = state
         .store
-        .locate_user(&user_id)
+        .locate_user_among(&user_id, partition_count(&state))
         .map_err(|e| ApiError::internal(&e))?;
     if let Some((p, u)) = &found {
         if holder(&state)(*p) {
@@ -596,7 +605,7 @@ pub(super) async fn rank(
     // The user's score on the board, where the user is held.
     let found = state
         .store
-        .locate_user(&user_id)
+        .locate_user_among(&user_id, partition_count(&state))
         .map_err(|e| ApiError::internal(&e))?
         .filter(|(p, _)| keep(*p));
     let not_on_board = || {

@@ -582,13 +582,23 @@ impl Store {
     /// first (one read when the guess is right, as it is once the store has learned which
     /// partitioner placed its users), then the others.
     pub fn locate_user(&self, user_id: &str) -> Result<Option<(i32, UserState)>, StoreError> {
+        self.locate_user_among(user_id, None)
+    }
+
+    /// [`Self::locate_user`], for a receipts topic of `partition_count` partitions if known
+    /// (an instance that holds a few of them cannot tell the count from its store).
+    pub fn locate_user_among(
+        &self,
+        user_id: &str,
+        partition_count: Option<i32>,
+    ) -> Result<Option<(i32, UserState)>, StoreError> {
         let held = self.partitions()?;
         let Some(&last) = held.last() else {
             return Ok(None);
         };
-        // The partition count as far as this store knows it: a wrong count only makes the
+        // Otherwise the count as far as this store knows it: a wrong count only makes the
         // guesses miss.
-        let count = last.saturating_add(1);
+        let count = partition_count.unwrap_or(last.saturating_add(1)).max(1);
         let key = user_id.as_bytes();
         let guesses = self.placement.guesses(key, count);
         let first = guesses.iter().filter(|p| held.binary_search(p).is_ok());
@@ -1243,6 +1253,33 @@ mod tests {
         // Learned murmur2 from the hundred above, so its partition is read first.
         let (p, u) = store.locate_user(&twice).unwrap().unwrap();
         assert_eq!((p, u.xp), (placed(&twice), 2));
+    }
+
+    #[test]
+    fn the_topics_partition_count_makes_the_guess_right_where_the_store_holds_a_few() {
+        use crate::partitioner::Partitioner;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // A user murmur2 puts in partition 4 of 6, that no partitioner puts in 4 of 5 (the
+        // count the store alone would assume from holding partitions 3 and 4).
+        let id = (0..)
+            .map(|i| format!("u-{i}"))
+            .find(|id| {
+                let k = id.as_bytes();
+                Partitioner::Murmur2.partition(k, 6) == 4
+                    && Partitioner::ALL.iter().all(|p| p.partition(k, 5) != 4)
+            })
+            .unwrap();
+        let mut set = WriteSet::default();
+        // Its state in partition 4, and an older copy in 3 (read first without the count).
+        set.users.insert((3, id.clone()), user(&id, 1, 0));
+        set.users.insert((4, id.clone()), user(&id, 2, 0));
+        set.offsets.insert(("t".into(), 3), 1);
+        set.offsets.insert(("t".into(), 4), 1);
+        store.commit(&set).unwrap();
+        assert_eq!(store.locate_user(&id).unwrap().unwrap().0, 3);
+        let (p, u) = store.locate_user_among(&id, Some(6)).unwrap().unwrap();
+        assert_eq!((p, u.xp), (4, 2));
     }
 
     /// The top 10 of a board, by id.
