@@ -21,7 +21,9 @@
 //!   that adds a user (fjall's own key count also counts old versions not yet compacted).
 //! - `meta`:    `due-indexed`, `users-indexed` -> empty: the one-off fills of `due`, and of
 //!   `leaders` and `counts`, for a store written before them finished (written with their
-//!   last batch, so that a fill interrupted by a crash runs again at the next open).
+//!   last batch, so that a fill interrupted by a crash runs again at the next open);
+//!   `period-drop:` + period prefix -> empty: a dropped period whose entries are still to
+//!   be deleted (see [`periods`]).
 //! - `due`:     `partition | issued_at seconds (i64 BE, sign flipped) | user_id | 0x00 |
 //!   receipt_id` -> empty: the ledger in event-time order, written with every ledger entry,
 //!   so that the entries leaving the dedup window are found by one range read and deleted
@@ -536,6 +538,8 @@ impl Store {
             // A store from before the index: its ledger is indexed once, here.
             store.index_due()?;
         }
+        // Drops of periods that a crash interrupted.
+        store.drop_periods()?;
         let marks = store.scan_marks()?;
         *store
             .expiry
@@ -795,18 +799,12 @@ impl Store {
         for m in markers {
             last.insert(&self.meta, *m, []);
         }
-        self.commit_durably(last)?;
-        if !dropped.is_empty() {
-            // Once everything above is in: a prefix read sees every entry to drop.
-            let mut batch = self.db.batch();
-            for prefix in dropped {
-                for k in self.periods.prefix(&prefix) {
-                    let k = k.key().map_err(io("scan period board"))?;
-                    batch.remove(&self.periods, k.to_vec());
-                }
-            }
-            self.commit_durably(batch)?;
+        // Once everything above is in, a prefix read sees every entry to drop.
+        for prefix in &dropped {
+            self.drop_period(prefix, &mut last);
         }
+        self.commit_durably(last)?;
+        self.drop_periods()?;
         self.user_counts
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1091,6 +1089,7 @@ impl Store {
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(io("persist"))?;
+        self.drop_periods()?;
         self.user_counts
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1280,6 +1279,40 @@ mod tests {
         assert_eq!(store.locate_user(&id).unwrap().unwrap().0, 3);
         let (p, u) = store.locate_user_among(&id, Some(6)).unwrap().unwrap();
         assert_eq!((p, u.xp), (4, 2));
+    }
+
+    #[test]
+    fn a_dropped_periods_entries_go_in_chunks_and_an_interrupted_drop_finishes_at_open() {
+        use crate::domain::Period;
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = periods::period_prefix(2, Period::Day, "2026-11-30");
+        let other = periods::period_prefix(2, Period::Day, "2026-12-01");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // More entries than one chunk, as a drop found them, then a crash before any
+            // was deleted: only the mark and the entries are in the store.
+            let mut batch = store.db.batch();
+            for i in 0..45_000 {
+                let mut k = prefix.clone();
+                k.extend_from_slice(format!("\0x{i:08}").as_bytes());
+                batch.insert(&store.periods, k, []);
+            }
+            let mut k = other.clone();
+            k.extend_from_slice(b"\0kept");
+            batch.insert(&store.periods, k, []);
+            store.drop_period(&prefix, &mut batch);
+            batch.commit().unwrap();
+            store.db.persist(PersistMode::SyncAll).unwrap();
+            assert_eq!(store.periods.prefix(&prefix).count(), 45_000);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.periods.prefix(&prefix).count(), 0);
+        assert_eq!(
+            store.periods.prefix(&other).count(),
+            1,
+            "another period stays"
+        );
+        assert_eq!(store.meta.prefix(b"period-drop:").count(), 0);
     }
 
     /// The top 10 of a board, by id.
