@@ -1,9 +1,12 @@
 //! `mallquest demo`: the simulator feeds the same fold, store and commit code as `run`,
 //! through an in-process source, with no external service.
 
+use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::ops::DerefMut;
 use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +16,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::Config;
 use crate::domain::{Period, Reject};
 use crate::partitioner::Partitioner;
-use crate::pipeline::{BatchStats, Cadence, MemorySink, Processor, Record};
+use crate::pipeline::{
+    self, BatchStats, CommitError, MemorySink, Message, Polled, Processor, Record, Source,
+};
 use crate::sim::{Mix, SimEvent, Simulator};
 use crate::store::{Board, Store};
 
@@ -162,6 +167,102 @@ type TopEntry = Reverse<(i64, Reverse<String>, u32, i64)>;
 
 const TOPIC: &str = "demo-receipts";
 
+/// The simulator as the pipeline's source: its chunks, each receipt put in the partition
+/// `demo`'s partitioner picks for its key, at that partition's next offset.
+struct SimSource {
+    engine: RefCell<pipeline::Engine<MemorySink>>,
+    chunks: Receiver<Vec<SimEvent>>,
+    /// What is left of the chunk being folded.
+    chunk: RefCell<std::vec::IntoIter<SimEvent>>,
+    next_offset: RefCell<Vec<i64>>,
+    partitions: i32,
+    /// Receipts handed out, for the progress bar.
+    folded: Cell<u64>,
+    bar: ProgressBar,
+}
+
+/// A simulated receipt where `demo` put it.
+struct SimMessage {
+    event: SimEvent,
+    partition: i32,
+    offset: i64,
+}
+
+impl Message for SimMessage {
+    fn record(&self) -> Record<'_> {
+        Record {
+            topic: TOPIC,
+            partition: self.partition,
+            offset: self.offset,
+            key: Some(self.event.key.as_bytes()),
+            payload: Some(&self.event.payload),
+            timestamp_ms: None,
+        }
+    }
+}
+
+impl Source for SimSource {
+    type Sink = MemorySink;
+    type Message<'a> = SimMessage;
+
+    fn engine(&self) -> impl DerefMut<Target = pipeline::Engine<MemorySink>> + '_ {
+        self.engine.borrow_mut()
+    }
+
+    fn poll(&self, wait: Duration) -> anyhow::Result<Polled<SimMessage>> {
+        let mut chunk = self.chunk.borrow_mut();
+        let event = match chunk.next() {
+            Some(e) => e,
+            None => {
+                let next = if wait.is_zero() {
+                    self.chunks
+                        .try_recv()
+                        .map_err(|e| e == TryRecvError::Disconnected)
+                } else {
+                    self.chunks
+                        .recv_timeout(wait)
+                        .map_err(|e| e == RecvTimeoutError::Disconnected)
+                };
+                match next {
+                    Ok(c) => {
+                        *chunk = c.into_iter();
+                        match chunk.next() {
+                            Some(e) => e,
+                            None => return Ok(Polled::Idle),
+                        }
+                    }
+                    Err(true) => return Ok(Polled::End),
+                    Err(false) => return Ok(Polled::Idle),
+                }
+            }
+        };
+        let partition = Partitioner::Fnv64.partition(event.key.as_bytes(), self.partitions);
+        let mut next_offset = self.next_offset.borrow_mut();
+        let slot = &mut next_offset[partition as usize];
+        let offset = *slot;
+        *slot += 1;
+        self.folded.set(self.folded.get() + 1);
+        Ok(Polled::Message(SimMessage {
+            event,
+            partition,
+            offset,
+        }))
+    }
+
+    fn stopping(&self) -> bool {
+        false
+    }
+
+    fn committed(&self, _stats: &BatchStats, _took: Duration) {
+        self.bar.set_position(self.folded.get());
+    }
+
+    /// Nothing to replay from: the demo stops.
+    fn failed(&self, error: CommitError) -> anyhow::Result<()> {
+        Err(error.into())
+    }
+}
+
 /// Runs the demo and returns its summary.
 pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoSummary> {
     let (dir, _temp) = match &opts.dir {
@@ -179,13 +280,13 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
         config.store.cache_mb << 20,
         config.store.write_buffer_mb << 20,
     )?);
-    let mut processor = Processor::with_hot_users(
+    let processor = Processor::with_hot_users(
         Arc::clone(&store),
         config.rules.clone(),
         config.store.hot_users,
     )
     .with_dedup_window_days(config.processing.dedup_window_days);
-    let mut sink = MemorySink {
+    let sink = MemorySink {
         counts_only: true,
         ..MemorySink::default()
     };
@@ -220,32 +321,19 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
     let cpu_before = process_cpu();
     let started = Instant::now();
     let (chunks, simulator) = spawn_simulator(sim, opts.receipts)?;
-    let mut cadence = Cadence::new(Duration::from_millis(config.processing.commit_interval_ms));
-    let mut total = BatchStats::default();
-    let mut folded = 0u64;
-    for chunk in chunks {
-        for e in chunk {
-            let p = Partitioner::Fnv64.partition(e.key.as_bytes(), partitions);
-            let offset = next_offset[p as usize];
-            next_offset[p as usize] += 1;
-            processor.process(Record {
-                topic: TOPIC,
-                partition: p,
-                offset,
-                key: Some(e.key.as_bytes()),
-                payload: Some(&e.payload),
-                timestamp_ms: None,
-            })?;
-            folded += 1;
-            if cadence.commit_due(processor.pending_records()) {
-                total.add(&processor.commit(&mut sink)?);
-                cadence.committed();
-                bar.set_position(folded);
-            }
-        }
-    }
-    total.add(&processor.commit(&mut sink)?);
-    bar.finish_and_clear();
+    let source = SimSource {
+        engine: RefCell::new(pipeline::Engine { processor, sink }),
+        chunks,
+        chunk: RefCell::new(Vec::new().into_iter()),
+        next_offset: RefCell::new(next_offset),
+        partitions,
+        folded: Cell::new(0),
+        bar,
+    };
+    let interval = Duration::from_millis(config.processing.commit_interval_ms);
+    let total = pipeline::drive(&source, interval)?.stats().clone();
+    source.bar.finish_and_clear();
+    let processor = source.engine.into_inner().processor;
     let elapsed = started.elapsed();
     let simulator_cpu = simulator
         .join()

@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 
 use crate::changelog;
 use crate::codec;
-use crate::domain::{self, Effect, Event, LevelUp, Reject, Rules, Source, UserState};
+use crate::domain::{self, Effect, Event, LevelUp, Reject, Rules, UserState};
 use crate::store::{Store, StoreError, WriteSet};
 use crate::telemetry;
+
+mod drive;
+pub use drive::{drive, Engine, Finish, Gate, Message, Polled, Source, MAX_POLL_WAIT};
 
 /// One input record, borrowed from its source.
 #[derive(Debug, Clone, Copy)]
@@ -223,7 +226,6 @@ impl BatchStats {
         }
     }
 
-    /// Adds a later batch: its counts, and its offsets over this one's.
     /// One receipt applied, with its entry and its change of coins.
     fn applied_one(&mut self, entry: &domain::LedgerEntry, coins_delta: i64) {
         self.applied += 1;
@@ -244,6 +246,7 @@ impl BatchStats {
         }
     }
 
+    /// Adds a later batch: its counts, and its offsets over this one's.
     pub fn add_batch(&mut self, o: BatchStats) {
         self.add(&o);
         self.offsets.extend(o.offsets);
@@ -514,7 +517,7 @@ impl Processor {
             Some(refund_of) => live(self.ledger(p, &receipt.user_id, refund_of)?),
             None => None,
         };
-        let source = Source {
+        let source = domain::Source {
             partition: p,
             offset: rec.offset,
         };

@@ -11,6 +11,8 @@
 //! drops the batch instead, so a member that lost its partitions can never make its
 //! outputs visible (ARCHITECTURE.md, "Ownership, restore and fencing").
 
+use std::cell::{Cell, RefCell};
+use std::ops::DerefMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -18,14 +20,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::{Assignment, Config};
-use crate::pipeline::{BatchStats, Cadence, CommitError, Positions, Processor, Record};
+use crate::pipeline::{
+    self, BatchStats, CommitError, Finish, Gate, Message, Polled, Positions, Processor, Record,
+    Source,
+};
 use crate::status::Status;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -34,10 +39,7 @@ use crate::telemetry;
 /// callback commits the batch in hand with it before partitions are given back. Both run
 /// on the thread that polls, so its lock is never contended; it is never held across a
 /// poll (the callback runs inside one).
-struct Engine {
-    processor: Processor,
-    sink: super::KafkaSink,
-}
+type Engine = pipeline::Engine<super::KafkaSink>;
 
 /// Positions newly assigned partitions at the processor's own offsets.
 struct StoreSeekingContext {
@@ -329,10 +331,6 @@ impl StoreSeekingContext {
 /// The longest backoff between retries of a failed commit.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The longest one poll waits for a record: a stop (SIGTERM) waits at most this long to
-/// be seen, whatever the commit interval.
-const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
-
 /// How `run` treats a store with no state for the receipts topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -506,6 +504,133 @@ fn close_within(consumer: BaseConsumer<StoreSeekingContext>, timeout: Duration) 
     }
 }
 
+/// The receipts topic as the pipeline's source: the consumer, with what a failed commit,
+/// a revocation and a low disk need.
+struct KafkaSource<'c> {
+    consumer: &'c BaseConsumer<StoreSeekingContext>,
+    store: &'c Arc<Store>,
+    status: &'c Status,
+    shutdown: &'c AtomicBool,
+    topic: &'c str,
+    /// Backoff before the next replay after a failed commit; doubled per failure, reset by
+    /// a commit that wrote something.
+    backoff: Cell<Duration>,
+    disk: RefCell<DiskWatch>,
+}
+
+impl Message for BorrowedMessage<'_> {
+    fn record(&self) -> Record<'_> {
+        Record {
+            topic: self.topic(),
+            partition: self.partition(),
+            offset: self.offset(),
+            key: self.key(),
+            payload: self.payload(),
+            timestamp_ms: self.timestamp().to_millis().filter(|ms| *ms >= 0),
+        }
+    }
+}
+
+impl Source for KafkaSource<'_> {
+    type Sink = super::KafkaSink;
+    type Message<'a>
+        = BorrowedMessage<'a>
+    where
+        Self: 'a;
+
+    fn engine(&self) -> impl DerefMut<Target = Engine> + '_ {
+        self.consumer.context().engine()
+    }
+
+    fn poll(&self, wait: Duration) -> anyhow::Result<Polled<BorrowedMessage<'_>>> {
+        let next = self.consumer.poll(wait);
+        // A rebalance runs inside the poll: what it could not do ends the loop, and a
+        // batch it could not commit is dropped before anything else is folded.
+        if let Some(msg) = self
+            .consumer
+            .context()
+            .fatal
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+        {
+            anyhow::bail!("rebalance failed: {msg}");
+        }
+        drop_if_revoked(self.consumer, self.topic)?;
+        Ok(match next {
+            Some(Ok(m)) => Polled::Message(m),
+            Some(Err(e)) => {
+                telemetry::kafka_error(&e);
+                Polled::Idle
+            }
+            None => Polled::Idle,
+        })
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    fn gate(&self) -> anyhow::Result<Gate> {
+        let mut disk = self.disk.borrow_mut();
+        match disk.check(self.consumer, self.store, self.status, self.topic)? {
+            Disk::Fold => Ok(Gate::Open),
+            Disk::Resumed => Ok(Gate::Reopened),
+            Disk::Paused => {
+                if !self.stopping() {
+                    // Keeps the group session alive; records that arrive are dropped
+                    // unfolded and read again after the rewind at resumption.
+                    let _ = self.consumer.poll(Duration::from_secs(1));
+                    drop_if_revoked(self.consumer, self.topic)?;
+                }
+                Ok(Gate::Closed)
+            }
+        }
+    }
+
+    fn before_commit(&self, engine: &mut Engine) {
+        engine.sink.set_group(self.consumer.group_metadata());
+    }
+
+    fn committed(&self, stats: &BatchStats, took: Duration) {
+        report_commit(self.consumer, self.store, self.status, stats, took);
+        // Only a commit that wrote something proves a fault is gone.
+        self.backoff.set(Duration::from_millis(100));
+    }
+
+    fn failed(&self, error: CommitError) -> anyhow::Result<()> {
+        match error {
+            // A failed store write is final: fjall refuses every write after one, and what
+            // it had applied in memory before failing is not known. The batch's transaction
+            // is committed already, so the restart recovers the store from its journal and
+            // catches up from the changelog; folding on here could publish (and keep in the
+            // changelog) a state built on a batch the store may not have.
+            CommitError::Store(e) => {
+                self.status.commit_failed(e.to_string());
+                anyhow::bail!(unwritable(self.store, &e));
+            }
+            e => {
+                let mut backoff = self.backoff.get();
+                recover(
+                    self.consumer,
+                    self.store,
+                    self.status,
+                    e,
+                    &mut backoff,
+                    self.shutdown,
+                    self.topic,
+                )?;
+                self.backoff.set(backoff);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Folds and commits until `shutdown` is set (the batch in hand committed first) or
+/// something fails for good. One transaction per batch (published, committed with its
+/// offsets, then stored), not pipelined: a transaction holds one batch, so that its
+/// changelog position stands for exactly what it carries.
 fn consume(
     config: &Config,
     consumer: &BaseConsumer<StoreSeekingContext>,
@@ -513,135 +638,28 @@ fn consume(
     status: &Status,
     shutdown: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let kafka = &config.kafka;
-    let topic = &kafka.receipts_topic;
-    let ctx = consumer.context();
-    let mut cadence = Cadence::new(Duration::from_millis(config.processing.commit_interval_ms));
-    let mut backoff = Duration::from_millis(100);
-    let mut disk = DiskWatch {
-        min_free_mb: config.store.min_free_mb,
-        low: false,
+    let source = KafkaSource {
+        consumer,
+        store,
+        status,
+        shutdown,
+        topic: &config.kafka.receipts_topic,
+        backoff: Cell::new(Duration::from_millis(100)),
+        disk: RefCell::new(DiskWatch {
+            min_free_mb: config.store.min_free_mb,
+            low: false,
+        }),
     };
-    loop {
-        if let Some(msg) = ctx.fatal.lock().ok().and_then(|mut f| f.take()) {
-            anyhow::bail!("rebalance failed: {msg}");
+    let interval = Duration::from_millis(config.processing.commit_interval_ms);
+    match pipeline::drive(&source, interval)? {
+        Finish::StoppedPaused(_) => {
+            info!(message = "Stopped while paused for disk space; nothing was in hand.");
         }
-        let stopping = shutdown.load(Ordering::Relaxed);
-        if !stopping && !cadence.commit_due(ctx.engine().processor.pending_records()) {
-            // Nothing more in hand: send the batch's outputs now rather than at the
-            // commit, so that a projection waits for the broker, not for the interval.
-            let mut next = consumer.poll(Duration::ZERO);
-            drop_if_revoked(consumer, topic)?;
-            let unsent = {
-                let mut engine = ctx.engine();
-                let Engine { processor, sink } = &mut *engine;
-                if next.is_none() && processor.has_unsent() && cadence.send_due() {
-                    if let Err(e) = processor.send_changes(sink) {
-                        drop(engine);
-                        recover(consumer, store, status, e, &mut backoff, shutdown, topic)?;
-                        cadence.committed();
-                        continue;
-                    }
-                    cadence.sent();
-                }
-                processor.has_unsent()
-            };
-            if next.is_none() {
-                // Wakes for the next early send if there is something to send; bounded, so
-                // that a stop is seen at once whatever the commit interval.
-                next = consumer.poll(cadence.wait(unsent, MAX_POLL_WAIT));
-                drop_if_revoked(consumer, topic)?;
-            }
-            match next {
-                None => {}
-                Some(Ok(m)) => {
-                    ctx.engine().processor.process(Record {
-                        topic: m.topic(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key(),
-                        payload: m.payload(),
-                        timestamp_ms: m.timestamp().to_millis().filter(|ms| *ms >= 0),
-                    })?;
-                }
-                Some(Err(e)) => telemetry::kafka_error(&e),
-            }
-            continue;
-        }
-        match disk.check(consumer, store, status, topic)? {
-            Disk::Fold => {}
-            Disk::Paused => {
-                if stopping {
-                    info!(message = "Stopped while paused for disk space; nothing was in hand.");
-                    return Ok(());
-                }
-                // Keeps the group session alive; records that arrive are dropped unfolded
-                // and read again after the rewind at resumption.
-                let _ = consumer.poll(Duration::from_secs(1));
-                drop_if_revoked(consumer, topic)?;
-                continue;
-            }
-            Disk::Resumed => {
-                cadence.committed();
-                continue;
-            }
-        }
-        let committed = commit_batch(consumer, store, status, &mut backoff, shutdown, topic)?;
-        if stopping {
-            anyhow::ensure!(
-                committed,
-                "stopping with a batch that could not be committed; it will be replayed on restart"
-            );
+        Finish::Stopped(_) | Finish::Ended(_) => {
             info!(message = "Stopped after committing the batch in hand.");
-            return Ok(());
-        }
-        cadence.committed();
-    }
-}
-
-/// Commits the batch in hand: one transaction per batch (published, committed with its
-/// offsets, then stored). Not pipelined: a transaction holds one batch, so that its
-/// changelog position stands for exactly what it carries. Returns whether it was committed;
-/// a failed publish was reported and the consumer rewound to the store, a failed store
-/// write ends the loop.
-fn commit_batch(
-    consumer: &BaseConsumer<StoreSeekingContext>,
-    store: &Store,
-    status: &Status,
-    backoff: &mut Duration,
-    shutdown: &AtomicBool,
-    topic: &str,
-) -> anyhow::Result<bool> {
-    let started = Instant::now();
-    let committed = {
-        let mut engine = consumer.context().engine();
-        let Engine { processor, sink } = &mut *engine;
-        sink.set_group(consumer.group_metadata());
-        processor.commit(sink)
-    };
-    match committed {
-        Ok(stats) => {
-            if stats.records > 0 {
-                report_commit(consumer, store, status, &stats, started.elapsed());
-                // Only a commit that wrote something proves the fault is gone.
-                *backoff = Duration::from_millis(100);
-            }
-            Ok(true)
-        }
-        // A failed store write is final: fjall refuses every write after one, and what it
-        // had applied in memory before failing is not known. The batch's transaction is
-        // committed already, so the restart recovers the store from its journal and
-        // catches up from the changelog; folding on here could publish (and keep in the
-        // changelog) a state built on a batch the store may not have.
-        Err(CommitError::Store(e)) => {
-            status.commit_failed(e.to_string());
-            anyhow::bail!(unwritable(store, &e));
-        }
-        Err(e) => {
-            recover(consumer, store, status, e, backoff, shutdown, topic)?;
-            Ok(false)
         }
     }
+    Ok(())
 }
 
 /// What the disk-space check says the loop is to do.
