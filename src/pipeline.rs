@@ -171,10 +171,35 @@ pub trait Sink {
     fn abort(&mut self) {}
 }
 
-/// A batch whose outputs were sent, waiting for their delivery before it is stored.
-struct InFlight {
-    set: WriteSet,
-    stats: BatchStats,
+/// What one partition's fold owns between commits, as a Kafka Streams task owns its
+/// partition: the batch in hand and the batch in flight (state, ledger, offset and
+/// event-time mark, all keyed by this partition), the outputs not sent yet, and how far
+/// its ledger expiry has got. Created by the partition's first record; dropped whole when
+/// the partition is revoked ([`Processor::forget`]), so nothing of it outlives the
+/// partition's ownership. Its hot users sit in the processor's one bounded hot set, keyed
+/// by partition, and go with it.
+#[derive(Default)]
+struct Task {
+    /// The batch in hand.
+    pending: WriteSet,
+    /// The batch before `pending`: its outputs are sent but maybe not yet delivered, so
+    /// it is not in the store yet. `pending` was folded on top of it.
+    inflight: Option<WriteSet>,
+    /// Users of `pending` changed since its outputs were last sent.
+    unsent: HashSet<String>,
+    /// Events of `pending` not sent yet, in fold order.
+    events: Vec<Event>,
+    /// Dead letters of `pending` not sent yet, in fold order.
+    dead_letters: Vec<DeadLetter>,
+    /// The event time (seconds) before which every ledger entry was expired by a batch
+    /// sent since the last reset: the next expiry reads from there.
+    expired_before: Option<i64>,
+}
+
+impl Task {
+    fn has_unsent(&self) -> bool {
+        !(self.unsent.is_empty() && self.events.is_empty() && self.dead_letters.is_empty())
+    }
 }
 
 /// Counts of one batch, for logs and the demo summary.
@@ -313,23 +338,15 @@ pub struct Processor {
     /// (never the batch in hand, so dropping a batch never leaves it stale).
     hot: Option<HotSet>,
     rules: Rules,
-    pending: WriteSet,
-    /// The batch before `pending`: its outputs are sent but maybe not yet delivered, so
-    /// it is not in the store yet. `pending` was folded on top of it.
-    inflight: Option<InFlight>,
-    /// Users of `pending` changed since its outputs were last sent.
-    unsent: HashSet<(i32, String)>,
-    /// Events of `pending` not sent yet.
-    events: Vec<Event>,
-    /// Dead letters of `pending` not sent yet.
-    dead_letters: Vec<DeadLetter>,
+    /// One task per partition folded since the last reset, by partition.
+    tasks: BTreeMap<i32, Task>,
+    /// Counts of the batch in hand (all partitions: one commit holds them all).
     stats: BatchStats,
+    /// Counts of the batch in flight, when there is one.
+    inflight_stats: Option<BatchStats>,
     positions: Positions,
     /// The dedup window in seconds of event time.
     window_secs: i64,
-    /// Per partition, the event time (seconds) before which every ledger entry was
-    /// expired by a batch sent since the last reset: the next expiry reads from there.
-    expired_before: HashMap<i32, i64>,
 }
 
 impl Processor {
@@ -348,15 +365,11 @@ impl Processor {
             hot: (hot_users > 0).then(|| HotSet::new(hot_users)),
             store,
             rules,
-            pending: WriteSet::default(),
-            inflight: None,
-            unsent: HashSet::new(),
-            events: Vec::new(),
-            dead_letters: Vec::new(),
+            tasks: BTreeMap::new(),
             stats: BatchStats::default(),
+            inflight_stats: None,
             positions: Positions::default(),
             window_secs,
-            expired_before: HashMap::new(),
         }
     }
 
@@ -378,12 +391,21 @@ impl Processor {
     /// Partition `p`'s mark: the batch in hand's, else the batch in flight's, else the
     /// store's.
     fn mark(&self, p: i32) -> Option<i64> {
-        self.pending
-            .marks
+        self.tasks
             .get(&p)
-            .or_else(|| self.inflight.as_ref().and_then(|f| f.set.marks.get(&p)))
+            .and_then(|t| {
+                t.pending
+                    .marks
+                    .get(&p)
+                    .or_else(|| t.inflight.as_ref().and_then(|f| f.marks.get(&p)))
+            })
             .copied()
             .or_else(|| self.store.mark(p))
+    }
+
+    /// Partition `p`'s task, created by its first record.
+    fn task(&mut self, p: i32) -> &mut Task {
+        self.tasks.entry(p).or_default()
     }
 
     /// The shared read positions (for the rebalance callback).
@@ -450,7 +472,7 @@ impl Processor {
             Err(Folded::Rejected(reason)) => {
                 telemetry::receipt_rejected(reason, rec.partition, rec.offset);
                 *self.stats.rejected.entry(reason).or_default() += 1;
-                self.dead_letters.push(DeadLetter {
+                self.task(rec.partition).dead_letters.push(DeadLetter {
                     key: rec.key.map(<[u8]>::to_vec),
                     payload: rec.payload.map(<[u8]>::to_vec),
                     reason,
@@ -467,14 +489,18 @@ impl Processor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(pos_key.clone(), next);
-        self.pending.offsets.insert(pos_key, next);
+        self.task(rec.partition)
+            .pending
+            .offsets
+            .insert(pos_key, next);
         Ok(true)
     }
 
     /// A user's newest state outside the batch in hand: the batch in flight's (stored
     /// first, so the newest), the hot set's, or the store's.
     fn load(&self, key: &(i32, String)) -> Result<Option<UserState>, StoreError> {
-        if let Some(u) = self.inflight.as_ref().and_then(|f| f.set.users.get(key)) {
+        let flying = self.tasks.get(&key.0).and_then(|t| t.inflight.as_ref());
+        if let Some(u) = flying.and_then(|f| f.users.get(key)) {
             return Ok(Some(u.clone()));
         }
         if let Some(u) = self.hot.as_ref().and_then(|h| h.get(key)) {
@@ -493,7 +519,7 @@ impl Processor {
             None => issued_secs,
         };
         if self.mark(p).is_none_or(|m| at > m) {
-            self.pending.marks.insert(p, at);
+            self.task(p).pending.marks.insert(p, at);
         }
     }
 
@@ -525,13 +551,23 @@ impl Processor {
         // keep it only if the receipt changed it, so that rejects publish nothing.
         let mut loaded = None;
         let mut previous = None;
-        let state = match self.pending.users.get_mut(&user_key) {
+        if !self
+            .tasks
+            .get(&p)
+            .is_some_and(|t| t.pending.users.contains_key(&user_key))
+        {
+            let stored = self.load(&user_key)?;
+            previous = Some(stored.as_ref().map(crate::store::indexed));
+            loaded = Some(stored.unwrap_or_else(|| UserState::new(&receipt.user_id)));
+        }
+        let task = self.tasks.entry(p).or_default();
+        let state = match &mut loaded {
             Some(s) => s,
-            None => {
-                let stored = self.load(&user_key)?;
-                previous = Some(stored.as_ref().map(crate::store::indexed));
-                loaded.insert(stored.unwrap_or_else(|| UserState::new(&receipt.user_id)))
-            }
+            None => task
+                .pending
+                .users
+                .get_mut(&user_key)
+                .ok_or(StoreError::Poisoned)?,
         };
         let effect = domain::apply(
             state,
@@ -553,27 +589,28 @@ impl Processor {
                 attributed: _,
             } => {
                 self.stats.applied_one(&entry, coins_delta);
-                self.advance_mark(p, receipt.issued_at.secs, rec.timestamp_ms);
-                self.unsent.insert(user_key.clone());
-                if let (Some(state), Some(previous)) = (loaded, previous) {
-                    self.pending
-                        .previous_scores
-                        .insert(user_key.clone(), previous);
-                    self.pending.users.insert(user_key, state);
-                }
-                if let (Some(updated), Some(refund_of)) = (updated, receipt.kind.refund_of()) {
-                    self.pending
-                        .ledger
-                        .insert((p, receipt.user_id.clone(), refund_of.to_owned()), updated);
-                }
-                self.pending.ledger.insert(
-                    (p, receipt.user_id.clone(), receipt.receipt_id.clone()),
-                    entry,
-                );
                 for event in &events {
                     self.stats.count(event);
                 }
-                self.events.extend(events);
+                self.advance_mark(p, receipt.issued_at.secs, rec.timestamp_ms);
+                let task = self.task(p);
+                task.unsent.insert(receipt.user_id.clone());
+                if let (Some(state), Some(previous)) = (loaded, previous) {
+                    task.pending
+                        .previous_scores
+                        .insert(user_key.clone(), previous);
+                    task.pending.users.insert(user_key, state);
+                }
+                if let (Some(updated), Some(refund_of)) = (updated, receipt.kind.refund_of()) {
+                    task.pending
+                        .ledger
+                        .insert((p, receipt.user_id.clone(), refund_of.to_owned()), updated);
+                }
+                task.pending.ledger.insert(
+                    (p, receipt.user_id.clone(), receipt.receipt_id.clone()),
+                    entry,
+                );
+                task.events.extend(events);
             }
         }
         Ok(())
@@ -586,8 +623,10 @@ impl Processor {
         receipt_id: &str,
     ) -> Result<Option<domain::LedgerEntry>, StoreError> {
         let key = (p, user_id.to_owned(), receipt_id.to_owned());
-        let flying = || self.inflight.as_ref().and_then(|f| f.set.ledger.get(&key));
-        match self.pending.ledger.get(&key).or_else(flying) {
+        let task = self.tasks.get(&p);
+        let in_hand = task.and_then(|t| t.pending.ledger.get(&key));
+        let flying = || task.and_then(|t| t.inflight.as_ref()?.ledger.get(&key));
+        match in_hand.or_else(flying) {
             Some(e) => Ok(Some(e.clone())),
             None => self.store.ledger_entry(p, user_id, receipt_id),
         }
@@ -615,7 +654,7 @@ impl Processor {
 
     /// Whether the batch in hand has outputs that were not sent yet.
     pub fn has_unsent(&self) -> bool {
-        !(self.unsent.is_empty() && self.events.is_empty() && self.dead_letters.is_empty())
+        self.tasks.values().any(Task::has_unsent)
     }
 
     /// Sends the outputs of the batch in hand that were not sent yet, without waiting for
@@ -629,20 +668,20 @@ impl Processor {
         if !self.has_unsent() {
             return Ok(());
         }
-        let mut outputs = Outputs {
-            projections: self
-                .unsent
-                .drain()
-                .filter_map(|k| self.pending.users.get(&k).cloned())
-                .collect(),
-            events: std::mem::take(&mut self.events),
-            dead_letters: std::mem::take(&mut self.dead_letters),
-            changelog: Vec::new(),
-        };
-        // A stable order makes replays of the same batch publish identically.
-        outputs
-            .projections
-            .sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        let mut outputs = Outputs::default();
+        // Partition by partition, each in a stable order, so that replays of the same
+        // batch publish identically.
+        for (&p, task) in &mut self.tasks {
+            let first = outputs.projections.len();
+            outputs.projections.extend(
+                task.unsent
+                    .drain()
+                    .filter_map(|id| task.pending.users.get(&(p, id)).cloned()),
+            );
+            outputs.projections[first..].sort_by(|a, b| a.user_id.cmp(&b.user_id));
+            outputs.events.append(&mut task.events);
+            outputs.dead_letters.append(&mut task.dead_letters);
+        }
         if let Err(e) = sink.send(&outputs) {
             self.reset();
             return Err(CommitError::Publish(e));
@@ -655,61 +694,70 @@ impl Processor {
     /// that left the dedup window (at most [`EXPIRE_PER_BATCH`] per partition; the rest
     /// go with the next batches): from the store, and by tombstones from the changelog.
     fn expire_ledger(&mut self) -> Result<(), StoreError> {
-        let cutoffs: HashMap<i32, i64> = self
-            .pending
-            .offsets
-            .keys()
-            .filter_map(|(_, p)| self.cutoff(*p).map(|c| (*p, c)))
+        let partitions: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.pending.offsets.is_empty())
+            .map(|(p, _)| *p)
             .collect();
-        for (&p, &cutoff) in &cutoffs {
-            let from = self.expired_before.get(&p).copied().unwrap_or(i64::MIN);
-            let due = self.store.ledger_due(p, from, cutoff, EXPIRE_PER_BATCH)?;
-            if due.len() < EXPIRE_PER_BATCH {
-                // Everything before the cutoff is expired once this batch commits (the
-                // cutoff never moves back, and no entry older than it is written again).
-                self.expired_before.insert(p, cutoff);
+        for p in partitions {
+            if let Some(cutoff) = self.cutoff(p) {
+                self.expire_partition(p, cutoff)?;
             }
-            for (user_id, receipt_id, secs) in due {
-                let key = (p, user_id, receipt_id);
-                // The entry under this key now: a receipt id used again after its first
-                // entry left the window holds a newer entry, which stays; only the old
-                // index entry goes.
-                let now = match self.pending.ledger.get(&key) {
-                    Some(e) => Some(e.issued_at.secs),
-                    None => self
-                        .store
-                        .ledger_entry(p, &key.1, &key.2)?
-                        .map(|e| e.issued_at.secs),
-                };
-                if now.is_some_and(|now| now != secs) {
-                    self.pending.due_stale.push((key, secs));
-                } else {
-                    self.pending.ledger.remove(&key);
-                    self.pending.ledger_expired.insert(key, Some(secs));
-                }
+        }
+        Ok(())
+    }
+
+    /// [`Self::expire_ledger`] of partition `p`, whose cutoff is `cutoff`.
+    fn expire_partition(&mut self, p: i32, cutoff: i64) -> Result<(), StoreError> {
+        let store = Arc::clone(&self.store);
+        let task = self.task(p);
+        let from = task.expired_before.unwrap_or(i64::MIN);
+        let due = store.ledger_due(p, from, cutoff, EXPIRE_PER_BATCH)?;
+        if due.len() < EXPIRE_PER_BATCH {
+            // Everything before the cutoff is expired once this batch commits (the
+            // cutoff never moves back, and no entry older than it is written again).
+            task.expired_before = Some(cutoff);
+        }
+        for (user_id, receipt_id, secs) in due {
+            let key = (p, user_id, receipt_id);
+            // The entry under this key now: a receipt id used again after its first
+            // entry left the window holds a newer entry, which stays; only the old
+            // index entry goes.
+            let now = match task.pending.ledger.get(&key) {
+                Some(e) => Some(e.issued_at.secs),
+                None => store
+                    .ledger_entry(p, &key.1, &key.2)?
+                    .map(|e| e.issued_at.secs),
+            };
+            if now.is_some_and(|now| now != secs) {
+                task.pending.due_stale.push((key, secs));
+            } else {
+                task.pending.ledger.remove(&key);
+                task.pending.ledger_expired.insert(key, Some(secs));
             }
         }
         // Entries of this very batch that a later receipt of it moved out of the window:
         // never stored, so the index cannot list them.
-        let late: Vec<_> = self
+        let late: Vec<_> = task
             .pending
             .ledger
             .iter()
-            .filter(|((p, _, _), e)| cutoffs.get(p).is_some_and(|c| e.issued_at.secs < *c))
+            .filter(|(_, e)| e.issued_at.secs < cutoff)
             .map(|(k, e)| (k.clone(), e.issued_at.secs))
             .collect();
         for (key, secs) in late {
-            self.pending.ledger.remove(&key);
-            self.pending.ledger_expired.insert(key, Some(secs));
+            task.pending.ledger.remove(&key);
+            task.pending.ledger_expired.insert(key, Some(secs));
         }
         Ok(())
     }
 
     /// Sends the batch in hand's unsent outputs and makes it the batch in flight.
     fn send(&mut self, sink: &mut dyn Sink) -> Result<(), CommitError> {
-        debug_assert!(self.inflight.is_none());
+        debug_assert!(self.inflight_stats.is_none());
         self.send_changes(sink)?;
-        if self.pending.is_empty() {
+        if self.tasks.values().all(|t| t.pending.is_empty()) {
             return Ok(());
         }
         if let Err(e) = self.expire_ledger() {
@@ -726,11 +774,10 @@ impl Processor {
                 return Err(CommitError::Publish(e));
             }
         }
-        let stats = std::mem::take(&mut self.stats);
-        self.inflight = Some(InFlight {
-            set: std::mem::take(&mut self.pending),
-            stats,
-        });
+        self.inflight_stats = Some(std::mem::take(&mut self.stats));
+        for task in self.tasks.values_mut() {
+            task.inflight = Some(std::mem::take(&mut task.pending));
+        }
         Ok(())
     }
 
@@ -738,48 +785,50 @@ impl Processor {
     /// expired ledger entries in key order, then each partition's position, last, so that a restore that reads a position has
     /// read everything it stands for.
     fn changelog_of_pending(&self) -> Vec<(i32, changelog::Entry)> {
-        let mut users: Vec<_> = self.pending.users.iter().collect();
-        users.sort_by(|a, b| a.0.cmp(b.0));
-        let mut ledger: Vec<_> = self.pending.ledger.iter().collect();
-        ledger.sort_by(|a, b| a.0.cmp(b.0));
-        let mut expired: Vec<_> = self.pending.ledger_expired.keys().collect();
-        expired.sort();
-        let mut out = Vec::with_capacity(
-            users.len() + ledger.len() + expired.len() + self.pending.offsets.len(),
-        );
-        out.extend(
-            users
-                .into_iter()
-                .map(|((p, _), u)| (*p, changelog::Entry::User(u.clone()))),
-        );
-        out.extend(ledger.into_iter().map(|((p, user_id, receipt_id), e)| {
-            (
-                *p,
-                changelog::Entry::Ledger {
-                    user_id: user_id.clone(),
-                    receipt_id: receipt_id.clone(),
-                    entry: e.clone(),
-                },
-            )
-        }));
-        out.extend(expired.into_iter().map(|(p, user_id, receipt_id)| {
-            (
-                *p,
-                changelog::Entry::LedgerExpired {
-                    user_id: user_id.clone(),
-                    receipt_id: receipt_id.clone(),
-                },
-            )
-        }));
-        for ((topic, p), next) in &self.pending.offsets {
-            out.push((
-                *p,
-                changelog::Entry::Meta(changelog::Meta {
-                    topic: topic.clone(),
-                    next_offset: *next,
-                    mark: self.mark(*p),
-                }),
-            ));
+        let mut out = Vec::new();
+        for (&p, task) in &self.tasks {
+            let pending = &task.pending;
+            let mut users: Vec<_> = pending.users.iter().collect();
+            users.sort_by(|a, b| a.0.cmp(b.0));
+            let mut ledger: Vec<_> = pending.ledger.iter().collect();
+            ledger.sort_by(|a, b| a.0.cmp(b.0));
+            let mut expired: Vec<_> = pending.ledger_expired.keys().collect();
+            expired.sort();
+            out.reserve(users.len() + ledger.len() + expired.len() + pending.offsets.len());
+            out.extend(
+                users
+                    .into_iter()
+                    .map(|(_, u)| (p, changelog::Entry::User(u.clone()))),
+            );
+            out.extend(ledger.into_iter().map(|((_, user_id, receipt_id), e)| {
+                (
+                    p,
+                    changelog::Entry::Ledger {
+                        user_id: user_id.clone(),
+                        receipt_id: receipt_id.clone(),
+                        entry: e.clone(),
+                    },
+                )
+            }));
+            out.extend(expired.into_iter().map(|(_, user_id, receipt_id)| {
+                (
+                    p,
+                    changelog::Entry::LedgerExpired {
+                        user_id: user_id.clone(),
+                        receipt_id: receipt_id.clone(),
+                    },
+                )
+            }));
+            for ((topic, _), next) in &pending.offsets {
+                out.push((
+                    p,
+                    changelog::Entry::Meta(changelog::Meta {
+                        topic: topic.clone(),
+                        next_offset: *next,
+                        mark: self.mark(p),
+                    }),
+                ));
+            }
         }
         out
     }
@@ -787,17 +836,24 @@ impl Processor {
     /// Waits for the batch in flight's outputs, makes them final ([`Sink::finish`]), then
     /// writes the batch to the store.
     fn settle(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
-        let Some(mut flight) = self.inflight.take() else {
+        let Some(mut stats) = self.inflight_stats.take() else {
             return Ok(BatchStats::default());
         };
-        match sink.finish(&flight.set.offsets) {
-            Ok(changelog) => flight.set.changelog = changelog,
+        // One atomic write for every partition's batch: one transaction holds them all.
+        let mut set = WriteSet::default();
+        for task in self.tasks.values_mut() {
+            if let Some(flight) = task.inflight.take() {
+                set.absorb(flight);
+            }
+        }
+        match sink.finish(&set.offsets) {
+            Ok(changelog) => set.changelog = changelog,
             Err(e) => {
                 self.reset();
                 return Err(CommitError::Publish(e));
             }
         }
-        if let Err(e) = self.store.commit(&flight.set) {
+        if let Err(e) = self.store.commit(&set) {
             // A failed write may still have reached the store's memory (fjall applies a
             // batch, then fails to persist it): the hot set may be older than the store
             // now, and folding on from it would publish (and, with the changelog, keep) a
@@ -805,16 +861,12 @@ impl Processor {
             self.revoke();
             return Err(CommitError::Store(e));
         }
-        let InFlight {
-            set: mut committed,
-            mut stats,
-        } = flight;
         if let Some(hot) = &mut self.hot {
-            for (k, u) in committed.users.drain() {
+            for (k, u) in set.users.drain() {
                 hot.insert(k, u);
             }
         }
-        stats.offsets = committed.offsets;
+        stats.offsets = set.offsets;
         Ok(stats)
     }
 
@@ -822,12 +874,12 @@ impl Processor {
     /// first): forgets their positions, expiry marks and hot users (another instance may
     /// change those users now). The partitions kept fold on from where they are.
     pub fn forget(&mut self, partitions: &[i32]) {
-        debug_assert!(self.pending.is_empty() && self.inflight.is_none());
+        debug_assert!(self.inflight_stats.is_none());
+        self.tasks.retain(|p, _| !partitions.contains(p));
         self.positions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|(_, p), _| !partitions.contains(p));
-        self.expired_before.retain(|p, _| !partitions.contains(p));
         if let Some(hot) = &mut self.hot {
             hot.retain(|(p, _), _| !partitions.contains(p));
         }
@@ -844,14 +896,11 @@ impl Processor {
 
     /// Drops the batch in hand; positions fall back to the store's offsets.
     pub fn reset(&mut self) {
-        self.pending = WriteSet::default();
-        self.inflight = None;
-        self.unsent.clear();
-        self.events.clear();
-        self.dead_letters.clear();
+        // A dropped batch's expiries did not happen, and a restore may bring entries
+        // back: every task goes, expiry marks with it.
+        self.tasks.clear();
         self.stats = BatchStats::default();
-        // A dropped batch's expiries did not happen; a restore may bring entries back.
-        self.expired_before.clear();
+        self.inflight_stats = None;
         self.positions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -939,6 +988,62 @@ impl Sink for MemorySink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn receipt(n: u32, user: &str) -> Vec<u8> {
+        format!(
+            r#"{{"receipt_id":"r-{n}","user_id":"{user}","store_id":"s-1","amount":"10.00","issued_at":"2026-11-18T11:00:{:02}Z"}}"#,
+            n % 60
+        )
+        .into_bytes()
+    }
+
+    fn fold(processor: &mut Processor, partition: i32, offset: i64, n: u32, user: &str) {
+        let payload = receipt(n, user);
+        let folded = processor.process(Record {
+            topic: "receipts",
+            partition,
+            offset,
+            key: Some(user.as_bytes()),
+            payload: Some(&payload),
+            timestamp_ms: None,
+        });
+        assert!(folded.unwrap());
+    }
+
+    // A revoked partition's task goes whole: a user it had in the hot set is read from the
+    // store again (where the partition's next owner, or a restore, may have put a newer
+    // state), while the partitions kept fold on from their own tasks.
+    #[test]
+    fn a_revoked_partitions_task_is_dropped_and_the_kept_ones_fold_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut sink = MemorySink::default();
+        let mut mine = Processor::new(Arc::clone(&store), Rules::default());
+        fold(&mut mine, 0, 0, 1, "u-a");
+        fold(&mut mine, 1, 0, 2, "u-b");
+        mine.commit(&mut sink).unwrap();
+
+        // Partition 1 moves away; its new owner folds two more receipts of u-b, and the
+        // state comes back to this store (as a restore from the changelog brings it).
+        let mut other = Processor::new(Arc::clone(&store), Rules::default());
+        fold(&mut other, 1, 1, 3, "u-b");
+        fold(&mut other, 1, 2, 4, "u-b");
+        other.commit(&mut sink).unwrap();
+        mine.forget(&[1]);
+
+        fold(&mut mine, 1, 3, 5, "u-b");
+        fold(&mut mine, 0, 1, 6, "u-a");
+        mine.commit(&mut sink).unwrap();
+        let b = store.user(1, "u-b").unwrap().unwrap();
+        assert_eq!(
+            b.receipt_count, 4,
+            "folded on a stale hot entry of a revoked partition"
+        );
+        let a = store.user(0, "u-a").unwrap().unwrap();
+        assert_eq!(a.receipt_count, 2);
+        assert_eq!(store.offset("receipts", 0).unwrap(), Some(2));
+        assert_eq!(store.offset("receipts", 1).unwrap(), Some(4));
+    }
 
     #[test]
     fn a_batch_is_committed_when_full_or_when_its_interval_is_over() {

@@ -199,6 +199,20 @@ pub struct WriteSet {
 }
 
 impl WriteSet {
+    /// Adds `other`, a batch of other partitions (its keys are disjoint from this one's),
+    /// so that both are written in one atomic batch.
+    pub fn absorb(&mut self, other: WriteSet) {
+        self.users.extend(other.users);
+        self.ledger.extend(other.ledger);
+        self.offsets.extend(other.offsets);
+        self.marks.extend(other.marks);
+        self.changelog.extend(other.changelog);
+        self.previous_scores.extend(other.previous_scores);
+        self.ledger_expired.extend(other.ledger_expired);
+        self.due_stale.extend(other.due_stale);
+        self.unindexed.extend(other.unindexed);
+    }
+
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
