@@ -45,8 +45,11 @@ use fjall::compaction::filter::{CompactionFilter, Context, Factory, ItemAccessor
 use fjall::config::FilterPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
+use batch::Batch;
+
 use crate::domain::{LedgerEntry, PeriodScore, UserState};
 
+mod batch;
 mod periods;
 mod ranks;
 pub mod value;
@@ -669,16 +672,16 @@ impl Store {
         &self,
         items: impl Iterator<Item = Result<T, StoreError>>,
         chunk: usize,
-        mut each: impl FnMut(&mut fjall::OwnedWriteBatch, T),
-    ) -> Result<fjall::OwnedWriteBatch, StoreError> {
-        let mut batch = self.db.batch();
+        mut each: impl FnMut(&mut Batch, T),
+    ) -> Result<Batch, StoreError> {
+        let mut batch = Batch::new(&self.db);
         let mut in_batch = 0usize;
         for item in items {
             each(&mut batch, item?);
             in_batch += 1;
             if in_batch >= chunk {
                 batch.commit().map_err(io("commit batch"))?;
-                batch = self.db.batch();
+                batch = Batch::new(&self.db);
                 in_batch = 0;
             }
         }
@@ -686,7 +689,7 @@ impl Store {
     }
 
     /// Commits `batch` and persists the store.
-    fn commit_durably(&self, batch: fjall::OwnedWriteBatch) -> Result<(), StoreError> {
+    fn commit_durably(&self, batch: Batch) -> Result<(), StoreError> {
         batch.commit().map_err(io("commit batch"))?;
         self.db.persist(PersistMode::SyncAll).map_err(io("persist"))
     }
@@ -1002,7 +1005,7 @@ impl Store {
         }
         // Offsets are written in the same batch as the state they produced: that is
         // what makes a replay after a crash exact.
-        let mut batch = self.db.batch();
+        let mut batch = Batch::new(&self.db);
         // Users new to each partition in this batch.
         let mut added: HashMap<i32, u64> = HashMap::new();
         let mut period_changes = periods::PeriodChanges::default();
@@ -1305,7 +1308,7 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             // More entries than one chunk, as a drop found them, then a crash before any
             // was deleted: only the mark and the entries are in the store.
-            let mut batch = store.db.batch();
+            let mut batch = Batch::new(&store.db);
             for i in 0..45_000 {
                 let mut k = prefix.clone();
                 k.extend_from_slice(format!("\0x{i:08}").as_bytes());
@@ -1525,7 +1528,7 @@ mod tests {
                 .iter()
                 .map(|kv| kv.key().unwrap().to_vec())
                 .collect();
-            let mut batch = store.db.batch();
+            let mut batch = Batch::new(&store.db);
             for k in keys {
                 batch.remove(&store.rank_counts, k);
             }

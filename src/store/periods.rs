@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::ranks::RankDeltas;
-use super::{io, ordered, Board, Store, StoreError};
+use super::{io, ordered, Batch, Board, Store, StoreError};
 use crate::domain::{Calendar, Period, PeriodScore, Timestamp, UserState};
 
 pub(super) fn kind_tag(kind: Period) -> u8 {
@@ -122,7 +122,7 @@ impl PeriodChanges {
     pub(super) fn write(
         self,
         store: &Store,
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut Batch,
         kept: usize,
         ranks: &mut RankDeltas,
     ) -> Result<(), StoreError> {
@@ -210,7 +210,7 @@ impl Store {
     /// Drops a period with `batch`: its count goes, and a mark that its entries are to be
     /// deleted. A period without a count is not kept, so its entries are never read and
     /// never written again (a write for a period older than every kept one is skipped).
-    pub(super) fn drop_period(&self, prefix: &[u8], batch: &mut fjall::OwnedWriteBatch) {
+    pub(super) fn drop_period(&self, prefix: &[u8], batch: &mut Batch) {
         batch.remove(&self.period_users, prefix.to_vec());
         let mut mark = DROP_MARK.to_vec();
         mark.extend_from_slice(prefix);
@@ -235,7 +235,7 @@ impl Store {
         for mark in marks {
             let prefix = &mark[DROP_MARK.len()..];
             loop {
-                let mut batch = self.db.batch();
+                let mut batch = Batch::new(&self.db);
                 let mut n = 0;
                 for k in self.periods.prefix(prefix).take(DROP_CHUNK) {
                     let k = k.key().map_err(io("scan period board"))?;

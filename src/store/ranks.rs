@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use super::{io, Board, Store, StoreError};
+use super::{io, Batch, Board, Store, StoreError};
 
 /// Scores below this are their own bucket.
 const EXACT: u64 = 64;
@@ -111,11 +111,7 @@ impl RankDeltas {
     }
 
     /// Adds the summed changes to `batch`, reading each bucket's count once.
-    pub(super) fn write(
-        self,
-        store: &Store,
-        batch: &mut fjall::OwnedWriteBatch,
-    ) -> Result<(), StoreError> {
+    pub(super) fn write(self, store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
         for (key, delta) in self.deltas {
             if delta == 0 {
                 continue;
@@ -151,12 +147,7 @@ impl RankCounts {
     }
 
     /// Writes every count whose scope `keep` accepts into `batch`.
-    pub(super) fn write(
-        self,
-        store: &Store,
-        batch: &mut fjall::OwnedWriteBatch,
-        keep: impl Fn(&[u8]) -> bool,
-    ) {
+    pub(super) fn write(self, store: &Store, batch: &mut Batch, keep: impl Fn(&[u8]) -> bool) {
         for (key, n) in self.counts {
             if keep(&key) {
                 batch.insert(&store.rank_counts, key, n.to_be_bytes());
@@ -188,7 +179,7 @@ impl Store {
     pub(super) fn drop_rank_counts(
         &self,
         scope: &[u8],
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut Batch,
     ) -> Result<(), StoreError> {
         for kv in self.rank_counts.prefix(scope) {
             let k = kv.key().map_err(io("scan rank counts"))?;
