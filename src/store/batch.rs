@@ -25,10 +25,22 @@ pub(crate) struct Batch {
 impl Batch {
     /// An empty batch of `db`.
     pub(crate) fn new(db: &Database) -> Self {
+        Self::with_capacity(db, 0)
+    }
+
+    /// An empty batch of `db` with room for `writes` writes: a commit's batch holds
+    /// hundreds of thousands, and growing it by doubling copies them and touches fresh
+    /// pages at every step.
+    pub(crate) fn with_capacity(db: &Database, writes: usize) -> Self {
         Self {
             db: db.clone(),
-            writes: Vec::new(),
+            writes: Vec::with_capacity(writes),
         }
+    }
+
+    /// How many writes the batch holds.
+    pub(crate) fn len(&self) -> usize {
+        self.writes.len()
     }
 
     /// Sets `key` to `value` in `keyspace`.
@@ -72,7 +84,7 @@ impl Batch {
                 u128::from_be_bytes(b.try_into().unwrap_or_default()),
             )
         });
-        let mut batch = self.db.batch();
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), self.writes.len());
         for w in self.writes {
             match w.value {
                 Some(v) => batch.insert(&w.keyspace, w.key, v),

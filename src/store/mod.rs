@@ -268,6 +268,8 @@ pub struct Store {
     rank_counts: Keyspace,
     /// `[processing] periods_kept`.
     periods_kept: std::sync::atomic::AtomicUsize,
+    /// Writes of the last commit's batch: the next one is sized by it.
+    last_batch_writes: std::sync::atomic::AtomicUsize,
 }
 
 fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
@@ -533,6 +535,7 @@ impl Store {
             periods_kept: std::sync::atomic::AtomicUsize::new(
                 crate::domain::game::DEFAULT_PERIODS_KEPT,
             ),
+            last_batch_writes: std::sync::atomic::AtomicUsize::new(0),
         };
         if !users_indexed || !ranks_counted {
             // A store from before the partition-first index, the counts or the rank
@@ -1005,7 +1008,11 @@ impl Store {
         }
         // Offsets are written in the same batch as the state they produced: that is
         // what makes a replay after a crash exact.
-        let mut batch = Batch::new(&self.db);
+        let mut batch = Batch::with_capacity(
+            &self.db,
+            self.last_batch_writes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         // Users new to each partition in this batch.
         let mut added: HashMap<i32, u64> = HashMap::new();
         let mut period_changes = periods::PeriodChanges::default();
@@ -1102,6 +1109,8 @@ impl Store {
         for (p, n) in &counted {
             batch.insert(&self.counts, p.to_be_bytes(), n.to_be_bytes());
         }
+        self.last_batch_writes
+            .store(batch.len(), std::sync::atomic::Ordering::Relaxed);
         batch.commit().map_err(io("commit batch"))?;
         self.db
             .persist(PersistMode::SyncAll)
