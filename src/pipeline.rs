@@ -202,6 +202,16 @@ impl Task {
     }
 }
 
+/// A batch whose outputs are final, being written to the store by a thread of its own.
+struct Landing {
+    /// What is being written; the next batch reads through it until it is stored.
+    set: WriteSet,
+    /// Its counts.
+    stats: BatchStats,
+    /// The writing thread.
+    writer: std::thread::JoinHandle<Result<(), StoreError>>,
+}
+
 /// Counts of one batch, for logs and the demo summary.
 #[derive(Debug, Default, Clone)]
 pub struct BatchStats {
@@ -344,6 +354,12 @@ pub struct Processor {
     stats: BatchStats,
     /// Counts of the batch in flight, when there is one.
     inflight_stats: Option<BatchStats>,
+    /// The last batch, final on the sink and being written to the store on a thread of
+    /// its own while the next batch folds ([`Self::commit_behind`]).
+    landing: Option<Landing>,
+    /// Tests hold this lock to keep a batch's store write from starting.
+    #[cfg(test)]
+    hold_writes: Arc<Mutex<()>>,
     positions: Positions,
     /// The dedup window in seconds of event time.
     window_secs: i64,
@@ -368,6 +384,9 @@ impl Processor {
             tasks: BTreeMap::new(),
             stats: BatchStats::default(),
             inflight_stats: None,
+            landing: None,
+            #[cfg(test)]
+            hold_writes: Arc::default(),
             positions: Positions::default(),
             window_secs,
         }
@@ -389,7 +408,7 @@ impl Processor {
     }
 
     /// Partition `p`'s mark: the batch in hand's, else the batch in flight's, else the
-    /// store's.
+    /// batch being written's, else the store's.
     fn mark(&self, p: i32) -> Option<i64> {
         self.tasks
             .get(&p)
@@ -399,6 +418,7 @@ impl Processor {
                     .get(&p)
                     .or_else(|| t.inflight.as_ref().and_then(|f| f.marks.get(&p)))
             })
+            .or_else(|| self.landing.as_ref()?.set.marks.get(&p))
             .copied()
             .or_else(|| self.store.mark(p))
     }
@@ -497,10 +517,13 @@ impl Processor {
     }
 
     /// A user's newest state outside the batch in hand: the batch in flight's (stored
-    /// first, so the newest), the hot set's, or the store's.
+    /// first, so the newest), the batch being written's, the hot set's, or the store's.
     fn load(&self, key: &(i32, String)) -> Result<Option<UserState>, StoreError> {
         let flying = self.tasks.get(&key.0).and_then(|t| t.inflight.as_ref());
         if let Some(u) = flying.and_then(|f| f.users.get(key)) {
+            return Ok(Some(u.clone()));
+        }
+        if let Some(u) = self.landing.as_ref().and_then(|l| l.set.users.get(key)) {
             return Ok(Some(u.clone()));
         }
         if let Some(u) = self.hot.as_ref().and_then(|h| h.get(key)) {
@@ -626,7 +649,8 @@ impl Processor {
         let task = self.tasks.get(&p);
         let in_hand = task.and_then(|t| t.pending.ledger.get(&key));
         let flying = || task.and_then(|t| t.inflight.as_ref()?.ledger.get(&key));
-        match in_hand.or_else(flying) {
+        let landing = || self.landing.as_ref()?.set.ledger.get(&key);
+        match in_hand.or_else(flying).or_else(landing) {
             Some(e) => Ok(Some(e.clone())),
             None => self.store.ledger_entry(p, user_id, receipt_id),
         }
@@ -635,21 +659,44 @@ impl Processor {
     /// Publishes every batch in hand, waits for delivery, then writes them to the store
     /// atomically and durably, one batch per write. On error every batch in hand is
     /// dropped (see [`Self::reset`]). Returns the counts of what was written.
+    /// A batch still being written by [`Self::commit_behind`] is waited for first: when
+    /// this returns, the store holds everything committed.
     pub fn commit(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
-        let mut stats = self.settle(sink)?;
+        let mut stats = self.land()?;
+        stats.add_batch(self.settle(sink, false)?);
         self.send(sink)?;
-        stats.add_batch(self.settle(sink)?);
+        stats.add_batch(self.settle(sink, false)?);
         Ok(stats)
     }
 
-    /// The pipelined commit of `run`: stores the batch in flight once its outputs are
-    /// delivered, then sends the batch in hand and returns without waiting, so that the
-    /// next batch is folded while the broker acknowledges this one. The store still never
-    /// runs ahead of delivered outputs. Returns the counts of the batch that was stored.
-    pub fn commit_pipelined(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
-        let stats = self.settle(sink)?;
+    /// The commit between batches of a running loop: waits for the last batch's store
+    /// write, then publishes the batch in hand, waits for delivery and makes its outputs
+    /// final as [`Self::commit`] does, and hands its store write to a thread of its own,
+    /// so that the next batch folds on one core while this one is written on the other.
+    /// The store still never runs ahead of final outputs, and the next batch reads this
+    /// one's users, ledger entries and marks from it until it is stored. Returns the counts
+    /// of the batch that was stored (the one before), so that what is reported committed
+    /// is in the store.
+    pub fn commit_behind(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
+        let mut stats = self.land()?;
+        stats.add_batch(self.settle(sink, false)?);
         self.send(sink)?;
+        stats.add_batch(self.settle(sink, true)?);
         Ok(stats)
+    }
+
+    /// Waits for the batch being written, if any, and returns its counts once it is in
+    /// the store. A failed write is handled as in [`Self::settle`].
+    fn land(&mut self) -> Result<BatchStats, CommitError> {
+        let Some(Landing { set, stats, writer }) = self.landing.take() else {
+            return Ok(BatchStats::default());
+        };
+        let written = writer.join().unwrap_or_else(|_| {
+            Err(StoreError::Writer(
+                "the store writer thread panicked".to_owned(),
+            ))
+        });
+        self.stored(set, stats, written)
     }
 
     /// Whether the batch in hand has outputs that were not sent yet.
@@ -834,9 +881,10 @@ impl Processor {
     }
 
     /// Waits for the batch in flight's outputs, makes them final ([`Sink::finish`]), then
-    /// writes the batch to the store.
-    fn settle(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
-        let Some(mut stats) = self.inflight_stats.take() else {
+    /// writes the batch to the store, or (`behind`) hands the write to a thread of its own
+    /// ([`Self::land`] waits for it) and returns empty counts.
+    fn settle(&mut self, sink: &mut dyn Sink, behind: bool) -> Result<BatchStats, CommitError> {
+        let Some(stats) = self.inflight_stats.take() else {
             return Ok(BatchStats::default());
         };
         // One atomic write for every partition's batch: one transaction holds them all.
@@ -853,7 +901,47 @@ impl Processor {
                 return Err(CommitError::Publish(e));
             }
         }
-        if let Err(e) = self.store.commit(&set) {
+        debug_assert!(self.landing.is_none());
+        if behind {
+            // The writes are gathered here (they read the store, which holds the batch
+            // before), and applied on a thread of their own.
+            let prepared = match self.store.prepare(&set) {
+                Ok(prepared) => prepared,
+                Err(e) => return self.stored(set, stats, Err(e)),
+            };
+            let store = Arc::clone(&self.store);
+            #[cfg(test)]
+            let hold = Arc::clone(&self.hold_writes);
+            let spawned = std::thread::Builder::new()
+                .name("store-writer".to_owned())
+                .spawn(move || {
+                    #[cfg(test)]
+                    drop(hold.lock());
+                    store.apply(prepared)
+                });
+            match spawned {
+                Ok(writer) => {
+                    self.landing = Some(Landing { set, stats, writer });
+                    return Ok(BatchStats::default());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no thread for the store write; writing in line");
+                }
+            }
+        }
+        let written = self.store.commit(&set);
+        self.stored(set, stats, written)
+    }
+
+    /// After the store write of `set` (`written`): its users join the hot set, and the
+    /// counts say which offsets the store now holds.
+    fn stored(
+        &mut self,
+        mut set: WriteSet,
+        mut stats: BatchStats,
+        written: Result<(), StoreError>,
+    ) -> Result<BatchStats, CommitError> {
+        if let Err(e) = written {
             // A failed write may still have reached the store's memory (fjall applies a
             // batch, then fails to persist it): the hot set may be older than the store
             // now, and folding on from it would publish (and, with the changelog, keep) a
@@ -875,6 +963,7 @@ impl Processor {
     /// change those users now). The partitions kept fold on from where they are.
     pub fn forget(&mut self, partitions: &[i32]) {
         debug_assert!(self.inflight_stats.is_none());
+        debug_assert!(self.landing.is_none());
         self.tasks.retain(|p, _| !partitions.contains(p));
         self.positions
             .lock()
@@ -894,8 +983,13 @@ impl Processor {
         }
     }
 
-    /// Drops the batch in hand; positions fall back to the store's offsets.
+    /// Drops the batch in hand; positions fall back to the store's offsets (a batch being
+    /// written is waited for first, so that they are its offsets).
     pub fn reset(&mut self) {
+        if let Err(e) = self.land() {
+            // The store refuses every write after a failed one: the next commit says so.
+            tracing::error!(error = %e, "the store write of the last batch failed");
+        }
         // A dropped batch's expiries did not happen, and a restore may bring entries
         // back: every task goes, expiry marks with it.
         self.tasks.clear();
@@ -905,6 +999,16 @@ impl Processor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+    }
+}
+
+impl Drop for Processor {
+    /// A batch being written is final on the sink: it is written before the processor
+    /// goes.
+    fn drop(&mut self) {
+        if let Err(e) = self.land() {
+            tracing::error!(error = %e, "the store write of the last batch failed");
+        }
     }
 }
 
@@ -1043,6 +1147,44 @@ mod tests {
         assert_eq!(a.receipt_count, 2);
         assert_eq!(store.offset("receipts", 0).unwrap(), Some(2));
         assert_eq!(store.offset("receipts", 1).unwrap(), Some(4));
+    }
+
+    // While a batch's store write runs behind, the next batch folds on it: its users,
+    // ledger entries and positions are read from the batch being written, not from the
+    // store, which does not hold it yet.
+    #[test]
+    fn the_next_batch_folds_on_a_batch_whose_store_write_is_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut sink = MemorySink::default();
+        let mut processor = Processor::new(Arc::clone(&store), Rules::default());
+        fold(&mut processor, 0, 0, 1, "u-a");
+        fold(&mut processor, 0, 1, 2, "u-a");
+        let hold = Arc::clone(&processor.hold_writes);
+        let held = hold.lock().unwrap();
+        let stored = processor.commit_behind(&mut sink).unwrap();
+        assert_eq!(stored.records, 0, "nothing was stored before this batch");
+        assert!(
+            store.user(0, "u-a").unwrap().is_none(),
+            "the write was held"
+        );
+        assert_eq!(sink.projections.len(), 1, "outputs go before the store");
+
+        fold(&mut processor, 0, 2, 3, "u-a");
+        fold(&mut processor, 0, 3, 1, "u-a"); // r-1 again: a duplicate
+        drop(held);
+        let stored = processor.commit_behind(&mut sink).unwrap();
+        assert_eq!(stored.records, 2, "the counts of the batch stored");
+        assert_eq!(stored.offsets.get(&("receipts".to_owned(), 0)), Some(&2));
+        let last = processor.commit(&mut sink).unwrap();
+        assert_eq!(last.records, 2);
+        assert_eq!(
+            last.duplicates, 1,
+            "r-1 was seen in the batch being written"
+        );
+        let a = store.user(0, "u-a").unwrap().unwrap();
+        assert_eq!(a.receipt_count, 3, "folded on the batch being written");
+        assert_eq!(store.offset("receipts", 0).unwrap(), Some(4));
     }
 
     #[test]

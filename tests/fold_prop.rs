@@ -38,8 +38,8 @@ struct Spec {
 enum Action {
     Next(usize),
     Commit,
-    /// `run`'s commit: store the batch in flight, send the batch in hand.
-    CommitPipelined,
+    /// The loop's commit between batches: the store write runs behind, on a thread.
+    CommitBehind,
     /// `run` with nothing more in hand: send the batch's changes early.
     SendChanges,
     Crash,
@@ -71,7 +71,7 @@ fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         8 => (0..PARTITIONS).prop_map(Action::Next),
         1 => Just(Action::Commit),
-        2 => Just(Action::CommitPipelined),
+        2 => Just(Action::CommitBehind),
         2 => Just(Action::SendChanges),
         1 => Just(Action::Crash),
         1 => Just(Action::Compact),
@@ -202,8 +202,8 @@ fn run_case(specs: &[Spec], actions: &[Action]) {
             Action::Commit => {
                 processor.commit(&mut sink).unwrap();
             }
-            Action::CommitPipelined => {
-                processor.commit_pipelined(&mut sink).unwrap();
+            Action::CommitBehind => {
+                processor.commit_behind(&mut sink).unwrap();
             }
             Action::SendChanges => {
                 processor.send_changes(&mut sink).unwrap();

@@ -134,7 +134,7 @@ struct Spec {
 enum Action {
     Next(usize),
     Commit,
-    CommitPipelined,
+    CommitBehind,
     SendChanges,
     Crash,
 }
@@ -164,7 +164,7 @@ fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         10 => (0..PARTITIONS).prop_map(Action::Next),
         1 => Just(Action::Commit),
-        2 => Just(Action::CommitPipelined),
+        2 => Just(Action::CommitBehind),
         2 => Just(Action::SendChanges),
         1 => Just(Action::Crash),
     ]
@@ -284,8 +284,8 @@ fn run(specs: Vec<Spec>, actions: Vec<Action>) {
             Action::Commit => {
                 processor.commit(&mut sink).unwrap();
             }
-            Action::CommitPipelined => {
-                processor.commit_pipelined(&mut sink).unwrap();
+            Action::CommitBehind => {
+                processor.commit_behind(&mut sink).unwrap();
             }
             Action::SendChanges => processor.send_changes(&mut sink).unwrap(),
             Action::Crash => {

@@ -173,7 +173,7 @@ fn failed_publishes_never_advance_the_store_and_replays_are_exact() {
 }
 
 #[test]
-fn failed_publishes_with_pipelined_commits_never_advance_the_store_past_delivery() {
+fn failed_publishes_with_store_writes_behind_never_advance_the_store_past_delivery() {
     failed_publishes_case(true, false);
 }
 
@@ -184,7 +184,7 @@ fn failed_publishes_with_early_sends_never_advance_the_store_past_delivery() {
 
 /// `early`: outputs are also sent every few records, as `run` does when the source has
 /// nothing more in hand.
-fn failed_publishes_case(pipelined: bool, early: bool) {
+fn failed_publishes_case(behind: bool, early: bool) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let mut processor = Processor::with_hot_users(Arc::clone(&store), golden::rules(), 50);
@@ -208,9 +208,9 @@ fn failed_publishes_case(pipelined: bool, early: bool) {
         }
         let last = end == receipts.len();
         let before = store.offset(TOPIC, 0).unwrap();
-        // Pipelined, the last batch still needs the flushing commit.
-        let committed = if pipelined && !last {
-            processor.commit_pipelined(&mut sink)
+        // With the store write behind, the last batch still needs the flushing commit.
+        let committed = if behind && !last {
+            processor.commit_behind(&mut sink)
         } else {
             processor.commit(&mut sink)
         };

@@ -629,8 +629,9 @@ impl Source for KafkaSource<'_> {
 
 /// Folds and commits until `shutdown` is set (the batch in hand committed first) or
 /// something fails for good. One transaction per batch (published, committed with its
-/// offsets, then stored), not pipelined: a transaction holds one batch, so that its
-/// changelog position stands for exactly what it carries.
+/// offsets, then stored, the store write running behind while the next batch folds): a
+/// transaction holds one batch, so that its changelog position stands for exactly what it
+/// carries.
 fn consume(
     config: &Config,
     consumer: &BaseConsumer<StoreSeekingContext>,

@@ -171,7 +171,11 @@ pub fn drive<S: Source>(source: &S, interval: Duration) -> anyhow::Result<Finish
             let mut engine = source.engine();
             source.before_commit(&mut engine);
             let Engine { processor, sink } = &mut *engine;
-            processor.commit(sink)
+            if stopping {
+                processor.commit(sink)
+            } else {
+                processor.commit_behind(sink)
+            }
         };
         match committed {
             Ok(stats) => {

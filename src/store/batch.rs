@@ -20,6 +20,8 @@ struct Write {
 pub(crate) struct Batch {
     db: Database,
     writes: Vec<Write>,
+    /// Whether `writes` are in key order, and stay so (nothing added since).
+    sorted: bool,
 }
 
 impl Batch {
@@ -35,6 +37,7 @@ impl Batch {
         Self {
             db: db.clone(),
             writes: Vec::with_capacity(writes),
+            sorted: false,
         }
     }
 
@@ -50,6 +53,7 @@ impl Batch {
         key: K,
         value: V,
     ) {
+        self.sorted = false;
         self.writes.push(Write {
             keyspace: keyspace.clone(),
             key: key.into(),
@@ -59,6 +63,7 @@ impl Batch {
 
     /// Removes `key` from `keyspace`.
     pub(crate) fn remove<K: Into<UserKey>>(&mut self, keyspace: &Keyspace, key: K) {
+        self.sorted = false;
         self.writes.push(Write {
             keyspace: keyspace.clone(),
             key: key.into(),
@@ -66,8 +71,9 @@ impl Batch {
         });
     }
 
-    /// Commits every write atomically (not yet durably: see `Database::persist`).
-    pub(crate) fn commit(mut self) -> fjall::Result<()> {
+    /// Puts the writes in key order (by keyspace, then by the keys' first 32 bytes), for
+    /// [`Self::commit`].
+    pub(crate) fn sort(&mut self) {
         // By the keys' first 32 bytes, as two integers: no call to memcmp per comparison
         // (keys share long prefixes: partition, kind, period, board). Keys alike in their
         // first 32 bytes keep their batch order, which costs a little locality and nothing
@@ -84,6 +90,15 @@ impl Batch {
                 u128::from_be_bytes(b.try_into().unwrap_or_default()),
             )
         });
+        self.sorted = true;
+    }
+
+    /// Commits every write atomically (not yet durably: see `Database::persist`), in key
+    /// order ([`Self::sort`], unless done already).
+    pub(crate) fn commit(mut self) -> fjall::Result<()> {
+        if !self.sorted {
+            self.sort();
+        }
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), self.writes.len());
         for w in self.writes {
             match w.value {

@@ -77,6 +77,10 @@ pub enum StoreError {
     /// only a restart, which recovers from the journal, can write again.
     #[error("the store refuses writes after an earlier write failure (disk full?); restart mallquest once the cause is fixed: it recovers from its journal")]
     Poisoned,
+    /// The thread writing a batch in the background ended without saying how the write
+    /// went (it panicked): what reached the store is not known.
+    #[error("the store write did not finish: {0}")]
+    Writer(String),
     /// A stored value could not be decoded: the store is corrupt or from another version.
     #[error("corrupt {what} in store: {detail}")]
     Corrupt { what: &'static str, detail: String },
@@ -226,6 +230,19 @@ impl WriteSet {
             && self.ledger_expired.is_empty()
             && self.due_stale.is_empty()
     }
+}
+
+/// A commit's writes, gathered and in key order, not written yet ([`Store::prepare`]).
+#[derive(Default)]
+pub struct Prepared {
+    /// `None`: nothing to write.
+    batch: Option<Batch>,
+    /// Users per partition after the batch.
+    counted: Vec<(i32, u64)>,
+    /// The batch's new event-time marks.
+    marks: BTreeMap<i32, i64>,
+    /// Partitions the batch holds offsets of.
+    partitions: Vec<i32>,
 }
 
 /// What the store holds in memory now.
@@ -1003,8 +1020,16 @@ impl Store {
 
     /// Writes a whole batch atomically and persists it durably (fsync) before returning.
     pub fn commit(&self, set: &WriteSet) -> Result<(), StoreError> {
+        self.apply(self.prepare(set)?)
+    }
+
+    /// The first half of [`Self::commit`]: every write of `set` gathered (the index
+    /// changes read the store as it is now, so the batch before must be stored) and put in
+    /// key order. Nothing is written until [`Self::apply`], which may run on another
+    /// thread while the next batch folds.
+    pub fn prepare(&self, set: &WriteSet) -> Result<Prepared, StoreError> {
         if set.is_empty() {
-            return Ok(());
+            return Ok(Prepared::default());
         }
         // Offsets are written in the same batch as the state they produced: that is
         // what makes a replay after a crash exact.
@@ -1111,6 +1136,27 @@ impl Store {
         }
         self.last_batch_writes
             .store(batch.len(), std::sync::atomic::Ordering::Relaxed);
+        batch.sort();
+        Ok(Prepared {
+            batch: Some(batch),
+            counted,
+            marks: set.marks.clone(),
+            partitions: set.offsets.keys().map(|(_, p)| *p).collect(),
+        })
+    }
+
+    /// The second half of [`Self::commit`]: writes a prepared batch atomically and
+    /// persists it durably (fsync) before returning.
+    pub fn apply(&self, prepared: Prepared) -> Result<(), StoreError> {
+        let Prepared {
+            batch,
+            counted,
+            marks: new_marks,
+            partitions,
+        } = prepared;
+        let Some(batch) = batch else {
+            return Ok(());
+        };
         batch.commit().map_err(io("commit batch"))?;
         self.db
             .persist(PersistMode::SyncAll)
@@ -1120,21 +1166,21 @@ impl Store {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .extend(counted);
-        if !set.marks.is_empty() {
+        if !new_marks.is_empty() {
             let mut marks = self
                 .expiry
                 .marks
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            marks.extend(set.marks.iter().map(|(p, m)| (*p, *m)));
+            marks.extend(new_marks);
         }
         let mut known = self
             .partitions
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (_, p) in set.offsets.keys() {
-            if let Err(at) = known.binary_search(p) {
-                known.insert(at, *p);
+        for p in partitions {
+            if let Err(at) = known.binary_search(&p) {
+                known.insert(at, p);
             }
         }
         Ok(())
