@@ -357,6 +357,9 @@ pub struct Processor {
     /// The last batch, final on the sink and being written to the store on a thread of
     /// its own while the next batch folds ([`Self::commit_behind`]).
     landing: Option<Landing>,
+    /// Counts of batches in the store that no commit has returned yet: one stored by a
+    /// commit whose later step failed, or landed by a reset.
+    unreported: BatchStats,
     /// Tests hold this lock to keep a batch's store write from starting.
     #[cfg(test)]
     hold_writes: Arc<Mutex<()>>,
@@ -385,6 +388,7 @@ impl Processor {
             stats: BatchStats::default(),
             inflight_stats: None,
             landing: None,
+            unreported: BatchStats::default(),
             #[cfg(test)]
             hold_writes: Arc::default(),
             positions: Positions::default(),
@@ -662,11 +666,11 @@ impl Processor {
     /// A batch still being written by [`Self::commit_behind`] is waited for first: when
     /// this returns, the store holds everything committed.
     pub fn commit(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
-        let mut stats = self.land()?;
-        stats.add_batch(self.settle(sink, false)?);
+        self.land()?;
+        self.settle(sink, false)?;
         self.send(sink)?;
-        stats.add_batch(self.settle(sink, false)?);
-        Ok(stats)
+        self.settle(sink, false)?;
+        Ok(std::mem::take(&mut self.unreported))
     }
 
     /// The commit between batches of a running loop: waits for the last batch's store
@@ -675,21 +679,22 @@ impl Processor {
     /// so that the next batch folds on one core while this one is written on the other.
     /// The store still never runs ahead of final outputs, and the next batch reads this
     /// one's users, ledger entries and marks from it until it is stored. Returns the counts
-    /// of the batch that was stored (the one before), so that what is reported committed
-    /// is in the store.
+    /// of the batches stored since the last commit that returned (the one before this, and
+    /// any stored by a commit that failed later on), so that what is reported committed is
+    /// in the store.
     pub fn commit_behind(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
-        let mut stats = self.land()?;
-        stats.add_batch(self.settle(sink, false)?);
+        self.land()?;
+        self.settle(sink, false)?;
         self.send(sink)?;
-        stats.add_batch(self.settle(sink, true)?);
-        Ok(stats)
+        self.settle(sink, true)?;
+        Ok(std::mem::take(&mut self.unreported))
     }
 
-    /// Waits for the batch being written, if any, and returns its counts once it is in
-    /// the store. A failed write is handled as in [`Self::settle`].
-    fn land(&mut self) -> Result<BatchStats, CommitError> {
+    /// Waits for the batch being written, if any; once it is in the store, its counts
+    /// join the unreported ones. A failed write is handled as in [`Self::settle`].
+    fn land(&mut self) -> Result<(), CommitError> {
         let Some(Landing { set, stats, writer }) = self.landing.take() else {
-            return Ok(BatchStats::default());
+            return Ok(());
         };
         let written = writer.join().unwrap_or_else(|_| {
             Err(StoreError::Writer(
@@ -882,10 +887,10 @@ impl Processor {
 
     /// Waits for the batch in flight's outputs, makes them final ([`Sink::finish`]), then
     /// writes the batch to the store, or (`behind`) hands the write to a thread of its own
-    /// ([`Self::land`] waits for it) and returns empty counts.
-    fn settle(&mut self, sink: &mut dyn Sink, behind: bool) -> Result<BatchStats, CommitError> {
+    /// ([`Self::land`] waits for it).
+    fn settle(&mut self, sink: &mut dyn Sink, behind: bool) -> Result<(), CommitError> {
         let Some(stats) = self.inflight_stats.take() else {
-            return Ok(BatchStats::default());
+            return Ok(());
         };
         // One atomic write for every partition's batch: one transaction holds them all.
         let mut set = WriteSet::default();
@@ -922,7 +927,7 @@ impl Processor {
             match spawned {
                 Ok(writer) => {
                     self.landing = Some(Landing { set, stats, writer });
-                    return Ok(BatchStats::default());
+                    return Ok(());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "no thread for the store write; writing in line");
@@ -933,14 +938,14 @@ impl Processor {
         self.stored(set, stats, written)
     }
 
-    /// After the store write of `set` (`written`): its users join the hot set, and the
-    /// counts say which offsets the store now holds.
+    /// After the store write of `set` (`written`): its users join the hot set, and its
+    /// counts (with the offsets the store now holds) join the unreported ones.
     fn stored(
         &mut self,
         mut set: WriteSet,
         mut stats: BatchStats,
         written: Result<(), StoreError>,
-    ) -> Result<BatchStats, CommitError> {
+    ) -> Result<(), CommitError> {
         if let Err(e) = written {
             // A failed write may still have reached the store's memory (fjall applies a
             // batch, then fails to persist it): the hot set may be older than the store
@@ -955,7 +960,8 @@ impl Processor {
             }
         }
         stats.offsets = set.offsets;
-        Ok(stats)
+        self.unreported.add_batch(stats);
+        Ok(())
     }
 
     /// After `partitions` were revoked with nothing in hand (the batch was committed
@@ -1185,6 +1191,54 @@ mod tests {
         let a = store.user(0, "u-a").unwrap().unwrap();
         assert_eq!(a.receipt_count, 3, "folded on the batch being written");
         assert_eq!(store.offset("receipts", 0).unwrap(), Some(4));
+    }
+
+    /// A sink whose next `finish` fails when `fail` is set.
+    #[derive(Default)]
+    struct Failing {
+        inner: MemorySink,
+        fail: bool,
+    }
+
+    impl Sink for Failing {
+        fn send(&mut self, outputs: &Outputs) -> anyhow::Result<()> {
+            self.inner.send(outputs)
+        }
+
+        fn wait(&mut self) -> anyhow::Result<()> {
+            Ok(())
+        }
+
+        fn finish(
+            &mut self,
+            _offsets: &BTreeMap<(String, i32), i64>,
+        ) -> anyhow::Result<BTreeMap<i32, i64>> {
+            anyhow::ensure!(!std::mem::take(&mut self.fail), "broker gone");
+            Ok(BTreeMap::new())
+        }
+    }
+
+    // A commit that lands the batch before it and then fails still leaves that batch's
+    // counts to be reported: the loop's metrics and the offsets the API says it reflects
+    // count every stored record once.
+    #[test]
+    fn a_batch_stored_by_a_commit_that_then_failed_is_reported_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut sink = Failing::default();
+        let mut processor = Processor::new(Arc::clone(&store), Rules::default());
+        fold(&mut processor, 0, 0, 1, "u-a");
+        assert_eq!(processor.commit_behind(&mut sink).unwrap().records, 0);
+        fold(&mut processor, 0, 1, 2, "u-a");
+        sink.fail = true;
+        assert!(processor.commit_behind(&mut sink).is_err());
+        assert_eq!(store.offset("receipts", 0).unwrap(), Some(1));
+
+        fold(&mut processor, 0, 1, 2, "u-a"); // replayed from the store's offset
+        let stats = processor.commit(&mut sink).unwrap();
+        assert_eq!(stats.records, 2, "the first batch's record is reported too");
+        assert_eq!(stats.offsets.get(&("receipts".to_owned(), 0)), Some(&2));
+        assert_eq!(store.user(0, "u-a").unwrap().unwrap().receipt_count, 2);
     }
 
     #[test]
