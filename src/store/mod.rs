@@ -237,6 +237,8 @@ impl WriteSet {
 pub struct Prepared {
     /// `None`: nothing to write.
     batch: Option<Batch>,
+    /// The rank counts it writes.
+    rank_writes: ranks::RankWrites,
     /// Users per partition after the batch.
     counted: Vec<(i32, u64)>,
     /// The batch's new event-time marks.
@@ -287,6 +289,8 @@ pub struct Store {
     periods_kept: std::sync::atomic::AtomicUsize,
     /// Writes of the last commit's batch: the next one is sized by it.
     last_batch_writes: std::sync::atomic::AtomicUsize,
+    /// Rank counts commits touched ([`ranks::RankCache`]).
+    rank_cache: ranks::RankCache,
 }
 
 fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
@@ -553,6 +557,7 @@ impl Store {
                 crate::domain::game::DEFAULT_PERIODS_KEPT,
             ),
             last_batch_writes: std::sync::atomic::AtomicUsize::new(0),
+            rank_cache: ranks::RankCache::default(),
         };
         if !users_indexed || !ranks_counted {
             // A store from before the partition-first index, the counts or the rank
@@ -841,6 +846,7 @@ impl Store {
             self.drop_period(prefix, &mut last);
         }
         self.commit_durably(last)?;
+        self.rank_cache.clear();
         self.drop_periods()?;
         self.user_counts
             .write()
@@ -1086,7 +1092,7 @@ impl Store {
             );
         }
         period_changes.write(self, &mut batch, self.periods_kept(), &mut rank_deltas)?;
-        rank_deltas.write(self, &mut batch)?;
+        let rank_writes = rank_deltas.write(self, &mut batch)?;
         for ((p, user_id, receipt_id), entry) in &set.ledger {
             batch.insert(
                 &self.ledger,
@@ -1139,6 +1145,7 @@ impl Store {
         batch.sort();
         Ok(Prepared {
             batch: Some(batch),
+            rank_writes,
             counted,
             marks: set.marks.clone(),
             partitions: set.offsets.keys().map(|(_, p)| *p).collect(),
@@ -1150,6 +1157,7 @@ impl Store {
     pub fn apply(&self, prepared: Prepared) -> Result<(), StoreError> {
         let Prepared {
             batch,
+            rank_writes,
             counted,
             marks: new_marks,
             partitions,
@@ -1161,6 +1169,7 @@ impl Store {
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(io("persist"))?;
+        self.rank_cache.applied(rank_writes);
         self.drop_periods()?;
         self.user_counts
             .write()

@@ -194,7 +194,9 @@ impl PeriodChanges {
         // the commit ([`Store::drop_periods`]).
         for (p, kind, key) in dropped {
             store.drop_period(&period_prefix(p, kind, &key), batch);
-            store.drop_rank_counts(&rank_scope(p, kind, &key), batch)?;
+            let scope = rank_scope(p, kind, &key);
+            store.drop_rank_counts(&scope, batch)?;
+            ranks.dropped(&scope);
         }
         Ok(())
     }
