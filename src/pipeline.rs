@@ -690,6 +690,14 @@ impl Processor {
         Ok(std::mem::take(&mut self.unreported))
     }
 
+    /// Waits for a store write running behind, if any: before anything else writes the
+    /// store or reads its offsets (a rebalance's restore, a partition handed on). Its
+    /// counts are reported by the next commit. A failed write is handled as in
+    /// [`Self::commit`].
+    pub fn finish_write(&mut self) -> Result<(), CommitError> {
+        self.land()
+    }
+
     /// Waits for the batch being written, if any; once it is in the store, its counts
     /// join the unreported ones. A failed write is handled as in [`Self::settle`].
     fn land(&mut self) -> Result<(), CommitError> {

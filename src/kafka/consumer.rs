@@ -103,6 +103,15 @@ impl ConsumerContext for StoreSeekingContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        // A store write running behind the loop finishes first: a restore on assignment
+        // reads the store's offsets and writes the store, and a partition handed on must
+        // be in the store as its transaction committed it.
+        if let Err(e) = self.engine().processor.finish_write() {
+            if let CommitError::Store(e) = &e {
+                self.set_fatal(unwritable(&self.store, e));
+            }
+            self.status.commit_failed(e.to_string());
+        }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // Cooperative rebalancing names only the partitions added; eager (a
