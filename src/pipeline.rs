@@ -182,8 +182,8 @@ pub trait Sink {
 struct Task {
     /// The batch in hand.
     pending: WriteSet,
-    /// The batch before `pending`: its outputs are sent but maybe not yet delivered, so
-    /// it is not in the store yet. `pending` was folded on top of it.
+    /// The batch between its last send and its settling, within one commit: its outputs
+    /// are sent but maybe not yet delivered. Nothing folds meanwhile.
     inflight: Option<WriteSet>,
     /// Users of `pending` changed since its outputs were last sent.
     unsent: HashSet<String>,
@@ -411,17 +411,12 @@ impl Processor {
         self.mark(p).map(|m| m.saturating_sub(self.window_secs))
     }
 
-    /// Partition `p`'s mark: the batch in hand's, else the batch in flight's, else the
-    /// batch being written's, else the store's.
+    /// Partition `p`'s mark: the batch in hand's, else the batch being written's, else the
+    /// store's.
     fn mark(&self, p: i32) -> Option<i64> {
         self.tasks
             .get(&p)
-            .and_then(|t| {
-                t.pending
-                    .marks
-                    .get(&p)
-                    .or_else(|| t.inflight.as_ref().and_then(|f| f.marks.get(&p)))
-            })
+            .and_then(|t| t.pending.marks.get(&p))
             .or_else(|| self.landing.as_ref()?.set.marks.get(&p))
             .copied()
             .or_else(|| self.store.mark(p))
@@ -520,13 +515,9 @@ impl Processor {
         Ok(true)
     }
 
-    /// A user's newest state outside the batch in hand: the batch in flight's (stored
-    /// first, so the newest), the batch being written's, the hot set's, or the store's.
+    /// A user's newest state outside the batch in hand: the batch being written's (not in
+    /// the store yet, so the newest), the hot set's, or the store's.
     fn load(&self, key: &(i32, String)) -> Result<Option<UserState>, StoreError> {
-        let flying = self.tasks.get(&key.0).and_then(|t| t.inflight.as_ref());
-        if let Some(u) = flying.and_then(|f| f.users.get(key)) {
-            return Ok(Some(u.clone()));
-        }
         if let Some(u) = self.landing.as_ref().and_then(|l| l.set.users.get(key)) {
             return Ok(Some(u.clone()));
         }
@@ -652,9 +643,8 @@ impl Processor {
         let key = (p, user_id.to_owned(), receipt_id.to_owned());
         let task = self.tasks.get(&p);
         let in_hand = task.and_then(|t| t.pending.ledger.get(&key));
-        let flying = || task.and_then(|t| t.inflight.as_ref()?.ledger.get(&key));
         let landing = || self.landing.as_ref()?.set.ledger.get(&key);
-        match in_hand.or_else(flying).or_else(landing) {
+        match in_hand.or_else(landing) {
             Some(e) => Ok(Some(e.clone())),
             None => self.store.ledger_entry(p, user_id, receipt_id),
         }
@@ -666,11 +656,7 @@ impl Processor {
     /// A batch still being written by [`Self::commit_behind`] is waited for first: when
     /// this returns, the store holds everything committed.
     pub fn commit(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
-        self.land()?;
-        self.settle(sink, false)?;
-        self.send(sink)?;
-        self.settle(sink, false)?;
-        Ok(std::mem::take(&mut self.unreported))
+        self.commit_with(sink, false)
     }
 
     /// The commit between batches of a running loop: waits for the last batch's store
@@ -683,32 +669,30 @@ impl Processor {
     /// any stored by a commit that failed later on), so that what is reported committed is
     /// in the store.
     pub fn commit_behind(&mut self, sink: &mut dyn Sink) -> Result<BatchStats, CommitError> {
-        self.land()?;
-        self.settle(sink, false)?;
+        self.commit_with(sink, true)
+    }
+
+    /// [`Self::commit`], or (`behind`) [`Self::commit_behind`].
+    fn commit_with(
+        &mut self,
+        sink: &mut dyn Sink,
+        behind: bool,
+    ) -> Result<BatchStats, CommitError> {
+        self.finish_write()?;
         self.send(sink)?;
-        self.settle(sink, true)?;
+        self.settle(sink, behind)?;
         Ok(std::mem::take(&mut self.unreported))
     }
 
     /// Waits for a store write running behind, if any: before anything else writes the
-    /// store or reads its offsets (a rebalance's restore, a partition handed on). Its
-    /// counts are reported by the next commit. A failed write is handled as in
-    /// [`Self::commit`].
+    /// store or reads its offsets (a rebalance's restore, a partition handed on). Once the
+    /// batch is in the store, its counts join the unreported ones, for the next commit to
+    /// return. A failed write is handled as in [`Self::settle`].
     pub fn finish_write(&mut self) -> Result<(), CommitError> {
-        self.land()
-    }
-
-    /// Waits for the batch being written, if any; once it is in the store, its counts
-    /// join the unreported ones. A failed write is handled as in [`Self::settle`].
-    fn land(&mut self) -> Result<(), CommitError> {
         let Some(Landing { set, stats, writer }) = self.landing.take() else {
             return Ok(());
         };
-        let written = writer.join().unwrap_or_else(|_| {
-            Err(StoreError::Writer(
-                "the store writer thread panicked".to_owned(),
-            ))
-        });
+        let written = writer.join().unwrap_or(Err(StoreError::WriterPanicked));
         self.stored(set, stats, written)
     }
 
@@ -895,7 +879,7 @@ impl Processor {
 
     /// Waits for the batch in flight's outputs, makes them final ([`Sink::finish`]), then
     /// writes the batch to the store, or (`behind`) hands the write to a thread of its own
-    /// ([`Self::land`] waits for it).
+    /// ([`Self::finish_write`] waits for it).
     fn settle(&mut self, sink: &mut dyn Sink, behind: bool) -> Result<(), CommitError> {
         let Some(stats) = self.inflight_stats.take() else {
             return Ok(());
@@ -1000,7 +984,7 @@ impl Processor {
     /// Drops the batch in hand; positions fall back to the store's offsets (a batch being
     /// written is waited for first, so that they are its offsets).
     pub fn reset(&mut self) {
-        if let Err(e) = self.land() {
+        if let Err(e) = self.finish_write() {
             // The store refuses every write after a failed one: the next commit says so.
             tracing::error!(error = %e, "the store write of the last batch failed");
         }
@@ -1020,7 +1004,7 @@ impl Drop for Processor {
     /// A batch being written is final on the sink: it is written before the processor
     /// goes.
     fn drop(&mut self) {
-        if let Err(e) = self.land() {
+        if let Err(e) = self.finish_write() {
             tracing::error!(error = %e, "the store write of the last batch failed");
         }
     }
@@ -1106,6 +1090,38 @@ impl Sink for MemorySink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink that counts sends and finishes, and fails the first `fail` finishes.
+    #[derive(Default)]
+    pub(super) struct Counting {
+        pub(super) inner: MemorySink,
+        pub(super) sends: u32,
+        pub(super) finishes: u32,
+        pub(super) fail: u32,
+    }
+
+    impl Sink for Counting {
+        fn send(&mut self, outputs: &Outputs) -> anyhow::Result<()> {
+            self.sends += 1;
+            self.inner.send(outputs)
+        }
+
+        fn wait(&mut self) -> anyhow::Result<()> {
+            Ok(())
+        }
+
+        fn finish(
+            &mut self,
+            _offsets: &BTreeMap<(String, i32), i64>,
+        ) -> anyhow::Result<BTreeMap<i32, i64>> {
+            self.finishes += 1;
+            if self.fail > 0 {
+                self.fail -= 1;
+                anyhow::bail!("broker gone");
+            }
+            Ok(BTreeMap::new())
+        }
+    }
 
     fn receipt(n: u32, user: &str) -> Vec<u8> {
         format!(
@@ -1201,31 +1217,6 @@ mod tests {
         assert_eq!(store.offset("receipts", 0).unwrap(), Some(4));
     }
 
-    /// A sink whose next `finish` fails when `fail` is set.
-    #[derive(Default)]
-    struct Failing {
-        inner: MemorySink,
-        fail: bool,
-    }
-
-    impl Sink for Failing {
-        fn send(&mut self, outputs: &Outputs) -> anyhow::Result<()> {
-            self.inner.send(outputs)
-        }
-
-        fn wait(&mut self) -> anyhow::Result<()> {
-            Ok(())
-        }
-
-        fn finish(
-            &mut self,
-            _offsets: &BTreeMap<(String, i32), i64>,
-        ) -> anyhow::Result<BTreeMap<i32, i64>> {
-            anyhow::ensure!(!std::mem::take(&mut self.fail), "broker gone");
-            Ok(BTreeMap::new())
-        }
-    }
-
     // A commit that lands the batch before it and then fails still leaves that batch's
     // counts to be reported: the loop's metrics and the offsets the API says it reflects
     // count every stored record once.
@@ -1233,12 +1224,12 @@ mod tests {
     fn a_batch_stored_by_a_commit_that_then_failed_is_reported_by_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let mut sink = Failing::default();
+        let mut sink = Counting::default();
         let mut processor = Processor::new(Arc::clone(&store), Rules::default());
         fold(&mut processor, 0, 0, 1, "u-a");
         assert_eq!(processor.commit_behind(&mut sink).unwrap().records, 0);
         fold(&mut processor, 0, 1, 2, "u-a");
-        sink.fail = true;
+        sink.fail = 1;
         assert!(processor.commit_behind(&mut sink).is_err());
         assert_eq!(store.offset("receipts", 0).unwrap(), Some(1));
 

@@ -210,47 +210,14 @@ pub fn drive<S: Source>(source: &S, interval: Duration) -> anyhow::Result<Finish
 #[cfg(test)]
 mod tests {
     use std::cell::{Cell, RefCell};
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use super::*;
     use crate::domain::Rules;
-    use crate::pipeline::{MemorySink, Outputs};
+    use crate::pipeline::tests::Counting;
     use crate::store::Store;
 
     const TOPIC: &str = "receipts";
-
-    /// A sink that counts sends and finishes, and fails the first `fail` finishes.
-    #[derive(Default)]
-    struct Counting {
-        inner: MemorySink,
-        sends: u32,
-        finishes: u32,
-        fail: u32,
-    }
-
-    impl Sink for Counting {
-        fn send(&mut self, outputs: &Outputs) -> anyhow::Result<()> {
-            self.sends += 1;
-            self.inner.send(outputs)
-        }
-
-        fn wait(&mut self) -> anyhow::Result<()> {
-            Ok(())
-        }
-
-        fn finish(
-            &mut self,
-            _offsets: &BTreeMap<(String, i32), i64>,
-        ) -> anyhow::Result<BTreeMap<i32, i64>> {
-            self.finishes += 1;
-            if self.fail > 0 {
-                self.fail -= 1;
-                anyhow::bail!("broker gone");
-            }
-            Ok(BTreeMap::new())
-        }
-    }
 
     /// Receipts of one user in partition 0; then the end, or (`wait_for_send`) idle polls
     /// until the sink sent something.

@@ -79,8 +79,8 @@ pub enum StoreError {
     Poisoned,
     /// The thread writing a batch in the background ended without saying how the write
     /// went (it panicked): what reached the store is not known.
-    #[error("the store write did not finish: {0}")]
-    Writer(String),
+    #[error("the store write did not finish: the store writer thread panicked")]
+    WriterPanicked,
     /// A stored value could not be decoded: the store is corrupt or from another version.
     #[error("corrupt {what} in store: {detail}")]
     Corrupt { what: &'static str, detail: String },
