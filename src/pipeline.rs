@@ -696,6 +696,13 @@ impl Processor {
         self.stored(set, stats, written)
     }
 
+    /// Whether a store write running behind the fold is still running.
+    pub fn writing(&self) -> bool {
+        self.landing
+            .as_ref()
+            .is_some_and(|l| !l.writer.is_finished())
+    }
+
     /// Whether the batch in hand has outputs that were not sent yet.
     pub fn has_unsent(&self) -> bool {
         self.tasks.values().any(Task::has_unsent)

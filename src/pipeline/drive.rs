@@ -123,9 +123,21 @@ pub fn drive<S: Source>(source: &S, interval: Duration) -> anyhow::Result<Finish
     loop {
         let asked = source.stopping();
         let stopping = ended || asked;
-        if !stopping && !cadence.commit_due(source.engine().processor.pending_records()) {
+        let due = stopping || {
+            let pending = source.engine().processor.pending_records();
+            cadence.commit_due(pending)
+        };
+        // A commit due while the store write before it still runs would wait for that
+        // write: the loop folds on meanwhile, as long as records come and the batch is
+        // not full, and commits once the write is done or nothing is in hand.
+        let behind = due && !stopping && {
+            let engine = source.engine();
+            engine.processor.writing()
+                && engine.processor.pending_records() < super::MAX_BATCH_RECORDS
+        };
+        if !due || behind {
             let mut next = source.poll(Duration::ZERO)?;
-            if matches!(next, Polled::Idle) {
+            if matches!(next, Polled::Idle) && !behind {
                 let sent = {
                     let mut engine = source.engine();
                     let Engine { processor, sink } = &mut *engine;
@@ -151,11 +163,16 @@ pub fn drive<S: Source>(source: &S, interval: Duration) -> anyhow::Result<Finish
             match next {
                 Polled::Message(m) => {
                     source.engine().processor.process(m.record())?;
+                    continue;
                 }
-                Polled::Idle => {}
-                Polled::End => ended = true,
+                Polled::End => {
+                    ended = true;
+                    continue;
+                }
+                // Nothing in hand while the write runs: commit, which waits for it.
+                Polled::Idle if behind => {}
+                Polled::Idle => continue,
             }
-            continue;
         }
         match source.gate()? {
             Gate::Open => {}
@@ -231,6 +248,10 @@ mod tests {
         failures: Cell<u32>,
         paused: bool,
         wait_for_send: bool,
+        /// Told once the records run out.
+        exhausted: Option<std::sync::mpsc::Sender<()>>,
+        /// How long each record takes to come.
+        delay: Duration,
     }
 
     struct Owned {
@@ -262,11 +283,15 @@ mod tests {
         fn poll(&self, wait: Duration) -> anyhow::Result<Polled<Owned>> {
             let i = self.next.get();
             if let Some(payload) = self.payloads.get(i) {
+                std::thread::sleep(self.delay);
                 self.next.set(i + 1);
                 return Ok(Polled::Message(Owned {
                     payload: payload.clone(),
                     offset: i as i64,
                 }));
+            }
+            if let Some(exhausted) = &self.exhausted {
+                let _ = exhausted.send(());
             }
             let engine = self.engine.borrow();
             if !self.wait_for_send || engine.sink.finishes > 0 {
@@ -328,6 +353,8 @@ mod tests {
             failures: Cell::new(0),
             paused: false,
             wait_for_send: false,
+            exhausted: None,
+            delay: Duration::ZERO,
         }
     }
 
@@ -379,5 +406,32 @@ mod tests {
         let finish = drive(&source, Duration::from_secs(3600)).unwrap();
         assert!(matches!(finish, Finish::StoppedPaused(_)), "{finish:?}");
         assert_eq!(stored_receipts(&source), None);
+    }
+
+    #[test]
+    fn a_commit_due_while_the_store_write_runs_folds_on_until_the_write_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = scripted(dir.path(), 20);
+        // The store writes wait until the records run out (at most 5 s, so that a loop
+        // that waits for the write instead of folding on fails rather than hangs).
+        let hold = Arc::clone(&source.engine.borrow().processor.hold_writes);
+        let (exhausted, released) = std::sync::mpsc::channel();
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let guard = hold.lock().unwrap();
+            held_tx.send(()).unwrap();
+            let _ = released.recv_timeout(Duration::from_secs(5));
+            drop(guard);
+        });
+        held.recv().unwrap();
+        source.exhausted = Some(exhausted);
+        // A commit is due after every record.
+        source.delay = Duration::from_millis(40);
+        let finish = drive(&source, Duration::from_millis(30)).unwrap();
+        holder.join().unwrap();
+        assert_eq!(finish.stats().records, 20);
+        assert_eq!(stored_receipts(&source), Some(20));
+        // The first record's batch, whose write was held, then the other 19 in one.
+        assert_eq!(source.engine.borrow().sink.finishes, 2);
     }
 }
