@@ -5,6 +5,8 @@
 #   kafka-perf - Kafka's own org.apache.kafka.tools.ConsumerPerformance (a JVM; reads only);
 #   mallquest - `mallquest run`: the fold, with outputs published and the store written;
 #   mallquest-lean - the same with `[processing] periods_kept = 0` (no period leaderboards);
+#   mallquest-base - `mallquest run` with defaults from another build (BASE_BIN=path), to
+#               compare two builds side by side (not in the default set);
 #   quix      - the same fold written with Quix Streams (bench/quix_fold.py, RocksDB state).
 #   kstreams  - the same fold written with Kafka Streams (bench/kstreams/: Java 17, RocksDB
 #               state, exactly_once_v2; its jar is built once with Maven and reused).
@@ -104,9 +106,14 @@ run_mallquest_lean() { # ROUND
   run_mallquest "$1" mallquest-lean $'[processing]\nperiods_kept = 0'
 }
 
-run_mallquest() { # ROUND [NAME EXTRA_TOML]
+# mallquest-base: `run` with defaults, from the build BASE_BIN names.
+run_mallquest_base() { # ROUND
+  run_mallquest "$1" mallquest-base "" "${BASE_BIN:?BASE_BIN names the build to compare with}"
+}
+
+run_mallquest() { # ROUND [NAME EXTRA_TOML BINARY]
   local http; http=$(_kafka_free_port)
-  local name="${2:-mallquest}"
+  local name="${2:-mallquest}" bin="${4:-$BIN}"
   rm -rf "$WORK/store"
   # Defaults, but a group, output topics (mallquest creates them: projections compacted)
   # and a store of this run's own.
@@ -126,7 +133,7 @@ TOML
   local b0 start end done=0 note=""
   b0=$(kafka_cpu_ticks "$KAFKA_PID")
   start=$(date +%s.%N)
-  RUST_LOG=warn,mallquest::telemetry=debug "$BIN" run --config "$WORK/mq.toml" 2>"$WORK/run-$name-$1.log" &
+  RUST_LOG=warn,mallquest::telemetry=debug "$bin" run --config "$WORK/mq.toml" 2>"$WORK/run-$name-$1.log" &
   RUN_PID=$!
   # Done when the committed batches (debug "Batch committed." lines) add up to N.
   while :; do
@@ -216,10 +223,13 @@ if "mallquest" in med and "kafka-perf" in med:
     print(f"mallquest rate / kafka-perf rate: {med['kafka-perf'][0] / med['mallquest'][0]:.0%}")
 if "mallquest" in med and "quix" in med:
     print(f"Quix CPU per record / mallquest's: {med['quix'][1] / med['mallquest'][1]:.1f}x (target >= 10x)")
-for mq in ("mallquest", "mallquest-lean"):
+for mq in ("mallquest", "mallquest-base", "mallquest-lean"):
     if mq in med and "kstreams" in med:
         print(f"Kafka Streams CPU per record / {mq}'s: {med['kstreams'][1] / med[mq][1]:.1f}x; "
               f"{mq} rate / Kafka Streams rate: {med['kstreams'][0] / med[mq][0]:.1f}x")
+if "mallquest" in med and "mallquest-base" in med:
+    print(f"mallquest rate / mallquest-base rate: {med['mallquest-base'][0] / med['mallquest'][0]:.2f}x; "
+          f"CPU per record: {med['mallquest'][1] / med['mallquest-base'][1]:.2f}x")
 if "mallquest-lean" in med and "quix" in med:
     print(f"Quix CPU per record / mallquest-lean's: {med['quix'][1] / med['mallquest-lean'][1]:.1f}x")
 PY
