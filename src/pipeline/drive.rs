@@ -1,9 +1,10 @@
 //! The one loop that folds records from a [`Source`] and commits them through a [`Sink`]:
 //! `run` drives it with the Kafka consumer, `demo` and `bench` with the simulator. It owns
-//! the order of things between commits (fold while records come and no commit is due;
-//! send the batch's outputs early when nothing is in hand; commit when the [`Cadence`] says
-//! so, or once the source stops); the source owns what is particular to where records come
-//! from: how to wait for one, when to pause, what to do after a failed commit.
+//! the order of things between commits (fold while records come and no commit is due, or
+//! while the store write before it still runs; send the batch's outputs early when nothing
+//! is in hand; commit when the [`Cadence`] says so, or once the source stops); the source
+//! owns what is particular to where records come from: how to wait for one, when to pause,
+//! what to do after a failed commit.
 
 use std::ops::DerefMut;
 use std::time::{Duration, Instant};
@@ -113,7 +114,8 @@ pub trait Source {
 
 /// Folds records from `source` and commits them every `interval` (or every
 /// [`super::MAX_BATCH_RECORDS`]), until the source ends or asks to stop; the batch in hand
-/// is committed before it returns. Between commits, a batch's outputs are sent as soon as
+/// is committed before it returns. A commit due while the store write of the one before
+/// still runs waits for it by folding on, while records come and the batch is not full. Between commits, a batch's outputs are sent as soon as
 /// the source has nothing more in hand, so that a projection waits for the broker, not for
 /// the interval.
 pub fn drive<S: Source>(source: &S, interval: Duration) -> anyhow::Result<Finish> {
@@ -412,7 +414,7 @@ mod tests {
     fn a_commit_due_while_the_store_write_runs_folds_on_until_the_write_is_done() {
         let dir = tempfile::tempdir().unwrap();
         let mut source = scripted(dir.path(), 20);
-        // The store writes wait until the records run out (at most 5 s, so that a loop
+        // The store writes wait until the records run out (at most 20 s, so that a loop
         // that waits for the write instead of folding on fails rather than hangs).
         let hold = Arc::clone(&source.engine.borrow().processor.hold_writes);
         let (exhausted, released) = std::sync::mpsc::channel();
@@ -420,7 +422,7 @@ mod tests {
         let holder = std::thread::spawn(move || {
             let guard = hold.lock().unwrap();
             held_tx.send(()).unwrap();
-            let _ = released.recv_timeout(Duration::from_secs(5));
+            let _ = released.recv_timeout(Duration::from_secs(20));
             drop(guard);
         });
         held.recv().unwrap();
