@@ -597,6 +597,10 @@ impl Source for KafkaSource<'_> {
         }
     }
 
+    fn batch_cap(&self) -> u64 {
+        self.disk.borrow().batch_cap()
+    }
+
     fn before_commit(&self, engine: &mut Engine) {
         engine.sink.set_group(self.consumer.group_metadata());
     }
@@ -691,6 +695,17 @@ struct DiskWatch {
 }
 
 impl DiskWatch {
+    /// The most records a batch may grow to while its commit waits for the store write
+    /// before it: what the guard's margin covers at [`DISK_BYTES_PER_RECORD`], so that a
+    /// batch folded between two checks cannot fill the disk (no cap without the guard).
+    fn batch_cap(&self) -> u64 {
+        if self.min_free_mb == 0 {
+            return crate::pipeline::MAX_BATCH_RECORDS;
+        }
+        (self.min_free_mb.saturating_mul(1 << 20) / DISK_BYTES_PER_RECORD)
+            .clamp(1, crate::pipeline::MAX_BATCH_RECORDS)
+    }
+
     fn check(
         &mut self,
         consumer: &BaseConsumer<StoreSeekingContext>,
@@ -735,6 +750,11 @@ impl DiskWatch {
         Ok(Disk::Resumed)
     }
 }
+
+/// What one record can take on the store's disk before the next disk check, with room to
+/// spare: its journal entry (about a kilobyte: 13.6 keys and their values), and the
+/// tables its memtable entries are flushed into.
+const DISK_BYTES_PER_RECORD: u64 = 4 << 10;
 
 /// A batch was committed: the metrics, the API's freshness and the consumer's lag
 /// figures hear of it.
@@ -1043,5 +1063,29 @@ fn sleep_unless(flag: &AtomicBool, total: Duration) {
     let until = Instant::now() + total;
     while !flag.load(Ordering::Relaxed) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_grows_only_as_far_as_the_disk_guards_margin_covers() {
+        let cap = |min_free_mb| {
+            DiskWatch {
+                min_free_mb,
+                low: false,
+            }
+            .batch_cap()
+        };
+        assert_eq!(
+            cap(0),
+            crate::pipeline::MAX_BATCH_RECORDS,
+            "no guard, no cap"
+        );
+        assert_eq!(cap(4), 1_024);
+        assert_eq!(cap(256), crate::pipeline::MAX_BATCH_RECORDS);
+        assert_eq!(cap(u64::MAX), crate::pipeline::MAX_BATCH_RECORDS);
     }
 }

@@ -97,6 +97,13 @@ pub trait Source {
         Ok(Gate::Open)
     }
 
+    /// The most records a batch may grow to while a due commit waits for the store write
+    /// before it (at most [`super::MAX_BATCH_RECORDS`]): `run` keeps it within what its
+    /// disk guard's margin covers.
+    fn batch_cap(&self) -> u64 {
+        super::MAX_BATCH_RECORDS
+    }
+
     /// Just before the commit, with the engine: `run` gives its transactional sink the
     /// group's metadata here.
     fn before_commit(&self, engine: &mut Engine<Self::Sink>) {
@@ -115,7 +122,8 @@ pub trait Source {
 /// Folds records from `source` and commits them every `interval` (or every
 /// [`super::MAX_BATCH_RECORDS`]), until the source ends or asks to stop; the batch in hand
 /// is committed before it returns. A commit due while the store write of the one before
-/// still runs waits for it by folding on, while records come and the batch is not full. Between commits, a batch's outputs are sent as soon as
+/// still runs waits for it by folding on, while records come and the batch is under
+/// [`Source::batch_cap`]. Between commits, a batch's outputs are sent as soon as
 /// the source has nothing more in hand, so that a projection waits for the broker, not for
 /// the interval.
 pub fn drive<S: Source>(source: &S, interval: Duration) -> anyhow::Result<Finish> {
@@ -133,9 +141,9 @@ pub fn drive<S: Source>(source: &S, interval: Duration) -> anyhow::Result<Finish
         // write: the loop folds on meanwhile, as long as records come and the batch is
         // not full, and commits once the write is done or nothing is in hand.
         let behind = due && !stopping && {
+            let cap = source.batch_cap();
             let engine = source.engine();
-            engine.processor.writing()
-                && engine.processor.pending_records() < super::MAX_BATCH_RECORDS
+            engine.processor.writing() && engine.processor.pending_records() < cap
         };
         if !due || behind {
             let mut next = source.poll(Duration::ZERO)?;
