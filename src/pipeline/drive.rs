@@ -133,18 +133,18 @@ pub fn drive<S: Source>(source: &S, interval: Duration) -> anyhow::Result<Finish
     loop {
         let asked = source.stopping();
         let stopping = ended || asked;
-        let due = stopping || {
-            let pending = source.engine().processor.pending_records();
-            cadence.commit_due(pending)
+        let (pending, writing) = {
+            let engine = source.engine();
+            (
+                engine.processor.pending_records(),
+                engine.processor.writing(),
+            )
         };
+        let due = stopping || cadence.commit_due(pending);
         // A commit due while the store write before it still runs would wait for that
         // write: the loop folds on meanwhile, as long as records come and the batch is
         // not full, and commits once the write is done or nothing is in hand.
-        let behind = due && !stopping && {
-            let cap = source.batch_cap();
-            let engine = source.engine();
-            engine.processor.writing() && engine.processor.pending_records() < cap
-        };
+        let behind = due && !stopping && writing && pending < source.batch_cap();
         if !due || behind {
             let mut next = source.poll(Duration::ZERO)?;
             if matches!(next, Polled::Idle) && !behind {
