@@ -131,6 +131,9 @@ fn wait_all_owned(instances: &mut [Instance], within: Duration) {
     loop {
         let mut all = Vec::new();
         for i in instances.iter_mut() {
+            if let Some(status) = i.run.exited() {
+                panic!("{} exited by itself: {status}\n{}", i.name, i.run.log());
+            }
             if i.run.is_running() {
                 all.extend(i.owned());
             }
@@ -294,11 +297,10 @@ fn partitions_move_between_three_instances_and_every_state_moves_with_them_exact
         }
         // A zombie: paused past its session (6 s), its partitions move; then it wakes,
         // holding a batch and an open transaction.
-        let b = instances[1].run.pid();
-        support::processor::signal(b, "STOP");
+        instances[1].run.signal("STOP");
         let paused_at = instances[1].run.log().len();
         std::thread::sleep(Duration::from_secs(14));
-        support::processor::signal(b, "CONT");
+        instances[1].run.signal("CONT");
         wait_all_owned(&mut instances, moves);
         let woke = instances[1].run.log()[paused_at..].to_owned();
         assert!(

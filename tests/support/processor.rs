@@ -90,8 +90,25 @@ impl Run {
 
     /// SIGTERM, then waits for the exit status (at most `within`).
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        signal(self.pid(), "TERM");
+        self.signal("TERM");
         self.wait_exit(within)
+    }
+
+    /// Sends `signal` (`TERM`, `STOP`, `CONT`, ...) to the running process. If it has
+    /// exited already, fails with its exit status and its log, which say why.
+    pub fn signal(&mut self, signal: &str) {
+        let c = self.child.as_mut().expect("not running");
+        if let Some(status) = c.try_wait().unwrap() {
+            panic!(
+                "mallquest exited before SIG{signal}: {status}\n{}",
+                self.log()
+            );
+        }
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{signal} failed\n{}", self.log());
     }
 
     /// Waits for the process to exit by itself.
@@ -113,6 +130,13 @@ impl Run {
     /// The running process's id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("not running").id()
+    }
+
+    /// The exit status of a process that was started and has exited by itself (not
+    /// through [`Run::kill`], [`Run::terminate`] or [`Run::wait_exit`]).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -153,15 +177,6 @@ impl Run {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
-}
-
-/// Sends `signal` (`TERM`, `STOP`, `CONT`, ...) to a process.
-pub fn signal(pid: u32, signal: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
 }
 
 impl Drop for Run {
