@@ -129,7 +129,7 @@ impl Board {
     }
 }
 
-fn board_key(partition: i32, board: Board, u: &UserState) -> Vec<u8> {
+fn board_key(partition: i32, board: Board, u: &UserState) -> fjall::UserKey {
     board_key_for(partition, board, board.score(u), &u.user_id)
 }
 
@@ -138,14 +138,29 @@ fn ordered(n: i64) -> u64 {
     (n as u64) ^ (1 << 63)
 }
 
-fn board_key_for(partition: i32, board: Board, score: i64, user_id: &str) -> Vec<u8> {
+/// A key built in a buffer the thread reuses: one allocation for the key (the store's
+/// own), where a `Vec` built and then converted costs two and a copy. A commit builds
+/// twenty-odd keys per user it changes.
+fn built(build: impl FnOnce(&mut Vec<u8>)) -> fjall::UserKey {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        s.clear();
+        build(&mut s);
+        fjall::UserKey::from(&s[..])
+    })
+}
+
+fn board_key_for(partition: i32, board: Board, score: i64, user_id: &str) -> fjall::UserKey {
     // Inverted so that the highest score comes first; ties then sort by user_id ascending.
-    let mut k = Vec::with_capacity(13 + user_id.len());
-    k.extend_from_slice(&partition.to_be_bytes());
-    k.push(board.tag());
-    k.extend_from_slice(&(!ordered(score)).to_be_bytes());
-    k.extend_from_slice(user_id.as_bytes());
-    k
+    built(|k| {
+        k.extend_from_slice(&partition.to_be_bytes());
+        k.push(board.tag());
+        k.extend_from_slice(&(!ordered(score)).to_be_bytes());
+        k.extend_from_slice(user_id.as_bytes());
+    })
 }
 
 /// A user's scores on every board, in [`Board::ALL`] order.
@@ -319,19 +334,23 @@ fn due_prefix(partition: i32, secs: i64) -> Vec<u8> {
 }
 
 /// The key of a ledger entry in the `due` index: event time first.
-fn due_key(partition: i32, secs: i64, user_id: &str, receipt_id: &str) -> Vec<u8> {
-    let mut k = due_prefix(partition, secs);
-    k.extend_from_slice(user_id.as_bytes());
-    k.push(0);
-    k.extend_from_slice(receipt_id.as_bytes());
-    k
+fn due_key(partition: i32, secs: i64, user_id: &str, receipt_id: &str) -> fjall::UserKey {
+    built(|k| {
+        k.extend_from_slice(&partition.to_be_bytes());
+        k.extend_from_slice(&ordered(secs).to_be_bytes());
+        k.extend_from_slice(user_id.as_bytes());
+        k.push(0);
+        k.extend_from_slice(receipt_id.as_bytes());
+    })
 }
 
-fn ledger_key(partition: i32, user_id: &str, receipt_id: &str) -> Vec<u8> {
-    let mut k = user_key(partition, user_id);
-    k.push(0);
-    k.extend_from_slice(receipt_id.as_bytes());
-    k
+fn ledger_key(partition: i32, user_id: &str, receipt_id: &str) -> fjall::UserKey {
+    built(|k| {
+        k.extend_from_slice(&partition.to_be_bytes());
+        k.extend_from_slice(user_id.as_bytes());
+        k.push(0);
+        k.extend_from_slice(receipt_id.as_bytes());
+    })
 }
 
 fn offset_key(topic: &str, partition: i32) -> Vec<u8> {

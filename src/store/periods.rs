@@ -14,7 +14,7 @@
 //! entries are deleted after the commit, in bounded batches, [`Store::drop_periods`]), and
 //! index writes for a period older than every kept one are skipped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use super::ranks::RankDeltas;
 use super::{io, ordered, Batch, Board, Store, StoreError};
@@ -58,11 +58,16 @@ pub(super) fn entry_key(
     board: Board,
     score: i64,
     user_id: &str,
-) -> Vec<u8> {
-    let mut k = board_prefix(partition, kind, key, board);
-    k.extend_from_slice(&(!ordered(score)).to_be_bytes());
-    k.extend_from_slice(user_id.as_bytes());
-    k
+) -> fjall::UserKey {
+    super::built(|k| {
+        k.extend_from_slice(&partition.to_be_bytes());
+        k.push(kind_tag(kind));
+        k.extend_from_slice(key.as_bytes());
+        k.push(0);
+        k.push(board.tag());
+        k.extend_from_slice(&(!ordered(score)).to_be_bytes());
+        k.extend_from_slice(user_id.as_bytes());
+    })
 }
 
 /// A period score on one board.
@@ -94,24 +99,30 @@ pub(super) struct PeriodChanges {
 }
 
 impl PeriodChanges {
-    /// Adds the difference between a user's period scores before and after the batch.
+    /// Adds the difference between a user's period scores before and after the batch. A
+    /// user holds a few periods (`periods_kept` of each kind at most), so the two lists
+    /// are matched by scanning, without a map.
     pub(super) fn add(&mut self, p: i32, user: &UserState, before: &[PeriodScore]) {
         let scores = |s: &PeriodScore| Board::ALL.map(|b| period_score(s, b));
-        let now: BTreeMap<(Period, &str), [i64; 3]> = user
-            .periods
-            .iter()
-            .map(|s| ((s.kind, s.key.as_str()), scores(s)))
-            .collect();
-        let was: BTreeMap<(Period, &str), [i64; 3]> = before
-            .iter()
-            .map(|s| ((s.kind, s.key.as_str()), scores(s)))
-            .collect();
-        let keys: BTreeSet<_> = now.keys().chain(was.keys()).copied().collect();
-        for k in keys {
-            let (old, new) = (was.get(&k).copied(), now.get(&k).copied());
+        let same = |a: &PeriodScore, b: &PeriodScore| a.kind == b.kind && a.key == b.key;
+        for now in &user.periods {
+            let old = before.iter().find(|b| same(b, now)).map(scores);
+            let new = Some(scores(now));
             if old != new {
                 self.changes
-                    .push((p, k.0, k.1.to_owned(), user.user_id.clone(), old, new));
+                    .push((p, now.kind, now.key.clone(), user.user_id.clone(), old, new));
+            }
+        }
+        for was in before {
+            if !user.periods.iter().any(|now| same(now, was)) {
+                self.changes.push((
+                    p,
+                    was.kind,
+                    was.key.clone(),
+                    user.user_id.clone(),
+                    Some(scores(was)),
+                    None,
+                ));
             }
         }
     }
@@ -146,18 +157,26 @@ impl PeriodChanges {
             let excess = set.len().saturating_sub(kept);
             dropped.extend(set.iter().take(excess).map(|k| (*p, *kind, k.clone())));
         }
-        let mut counts: HashMap<(i32, Period, String), i64> = HashMap::new();
+        let mut counts: HashMap<(i32, Period, &str), i64> = HashMap::new();
+        // Per period touched: its rank scope if it is kept (among the `kept` greatest
+        // keys of its kind), else `None`; worked out once, not per change.
+        let mut scopes: HashMap<(i32, Period, &str), Option<Vec<u8>>> = HashMap::new();
         for (p, kind, key, user_id, old, new) in &self.changes {
-            let Some(set) = keys.get(&(*p, *kind)) else {
+            let scope = scopes.entry((*p, *kind, key.as_str())).or_insert_with(|| {
+                let set = keys.get(&(*p, *kind))?;
+                let newer_or_same = set
+                    .range::<str, _>((
+                        std::ops::Bound::Included(key.as_str()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .count();
+                (newer_or_same <= kept).then(|| rank_scope(*p, *kind, key))
+            });
+            let Some(scope) = scope else {
                 continue;
             };
-            // Kept: among the `kept` greatest keys.
-            if set.range(key.clone()..).count() > kept {
-                continue;
-            }
-            let scope = rank_scope(*p, *kind, key);
             for (i, b) in Board::ALL.into_iter().enumerate() {
-                ranks.moved(&scope, b, old.map(|o| o[i]), new.map(|n| n[i]));
+                ranks.moved(scope, b, old.map(|o| o[i]), new.map(|n| n[i]));
             }
             if let Some(old) = old {
                 for (b, score) in Board::ALL.into_iter().zip(old) {
@@ -178,11 +197,11 @@ impl PeriodChanges {
             }
             let delta = i64::from(new.is_some()) - i64::from(old.is_some());
             if delta != 0 {
-                *counts.entry((*p, *kind, key.clone())).or_default() += delta;
+                *counts.entry((*p, *kind, key.as_str())).or_default() += delta;
             }
         }
         for ((p, kind, key), delta) in counts {
-            let prefix = period_prefix(p, kind, &key);
+            let prefix = period_prefix(p, kind, key);
             let now = store.period_users_at(&prefix)? as i64 + delta;
             batch.insert(
                 &store.period_users,

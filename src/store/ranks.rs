@@ -85,21 +85,30 @@ pub(super) fn all_time_scope(partition: i32) -> Vec<u8> {
 }
 
 fn count_key(scope: &[u8], board: Board, bucket: i64) -> Vec<u8> {
+    count_key_tagged(scope, board.tag(), bucket)
+}
+
+fn count_key_tagged(scope: &[u8], board_tag: u8, bucket: i64) -> Vec<u8> {
     let mut k = Vec::with_capacity(scope.len() + 9);
     k.extend_from_slice(scope);
-    k.push(board.tag());
+    k.push(board_tag);
     // Descending: the highest bucket first, as on the boards.
     k.extend_from_slice(&(!super::ordered(bucket)).to_be_bytes());
     k
 }
 
-/// One batch's changes to the rank counts, summed per bucket.
+/// One batch's changes to the rank counts, summed per bucket: by scope, then by (board,
+/// bucket), so that a move looks its scope up by reference and allocates nothing (a
+/// count key per move was most of this type's cost).
 #[derive(Default)]
 pub(super) struct RankDeltas {
-    deltas: Counts,
+    deltas: HashMap<Vec<u8>, ScopeDeltas, foldhash::fast::RandomState>,
     /// Scopes whose counts the batch drops (periods no longer kept).
     dropped: Vec<Vec<u8>>,
 }
+
+/// One scope's summed moves, by (board tag, bucket).
+type ScopeDeltas = HashMap<(u8, i64), i64, foldhash::fast::RandomState>;
 
 /// The rank counts a prepared batch writes, for [`RankCache::applied`] once it is stored.
 #[derive(Default)]
@@ -150,11 +159,15 @@ impl RankDeltas {
         if old == new {
             return;
         }
+        let deltas = match self.deltas.get_mut(scope) {
+            Some(d) => d,
+            None => self.deltas.entry(scope.to_vec()).or_default(),
+        };
         if let Some(b) = old {
-            *self.deltas.entry(count_key(scope, board, b)).or_default() -= 1;
+            *deltas.entry((board.tag(), b)).or_default() -= 1;
         }
         if let Some(b) = new {
-            *self.deltas.entry(count_key(scope, board, b)).or_default() += 1;
+            *deltas.entry((board.tag(), b)).or_default() += 1;
         }
     }
 
@@ -167,9 +180,14 @@ impl RankDeltas {
     /// cache of counts commits touched, else from the store). Returns the counts written,
     /// for the cache once the batch is stored.
     pub(super) fn write(self, store: &Store, batch: &mut Batch) -> Result<RankWrites, StoreError> {
-        let mut written = Vec::with_capacity(self.deltas.len());
+        let mut written = Vec::with_capacity(self.deltas.values().map(HashMap::len).sum());
         let cache = store.rank_cache.lock();
-        for (key, delta) in self.deltas {
+        let moves = self.deltas.iter().flat_map(|(scope, deltas)| {
+            deltas
+                .iter()
+                .map(move |(&(tag, b), &delta)| (count_key_tagged(scope, tag, b), delta))
+        });
+        for (key, delta) in moves {
             if delta == 0 {
                 continue;
             }
