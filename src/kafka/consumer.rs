@@ -256,8 +256,20 @@ impl StoreSeekingContext {
         consumer: &BaseConsumer<Self>,
         partitions: &[i32],
     ) -> anyhow::Result<Vec<(i32, Option<i64>)>> {
-        if let Some(n) = super::partition_count(consumer, &self.kafka.receipts_topic)? {
-            self.status.set_partition_count(n);
+        // Cooperative rebalancing calls the assign callback in every round, most often with
+        // no partition added: nothing to prepare, and no metadata round trip whose failure
+        // on a loaded broker would end the process for nothing.
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The partition count only feeds /v1/status: a failed look-up is not a reason to
+        // refuse partitions.
+        match super::partition_count(consumer, &self.kafka.receipts_topic) {
+            Ok(Some(n)) => self.status.set_partition_count(n),
+            Ok(None) => {}
+            Err(e) => {
+                warn!(message = "Could not read the receipts topic's partition count.", error = %e)
+            }
         }
         let changelog = self.kafka.changelog_topic();
         let mut have = super::partition_count(consumer, &changelog)?.unwrap_or(0);
@@ -981,6 +993,9 @@ fn drop_if_revoked(
 }
 
 /// Re-positions every assigned partition at the store's offset.
+/// Times a refused seek is tried again, 200 ms apart ([`rewind_to_store`]).
+const SEEK_TRIES: u32 = 10;
+
 fn rewind_to_store(
     consumer: &BaseConsumer<StoreSeekingContext>,
     store: &Store,
@@ -1003,18 +1018,39 @@ fn rewind_to_store(
         return Ok(());
     }
     if cooperative(consumer) {
-        // The group's assignment is changed only incrementally, in a rebalance.
-        let sought = consumer
-            .seek_partitions(tpl, Duration::from_secs(10))
-            .context("failed to seek partitions back to the store's offsets")?;
-        // A partition left where it was would skip what the dropped batch had read.
-        for e in sought.elements() {
-            e.error().with_context(|| {
-                format!(
-                    "failed to seek partition {} back to the store's offset",
-                    e.partition()
-                )
-            })?;
+        // The group's assignment is changed only incrementally, in a rebalance. A
+        // partition just assigned may not be fetching yet, or one being stopped may still
+        // be stopping: librdkafka refuses to seek those for a moment, so the refused are
+        // tried again, for about two seconds, before the loop gives up.
+        let mut tries = 0;
+        loop {
+            let sought = consumer
+                .seek_partitions(tpl, Duration::from_secs(10))
+                .context("failed to seek partitions back to the store's offsets")?;
+            let mut again = TopicPartitionList::new();
+            for e in sought.elements() {
+                // A partition left where it was would skip what the dropped batch had read.
+                if let Err(err) = e.error() {
+                    if tries >= SEEK_TRIES {
+                        return Err(err).with_context(|| {
+                            format!(
+                                "failed to seek partition {} back to the store's offset",
+                                e.partition()
+                            )
+                        });
+                    }
+                    warn!(message = "Seeking a partition back was refused; trying again.", partition = e.partition(), error = %err);
+                    again
+                        .add_partition_offset(topic, e.partition(), e.offset())
+                        .context("failed to build the assignment")?;
+                }
+            }
+            if again.count() == 0 {
+                break;
+            }
+            tries += 1;
+            std::thread::sleep(Duration::from_millis(200));
+            tpl = again;
         }
     } else {
         consumer
