@@ -8,6 +8,7 @@
 //! anywhere replays the batch from the stored offsets, which folds to the same state and
 //! republishes identical outputs (at-least-once outputs, exactly-once state).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -118,32 +119,33 @@ pub struct DeadLetter {
     pub offset: i64,
 }
 
-/// What one commit publishes.
+/// What one commit publishes, borrowed from the batch where it can be (`'a`): a commit
+/// publishes every user it changed, and copying each first was measurable.
 #[derive(Debug, Default)]
-pub struct Outputs {
+pub struct Outputs<'a> {
     /// Latest state of every user changed in the batch.
-    pub projections: Vec<UserState>,
+    pub projections: Vec<Cow<'a, UserState>>,
     /// Events (level-ups, missions, badges) in fold order.
     pub events: Vec<Event>,
     /// Rejected records in fold order.
     pub dead_letters: Vec<DeadLetter>,
     /// Changelog records by partition: the batch's users, ledger entries and, last, the
     /// partition's position. Only for sinks that keep a changelog ([`Sink::wants_changelog`]).
-    pub changelog: Vec<(i32, changelog::Entry)>,
+    pub changelog: Vec<(i32, changelog::EntryRef<'a>)>,
 }
 
 /// Where outputs go.
 pub trait Sink {
     /// Starts publishing: enqueues every output, without waiting for delivery. It may be
     /// called several times before a [`Sink::wait`].
-    fn send(&mut self, outputs: &Outputs) -> anyhow::Result<()>;
+    fn send(&mut self, outputs: &Outputs<'_>) -> anyhow::Result<()>;
 
     /// Waits until everything sent so far is delivered; an error means some output sent
     /// since the last `wait` may be missing.
     fn wait(&mut self) -> anyhow::Result<()>;
 
     /// Publishes and waits for delivery.
-    fn publish(&mut self, outputs: &Outputs) -> anyhow::Result<()> {
+    fn publish(&mut self, outputs: &Outputs<'_>) -> anyhow::Result<()> {
         self.send(outputs)?;
         self.wait()
     }
@@ -723,21 +725,32 @@ impl Processor {
         // Partition by partition, each in a stable order, so that replays of the same
         // batch publish identically.
         for (&p, task) in &mut self.tasks {
+            let Task {
+                pending,
+                unsent,
+                events,
+                dead_letters,
+                ..
+            } = task;
+            let users = &pending.users;
             let first = outputs.projections.len();
             outputs.projections.extend(
-                task.unsent
+                unsent
                     .drain()
-                    .filter_map(|id| task.pending.users.get(&(p, id)).cloned()),
+                    .filter_map(|id| users.get(&(p, id)).map(Cow::Borrowed)),
             );
             outputs.projections[first..].sort_by(|a, b| a.user_id.cmp(&b.user_id));
-            outputs.events.append(&mut task.events);
-            outputs.dead_letters.append(&mut task.dead_letters);
+            outputs.events.append(events);
+            outputs.dead_letters.append(dead_letters);
         }
-        if let Err(e) = sink.send(&outputs) {
+        let sent = sink.send(&outputs);
+        let published = outputs.projections.len() as u64;
+        drop(outputs);
+        if let Err(e) = sent {
             self.reset();
             return Err(CommitError::Publish(e));
         }
-        self.stats.users_published += outputs.projections.len() as u64;
+        self.stats.users_published += published;
         Ok(())
     }
 
@@ -820,7 +833,9 @@ impl Processor {
                 changelog: self.changelog_of_pending(),
                 ..Outputs::default()
             };
-            if let Err(e) = sink.send(&outputs) {
+            let sent = sink.send(&outputs);
+            drop(outputs);
+            if let Err(e) = sent {
                 self.reset();
                 return Err(CommitError::Publish(e));
             }
@@ -835,7 +850,7 @@ impl Processor {
     /// The batch in hand as changelog records: users, ledger entries and tombstones of
     /// expired ledger entries in key order, then each partition's position, last, so that a restore that reads a position has
     /// read everything it stands for.
-    fn changelog_of_pending(&self) -> Vec<(i32, changelog::Entry)> {
+    fn changelog_of_pending(&self) -> Vec<(i32, changelog::EntryRef<'_>)> {
         let mut out = Vec::new();
         for (&p, task) in &self.tasks {
             let pending = &task.pending;
@@ -849,31 +864,31 @@ impl Processor {
             out.extend(
                 users
                     .into_iter()
-                    .map(|(_, u)| (p, changelog::Entry::User(u.clone()))),
+                    .map(|(_, u)| (p, changelog::EntryRef::User(u))),
             );
             out.extend(ledger.into_iter().map(|((_, user_id, receipt_id), e)| {
                 (
                     p,
-                    changelog::Entry::Ledger {
-                        user_id: user_id.clone(),
-                        receipt_id: receipt_id.clone(),
-                        entry: e.clone(),
+                    changelog::EntryRef::Ledger {
+                        user_id,
+                        receipt_id,
+                        entry: e,
                     },
                 )
             }));
             out.extend(expired.into_iter().map(|(_, user_id, receipt_id)| {
                 (
                     p,
-                    changelog::Entry::LedgerExpired {
-                        user_id: user_id.clone(),
-                        receipt_id: receipt_id.clone(),
+                    changelog::EntryRef::LedgerExpired {
+                        user_id,
+                        receipt_id,
                     },
                 )
             }));
             for ((topic, _), next) in &pending.offsets {
                 out.push((
                     p,
-                    changelog::Entry::Meta(changelog::Meta {
+                    changelog::EntryRef::Meta(changelog::Meta {
                         topic: topic.clone(),
                         next_offset: *next,
                         mark: self.mark(p),
@@ -1073,14 +1088,16 @@ impl Sink for MemorySink {
         self.keep_changelog
     }
 
-    fn send(&mut self, outputs: &Outputs) -> anyhow::Result<()> {
+    fn send(&mut self, outputs: &Outputs<'_>) -> anyhow::Result<()> {
         self.projections_published += outputs.projections.len() as u64;
-        self.changelog.extend(outputs.changelog.iter().cloned());
+        self.changelog
+            .extend(outputs.changelog.iter().map(|(p, e)| (*p, e.to_entry())));
         if self.counts_only {
             return Ok(());
         }
         for p in &outputs.projections {
-            self.projections.insert(p.user_id.clone(), p.clone());
+            self.projections
+                .insert(p.user_id.clone(), p.as_ref().clone());
         }
         self.events.extend(outputs.events.iter().cloned());
         self.level_ups
@@ -1108,7 +1125,7 @@ mod tests {
     }
 
     impl Sink for Counting {
-        fn send(&mut self, outputs: &Outputs) -> anyhow::Result<()> {
+        fn send(&mut self, outputs: &Outputs<'_>) -> anyhow::Result<()> {
             self.sends += 1;
             self.inner.send(outputs)
         }

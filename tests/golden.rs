@@ -134,18 +134,21 @@ fn a_hot_set_far_smaller_than_the_users_stays_bounded_and_exact() {
 /// half of them (some requests went through, some did not).
 struct FlakySink {
     inner: MemorySink,
-    staged: Option<mallquest::pipeline::Outputs>,
+    staged: Option<mallquest::pipeline::Outputs<'static>>,
     calls: usize,
     every: usize,
 }
 
 impl mallquest::pipeline::Sink for FlakySink {
-    fn send(&mut self, outputs: &mallquest::pipeline::Outputs) -> anyhow::Result<()> {
+    fn send(&mut self, outputs: &mallquest::pipeline::Outputs<'_>) -> anyhow::Result<()> {
         // Early sends add to what the next wait delivers.
         let staged = self.staged.get_or_insert_with(Default::default);
-        staged
-            .projections
-            .extend(outputs.projections.iter().cloned());
+        staged.projections.extend(
+            outputs
+                .projections
+                .iter()
+                .map(|p| std::borrow::Cow::Owned(p.as_ref().clone())),
+        );
         staged.events.extend(outputs.events.iter().cloned());
         staged
             .dead_letters

@@ -337,7 +337,7 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    fn send(&mut self, out: &Outputs) -> anyhow::Result<()> {
+    fn send(&mut self, out: &Outputs<'_>) -> anyhow::Result<()> {
         self.begin()?;
         if let Err(e) = self.enqueue_all(out) {
             self.abort();
@@ -406,7 +406,7 @@ impl Sink for KafkaSink {
 }
 
 impl KafkaSink {
-    fn enqueue_all(&self, out: &Outputs) -> anyhow::Result<()> {
+    fn enqueue_all(&self, out: &Outputs<'_>) -> anyhow::Result<()> {
         for (p, e) in &out.changelog {
             let (key, value) = (e.key(), e.value());
             let mut record = BaseRecord::to(&self.changelog_topic)
