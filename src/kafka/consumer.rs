@@ -12,6 +12,7 @@
 //! outputs visible (ARCHITECTURE.md, "Ownership, restore and fencing").
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::ops::DerefMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -1005,14 +1006,13 @@ fn rewind_to_store(
         .assignment()
         .context("failed to read the assignment")?;
     let mut tpl = TopicPartitionList::new();
+    let mut wanted = HashMap::new();
     for e in assignment.elements() {
         let stored = store.offset(topic, e.partition())?;
-        tpl.add_partition_offset(
-            topic,
-            e.partition(),
-            stored.map_or(Offset::Offset(0), Offset::Offset),
-        )
-        .context("failed to build the assignment")?;
+        let at = stored.map_or(Offset::Offset(0), Offset::Offset);
+        wanted.insert(e.partition(), at);
+        tpl.add_partition_offset(topic, e.partition(), at)
+            .context("failed to build the assignment")?;
     }
     if tpl.count() == 0 {
         return Ok(());
@@ -1040,8 +1040,12 @@ fn rewind_to_store(
                         });
                     }
                     warn!(message = "Seeking a partition back was refused; trying again.", partition = e.partition(), error = %err);
+                    let at = wanted
+                        .get(&e.partition())
+                        .copied()
+                        .unwrap_or(Offset::Offset(0));
                     again
-                        .add_partition_offset(topic, e.partition(), e.offset())
+                        .add_partition_offset(topic, e.partition(), at)
                         .context("failed to build the assignment")?;
                 }
             }
