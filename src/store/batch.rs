@@ -11,7 +11,9 @@ use fjall::{Database, Keyspace, UserKey, UserValue};
 
 /// One write: a value, or a tombstone.
 struct Write {
-    keyspace: Keyspace,
+    /// The keyspace, as its index in [`Batch::keyspaces`]: a commit holds a million
+    /// writes to a dozen keyspaces, and a handle per write cost a reference count each.
+    keyspace: u8,
     key: UserKey,
     value: Option<UserValue>,
 }
@@ -19,6 +21,8 @@ struct Write {
 /// Writes collected for one atomic, ordered commit.
 pub(crate) struct Batch {
     db: Database,
+    /// The keyspaces written, in the order of their first write.
+    keyspaces: Vec<Keyspace>,
     writes: Vec<Write>,
     /// Whether `writes` are in key order, and stay so (nothing added since).
     sorted: bool,
@@ -36,9 +40,24 @@ impl Batch {
     pub(crate) fn with_capacity(db: &Database, writes: usize) -> Self {
         Self {
             db: db.clone(),
+            keyspaces: Vec::new(),
             writes: Vec::with_capacity(writes),
             sorted: false,
         }
+    }
+
+    /// The index of `keyspace` in [`Self::keyspaces`], added if new.
+    fn keyspace(&mut self, keyspace: &Keyspace) -> u8 {
+        let id = keyspace.id();
+        let at = match self.keyspaces.iter().position(|k| k.id() == id) {
+            Some(at) => at,
+            None => {
+                self.keyspaces.push(keyspace.clone());
+                self.keyspaces.len() - 1
+            }
+        };
+        // The store has a dozen keyspaces; a batch could never name 256.
+        u8::try_from(at).expect("at most 256 keyspaces in one batch")
     }
 
     /// How many writes the batch holds.
@@ -54,8 +73,9 @@ impl Batch {
         value: V,
     ) {
         self.sorted = false;
+        let keyspace = self.keyspace(keyspace);
         self.writes.push(Write {
-            keyspace: keyspace.clone(),
+            keyspace,
             key: key.into(),
             value: Some(value.into()),
         });
@@ -64,28 +84,29 @@ impl Batch {
     /// Removes `key` from `keyspace`.
     pub(crate) fn remove<K: Into<UserKey>>(&mut self, keyspace: &Keyspace, key: K) {
         self.sorted = false;
+        let keyspace = self.keyspace(keyspace);
         self.writes.push(Write {
-            keyspace: keyspace.clone(),
+            keyspace,
             key: key.into(),
             value: None,
         });
     }
 
-    /// Puts the writes in key order (by keyspace, then by the keys' first 32 bytes), for
+    /// Puts the writes in key order (by keyspace, then by the keys' first 31 bytes), for
     /// [`Self::commit`].
     pub(crate) fn sort(&mut self) {
-        // By the keys' first 32 bytes, as two integers: no call to memcmp per comparison
-        // (keys share long prefixes: partition, kind, period, board). Keys alike in their
-        // first 32 bytes keep their batch order, which costs a little locality and nothing
-        // else: the order of the writes only matters for writes of one key, and the sort
-        // is stable.
+        // By the keyspace's index and the keys' first 31 bytes, as two integers: no call
+        // to memcmp per comparison (keys share long prefixes: partition, kind, period,
+        // board). Keys alike in those bytes keep their batch order, which costs a little
+        // locality and nothing else: the order of the writes only matters for writes of
+        // one key, and the sort is stable.
         self.writes.sort_by_cached_key(|w| {
             let mut head = [0u8; 32];
-            let n = w.key.len().min(32);
-            head[..n].copy_from_slice(&w.key[..n]);
+            head[0] = w.keyspace;
+            let n = w.key.len().min(31);
+            head[1..=n].copy_from_slice(&w.key[..n]);
             let (a, b) = head.split_at(16);
             (
-                w.keyspace.id(),
                 u128::from_be_bytes(a.try_into().unwrap_or_default()),
                 u128::from_be_bytes(b.try_into().unwrap_or_default()),
             )
@@ -101,9 +122,10 @@ impl Batch {
         }
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), self.writes.len());
         for w in self.writes {
+            let keyspace = &self.keyspaces[usize::from(w.keyspace)];
             match w.value {
-                Some(v) => batch.insert(&w.keyspace, w.key, v),
-                None => batch.remove(&w.keyspace, w.key),
+                Some(v) => batch.insert(keyspace, w.key, v),
+                None => batch.remove(keyspace, w.key),
             }
         }
         batch.commit()
