@@ -454,6 +454,26 @@ impl Cluster {
         self.nodes[i].wait_ready();
     }
 
+    /// Waits until every partition of every topic (the internal ones too: transactions
+    /// and group offsets) has all three replicas in sync again. A node restarted
+    /// catches up topic by topic; a topic still catching up when another node dies is
+    /// left with one in-sync replica, below `min.insync.replicas`, and refuses writes.
+    #[allow(dead_code)] // used by the cluster tests only
+    pub fn wait_all_in_sync(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let behind = self.client().under_replicated(3);
+            if behind.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not fully in sync after {within:?}: {behind:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits until every partition of `topic` has all three replicas in sync again.
     pub fn wait_in_sync(&self, topic: &str, within: Duration) {
         let deadline = Instant::now() + within;
@@ -540,6 +560,19 @@ impl Client {
     }
 
     /// The smallest in-sync replica count over the topic's partitions.
+    /// The topics with a partition whose in-sync replicas are fewer than `replicas`,
+    /// internal topics included.
+    #[allow(dead_code)] // used by the cluster tests only
+    pub fn under_replicated(&self, replicas: usize) -> Vec<String> {
+        let consumer: BaseConsumer = self.config().create().unwrap();
+        let md = retry_transient(|| consumer.fetch_metadata(None, Duration::from_secs(10)));
+        md.topics()
+            .iter()
+            .filter(|t| t.partitions().iter().any(|p| p.isr().len() < replicas))
+            .map(|t| t.name().to_owned())
+            .collect()
+    }
+
     pub fn min_isr_of(&self, topic: &str) -> usize {
         let md = self.metadata(topic);
         md.topics()[0]
