@@ -156,11 +156,16 @@ fn built(build: impl FnOnce(&mut Vec<u8>)) -> fjall::UserKey {
 fn board_key_for(partition: i32, board: Board, score: i64, user_id: &str) -> fjall::UserKey {
     // Inverted so that the highest score comes first; ties then sort by user_id ascending.
     built(|k| {
-        k.extend_from_slice(&partition.to_be_bytes());
-        k.push(board.tag());
+        push_board_prefix(k, partition, board);
         k.extend_from_slice(&(!ordered(score)).to_be_bytes());
         k.extend_from_slice(user_id.as_bytes());
     })
+}
+
+/// Appends where a partition's all-time board starts: partition, board tag.
+fn push_board_prefix(k: &mut Vec<u8>, partition: i32, board: Board) {
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.push(board.tag());
 }
 
 /// A user's scores on every board, in [`Board::ALL`] order.
@@ -310,9 +315,14 @@ pub struct Store {
 
 fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + user_id.len());
+    push_user_key(&mut k, partition, user_id);
+    k
+}
+
+/// Appends a user's key: partition, then user id.
+fn push_user_key(k: &mut Vec<u8>, partition: i32, user_id: &str) {
     k.extend_from_slice(&partition.to_be_bytes());
     k.extend_from_slice(user_id.as_bytes());
-    k
 }
 
 /// Items per batch of a one-off fill at open.
@@ -328,16 +338,21 @@ const RANKS_COUNTED: &str = "ranks-counted";
 /// Where a partition's `due` entries of event time `secs` (seconds) start: byte order is
 /// time order.
 fn due_prefix(partition: i32, secs: i64) -> Vec<u8> {
-    let mut k = partition.to_be_bytes().to_vec();
-    k.extend_from_slice(&ordered(secs).to_be_bytes());
+    let mut k = Vec::with_capacity(12);
+    push_due_prefix(&mut k, partition, secs);
     k
+}
+
+/// Appends where a partition's `due` entries of event time `secs` start.
+fn push_due_prefix(k: &mut Vec<u8>, partition: i32, secs: i64) {
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(&ordered(secs).to_be_bytes());
 }
 
 /// The key of a ledger entry in the `due` index: event time first.
 fn due_key(partition: i32, secs: i64, user_id: &str, receipt_id: &str) -> fjall::UserKey {
     built(|k| {
-        k.extend_from_slice(&partition.to_be_bytes());
-        k.extend_from_slice(&ordered(secs).to_be_bytes());
+        push_due_prefix(k, partition, secs);
         k.extend_from_slice(user_id.as_bytes());
         k.push(0);
         k.extend_from_slice(receipt_id.as_bytes());
@@ -346,8 +361,7 @@ fn due_key(partition: i32, secs: i64, user_id: &str, receipt_id: &str) -> fjall:
 
 fn ledger_key(partition: i32, user_id: &str, receipt_id: &str) -> fjall::UserKey {
     built(|k| {
-        k.extend_from_slice(&partition.to_be_bytes());
-        k.extend_from_slice(user_id.as_bytes());
+        push_user_key(k, partition, user_id);
         k.push(0);
         k.extend_from_slice(receipt_id.as_bytes());
     })
@@ -1244,8 +1258,8 @@ impl Store {
         // rank order; the partition)
         let mut top: Vec<(Vec<u8>, i32)> = Vec::new();
         for p in partitions {
-            let mut prefix = p.to_be_bytes().to_vec();
-            prefix.push(board.tag());
+            let mut prefix = Vec::with_capacity(5);
+            push_board_prefix(&mut prefix, p, board);
             for kv in self.board.prefix(&prefix).take(limit) {
                 let k = kv.key().map_err(io("scan leaderboard"))?;
                 top.push((k.get(4..).ok_or_else(corrupt)?.to_vec(), p));

@@ -31,10 +31,22 @@ pub(super) fn kind_tag(kind: Period) -> u8 {
 /// `partition | kind | key`: the count key, and the prefix of the period's entries.
 pub(super) fn period_prefix(partition: i32, kind: Period, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(5 + key.len() + 11);
+    push_period_prefix(&mut k, partition, kind, key);
+    k
+}
+
+/// Appends a period's prefix: partition, period kind, period key.
+fn push_period_prefix(k: &mut Vec<u8>, partition: i32, kind: Period, key: &str) {
     k.extend_from_slice(&partition.to_be_bytes());
     k.push(kind_tag(kind));
     k.extend_from_slice(key.as_bytes());
-    k
+}
+
+/// Appends where a period's board starts: the period's prefix, 0, the board's tag.
+fn push_board_prefix(k: &mut Vec<u8>, partition: i32, kind: Period, key: &str, board: Board) {
+    push_period_prefix(k, partition, kind, key);
+    k.push(0);
+    k.push(board.tag());
 }
 
 /// The rank counts' scope of one period ([`super::ranks`]).
@@ -45,9 +57,8 @@ pub(super) fn rank_scope(partition: i32, kind: Period, key: &str) -> Vec<u8> {
 }
 
 fn board_prefix(partition: i32, kind: Period, key: &str, board: Board) -> Vec<u8> {
-    let mut k = period_prefix(partition, kind, key);
-    k.push(0);
-    k.push(board.tag());
+    let mut k = Vec::with_capacity(5 + key.len() + 2);
+    push_board_prefix(&mut k, partition, kind, key, board);
     k
 }
 
@@ -60,11 +71,7 @@ pub(super) fn entry_key(
     user_id: &str,
 ) -> fjall::UserKey {
     super::built(|k| {
-        k.extend_from_slice(&partition.to_be_bytes());
-        k.push(kind_tag(kind));
-        k.extend_from_slice(key.as_bytes());
-        k.push(0);
-        k.push(board.tag());
+        push_board_prefix(k, partition, kind, key, board);
         k.extend_from_slice(&(!ordered(score)).to_be_bytes());
         k.extend_from_slice(user_id.as_bytes());
     })
