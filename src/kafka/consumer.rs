@@ -12,7 +12,6 @@
 //! outputs visible (ARCHITECTURE.md, "Ownership, restore and fencing").
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::ops::DerefMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -1005,13 +1004,15 @@ fn rewind_to_store(
     let assignment = consumer
         .assignment()
         .context("failed to read the assignment")?;
+    // Where the store says a partition resumes; asked again for each retry, since a
+    // refused seek may report another offset.
+    let at_store = |partition: i32| -> anyhow::Result<Offset> {
+        let stored = store.offset(topic, partition)?;
+        Ok(stored.map_or(Offset::Offset(0), Offset::Offset))
+    };
     let mut tpl = TopicPartitionList::new();
-    let mut wanted = HashMap::new();
     for e in assignment.elements() {
-        let stored = store.offset(topic, e.partition())?;
-        let at = stored.map_or(Offset::Offset(0), Offset::Offset);
-        wanted.insert(e.partition(), at);
-        tpl.add_partition_offset(topic, e.partition(), at)
+        tpl.add_partition_offset(topic, e.partition(), at_store(e.partition())?)
             .context("failed to build the assignment")?;
     }
     if tpl.count() == 0 {
@@ -1040,12 +1041,8 @@ fn rewind_to_store(
                         });
                     }
                     warn!(message = "Seeking a partition back was refused; trying again.", partition = e.partition(), error = %err);
-                    let at = wanted
-                        .get(&e.partition())
-                        .copied()
-                        .unwrap_or(Offset::Offset(0));
                     again
-                        .add_partition_offset(topic, e.partition(), at)
+                        .add_partition_offset(topic, e.partition(), at_store(e.partition())?)
                         .context("failed to build the assignment")?;
                 }
             }
