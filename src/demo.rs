@@ -92,6 +92,8 @@ pub struct Engine {
     pub simulator_cpu: Duration,
     /// Peak resident set size of the process (`VmHWM`), when the platform says it.
     pub peak_rss: Option<u64>,
+    /// How long commits waited for the store to flush its memtables.
+    pub write_stall: Duration,
 }
 
 impl Engine {
@@ -344,6 +346,7 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
             .saturating_sub(simulator_cpu),
         simulator_cpu,
         peak_rss: peak_rss(),
+        write_stall: store.memory().write_stall,
     };
 
     let mut users = 0u64;
@@ -403,16 +406,18 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
 }
 
 impl DemoSummary {
-    /// The fold engine's figures on one line: CPU per million receipts and peak RSS.
+    /// The fold engine's figures on one line: CPU per million receipts, peak RSS and the
+    /// time commits waited for the store's flushes.
     pub fn engine_line(&self) -> String {
         let e = &self.engine;
         let rss = e
             .peak_rss
             .map_or_else(|| "unknown".to_owned(), |b| format!("{} MiB", b >> 20));
         format!(
-            "{:.1} CPU-s per million receipts (the simulator's thread excluded: {:.1} s), peak RSS {rss}",
+            "{:.1} CPU-s per million receipts (the simulator's thread excluded: {:.1} s), peak RSS {rss}, commits waited {:.1} s for the store's flushes",
             e.cpu_per_million(self.stats.records),
-            e.simulator_cpu.as_secs_f64()
+            e.simulator_cpu.as_secs_f64(),
+            e.write_stall.as_secs_f64()
         )
     }
 }
@@ -515,6 +520,7 @@ impl std::fmt::Display for BenchReport<'_> {
                 "cpu_s_per_million": (cpu * 10.0).round() / 10.0,
                 "simulator_cpu_s": d.engine.simulator_cpu.as_secs_f64(),
                 "peak_rss_mib": rss_mib,
+                "write_stall_s": d.engine.write_stall.as_secs_f64(),
             });
             return writeln!(f, "{v}");
         }

@@ -93,6 +93,18 @@ pub enum StoreError {
 /// tables), where 64 does better (BENCHMARKS.md 3).
 pub const DEFAULT_WRITE_BUFFER: u64 = 16 << 20;
 
+/// A commit waits while the memtables hold more than this many times the write budget
+/// (`[store] write_buffer_mb`), so that a fold faster than fjall's one background worker
+/// flushes them does not grow them without bound. Every keyspace's own memtable is a quarter
+/// of the budget, so the active memtables alone (a dozen keyspaces, none yet asked to
+/// flush) stay under three times it, and the wait always ends once the worker catches up.
+const WRITE_STALL_FACTOR: u64 = 4;
+
+/// Past this, a commit stops waiting for flushes and writes anyway: a worker that never
+/// catches up must not stop the processor (fjall halts writes itself when its queues are
+/// full).
+const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The size fjall's leveled compaction aims at for a table (see `open_with_memory`).
 const TABLE_TARGET: u64 = 8 << 20;
 
@@ -274,6 +286,9 @@ pub struct StoreMemory {
     pub cache_bytes: u64,
     /// Bytes in memtables, active and sealed.
     pub write_buffer_bytes: u64,
+    /// How long commits have waited, in all, for the memtables to be flushed down to
+    /// their bound.
+    pub write_stall: std::time::Duration,
 }
 
 /// The opened store.
@@ -309,6 +324,10 @@ pub struct Store {
     periods_kept: std::sync::atomic::AtomicUsize,
     /// Writes of the last commit's batch: the next one is sized by it.
     last_batch_writes: std::sync::atomic::AtomicUsize,
+    /// Commits wait while the memtables hold more than this ([`WRITE_STALL_FACTOR`]).
+    write_stall_bytes: u64,
+    /// Microseconds commits have waited for flushes, in all.
+    write_stall_micros: std::sync::atomic::AtomicU64,
     /// Rank counts commits touched ([`ranks::RankCache`]).
     rank_cache: ranks::RankCache,
 }
@@ -590,6 +609,8 @@ impl Store {
                 crate::domain::game::DEFAULT_PERIODS_KEPT,
             ),
             last_batch_writes: std::sync::atomic::AtomicUsize::new(0),
+            write_stall_bytes: write_buffer_bytes * WRITE_STALL_FACTOR,
+            write_stall_micros: std::sync::atomic::AtomicU64::new(0),
             rank_cache: ranks::RankCache::default(),
         };
         if !users_indexed || !ranks_counted {
@@ -634,6 +655,10 @@ impl Store {
         StoreMemory {
             cache_bytes: self.db.cache_size(),
             write_buffer_bytes: self.db.write_buffer_size(),
+            write_stall: std::time::Duration::from_micros(
+                self.write_stall_micros
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
         }
     }
 
@@ -1185,6 +1210,31 @@ impl Store {
         })
     }
 
+    /// Waits while the memtables hold more than their bound, for fjall's worker to flush
+    /// them. A batch goes into the active memtables whole, and the worker rotates and
+    /// flushes them only between compactions, so a fold of millions of new users outran it
+    /// and the memtables grew to hundreds of MiB (BENCHMARKS.md, "A write stall").
+    fn wait_for_flushes(&self) {
+        if self.db.write_buffer_size() <= self.write_stall_bytes {
+            return;
+        }
+        let started = std::time::Instant::now();
+        while self.db.write_buffer_size() > self.write_stall_bytes {
+            if started.elapsed() > WRITE_STALL_MAX {
+                tracing::warn!(
+                    message = "The store's memtables stayed over their bound; writing anyway.",
+                    bytes = self.db.write_buffer_size(),
+                    bound = self.write_stall_bytes,
+                );
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.write_stall_micros
+            .fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The second half of [`Self::commit`]: writes a prepared batch atomically and
     /// persists it durably (fsync) before returning.
     pub fn apply(&self, prepared: Prepared) -> Result<(), StoreError> {
@@ -1198,6 +1248,7 @@ impl Store {
         let Some(batch) = batch else {
             return Ok(());
         };
+        self.wait_for_flushes();
         batch.commit().map_err(io("commit batch"))?;
         self.db
             .persist(PersistMode::SyncAll)
@@ -1445,6 +1496,47 @@ mod tests {
         u.coins = coins;
         u.total_spent = xp * 10;
         u
+    }
+
+    // A batch goes into the memtables whole, and fjall's one worker flushes them only when
+    // it gets to them: the next commit waits until they are back under their bound.
+    #[test]
+    fn a_commit_waits_while_the_memtables_are_over_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 4 << 20;
+        let bound = budget * WRITE_STALL_FACTOR;
+        let store = Store::open_with_memory(dir.path(), 8 << 20, budget).unwrap();
+        let mut big = WriteSet::default();
+        let pad = "x".repeat(400);
+        for i in 0..20_000 {
+            let id = format!("u-{i:06}-{pad}");
+            big.users.insert((0, id.clone()), user(&id, i, i));
+        }
+        big.offsets.insert(("t".into(), 0), 20_000);
+        store.commit(&big).unwrap();
+        let after_big = store.memory();
+        assert!(
+            after_big.write_buffer_bytes > bound,
+            "the batch should overfill the memtables: {after_big:?}"
+        );
+        assert_eq!(after_big.write_stall, std::time::Duration::ZERO);
+        let mut small = WriteSet::default();
+        small
+            .users
+            .insert((0, "u-late".into()), user("u-late", 1, 1));
+        small.offsets.insert(("t".into(), 0), 20_001);
+        store.commit(&small).unwrap();
+        let after_small = store.memory();
+        assert!(
+            after_small.write_stall > std::time::Duration::ZERO,
+            "{after_small:?}"
+        );
+        assert!(
+            after_small.write_buffer_bytes <= bound + (1 << 20),
+            "{after_small:?}"
+        );
+        assert_eq!(store.user(0, "u-late").unwrap().unwrap().coins, 1);
+        assert_eq!(store.offset("t", 0).unwrap(), Some(20_001));
     }
 
     #[test]
