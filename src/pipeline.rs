@@ -936,7 +936,7 @@ impl Processor {
                 .spawn(move || {
                     #[cfg(test)]
                     drop(hold.lock());
-                    store.apply(prepared)
+                    store.apply(prepared).map(telemetry::write_stalled)
                 });
             match spawned {
                 Ok(writer) => {
@@ -948,7 +948,11 @@ impl Processor {
                 }
             }
         }
-        let written = self.store.commit(&set);
+        let written = self
+            .store
+            .prepare(&set)
+            .and_then(|prepared| self.store.apply(prepared))
+            .map(telemetry::write_stalled);
         self.stored(set, stats, written)
     }
 

@@ -43,6 +43,7 @@ pub const USERS: &str = "mallquest_users";
 pub const STORE_CACHE_BYTES: &str = "mallquest_store_cache_bytes";
 /// Bytes held by the store's memtables, active and sealed (those waiting for a flush).
 pub const STORE_WRITE_BUFFER_BYTES: &str = "mallquest_store_write_buffer_bytes";
+pub const STORE_WRITE_STALL_SECONDS: &str = "mallquest_store_write_stall_seconds";
 /// Bytes the process's allocator (jemalloc) has handed out and not had back.
 pub const ALLOCATOR_ALLOCATED_BYTES: &str = "mallquest_allocator_allocated_bytes";
 /// Bytes of resident memory the allocator holds (allocated plus its own free pages).
@@ -72,7 +73,7 @@ pub const STANDBY_PARTITIONS: &str = "mallquest_standby_partitions";
 pub const REVOCATIONS_TOTAL: &str = "mallquest_revocations_total";
 
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 30] = [
+pub const ALL_METRICS: [&str; 31] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
@@ -90,6 +91,7 @@ pub const ALL_METRICS: [&str; 30] = [
     USERS,
     STORE_CACHE_BYTES,
     STORE_WRITE_BUFFER_BYTES,
+    STORE_WRITE_STALL_SECONDS,
     ALLOCATOR_ALLOCATED_BYTES,
     ALLOCATOR_RESIDENT_BYTES,
     EVENT_AGE_SECONDS,
@@ -121,6 +123,7 @@ pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::Prome
             &latency,
         )?
         .set_buckets_for_metric(Matcher::Full(EVENT_AGE_SECONDS.into()), &age)?
+        .set_buckets_for_metric(Matcher::Full(STORE_WRITE_STALL_SECONDS.into()), &latency)?
         .install_recorder()?;
     describe();
     // Zero the counters so that they show before the first increment.
@@ -194,6 +197,11 @@ fn describe() {
         STORE_WRITE_BUFFER_BYTES,
         Unit::Bytes,
         "Bytes held by the store's memtables, including sealed ones waiting for a flush."
+    );
+    describe_histogram!(
+        STORE_WRITE_STALL_SECONDS,
+        Unit::Seconds,
+        "Time a commit waited for the store's memtables to be flushed under their bound (4 x [store] write_buffer_mb); only commits that waited."
     );
     describe_gauge!(
         ALLOCATOR_ALLOCATED_BYTES,
@@ -362,6 +370,13 @@ pub fn kafka_error(error: &dyn std::fmt::Display) {
 /// Partitions were assigned, each resuming at the given offset (`None` = beginning).
 pub fn partitions_assigned(assigned: &[(i32, Option<i64>)], held: &[i32]) {
     info!(message = "Partitions assigned.", partitions = ?assigned, ?held);
+}
+
+/// A commit waited `waited` for the store's flushes (nothing is recorded for no wait).
+pub fn write_stalled(waited: Duration) {
+    if !waited.is_zero() {
+        histogram!(STORE_WRITE_STALL_SECONDS).record(waited.as_secs_f64());
+    }
 }
 
 /// Changelog records restored.

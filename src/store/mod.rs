@@ -1084,7 +1084,7 @@ impl Store {
 
     /// Writes a whole batch atomically and persists it durably (fsync) before returning.
     pub fn commit(&self, set: &WriteSet) -> Result<(), StoreError> {
-        self.apply(self.prepare(set)?)
+        self.apply(self.prepare(set)?).map(drop)
     }
 
     /// The first half of [`Self::commit`]: every write of `set` gathered (the index
@@ -1214,9 +1214,9 @@ impl Store {
     /// them. A batch goes into the active memtables whole, and the worker rotates and
     /// flushes them only between compactions, so a fold of millions of new users outran it
     /// and the memtables grew to hundreds of MiB (BENCHMARKS.md, "A write stall").
-    fn wait_for_flushes(&self) {
+    fn wait_for_flushes(&self) -> std::time::Duration {
         if self.db.write_buffer_size() <= self.write_stall_bytes {
-            return;
+            return std::time::Duration::ZERO;
         }
         let started = std::time::Instant::now();
         while self.db.write_buffer_size() > self.write_stall_bytes {
@@ -1230,14 +1230,18 @@ impl Store {
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.write_stall_micros
-            .fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
+        let waited = started.elapsed();
+        self.write_stall_micros.fetch_add(
+            u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        waited
     }
 
     /// The second half of [`Self::commit`]: writes a prepared batch atomically and
-    /// persists it durably (fsync) before returning.
-    pub fn apply(&self, prepared: Prepared) -> Result<(), StoreError> {
+    /// persists it durably (fsync) before returning. Returns how long it waited for the
+    /// memtables to be flushed under their bound first.
+    pub fn apply(&self, prepared: Prepared) -> Result<std::time::Duration, StoreError> {
         let Prepared {
             batch,
             rank_writes,
@@ -1246,9 +1250,9 @@ impl Store {
             partitions,
         } = prepared;
         let Some(batch) = batch else {
-            return Ok(());
+            return Ok(std::time::Duration::ZERO);
         };
-        self.wait_for_flushes();
+        let waited = self.wait_for_flushes();
         batch.commit().map_err(io("commit batch"))?;
         self.db
             .persist(PersistMode::SyncAll)
@@ -1276,7 +1280,7 @@ impl Store {
                 known.insert(at, p);
             }
         }
-        Ok(())
+        Ok(waited)
     }
 
     /// The top `limit` users by `board`, highest first, ties by user_id ascending.
