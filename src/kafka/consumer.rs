@@ -121,7 +121,7 @@ impl ConsumerContext for StoreSeekingContext {
                 // starts on these partitions again.
                 let mut held = self.held.lock_first();
                 held.extend(partitions.iter().copied());
-                let assigned = match self.prepare(consumer, &partitions) {
+                let assigned = match self.prepare_retrying(consumer, &partitions) {
                     Ok(a) => a,
                     Err(e) => {
                         for p in &partitions {
@@ -249,6 +249,20 @@ impl StoreSeekingContext {
         self.status.assigned(all);
     }
 
+    /// [`Self::prepare`], tried again after a transient failure (a metadata look-up or a
+    /// changelog read timing out on a loaded or failing-over broker), [`PREPARE_TRIES`]
+    /// times in all, so that such a moment does not end the process. A refusal or a store
+    /// error is final at once.
+    fn prepare_retrying(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[i32],
+    ) -> anyhow::Result<Vec<(i32, Option<i64>)>> {
+        retrying(PREPARE_TRIES, PREPARE_PAUSE, || {
+            self.prepare(consumer, partitions)
+        })
+    }
+
     /// Makes `partitions` ready to fold: caught up from their changelog, then each vouched
     /// for by the store or refused. Returns where to resume each (`None`: from the start).
     fn prepare(
@@ -297,13 +311,14 @@ impl StoreSeekingContext {
             }
         }
         if let Some(p) = partitions.iter().find(|p| **p as usize >= have) {
-            anyhow::bail!(
+            return Err(Refusal(format!(
                 "the changelog topic {changelog} has {have} partitions, but partition {p} of {} was \
                  assigned: the changelog needs as many partitions as the receipts topic (compacted). \
                  Create or grow it (kafka-topics.sh --alter --partitions), or restart mallquest, which \
                  creates it when it is missing.",
                 self.kafka.receipts_topic
-            );
+            ))
+            .into());
         }
         if self.restore {
             super::restore::catch_up(
@@ -867,7 +882,7 @@ fn refuse_unvouched(
     if progressed.is_empty() {
         return Ok(());
     }
-    anyhow::bail!(
+    Err(Refusal(format!(
         "neither the store at {} nor the changelog holds state for {topic} partitions {partitions:?}, \
          but the consumer group has committed offsets ({}): the state was lost (the changelog topic \
          deleted?). Restore the store from a backup, or run `mallquest rebuild --config ...` to refold \
@@ -875,7 +890,8 @@ fn refuse_unvouched(
          that zeroed projections are never published over good ones.",
         store.path().display(),
         progressed.join(", ")
-    )
+    ))
+    .into())
 }
 
 /// The group's committed offsets. A new cluster's group coordinator is not there at once
@@ -946,7 +962,7 @@ fn assign_all(
     let mut tpl = TopicPartitionList::new();
     let mut held = ctx.held.lock();
     held.extend(partitions.iter().copied());
-    let assigned = ctx.prepare(consumer, &partitions)?;
+    let assigned = ctx.prepare_retrying(consumer, &partitions)?;
     for (p, at) in &assigned {
         tpl.add_partition_offset(topic, *p, at.map_or(Offset::Offset(0), Offset::Offset))
             .context("failed to build the assignment")?;
@@ -990,6 +1006,45 @@ fn drop_if_revoked(
         rewind_to_store(consumer, &ctx.store, topic)?;
     }
     Ok(())
+}
+
+/// A partition this instance will not fold, for a reason no retry changes (state lost, a
+/// changelog too small): the operator must act.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refusal(String);
+
+/// Tries of [`StoreSeekingContext::prepare`] in all, [`PREPARE_PAUSE`] apart, doubling.
+const PREPARE_TRIES: u32 = 3;
+const PREPARE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs `attempt` until it succeeds, fails for good (a [`Refusal`] or a store error
+/// anywhere in its chain), or has been tried `tries` times; pauses `pause`, doubling,
+/// between tries.
+fn retrying<T>(
+    tries: u32,
+    pause: Duration,
+    mut attempt: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut pause = pause;
+    let mut tried = 1;
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e) if tried < tries && !is_final(&e) => {
+                warn!(message = "Preparing partitions failed; trying again.", error = %format!("{e:#}"), attempt = tried);
+                std::thread::sleep(pause);
+                pause *= 2;
+                tried += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether no retry can help `e`.
+fn is_final(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Refusal>() || c.is::<StoreError>())
 }
 
 /// Re-positions every assigned partition at the store's offset.
@@ -1106,6 +1161,51 @@ fn sleep_unless(flag: &AtomicBool, total: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transient_failure_of_preparing_is_tried_again_and_a_refusal_is_not() {
+        let calls = Cell::new(0);
+        let flaky = retrying(3, Duration::from_millis(1), || {
+            calls.set(calls.get() + 1);
+            if calls.get() < 3 {
+                Err(anyhow::Error::new(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::OperationTimedOut,
+                )))
+                .context("failed to read the metadata of mallquest-changelog")
+            } else {
+                Ok(calls.get())
+            }
+        });
+        assert_eq!(flaky.unwrap(), 3, "succeeds on the third try");
+
+        calls.set(0);
+        let never = retrying(3, Duration::from_millis(1), || -> anyhow::Result<()> {
+            calls.set(calls.get() + 1);
+            anyhow::bail!("the broker is gone")
+        });
+        assert!(never.is_err());
+        assert_eq!(calls.get(), 3, "gives up after the tries it was given");
+
+        calls.set(0);
+        let refused = retrying(3, Duration::from_millis(1), || -> anyhow::Result<()> {
+            calls.set(calls.get() + 1);
+            Err(Refusal("state lost".into())).context("preparing partition 2")
+        });
+        assert!(format!("{:#}", refused.unwrap_err()).contains("state lost"));
+        assert_eq!(calls.get(), 1, "a refusal is final");
+
+        calls.set(0);
+        let store = retrying(3, Duration::from_millis(1), || -> anyhow::Result<()> {
+            calls.set(calls.get() + 1);
+            Err(StoreError::Corrupt {
+                what: "user",
+                detail: "bad bytes".into(),
+            })
+            .context("reading the stored offset of partition 0")
+        });
+        assert!(store.is_err());
+        assert_eq!(calls.get(), 1, "a store error is final");
+    }
 
     #[test]
     fn a_batch_grows_only_as_far_as_the_disk_guards_margin_covers() {
