@@ -43,6 +43,7 @@ pub const USERS: &str = "mallquest_users";
 pub const STORE_CACHE_BYTES: &str = "mallquest_store_cache_bytes";
 /// Bytes held by the store's memtables, active and sealed (those waiting for a flush).
 pub const STORE_WRITE_BUFFER_BYTES: &str = "mallquest_store_write_buffer_bytes";
+/// Histogram: a processor commit's wait for the store's flushes (only commits that waited).
 pub const STORE_WRITE_STALL_SECONDS: &str = "mallquest_store_write_stall_seconds";
 /// Bytes the process's allocator (jemalloc) has handed out and not had back.
 pub const ALLOCATOR_ALLOCATED_BYTES: &str = "mallquest_allocator_allocated_bytes";
@@ -123,7 +124,10 @@ pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::Prome
             &latency,
         )?
         .set_buckets_for_metric(Matcher::Full(EVENT_AGE_SECONDS.into()), &age)?
-        .set_buckets_for_metric(Matcher::Full(STORE_WRITE_STALL_SECONDS.into()), &latency)?
+        .set_buckets_for_metric(
+            Matcher::Full(STORE_WRITE_STALL_SECONDS.into()),
+            &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+        )?
         .install_recorder()?;
     describe();
     // Zero the counters so that they show before the first increment.

@@ -258,7 +258,7 @@ impl StoreSeekingContext {
         consumer: &BaseConsumer<Self>,
         partitions: &[i32],
     ) -> anyhow::Result<Vec<(i32, Option<i64>)>> {
-        retrying(PREPARE_TRIES, PREPARE_PAUSE, || {
+        retrying(PREPARE_TRIES, PREPARE_PAUSE, PREPARE_BUDGET, || {
             self.prepare(consumer, partitions)
         })
     }
@@ -1017,21 +1017,28 @@ struct Refusal(String);
 /// Tries of [`StoreSeekingContext::prepare`] in all, [`PREPARE_PAUSE`] apart, doubling.
 const PREPARE_TRIES: u32 = 3;
 const PREPARE_PAUSE: Duration = Duration::from_secs(1);
+/// No new try of [`StoreSeekingContext::prepare`] starts this long after the first: the
+/// assign callback runs inside `poll`, and its look-ups wait long already (committed
+/// offsets up to 60 s, a changelog read as long as it makes progress), so retries must not
+/// keep it past `max.poll.interval.ms`.
+const PREPARE_BUDGET: Duration = Duration::from_secs(15);
 
-/// Runs `attempt` until it succeeds, fails for good (a [`Refusal`] or a store error
-/// anywhere in its chain), or has been tried `tries` times; pauses `pause`, doubling,
-/// between tries.
+/// Runs `attempt` until it succeeds, fails for good (a [`Refusal`], a store error or an
+/// unreadable changelog record anywhere in its chain), has been tried `tries` times, or
+/// `budget` has passed since the first try; pauses `pause`, doubling, between tries.
 fn retrying<T>(
     tries: u32,
     pause: Duration,
+    budget: Duration,
     mut attempt: impl FnMut() -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
+    let started = Instant::now();
     let mut pause = pause;
     let mut tried = 1;
     loop {
         match attempt() {
             Ok(v) => return Ok(v),
-            Err(e) if tried < tries && !is_final(&e) => {
+            Err(e) if tried < tries && started.elapsed() < budget && !is_final(&e) => {
                 warn!(message = "Preparing partitions failed; trying again.", error = %format!("{e:#}"), attempt = tried);
                 std::thread::sleep(pause);
                 pause *= 2;
@@ -1044,7 +1051,9 @@ fn retrying<T>(
 
 /// Whether no retry can help `e`.
 fn is_final(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.is::<Refusal>() || c.is::<StoreError>())
+    e.chain().any(|c| {
+        c.is::<Refusal>() || c.is::<StoreError>() || c.is::<crate::changelog::ChangelogError>()
+    })
 }
 
 /// Re-positions every assigned partition at the store's offset.
@@ -1165,7 +1174,7 @@ mod tests {
     #[test]
     fn a_transient_failure_of_preparing_is_tried_again_and_a_refusal_is_not() {
         let calls = Cell::new(0);
-        let flaky = retrying(3, Duration::from_millis(1), || {
+        let flaky = retrying(3, Duration::from_millis(1), Duration::from_secs(60), || {
             calls.set(calls.get() + 1);
             if calls.get() < 3 {
                 Err(anyhow::Error::new(KafkaError::MetadataFetch(
@@ -1179,32 +1188,60 @@ mod tests {
         assert_eq!(flaky.unwrap(), 3, "succeeds on the third try");
 
         calls.set(0);
-        let never = retrying(3, Duration::from_millis(1), || -> anyhow::Result<()> {
-            calls.set(calls.get() + 1);
-            anyhow::bail!("the broker is gone")
-        });
+        let never = retrying(
+            3,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+            || -> anyhow::Result<()> {
+                calls.set(calls.get() + 1);
+                anyhow::bail!("the broker is gone")
+            },
+        );
         assert!(never.is_err());
         assert_eq!(calls.get(), 3, "gives up after the tries it was given");
 
         calls.set(0);
-        let refused = retrying(3, Duration::from_millis(1), || -> anyhow::Result<()> {
-            calls.set(calls.get() + 1);
-            Err(Refusal("state lost".into())).context("preparing partition 2")
-        });
+        let refused = retrying(
+            3,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+            || -> anyhow::Result<()> {
+                calls.set(calls.get() + 1);
+                Err(Refusal("state lost".into())).context("preparing partition 2")
+            },
+        );
         assert!(format!("{:#}", refused.unwrap_err()).contains("state lost"));
         assert_eq!(calls.get(), 1, "a refusal is final");
 
         calls.set(0);
-        let store = retrying(3, Duration::from_millis(1), || -> anyhow::Result<()> {
-            calls.set(calls.get() + 1);
-            Err(StoreError::Corrupt {
-                what: "user",
-                detail: "bad bytes".into(),
-            })
-            .context("reading the stored offset of partition 0")
-        });
+        let store = retrying(
+            3,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+            || -> anyhow::Result<()> {
+                calls.set(calls.get() + 1);
+                Err(StoreError::Corrupt {
+                    what: "user",
+                    detail: "bad bytes".into(),
+                })
+                .context("reading the stored offset of partition 0")
+            },
+        );
         assert!(store.is_err());
         assert_eq!(calls.get(), 1, "a store error is final");
+
+        calls.set(0);
+        let slow = retrying(
+            3,
+            Duration::from_millis(1),
+            Duration::ZERO,
+            || -> anyhow::Result<()> {
+                calls.set(calls.get() + 1);
+                anyhow::bail!("timed out")
+            },
+        );
+        assert!(slow.is_err());
+        assert_eq!(calls.get(), 1, "no new try once the budget has passed");
     }
 
     #[test]

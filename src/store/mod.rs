@@ -95,10 +95,15 @@ pub const DEFAULT_WRITE_BUFFER: u64 = 16 << 20;
 
 /// A commit waits while the memtables hold more than this many times the write budget
 /// (`[store] write_buffer_mb`), so that a fold faster than fjall's one background worker
-/// flushes them does not grow them without bound. Every keyspace's own memtable is a quarter
-/// of the budget, so the active memtables alone (a dozen keyspaces, none yet asked to
-/// flush) stay under three times it, and the wait always ends once the worker catches up.
+/// flushes them does not grow them without bound.
 const WRITE_STALL_FACTOR: u64 = 4;
+
+/// A commit over the bound stops waiting once fjall's worker has had nothing to do for this
+/// long: no flush queued, no memtable sealed, no compaction running. That happens when the
+/// memtables are over the bound but each under its own size, which fjall fixes when a
+/// keyspace is created (a store created with a larger `write_buffer_mb`), so none is asked
+/// to flush: waiting would not bring them down.
+const WRITE_STALL_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Past this, a commit stops waiting for flushes and writes anyway: a worker that never
 /// catches up must not stop the processor (fjall halts writes itself when its queues are
@@ -1210,8 +1215,26 @@ impl Store {
         })
     }
 
+    /// Every keyspace the store writes.
+    fn keyspaces(&self) -> [&Keyspace; 12] {
+        [
+            &self.users,
+            &self.ledger,
+            &self.offsets,
+            &self.board,
+            &self.marks_ks,
+            &self.due,
+            &self.changelog,
+            &self.counts,
+            &self.meta,
+            &self.periods,
+            &self.period_users,
+            &self.rank_counts,
+        ]
+    }
+
     /// Waits while the memtables hold more than their bound, for fjall's worker to flush
-    /// them. A batch goes into the active memtables whole, and the worker rotates and
+    /// them (as long as it has a flush or a compaction to do: [`WRITE_STALL_IDLE`]). A batch goes into the active memtables whole, and the worker rotates and
     /// flushes them only between compactions, so a fold of millions of new users outran it
     /// and the memtables grew to hundreds of MiB (BENCHMARKS.md, "A write stall").
     fn wait_for_flushes(&self) -> std::time::Duration {
@@ -1219,7 +1242,23 @@ impl Store {
             return std::time::Duration::ZERO;
         }
         let started = std::time::Instant::now();
+        let mut idle_since: Option<std::time::Instant> = None;
         while self.db.write_buffer_size() > self.write_stall_bytes {
+            let busy = self.db.outstanding_flushes() > 0
+                || self.db.active_compactions() > 0
+                || self
+                    .keyspaces()
+                    .iter()
+                    .any(|k| k.sealed_memtable_count() > 0);
+            if busy {
+                idle_since = None;
+            } else if idle_since
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                > WRITE_STALL_IDLE
+            {
+                break;
+            }
             if started.elapsed() > WRITE_STALL_MAX {
                 tracing::warn!(
                     message = "The store's memtables stayed over their bound; writing anyway.",
@@ -1512,11 +1551,11 @@ mod tests {
         let store = Store::open_with_memory(dir.path(), 8 << 20, budget).unwrap();
         let mut big = WriteSet::default();
         let pad = "x".repeat(400);
-        for i in 0..20_000 {
+        for i in 0..40_000 {
             let id = format!("u-{i:06}-{pad}");
             big.users.insert((0, id.clone()), user(&id, i, i));
         }
-        big.offsets.insert(("t".into(), 0), 20_000);
+        big.offsets.insert(("t".into(), 0), 40_000);
         store.commit(&big).unwrap();
         let after_big = store.memory();
         assert!(
@@ -1528,7 +1567,7 @@ mod tests {
         small
             .users
             .insert((0, "u-late".into()), user("u-late", 1, 1));
-        small.offsets.insert(("t".into(), 0), 20_001);
+        small.offsets.insert(("t".into(), 0), 40_001);
         store.commit(&small).unwrap();
         let after_small = store.memory();
         assert!(
@@ -1540,7 +1579,7 @@ mod tests {
             "{after_small:?}"
         );
         assert_eq!(store.user(0, "u-late").unwrap().unwrap().coins, 1);
-        assert_eq!(store.offset("t", 0).unwrap(), Some(20_001));
+        assert_eq!(store.offset("t", 0).unwrap(), Some(40_001));
     }
 
     #[test]
