@@ -307,7 +307,12 @@ impl StoreSeekingContext {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while have == 0 && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(200));
-                have = super::partition_count(consumer, &changelog)?.unwrap_or(0);
+                // A topic just created has no leader for a moment: waited for, as one not
+                // yet in the metadata is.
+                have = super::partition_count(consumer, &changelog)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
             }
         }
         if let Some(p) = partitions.iter().find(|p| **p as usize >= have) {

@@ -172,7 +172,9 @@ fn receipts_partitions(kafka: &KafkaConfig) -> Option<i32> {
     i32::try_from(n).ok()
 }
 
-/// Partitions of `topic`, from the cluster's metadata (`None`: it does not exist).
+/// Partitions of `topic`, from the cluster's metadata (`None`: it does not exist). A
+/// topic the metadata names with another error (no leader yet, in a failover) is an
+/// error, not a missing topic.
 pub(crate) fn partition_count<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
@@ -180,10 +182,12 @@ pub(crate) fn partition_count<C: rdkafka::consumer::ConsumerContext>(
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .with_context(|| format!("failed to read the metadata of {topic}"))?;
-    Ok(md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len())
-        .filter(|n| *n > 0))
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    match t.error().map(RDKafkaErrorCode::from) {
+        None => Ok(Some(t.partitions().len()).filter(|n| *n > 0)),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(None),
+        Some(code) => anyhow::bail!("the metadata of {topic} says {code}"),
+    }
 }
