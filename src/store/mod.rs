@@ -37,7 +37,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use fjall::compaction::filter::{CompactionFilter, Context, Factory, ItemAccessor, Verdict};
@@ -333,6 +333,10 @@ pub struct Store {
     write_stall_bytes: u64,
     /// Microseconds commits have waited for flushes, in all.
     write_stall_micros: std::sync::atomic::AtomicU64,
+    /// The last wait ended with fjall's worker idle and the memtables still over the bound
+    /// (each under its own size): the next commit then waits only while the worker is busy,
+    /// not [`WRITE_STALL_IDLE`] more each time.
+    write_stall_ended_idle: AtomicBool,
     /// Rank counts commits touched ([`ranks::RankCache`]).
     rank_cache: ranks::RankCache,
 }
@@ -616,6 +620,7 @@ impl Store {
             last_batch_writes: std::sync::atomic::AtomicUsize::new(0),
             write_stall_bytes: write_buffer_bytes * WRITE_STALL_FACTOR,
             write_stall_micros: std::sync::atomic::AtomicU64::new(0),
+            write_stall_ended_idle: AtomicBool::new(false),
             rank_cache: ranks::RankCache::default(),
         };
         if !users_indexed || !ranks_counted {
@@ -1242,7 +1247,13 @@ impl Store {
             return std::time::Duration::ZERO;
         }
         let started = std::time::Instant::now();
+        let grace = if self.write_stall_ended_idle.load(Ordering::Relaxed) {
+            std::time::Duration::ZERO
+        } else {
+            WRITE_STALL_IDLE
+        };
         let mut idle_since: Option<std::time::Instant> = None;
+        let mut ended_idle = false;
         while self.db.write_buffer_size() > self.write_stall_bytes {
             let busy = self.db.outstanding_flushes() > 0
                 || self.db.active_compactions() > 0
@@ -1255,8 +1266,9 @@ impl Store {
             } else if idle_since
                 .get_or_insert_with(std::time::Instant::now)
                 .elapsed()
-                > WRITE_STALL_IDLE
+                >= grace
             {
+                ended_idle = true;
                 break;
             }
             if started.elapsed() > WRITE_STALL_MAX {
@@ -1269,6 +1281,8 @@ impl Store {
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
+        self.write_stall_ended_idle
+            .store(ended_idle, Ordering::Relaxed);
         let waited = started.elapsed();
         self.write_stall_micros.fetch_add(
             u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
@@ -1580,6 +1594,40 @@ mod tests {
         );
         assert_eq!(store.user(0, "u-late").unwrap().unwrap().coins, 1);
         assert_eq!(store.offset("t", 0).unwrap(), Some(40_001));
+    }
+
+    // fjall keeps a keyspace's memtable size from when the keyspace was created: a store
+    // made with a larger budget has memtables each under their own size while together
+    // over the bound, and no flush is coming. A commit must not wait for one.
+    #[test]
+    fn a_store_made_with_a_larger_budget_does_not_wait_for_flushes_that_never_come() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open_with_memory(dir.path(), 8 << 20, 128 << 20).unwrap());
+        let budget = 4 << 20;
+        let store = Store::open_with_memory(dir.path(), 8 << 20, budget).unwrap();
+        let mut big = WriteSet::default();
+        let pad = "x".repeat(400);
+        for i in 0..15_000 {
+            let id = format!("u-{i:06}-{pad}");
+            big.users.insert((0, id.clone()), user(&id, i, i));
+        }
+        big.offsets.insert(("t".into(), 0), 15_000);
+        store.commit(&big).unwrap();
+        for n in 1..=2 {
+            let mut small = WriteSet::default();
+            let id = format!("u-late-{n}");
+            small.users.insert((0, id.clone()), user(&id, 1, 1));
+            small.offsets.insert(("t".into(), 0), 15_000 + n);
+            store.commit(&small).unwrap();
+        }
+        let m = store.memory();
+        assert!(
+            m.write_buffer_bytes > budget * WRITE_STALL_FACTOR,
+            "nothing was flushed: {m:?}"
+        );
+        // Far under the 60 s a wait for a flush would last.
+        assert!(m.write_stall < std::time::Duration::from_secs(10), "{m:?}");
+        assert_eq!(store.offset("t", 0).unwrap(), Some(15_002));
     }
 
     #[test]
