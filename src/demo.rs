@@ -94,6 +94,8 @@ pub struct Engine {
     pub peak_rss: Option<u64>,
     /// How long commits waited for the store to flush its memtables.
     pub write_stall: Duration,
+    /// Keys the store's commits wrote (inserts and removes).
+    pub store_writes: u64,
 }
 
 impl Engine {
@@ -347,6 +349,7 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
         simulator_cpu,
         peak_rss: peak_rss(),
         write_stall: store.memory().write_stall,
+        store_writes: store.writes(),
     };
 
     let mut users = 0u64;
@@ -414,9 +417,10 @@ impl DemoSummary {
             .peak_rss
             .map_or_else(|| "unknown".to_owned(), |b| format!("{} MiB", b >> 20));
         format!(
-            "{:.1} CPU-s per million receipts (the simulator's thread excluded: {:.1} s), peak RSS {rss}, commits waited {:.1} s for the store's flushes",
+            "{:.1} CPU-s per million receipts (the simulator's thread excluded: {:.1} s), {:.1} store keys written per receipt, peak RSS {rss}, commits waited {:.1} s for the store's flushes",
             e.cpu_per_million(self.stats.records),
             e.simulator_cpu.as_secs_f64(),
+            e.store_writes as f64 / self.stats.records.max(1) as f64,
             e.write_stall.as_secs_f64()
         )
     }
@@ -521,6 +525,8 @@ impl std::fmt::Display for BenchReport<'_> {
                 "simulator_cpu_s": d.engine.simulator_cpu.as_secs_f64(),
                 "peak_rss_mib": rss_mib,
                 "write_stall_s": d.engine.write_stall.as_secs_f64(),
+                "store_writes": d.engine.store_writes,
+                "store_writes_per_receipt": (d.engine.store_writes as f64 / s.records.max(1) as f64 * 10.0).round() / 10.0,
             });
             return writeln!(f, "{v}");
         }

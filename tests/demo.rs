@@ -166,6 +166,12 @@ fn bench_prints_the_engine_figures() {
     // The simulator runs on a thread of its own and is counted apart.
     assert!(v["simulator_cpu_s"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["peak_rss_mib"].as_u64().unwrap() > 0, "{v}");
+    // Every applied receipt writes at least its ledger entry and its `due` entry; a user
+    // changed several times in a batch is written once.
+    let writes = v["store_writes"].as_u64().unwrap();
+    assert!(writes >= 2 * applied, "{v}");
+    let per = v["store_writes_per_receipt"].as_f64().unwrap();
+    assert!((per - writes as f64 / 20_000.0).abs() <= 0.05, "{v}");
 
     let text = std::process::Command::new(env!("CARGO_BIN_EXE_mallquest"))
         .args(["bench", "--receipts", "2000", "--users", "100"])
@@ -176,4 +182,5 @@ fn bench_prints_the_engine_figures() {
     assert!(text.contains("receipts/s"), "{text}");
     assert!(text.contains("CPU-s per million receipts"), "{text}");
     assert!(text.contains("peak RSS"), "{text}");
+    assert!(text.contains("store keys written per receipt"), "{text}");
 }

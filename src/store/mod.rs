@@ -333,6 +333,8 @@ pub struct Store {
     write_stall_bytes: u64,
     /// Microseconds commits have waited for flushes, in all.
     write_stall_micros: std::sync::atomic::AtomicU64,
+    /// Keys the commits have written (inserts and removes), in all.
+    writes_total: std::sync::atomic::AtomicU64,
     /// The last wait ended with fjall's worker idle and the memtables still over the bound
     /// (each under its own size): the next commit then waits only while the worker is busy,
     /// not [`WRITE_STALL_IDLE`] more each time.
@@ -620,6 +622,7 @@ impl Store {
             last_batch_writes: std::sync::atomic::AtomicUsize::new(0),
             write_stall_bytes: write_buffer_bytes * WRITE_STALL_FACTOR,
             write_stall_micros: std::sync::atomic::AtomicU64::new(0),
+            writes_total: std::sync::atomic::AtomicU64::new(0),
             write_stall_ended_idle: AtomicBool::new(false),
             rank_cache: ranks::RankCache::default(),
         };
@@ -670,6 +673,13 @@ impl Store {
                     .load(std::sync::atomic::Ordering::Relaxed),
             ),
         }
+    }
+
+    /// Keys the commits have written so far (inserts and removes), in all: the store's
+    /// main cost, which `bench` shows per receipt. A dropped period's deletes, written
+    /// after a commit in chunks of their own, are not counted.
+    pub fn writes(&self) -> u64 {
+        self.writes_total.load(Ordering::Relaxed)
     }
 
     /// Where the store lives.
@@ -1306,10 +1316,12 @@ impl Store {
             return Ok(std::time::Duration::ZERO);
         };
         let waited = self.wait_for_flushes();
+        let writes = batch.len() as u64;
         batch.commit().map_err(io("commit batch"))?;
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(io("persist"))?;
+        self.writes_total.fetch_add(writes, Ordering::Relaxed);
         self.rank_cache.applied(rank_writes);
         self.drop_periods()?;
         self.user_counts
