@@ -1178,75 +1178,55 @@ mod tests {
 
     #[test]
     fn a_transient_failure_of_preparing_is_tried_again_and_a_refusal_is_not() {
-        let calls = Cell::new(0);
-        let flaky = retrying(3, Duration::from_millis(1), Duration::from_secs(60), || {
-            calls.set(calls.get() + 1);
-            if calls.get() < 3 {
+        // Runs `fail` under `retrying` (3 tries, a 60 s budget unless given), counting tries.
+        fn tries(
+            budget: Duration,
+            fail: impl Fn(u32) -> anyhow::Result<u32>,
+        ) -> (anyhow::Result<u32>, u32) {
+            let calls = Cell::new(0);
+            let out = retrying(3, Duration::from_millis(1), budget, || {
+                calls.set(calls.get() + 1);
+                fail(calls.get())
+            });
+            (out, calls.get())
+        }
+        let long = Duration::from_secs(60);
+
+        let (flaky, _) = tries(long, |n| {
+            if n < 3 {
                 Err(anyhow::Error::new(KafkaError::MetadataFetch(
                     RDKafkaErrorCode::OperationTimedOut,
                 )))
                 .context("failed to read the metadata of mallquest-changelog")
             } else {
-                Ok(calls.get())
+                Ok(n)
             }
         });
         assert_eq!(flaky.unwrap(), 3, "succeeds on the third try");
 
-        calls.set(0);
-        let never = retrying(
-            3,
-            Duration::from_millis(1),
-            Duration::from_secs(60),
-            || -> anyhow::Result<()> {
-                calls.set(calls.get() + 1);
-                anyhow::bail!("the broker is gone")
-            },
-        );
+        let (never, calls) = tries(long, |_| anyhow::bail!("the broker is gone"));
         assert!(never.is_err());
-        assert_eq!(calls.get(), 3, "gives up after the tries it was given");
+        assert_eq!(calls, 3, "gives up after the tries it was given");
 
-        calls.set(0);
-        let refused = retrying(
-            3,
-            Duration::from_millis(1),
-            Duration::from_secs(60),
-            || -> anyhow::Result<()> {
-                calls.set(calls.get() + 1);
-                Err(Refusal("state lost".into())).context("preparing partition 2")
-            },
-        );
+        let (refused, calls) = tries(long, |_| {
+            Err(Refusal("state lost".into())).context("preparing partition 2")
+        });
         assert!(format!("{:#}", refused.unwrap_err()).contains("state lost"));
-        assert_eq!(calls.get(), 1, "a refusal is final");
+        assert_eq!(calls, 1, "a refusal is final");
 
-        calls.set(0);
-        let store = retrying(
-            3,
-            Duration::from_millis(1),
-            Duration::from_secs(60),
-            || -> anyhow::Result<()> {
-                calls.set(calls.get() + 1);
-                Err(StoreError::Corrupt {
-                    what: "user",
-                    detail: "bad bytes".into(),
-                })
-                .context("reading the stored offset of partition 0")
-            },
-        );
+        let (store, calls) = tries(long, |_| {
+            Err(StoreError::Corrupt {
+                what: "user",
+                detail: "bad bytes".into(),
+            })
+            .context("reading the stored offset of partition 0")
+        });
         assert!(store.is_err());
-        assert_eq!(calls.get(), 1, "a store error is final");
+        assert_eq!(calls, 1, "a store error is final");
 
-        calls.set(0);
-        let slow = retrying(
-            3,
-            Duration::from_millis(1),
-            Duration::ZERO,
-            || -> anyhow::Result<()> {
-                calls.set(calls.get() + 1);
-                anyhow::bail!("timed out")
-            },
-        );
+        let (slow, calls) = tries(Duration::ZERO, |_| anyhow::bail!("timed out"));
         assert!(slow.is_err());
-        assert_eq!(calls.get(), 1, "no new try once the budget has passed");
+        assert_eq!(calls, 1, "no new try once the budget has passed");
     }
 
     #[test]

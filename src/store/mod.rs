@@ -1567,6 +1567,19 @@ mod tests {
         u
     }
 
+    /// `n` users in partition 0 with long ids (about 2.4 KB of memtable each, all
+    /// keyspaces together), and offset `n` of topic "t".
+    fn padded_users(n: i64) -> WriteSet {
+        let mut set = WriteSet::default();
+        let pad = "x".repeat(400);
+        for i in 0..n {
+            let id = format!("u-{i:06}-{pad}");
+            set.users.insert((0, id.clone()), user(&id, i, i));
+        }
+        set.offsets.insert(("t".into(), 0), n);
+        set
+    }
+
     // A batch goes into the memtables whole, and fjall's one worker flushes them only when
     // it gets to them: the next commit waits until they are back under their bound.
     #[test]
@@ -1575,13 +1588,7 @@ mod tests {
         let budget = 4 << 20;
         let bound = budget * WRITE_STALL_FACTOR;
         let store = Store::open_with_memory(dir.path(), 8 << 20, budget).unwrap();
-        let mut big = WriteSet::default();
-        let pad = "x".repeat(400);
-        for i in 0..40_000 {
-            let id = format!("u-{i:06}-{pad}");
-            big.users.insert((0, id.clone()), user(&id, i, i));
-        }
-        big.offsets.insert(("t".into(), 0), 40_000);
+        let big = padded_users(40_000);
         store.commit(&big).unwrap();
         let after_big = store.memory();
         assert!(
@@ -1617,13 +1624,7 @@ mod tests {
         drop(Store::open_with_memory(dir.path(), 8 << 20, 128 << 20).unwrap());
         let budget = 4 << 20;
         let store = Store::open_with_memory(dir.path(), 8 << 20, budget).unwrap();
-        let mut big = WriteSet::default();
-        let pad = "x".repeat(400);
-        for i in 0..15_000 {
-            let id = format!("u-{i:06}-{pad}");
-            big.users.insert((0, id.clone()), user(&id, i, i));
-        }
-        big.offsets.insert(("t".into(), 0), 15_000);
+        let big = padded_users(15_000);
         store.commit(&big).unwrap();
         for n in 1..=2 {
             let mut small = WriteSet::default();
