@@ -103,6 +103,11 @@ impl Engine {
     pub fn cpu_per_million(&self, receipts: u64) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / receipts.max(1) as f64
     }
+
+    /// Store keys written per receipt.
+    pub fn writes_per_receipt(&self, receipts: u64) -> f64 {
+        self.store_writes as f64 / receipts.max(1) as f64
+    }
 }
 
 /// Receipts the simulator thread hands over at a time.
@@ -420,7 +425,7 @@ impl DemoSummary {
             "{:.1} CPU-s per million receipts (the simulator's thread excluded: {:.1} s), {:.1} store keys written per receipt, peak RSS {rss}, commits waited {:.1} s for the store's flushes",
             e.cpu_per_million(self.stats.records),
             e.simulator_cpu.as_secs_f64(),
-            e.store_writes as f64 / self.stats.records.max(1) as f64,
+            e.writes_per_receipt(self.stats.records),
             e.write_stall.as_secs_f64()
         )
     }
@@ -526,7 +531,7 @@ impl std::fmt::Display for BenchReport<'_> {
                 "peak_rss_mib": rss_mib,
                 "write_stall_s": d.engine.write_stall.as_secs_f64(),
                 "store_writes": d.engine.store_writes,
-                "store_writes_per_receipt": (d.engine.store_writes as f64 / s.records.max(1) as f64 * 10.0).round() / 10.0,
+                "store_writes_per_receipt": (d.engine.writes_per_receipt(s.records) * 10.0).round() / 10.0,
             });
             return writeln!(f, "{v}");
         }

@@ -313,6 +313,7 @@ async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
     }
     let flag = Arc::new(AtomicBool::new(false));
     tokio::spawn(shutdown::on_signal(Arc::clone(&flag)));
+    store.stop_stalls_on(Arc::clone(&flag));
     let reached = {
         let (kafka, status, flag) = (config.kafka.clone(), Arc::clone(&status), Arc::clone(&flag));
         tokio::task::spawn_blocking(move || kafka::wait_for_brokers(&kafka, &status, &flag))

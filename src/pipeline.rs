@@ -936,7 +936,7 @@ impl Processor {
                 .spawn(move || {
                     #[cfg(test)]
                     drop(hold.lock());
-                    store.apply(prepared).map(telemetry::write_stalled)
+                    store.apply(prepared)
                 });
             match spawned {
                 Ok(writer) => {
@@ -951,8 +951,7 @@ impl Processor {
         let written = self
             .store
             .prepare(&set)
-            .and_then(|prepared| self.store.apply(prepared))
-            .map(telemetry::write_stalled);
+            .and_then(|prepared| self.store.apply(prepared));
         self.stored(set, stats, written)
     }
 

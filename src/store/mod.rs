@@ -339,6 +339,10 @@ pub struct Store {
     /// (each under its own size): the next commit then waits only while the worker is busy,
     /// not [`WRITE_STALL_IDLE`] more each time.
     write_stall_ended_idle: AtomicBool,
+    /// Set once the process is asked to stop ([`Self::stop_stalls_on`]): commits then
+    /// write without waiting for flushes, so that a stop ends within a supervisor's grace
+    /// (the bound guards memory, not correctness).
+    stall_stop: std::sync::OnceLock<Arc<AtomicBool>>,
     /// Rank counts commits touched ([`ranks::RankCache`]).
     rank_cache: ranks::RankCache,
 }
@@ -624,6 +628,7 @@ impl Store {
             write_stall_micros: std::sync::atomic::AtomicU64::new(0),
             writes_total: std::sync::atomic::AtomicU64::new(0),
             write_stall_ended_idle: AtomicBool::new(false),
+            stall_stop: std::sync::OnceLock::new(),
             rank_cache: ranks::RankCache::default(),
         };
         if !users_indexed || !ranks_counted {
@@ -1104,7 +1109,7 @@ impl Store {
 
     /// Writes a whole batch atomically and persists it durably (fsync) before returning.
     pub fn commit(&self, set: &WriteSet) -> Result<(), StoreError> {
-        self.apply(self.prepare(set)?).map(drop)
+        self.apply(self.prepare(set)?)
     }
 
     /// The first half of [`Self::commit`]: every write of `set` gathered (the index
@@ -1251,10 +1256,17 @@ impl Store {
     /// Waits while the memtables hold more than their bound, for fjall's worker to flush
     /// them (as long as it has a flush or a compaction to do: [`WRITE_STALL_IDLE`]). A batch goes into the active memtables whole, and the worker rotates and
     /// flushes them only between compactions, so a fold of millions of new users outran it
-    /// and the memtables grew to hundreds of MiB (BENCHMARKS.md, "A write stall").
-    fn wait_for_flushes(&self) -> std::time::Duration {
-        if self.db.write_buffer_size() <= self.write_stall_bytes {
-            return std::time::Duration::ZERO;
+    /// and the memtables grew to hundreds of MiB (BENCHMARKS.md, "A write stall"). Every
+    /// wait is counted here, whichever commit waited: in [`StoreMemory::write_stall`] and
+    /// in the stall histogram.
+    fn wait_for_flushes(&self) {
+        let stopping = || {
+            self.stall_stop
+                .get()
+                .is_some_and(|flag| flag.load(Ordering::Relaxed))
+        };
+        if self.db.write_buffer_size() <= self.write_stall_bytes || stopping() {
+            return;
         }
         let started = std::time::Instant::now();
         let grace = if self.write_stall_ended_idle.load(Ordering::Relaxed) {
@@ -1264,7 +1276,7 @@ impl Store {
         };
         let mut idle_since: Option<std::time::Instant> = None;
         let mut ended_idle = false;
-        while self.db.write_buffer_size() > self.write_stall_bytes {
+        while self.db.write_buffer_size() > self.write_stall_bytes && !stopping() {
             let busy = self.db.outstanding_flushes() > 0
                 || self.db.active_compactions() > 0
                 || self
@@ -1298,13 +1310,19 @@ impl Store {
             u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
-        waited
+        crate::telemetry::write_stalled(waited);
+    }
+
+    /// Commits stop waiting for flushes once `flag` is set (a shutdown asked): a stopping
+    /// processor's last commits write at once, over the memtables' bound if need be.
+    pub fn stop_stalls_on(&self, flag: Arc<AtomicBool>) {
+        let _ = self.stall_stop.set(flag);
     }
 
     /// The second half of [`Self::commit`]: writes a prepared batch atomically and
-    /// persists it durably (fsync) before returning. Returns how long it waited for the
-    /// memtables to be flushed under their bound first.
-    pub fn apply(&self, prepared: Prepared) -> Result<std::time::Duration, StoreError> {
+    /// persists it durably (fsync) before returning, after waiting, if need be, for the
+    /// memtables to be flushed under their bound.
+    pub fn apply(&self, prepared: Prepared) -> Result<(), StoreError> {
         let Prepared {
             batch,
             rank_writes,
@@ -1313,9 +1331,9 @@ impl Store {
             partitions,
         } = prepared;
         let Some(batch) = batch else {
-            return Ok(std::time::Duration::ZERO);
+            return Ok(());
         };
-        let waited = self.wait_for_flushes();
+        self.wait_for_flushes();
         let writes = batch.len() as u64;
         batch.commit().map_err(io("commit batch"))?;
         self.db
@@ -1345,7 +1363,7 @@ impl Store {
                 known.insert(at, p);
             }
         }
-        Ok(waited)
+        Ok(())
     }
 
     /// The top `limit` users by `board`, highest first, ties by user_id ascending.
@@ -1612,6 +1630,28 @@ mod tests {
             "{after_small:?}"
         );
         assert_eq!(store.user(0, "u-late").unwrap().unwrap().coins, 1);
+        assert_eq!(store.offset("t", 0).unwrap(), Some(40_001));
+    }
+
+    // A stop must end within the supervisor's grace: once shutdown is asked, a commit
+    // writes at once, though the memtables are over their bound (the test above waits).
+    #[test]
+    fn a_commit_does_not_wait_for_flushes_once_shutdown_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 4 << 20;
+        let store = Store::open_with_memory(dir.path(), 8 << 20, budget).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        store.stop_stalls_on(Arc::clone(&stop));
+        store.commit(&padded_users(40_000)).unwrap();
+        assert!(store.memory().write_buffer_bytes > budget * WRITE_STALL_FACTOR);
+        stop.store(true, Ordering::Relaxed);
+        let mut small = WriteSet::default();
+        small
+            .users
+            .insert((0, "u-late".into()), user("u-late", 1, 1));
+        small.offsets.insert(("t".into(), 0), 40_001);
+        store.commit(&small).unwrap();
+        assert_eq!(store.memory().write_stall, std::time::Duration::ZERO);
         assert_eq!(store.offset("t", 0).unwrap(), Some(40_001));
     }
 
