@@ -82,7 +82,7 @@ pub struct DemoSummary {
 }
 
 /// What folding the stream cost, the simulator's own thread excluded.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Engine {
     /// CPU time of the process while folding (the fold, the store and its background
     /// workers), less the simulator thread's.
@@ -96,6 +96,8 @@ pub struct Engine {
     pub write_stall: Duration,
     /// Keys the store's commits wrote (inserts and removes).
     pub store_writes: u64,
+    /// The same by keyspace: (name, writes).
+    pub store_writes_by_keyspace: Vec<(String, u64)>,
 }
 
 impl Engine {
@@ -355,6 +357,7 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
         peak_rss: peak_rss(),
         write_stall: store.memory().write_stall,
         store_writes: store.writes(),
+        store_writes_by_keyspace: store.writes_by_keyspace(),
     };
 
     let mut users = 0u64;
@@ -532,6 +535,7 @@ impl std::fmt::Display for BenchReport<'_> {
                 "write_stall_s": d.engine.write_stall.as_secs_f64(),
                 "store_writes": d.engine.store_writes,
                 "store_writes_per_receipt": (d.engine.writes_per_receipt(s.records) * 10.0).round() / 10.0,
+                "store_writes_by_keyspace": d.engine.store_writes_by_keyspace.iter().map(|(k, n)| (k.clone(), serde_json::Value::from(*n))).collect::<serde_json::Map<_, _>>(),
             });
             return writeln!(f, "{v}");
         }

@@ -1171,6 +1171,76 @@ mod tests {
         assert!(folded.unwrap());
     }
 
+    /// The store keys written so far, by keyspace.
+    fn writes(store: &Store) -> BTreeMap<String, u64> {
+        store.writes_by_keyspace().into_iter().collect()
+    }
+
+    /// `after` less `before`, keyspace by keyspace (those not written left out).
+    fn written_since(
+        before: &BTreeMap<String, u64>,
+        after: &BTreeMap<String, u64>,
+    ) -> BTreeMap<String, u64> {
+        after
+            .iter()
+            .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    // What a purchase costs the store, key by key: the engine's cost is about 1.5 us of CPU
+    // per key written (BENCHMARKS.md, "What the store alone can do"), so a layout change
+    // that writes more keys has to show here. A new user: its value, an entry on each of
+    // the 3 all-time boards and on the 3 boards of each of its day, week and month (9),
+    // the receipt's ledger and `due` entries, a rank count per board entry, the users per
+    // period and per partition, and the batch's offset. The same user again the same day:
+    // every board entry moves (a remove and an insert each), the counts of users do not.
+    #[test]
+    fn a_purchase_writes_the_keys_its_layout_says_and_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut sink = MemorySink::default();
+        let mut p = Processor::new(Arc::clone(&store), Rules::default());
+        fold(&mut p, 0, 0, 1, "u-a");
+        p.commit(&mut sink).unwrap();
+        let first = writes(&store);
+        fold(&mut p, 0, 1, 2, "u-a");
+        p.commit(&mut sink).unwrap();
+        let second = written_since(&first, &writes(&store));
+        let expect = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            pairs.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect()
+        };
+        assert_eq!(
+            first,
+            expect(&[
+                ("users", 1),
+                ("leaders", 3),
+                ("periods", 9),
+                ("rank_counts", 12),
+                ("period_users", 3),
+                ("counts", 1),
+                ("ledger", 1),
+                ("due", 1),
+                ("marks", 1),
+                ("offsets", 1),
+            ])
+        );
+        assert_eq!(
+            second,
+            expect(&[
+                ("users", 1),
+                ("leaders", 6),
+                ("periods", 18),
+                ("rank_counts", 24),
+                ("ledger", 1),
+                ("due", 1),
+                ("marks", 1),
+                ("offsets", 1),
+            ])
+        );
+        assert_eq!(store.writes(), 33 + 53);
+    }
+
     // A revoked partition's task goes whole: a user it had in the hot set is read from the
     // store again (where the partition's next owner, or a restore, may have put a newer
     // state), while the partitions kept fold on from their own tasks.

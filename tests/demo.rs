@@ -172,6 +172,14 @@ fn bench_prints_the_engine_figures() {
     assert!(writes >= 2 * applied, "{v}");
     let per = v["store_writes_per_receipt"].as_f64().unwrap();
     assert!((per - writes as f64 / 20_000.0).abs() <= 0.05, "{v}");
+    // By keyspace: they add up to the total; each applied receipt writes its ledger entry
+    // (a refund rewrites its purchase's too), each with its `due` entry.
+    let by = v["store_writes_by_keyspace"].as_object().unwrap();
+    let sum: u64 = by.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(sum, writes, "{v}");
+    assert!(by["ledger"].as_u64().unwrap() >= applied, "{v}");
+    assert_eq!(by["due"], by["ledger"], "{v}");
+    assert!(by["users"].as_u64().unwrap() >= users, "{v}");
 
     let text = std::process::Command::new(env!("CARGO_BIN_EXE_mallquest"))
         .args(["bench", "--receipts", "2000", "--users", "100"])

@@ -23,6 +23,8 @@ pub(crate) struct Batch {
     db: Database,
     /// The keyspaces written, in the order of their first write.
     keyspaces: Vec<Keyspace>,
+    /// Writes to each of [`Self::keyspaces`], in the same order.
+    counts: Vec<u64>,
     writes: Vec<Write>,
     /// Whether `writes` are in key order, and stay so (nothing added since).
     sorted: bool,
@@ -41,6 +43,7 @@ impl Batch {
         Self {
             db: db.clone(),
             keyspaces: Vec::new(),
+            counts: Vec::new(),
             writes: Vec::with_capacity(writes),
             sorted: false,
         }
@@ -53,9 +56,11 @@ impl Batch {
             Some(at) => at,
             None => {
                 self.keyspaces.push(keyspace.clone());
+                self.counts.push(0);
                 self.keyspaces.len() - 1
             }
         };
+        self.counts[at] += 1;
         // The store has a dozen keyspaces; a batch could never name 256.
         u8::try_from(at).expect("at most 256 keyspaces in one batch")
     }
@@ -63,6 +68,14 @@ impl Batch {
     /// How many writes the batch holds.
     pub(crate) fn len(&self) -> usize {
         self.writes.len()
+    }
+
+    /// How many writes the batch holds for each keyspace it writes: (its name, writes).
+    pub(crate) fn per_keyspace(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.keyspaces
+            .iter()
+            .map(|k| k.name().as_ref())
+            .zip(self.counts.iter().copied())
     }
 
     /// Sets `key` to `value` in `keyspace`.

@@ -335,6 +335,8 @@ pub struct Store {
     write_stall_micros: std::sync::atomic::AtomicU64,
     /// Keys the commits have written (inserts and removes), in all.
     writes_total: std::sync::atomic::AtomicU64,
+    /// The same by keyspace: (name, writes), in the order first written.
+    writes_by_keyspace: std::sync::Mutex<Vec<(String, u64)>>,
     /// The last wait ended with fjall's worker idle and the memtables still over the bound
     /// (each under its own size): the next commit then waits only while the worker is busy,
     /// not [`WRITE_STALL_IDLE`] more each time.
@@ -627,6 +629,7 @@ impl Store {
             write_stall_bytes: write_buffer_bytes * WRITE_STALL_FACTOR,
             write_stall_micros: std::sync::atomic::AtomicU64::new(0),
             writes_total: std::sync::atomic::AtomicU64::new(0),
+            writes_by_keyspace: std::sync::Mutex::default(),
             write_stall_ended_idle: AtomicBool::new(false),
             stall_stop: std::sync::OnceLock::new(),
             rank_cache: ranks::RankCache::default(),
@@ -685,6 +688,15 @@ impl Store {
     /// after a commit in chunks of their own, are not counted.
     pub fn writes(&self) -> u64 {
         self.writes_total.load(Ordering::Relaxed)
+    }
+
+    /// [`Self::writes`] by keyspace (`users`, `leaders`, `periods`, `ledger`, `due`, ...):
+    /// (name, writes), in the order first written.
+    pub fn writes_by_keyspace(&self) -> Vec<(String, u64)> {
+        self.writes_by_keyspace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Where the store lives.
@@ -1335,11 +1347,27 @@ impl Store {
         };
         self.wait_for_flushes();
         let writes = batch.len() as u64;
+        let by_keyspace: Vec<(String, u64)> = batch
+            .per_keyspace()
+            .map(|(name, n)| (name.to_owned(), n))
+            .collect();
         batch.commit().map_err(io("commit batch"))?;
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(io("persist"))?;
         self.writes_total.fetch_add(writes, Ordering::Relaxed);
+        {
+            let mut totals = self
+                .writes_by_keyspace
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (name, n) in by_keyspace {
+                match totals.iter_mut().find(|(known, _)| *known == name) {
+                    Some((_, total)) => *total += n,
+                    None => totals.push((name, n)),
+                }
+            }
+        }
         self.rank_cache.applied(rank_writes);
         self.drop_periods()?;
         self.user_counts
