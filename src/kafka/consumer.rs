@@ -127,8 +127,10 @@ impl ConsumerContext for StoreSeekingContext {
                         for p in &partitions {
                             held.remove(p);
                         }
+                        // None of them is assigned: leaving them so keeps the assignment
+                        // as it was (an eager rebalance revoked everything before), and
+                        // the loop stops on the fatal error and leaves the group.
                         self.set_fatal(format!("{e:#}"));
-                        let _ = give_back(consumer, tpl);
                         return;
                     }
                 };
