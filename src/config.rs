@@ -258,6 +258,10 @@ pub struct ProcessingConfig {
     /// changelog, so that a failover catches up only what the copy lacks (0: none).
     #[serde(default)]
     pub standby_replicas: u32,
+    /// Most records in one batch, whatever the interval: a fold that runs behind (a
+    /// rebuild, a backlog) commits batches this large, and memory grows with them.
+    #[serde(default = "default_max_batch_records")]
+    pub max_batch_records: u64,
 }
 
 fn default_brokers() -> String {
@@ -290,6 +294,9 @@ const fn default_dedup_window_days() -> u32 {
 }
 const fn default_commit_interval_ms() -> u64 {
     100
+}
+const fn default_max_batch_records() -> u64 {
+    crate::pipeline::DEFAULT_MAX_BATCH_RECORDS
 }
 
 impl KafkaConfig {
@@ -345,6 +352,7 @@ impl Default for ProcessingConfig {
             commit_interval_ms: default_commit_interval_ms(),
             dedup_window_days: default_dedup_window_days(),
             periods_kept: default_periods_kept(),
+            max_batch_records: default_max_batch_records(),
             standby_replicas: 0,
         }
     }
@@ -455,6 +463,15 @@ impl Config {
                 ),
             });
         }
+        if !(1_000..=1_000_000).contains(&self.processing.max_batch_records) {
+            return Err(ConfigError::Invalid {
+                key: "processing.max_batch_records",
+                message: format!(
+                    "must be between 1000 and 1000000, got {}",
+                    self.processing.max_batch_records
+                ),
+            });
+        }
         if self.processing.periods_kept > 100 {
             return Err(ConfigError::Invalid {
                 key: "processing.periods_kept",
@@ -535,6 +552,24 @@ mod tests {
         assert_eq!(c.rules.game.periods_kept(), 100);
         let err = Config::parse("[processing]\nperiods_kept = 101\n").unwrap_err();
         assert!(err.to_string().contains("processing.periods_kept"), "{err}");
+    }
+
+    #[test]
+    fn max_batch_records_defaults_to_50000_and_is_1000_to_1000000() {
+        assert_eq!(
+            Config::parse("").unwrap().processing.max_batch_records,
+            50_000
+        );
+        let c = Config::parse("[processing]\nmax_batch_records = 20000\n").unwrap();
+        assert_eq!(c.processing.max_batch_records, 20_000);
+        for bad in [0, 999, 1_000_001] {
+            let err =
+                Config::parse(&format!("[processing]\nmax_batch_records = {bad}\n")).unwrap_err();
+            assert!(
+                err.to_string().contains("processing.max_batch_records"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -41,27 +41,34 @@ pub struct Record<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
-/// Most records folded into one batch, whatever the commit interval.
-pub const MAX_BATCH_RECORDS: u64 = 50_000;
+/// Most records folded into one batch, whatever the commit interval, unless
+/// `[processing] max_batch_records` says otherwise.
+pub const DEFAULT_MAX_BATCH_RECORDS: u64 = 50_000;
 
 /// When the batch in hand is committed and when its outputs are sent early: the one policy
 /// that `run` and `demo` share. A batch is committed once the commit interval is over or it
-/// holds [`MAX_BATCH_RECORDS`]; between commits, outputs are sent when the source has
-/// nothing more in hand, at most every quarter interval (each send is a produce request).
+/// holds its most records ([`DEFAULT_MAX_BATCH_RECORDS`] unless configured); between
+/// commits, outputs are sent when the source has nothing more in hand, at most every
+/// quarter interval (each send is a produce request).
 #[derive(Debug, Clone)]
 pub struct Cadence {
     interval: Duration,
+    /// Most records in one batch: with a few in flight at once, they bound the memory a
+    /// fold of new users takes (BENCHMARKS.md, "Smaller batches").
+    max_records: u64,
     send_every: Duration,
     deadline: Instant,
     last_send: Instant,
 }
 
 impl Cadence {
-    /// A cadence committing every `interval`, starting now.
-    pub fn new(interval: Duration) -> Self {
+    /// A cadence committing every `interval` or every `max_records` records (at least 1),
+    /// starting now.
+    pub fn new(interval: Duration, max_records: u64) -> Self {
         let now = Instant::now();
         Self {
             interval,
+            max_records: max_records.max(1),
             send_every: interval / 4,
             deadline: now + interval,
             last_send: now,
@@ -70,7 +77,12 @@ impl Cadence {
 
     /// Whether the batch in hand, of `pending` records, is to be committed now.
     pub fn commit_due(&self, pending: u64) -> bool {
-        pending >= MAX_BATCH_RECORDS || Instant::now() >= self.deadline
+        pending >= self.max_records || Instant::now() >= self.deadline
+    }
+
+    /// Most records in one batch.
+    pub fn max_records(&self) -> u64 {
+        self.max_records
     }
 
     /// Whether outputs in hand may be sent early now.
@@ -1339,16 +1351,19 @@ mod tests {
 
     #[test]
     fn a_batch_is_committed_when_full_or_when_its_interval_is_over() {
-        let hour = Cadence::new(Duration::from_secs(3600));
+        let hour = Cadence::new(Duration::from_secs(3600), DEFAULT_MAX_BATCH_RECORDS);
         assert!(!hour.commit_due(0));
-        assert!(!hour.commit_due(MAX_BATCH_RECORDS - 1));
-        assert!(hour.commit_due(MAX_BATCH_RECORDS));
+        assert!(!hour.commit_due(DEFAULT_MAX_BATCH_RECORDS - 1));
+        assert!(hour.commit_due(DEFAULT_MAX_BATCH_RECORDS));
+        let small = Cadence::new(Duration::from_secs(3600), 20_000);
+        assert!(!small.commit_due(19_999));
+        assert!(small.commit_due(20_000));
         assert!(!hour.send_due(), "early sends wait a quarter interval");
         let bound = Duration::from_millis(100);
         assert_eq!(hour.wait(false, bound), bound);
         assert_eq!(hour.wait(true, bound), bound);
 
-        let mut now = Cadence::new(Duration::ZERO);
+        let mut now = Cadence::new(Duration::ZERO, DEFAULT_MAX_BATCH_RECORDS);
         assert!(now.commit_due(0));
         assert!(now.send_due());
         assert_eq!(now.wait(true, bound), Duration::ZERO);

@@ -698,8 +698,11 @@ fn consume(
             low: false,
         }),
     };
-    let interval = Duration::from_millis(config.processing.commit_interval_ms);
-    match pipeline::drive(&source, interval)? {
+    let cadence = pipeline::Cadence::new(
+        Duration::from_millis(config.processing.commit_interval_ms),
+        config.processing.max_batch_records,
+    );
+    match pipeline::drive(&source, cadence)? {
         Finish::StoppedPaused(_) => {
             info!(message = "Stopped while paused for disk space; nothing was in hand.");
         }
@@ -734,10 +737,9 @@ impl DiskWatch {
     /// batch folded between two checks cannot fill the disk (no cap without the guard).
     fn batch_cap(&self) -> u64 {
         if self.min_free_mb == 0 {
-            return crate::pipeline::MAX_BATCH_RECORDS;
+            return u64::MAX;
         }
-        (self.min_free_mb.saturating_mul(1 << 20) / DISK_BYTES_PER_RECORD)
-            .clamp(1, crate::pipeline::MAX_BATCH_RECORDS)
+        (self.min_free_mb.saturating_mul(1 << 20) / DISK_BYTES_PER_RECORD).max(1)
     }
 
     fn check(
@@ -1240,13 +1242,9 @@ mod tests {
             }
             .batch_cap()
         };
-        assert_eq!(
-            cap(0),
-            crate::pipeline::MAX_BATCH_RECORDS,
-            "no guard, no cap"
-        );
+        assert_eq!(cap(0), u64::MAX, "no guard, no cap");
         assert_eq!(cap(4), 1_024);
-        assert_eq!(cap(256), crate::pipeline::MAX_BATCH_RECORDS);
-        assert_eq!(cap(u64::MAX), crate::pipeline::MAX_BATCH_RECORDS);
+        assert_eq!(cap(256), 65_536);
+        assert_eq!(cap(u64::MAX), u64::MAX / DISK_BYTES_PER_RECORD);
     }
 }

@@ -98,10 +98,10 @@ pub trait Source {
     }
 
     /// The most records a batch may grow to while a due commit waits for the store write
-    /// before it (at most [`super::MAX_BATCH_RECORDS`]): `run` keeps it within what its
-    /// disk guard's margin covers.
+    /// before it, besides the cadence's most records: `run` keeps it within what its disk
+    /// guard's margin covers. None by default.
     fn batch_cap(&self) -> u64 {
-        super::MAX_BATCH_RECORDS
+        u64::MAX
     }
 
     /// Just before the commit, with the engine: `run` gives its transactional sink the
@@ -119,15 +119,14 @@ pub trait Source {
     fn failed(&self, error: CommitError) -> anyhow::Result<()>;
 }
 
-/// Folds records from `source` and commits them every `interval` (or every
-/// [`super::MAX_BATCH_RECORDS`]), until the source ends or asks to stop; the batch in hand
-/// is committed before it returns. A commit due while the store write of the one before
-/// still runs waits for it by folding on, while records come and the batch is under
-/// [`Source::batch_cap`]. Between commits, a batch's outputs are sent as soon as
-/// the source has nothing more in hand, so that a projection waits for the broker, not for
-/// the interval.
-pub fn drive<S: Source>(source: &S, interval: Duration) -> anyhow::Result<Finish> {
-    let mut cadence = Cadence::new(interval);
+/// Folds records from `source` and commits them as `cadence` says (every interval, or every
+/// so many records), until the source ends or asks to stop; the batch in hand is committed
+/// before it returns. A commit due while the store write of the one before still runs
+/// waits for it by folding on, while records come and the batch is under both the
+/// cadence's most records and [`Source::batch_cap`]. Between commits, a batch's outputs
+/// are sent as soon as the source has nothing more in hand, so that a projection waits for
+/// the broker, not for the interval.
+pub fn drive<S: Source>(source: &S, mut cadence: Cadence) -> anyhow::Result<Finish> {
     let mut total = BatchStats::default();
     let mut ended = false;
     loop {
@@ -144,7 +143,8 @@ pub fn drive<S: Source>(source: &S, interval: Duration) -> anyhow::Result<Finish
         // A commit due while the store write before it still runs would wait for that
         // write: the loop folds on meanwhile, as long as records come and the batch is
         // not full, and commits once the write is done or nothing is in hand.
-        let behind = due && !stopping && writing && pending < source.batch_cap();
+        let behind =
+            due && !stopping && writing && pending < cadence.max_records().min(source.batch_cap());
         if !due || behind {
             let mut next = source.poll(Duration::ZERO)?;
             if matches!(next, Polled::Idle) && !behind {
@@ -242,6 +242,7 @@ mod tests {
     use super::*;
     use crate::domain::Rules;
     use crate::pipeline::tests::Counting;
+    use crate::pipeline::DEFAULT_MAX_BATCH_RECORDS;
     use crate::store::Store;
 
     const TOPIC: &str = "receipts";
@@ -380,11 +381,27 @@ mod tests {
         let mut source = scripted(dir.path(), 3);
         source.wait_for_send = true;
         // Early sends are due after a quarter interval (100 ms), the commit after 400 ms.
-        let finish = drive(&source, Duration::from_millis(400)).unwrap();
+        let finish = drive(
+            &source,
+            Cadence::new(Duration::from_millis(400), DEFAULT_MAX_BATCH_RECORDS),
+        )
+        .unwrap();
         assert!(source.early.get(), "the projection waited for the commit");
         assert!(matches!(finish, Finish::Ended(_)));
         assert_eq!(finish.stats().records, 3);
         assert_eq!(stored_receipts(&source), Some(3));
+    }
+
+    // However fast records come and however long the interval, a batch holds at most the
+    // cadence's most records, a commit waiting behind the store write before it included.
+    #[test]
+    fn a_batch_holds_at_most_the_cadences_most_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = scripted(dir.path(), 25);
+        let finish = drive(&source, Cadence::new(Duration::from_secs(3600), 10)).unwrap();
+        assert_eq!(finish.stats().records, 25);
+        assert_eq!(source.engine.borrow().sink.finishes, 3, "10, 10 and 5");
+        assert_eq!(stored_receipts(&source), Some(25));
     }
 
     #[test]
@@ -392,7 +409,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = scripted(dir.path(), 50);
         source.engine.borrow_mut().sink.fail = 1;
-        let finish = drive(&source, Duration::from_secs(3600)).unwrap();
+        let finish = drive(
+            &source,
+            Cadence::new(Duration::from_secs(3600), DEFAULT_MAX_BATCH_RECORDS),
+        )
+        .unwrap();
         assert_eq!(source.failures.get(), 1);
         assert_eq!(finish.stats().records, 50, "only the replay's batch counts");
         assert_eq!(stored_receipts(&source), Some(50));
@@ -405,7 +426,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut source = scripted(dir.path(), 50);
         source.stop_at = Some(20);
-        let finish = drive(&source, Duration::from_secs(3600)).unwrap();
+        let finish = drive(
+            &source,
+            Cadence::new(Duration::from_secs(3600), DEFAULT_MAX_BATCH_RECORDS),
+        )
+        .unwrap();
         assert!(matches!(finish, Finish::Stopped(_)), "{finish:?}");
         assert_eq!(stored_receipts(&source), Some(20));
 
@@ -413,7 +438,11 @@ mod tests {
         let mut source = scripted(dir.path(), 50);
         source.stop_at = Some(20);
         source.paused = true;
-        let finish = drive(&source, Duration::from_secs(3600)).unwrap();
+        let finish = drive(
+            &source,
+            Cadence::new(Duration::from_secs(3600), DEFAULT_MAX_BATCH_RECORDS),
+        )
+        .unwrap();
         assert!(matches!(finish, Finish::StoppedPaused(_)), "{finish:?}");
         assert_eq!(stored_receipts(&source), None);
     }
@@ -437,7 +466,11 @@ mod tests {
         source.exhausted = Some(exhausted);
         // A commit is due after every record.
         source.delay = Duration::from_millis(40);
-        let finish = drive(&source, Duration::from_millis(30)).unwrap();
+        let finish = drive(
+            &source,
+            Cadence::new(Duration::from_millis(30), DEFAULT_MAX_BATCH_RECORDS),
+        )
+        .unwrap();
         holder.join().unwrap();
         assert_eq!(finish.stats().records, 20);
         assert_eq!(stored_receipts(&source), Some(20));
