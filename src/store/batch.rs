@@ -21,10 +21,8 @@ struct Write {
 /// Writes collected for one atomic, ordered commit.
 pub(crate) struct Batch {
     db: Database,
-    /// The keyspaces written, in the order of their first write.
-    keyspaces: Vec<Keyspace>,
-    /// Writes to each of [`Self::keyspaces`], in the same order.
-    counts: Vec<u64>,
+    /// The keyspaces written, in the order of their first write, each with its writes.
+    keyspaces: Vec<(Keyspace, u64)>,
     writes: Vec<Write>,
     /// Whether `writes` are in key order, and stay so (nothing added since).
     sorted: bool,
@@ -43,7 +41,6 @@ impl Batch {
         Self {
             db: db.clone(),
             keyspaces: Vec::new(),
-            counts: Vec::new(),
             writes: Vec::with_capacity(writes),
             sorted: false,
         }
@@ -52,15 +49,14 @@ impl Batch {
     /// The index of `keyspace` in [`Self::keyspaces`], added if new.
     fn keyspace(&mut self, keyspace: &Keyspace) -> u8 {
         let id = keyspace.id();
-        let at = match self.keyspaces.iter().position(|k| k.id() == id) {
+        let at = match self.keyspaces.iter().position(|(k, _)| k.id() == id) {
             Some(at) => at,
             None => {
-                self.keyspaces.push(keyspace.clone());
-                self.counts.push(0);
+                self.keyspaces.push((keyspace.clone(), 0));
                 self.keyspaces.len() - 1
             }
         };
-        self.counts[at] += 1;
+        self.keyspaces[at].1 += 1;
         // The store has a dozen keyspaces; a batch could never name 256.
         u8::try_from(at).expect("at most 256 keyspaces in one batch")
     }
@@ -70,12 +66,9 @@ impl Batch {
         self.writes.len()
     }
 
-    /// How many writes the batch holds for each keyspace it writes: (its name, writes).
-    pub(crate) fn per_keyspace(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.keyspaces
-            .iter()
-            .map(|k| k.name().as_ref())
-            .zip(self.counts.iter().copied())
+    /// How many writes the batch holds for each keyspace it writes.
+    pub(crate) fn per_keyspace(&self) -> &[(Keyspace, u64)] {
+        &self.keyspaces
     }
 
     /// Sets `key` to `value` in `keyspace`.
@@ -135,7 +128,7 @@ impl Batch {
         }
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), self.writes.len());
         for w in self.writes {
-            let keyspace = &self.keyspaces[usize::from(w.keyspace)];
+            let keyspace = &self.keyspaces[usize::from(w.keyspace)].0;
             match w.value {
                 Some(v) => batch.insert(keyspace, w.key, v),
                 None => batch.remove(keyspace, w.key),

@@ -333,9 +333,8 @@ pub struct Store {
     write_stall_bytes: u64,
     /// Microseconds commits have waited for flushes, in all.
     write_stall_micros: std::sync::atomic::AtomicU64,
-    /// Keys the commits have written (inserts and removes), in all.
-    writes_total: std::sync::atomic::AtomicU64,
-    /// The same by keyspace: (name, writes), in the order first written.
+    /// Keys the commits have written (inserts and removes), by keyspace: (name, writes),
+    /// in the order first written.
     writes_by_keyspace: std::sync::Mutex<Vec<(String, u64)>>,
     /// The last wait ended with fjall's worker idle and the memtables still over the bound
     /// (each under its own size): the next commit then waits only while the worker is busy,
@@ -628,7 +627,6 @@ impl Store {
             last_batch_writes: std::sync::atomic::AtomicUsize::new(0),
             write_stall_bytes: write_buffer_bytes * WRITE_STALL_FACTOR,
             write_stall_micros: std::sync::atomic::AtomicU64::new(0),
-            writes_total: std::sync::atomic::AtomicU64::new(0),
             writes_by_keyspace: std::sync::Mutex::default(),
             write_stall_ended_idle: AtomicBool::new(false),
             stall_stop: std::sync::OnceLock::new(),
@@ -687,7 +685,7 @@ impl Store {
     /// main cost, which `bench` shows per receipt. A dropped period's deletes, written
     /// after a commit in chunks of their own, are not counted.
     pub fn writes(&self) -> u64 {
-        self.writes_total.load(Ordering::Relaxed)
+        self.writes_by_keyspace().iter().map(|(_, n)| n).sum()
     }
 
     /// [`Self::writes`] by keyspace (`users`, `leaders`, `periods`, `ledger`, `due`, ...):
@@ -1346,25 +1344,21 @@ impl Store {
             return Ok(());
         };
         self.wait_for_flushes();
-        let writes = batch.len() as u64;
-        let by_keyspace: Vec<(String, u64)> = batch
-            .per_keyspace()
-            .map(|(name, n)| (name.to_owned(), n))
-            .collect();
+        let by_keyspace = batch.per_keyspace().to_vec();
         batch.commit().map_err(io("commit batch"))?;
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(io("persist"))?;
-        self.writes_total.fetch_add(writes, Ordering::Relaxed);
         {
             let mut totals = self
                 .writes_by_keyspace
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            for (name, n) in by_keyspace {
-                match totals.iter_mut().find(|(known, _)| *known == name) {
+            for (keyspace, n) in by_keyspace {
+                let name: &str = keyspace.name().as_ref();
+                match totals.iter_mut().find(|(known, _)| known == name) {
                     Some((_, total)) => *total += n,
-                    None => totals.push((name, n)),
+                    None => totals.push((name.to_owned(), n)),
                 }
             }
         }
@@ -1626,6 +1620,14 @@ mod tests {
         set
     }
 
+    /// One user `id` in partition 0, and offset `offset` of topic "t".
+    fn one_user(id: &str, offset: i64) -> WriteSet {
+        let mut set = WriteSet::default();
+        set.users.insert((0, id.into()), user(id, 1, 1));
+        set.offsets.insert(("t".into(), 0), offset);
+        set
+    }
+
     // A batch goes into the memtables whole, and fjall's one worker flushes them only when
     // it gets to them: the next commit waits until they are back under their bound.
     #[test]
@@ -1642,12 +1644,7 @@ mod tests {
             "the batch should overfill the memtables: {after_big:?}"
         );
         assert_eq!(after_big.write_stall, std::time::Duration::ZERO);
-        let mut small = WriteSet::default();
-        small
-            .users
-            .insert((0, "u-late".into()), user("u-late", 1, 1));
-        small.offsets.insert(("t".into(), 0), 40_001);
-        store.commit(&small).unwrap();
+        store.commit(&one_user("u-late", 40_001)).unwrap();
         let after_small = store.memory();
         assert!(
             after_small.write_stall > std::time::Duration::ZERO,
@@ -1673,12 +1670,7 @@ mod tests {
         store.commit(&padded_users(40_000)).unwrap();
         assert!(store.memory().write_buffer_bytes > budget * WRITE_STALL_FACTOR);
         stop.store(true, Ordering::Relaxed);
-        let mut small = WriteSet::default();
-        small
-            .users
-            .insert((0, "u-late".into()), user("u-late", 1, 1));
-        small.offsets.insert(("t".into(), 0), 40_001);
-        store.commit(&small).unwrap();
+        store.commit(&one_user("u-late", 40_001)).unwrap();
         assert_eq!(store.memory().write_stall, std::time::Duration::ZERO);
         assert_eq!(store.offset("t", 0).unwrap(), Some(40_001));
     }
@@ -1695,11 +1687,9 @@ mod tests {
         let big = padded_users(15_000);
         store.commit(&big).unwrap();
         for n in 1..=2 {
-            let mut small = WriteSet::default();
-            let id = format!("u-late-{n}");
-            small.users.insert((0, id.clone()), user(&id, 1, 1));
-            small.offsets.insert(("t".into(), 0), 15_000 + n);
-            store.commit(&small).unwrap();
+            store
+                .commit(&one_user(&format!("u-late-{n}"), 15_000 + n))
+                .unwrap();
         }
         let m = store.memory();
         assert!(
