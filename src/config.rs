@@ -299,6 +299,17 @@ const fn default_max_batch_records() -> u64 {
     crate::pipeline::DEFAULT_MAX_BATCH_RECORDS
 }
 
+impl ProcessingConfig {
+    /// When batches are committed: every `commit_interval_ms`, or every
+    /// `max_batch_records`.
+    pub fn cadence(&self) -> crate::pipeline::Cadence {
+        crate::pipeline::Cadence::new(
+            std::time::Duration::from_millis(self.commit_interval_ms),
+            self.max_batch_records,
+        )
+    }
+}
+
 impl KafkaConfig {
     /// The changelog topic: `changelog_topic`, or `<group_id>-changelog`.
     pub fn changelog_topic(&self) -> String {

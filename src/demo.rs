@@ -341,11 +341,9 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
         folded: Cell::new(0),
         bar,
     };
-    let cadence = pipeline::Cadence::new(
-        Duration::from_millis(config.processing.commit_interval_ms),
-        config.processing.max_batch_records,
-    );
-    let total = pipeline::drive(&source, cadence)?.stats().clone();
+    let total = pipeline::drive(&source, config.processing.cadence())?
+        .stats()
+        .clone();
     source.bar.finish_and_clear();
     let processor = source.engine.into_inner().processor;
     let elapsed = started.elapsed();

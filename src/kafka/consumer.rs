@@ -698,11 +698,7 @@ fn consume(
             low: false,
         }),
     };
-    let cadence = pipeline::Cadence::new(
-        Duration::from_millis(config.processing.commit_interval_ms),
-        config.processing.max_batch_records,
-    );
-    match pipeline::drive(&source, cadence)? {
+    match pipeline::drive(&source, config.processing.cadence())? {
         Finish::StoppedPaused(_) => {
             info!(message = "Stopped while paused for disk space; nothing was in hand.");
         }

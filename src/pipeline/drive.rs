@@ -369,6 +369,11 @@ mod tests {
         }
     }
 
+    /// A cadence committing every `interval` or every default most records.
+    fn every(interval: Duration) -> Cadence {
+        Cadence::new(interval, DEFAULT_MAX_BATCH_RECORDS)
+    }
+
     fn stored_receipts(source: &Scripted) -> Option<u64> {
         let engine = source.engine.borrow();
         let user = engine.processor.store().user(0, "u-1").unwrap();
@@ -381,11 +386,7 @@ mod tests {
         let mut source = scripted(dir.path(), 3);
         source.wait_for_send = true;
         // Early sends are due after a quarter interval (100 ms), the commit after 400 ms.
-        let finish = drive(
-            &source,
-            Cadence::new(Duration::from_millis(400), DEFAULT_MAX_BATCH_RECORDS),
-        )
-        .unwrap();
+        let finish = drive(&source, every(Duration::from_millis(400))).unwrap();
         assert!(source.early.get(), "the projection waited for the commit");
         assert!(matches!(finish, Finish::Ended(_)));
         assert_eq!(finish.stats().records, 3);
@@ -409,11 +410,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = scripted(dir.path(), 50);
         source.engine.borrow_mut().sink.fail = 1;
-        let finish = drive(
-            &source,
-            Cadence::new(Duration::from_secs(3600), DEFAULT_MAX_BATCH_RECORDS),
-        )
-        .unwrap();
+        let finish = drive(&source, every(Duration::from_secs(3600))).unwrap();
         assert_eq!(source.failures.get(), 1);
         assert_eq!(finish.stats().records, 50, "only the replay's batch counts");
         assert_eq!(stored_receipts(&source), Some(50));
@@ -426,11 +423,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut source = scripted(dir.path(), 50);
         source.stop_at = Some(20);
-        let finish = drive(
-            &source,
-            Cadence::new(Duration::from_secs(3600), DEFAULT_MAX_BATCH_RECORDS),
-        )
-        .unwrap();
+        let finish = drive(&source, every(Duration::from_secs(3600))).unwrap();
         assert!(matches!(finish, Finish::Stopped(_)), "{finish:?}");
         assert_eq!(stored_receipts(&source), Some(20));
 
@@ -438,11 +431,7 @@ mod tests {
         let mut source = scripted(dir.path(), 50);
         source.stop_at = Some(20);
         source.paused = true;
-        let finish = drive(
-            &source,
-            Cadence::new(Duration::from_secs(3600), DEFAULT_MAX_BATCH_RECORDS),
-        )
-        .unwrap();
+        let finish = drive(&source, every(Duration::from_secs(3600))).unwrap();
         assert!(matches!(finish, Finish::StoppedPaused(_)), "{finish:?}");
         assert_eq!(stored_receipts(&source), None);
     }
@@ -466,11 +455,7 @@ mod tests {
         source.exhausted = Some(exhausted);
         // A commit is due after every record.
         source.delay = Duration::from_millis(40);
-        let finish = drive(
-            &source,
-            Cadence::new(Duration::from_millis(30), DEFAULT_MAX_BATCH_RECORDS),
-        )
-        .unwrap();
+        let finish = drive(&source, every(Duration::from_millis(30))).unwrap();
         holder.join().unwrap();
         assert_eq!(finish.stats().records, 20);
         assert_eq!(stored_receipts(&source), Some(20));
