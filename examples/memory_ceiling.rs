@@ -2,25 +2,29 @@
 //! redesign of issue 13 would work towards, measured with the real fold, not estimated.
 //!
 //! The same simulated stream as `mallquest bench` (same seed, users, stores and mix, the
-//! default config's rules, generated on a thread of its own), decoded and folded with the real rules (`domain::apply`), but:
+//! default config's rules, the same partitioner, generated on a thread of its own),
+//! decoded and folded with the real rules (`domain::apply`, in place), but:
 //! - users in a hash map per partition, never read from a store;
 //! - the ledger (the duplicate check and refund look-ups) in a hash map, all of it kept
-//!   (no dedup window: an upper bound on its memory);
+//!   (no dedup window, so its memory is more than an engine with the window would hold);
 //! - every board (3 all-time, and 3 per kept day, week and month) an ordered set per
 //!   partition, moved on every applied receipt whose score changed; periods beyond the
 //!   latest `DEFAULT_PERIODS_KEPT` of a kind dropped whole;
 //! - every `BATCH` receipts, the changed users and the new ledger entries, in the store's
 //!   binary encoding, and the partitions' offsets appended to one log file and fsynced.
 //!
-//! It does not checkpoint the log, publish outputs, compute ranks or restore, so it is an
-//! upper bound on the rate and a lower bound on the memory of such an engine. Prints
-//! receipts/s, CPU-seconds per million receipts (the generator's thread excluded), peak
-//! RSS, and the heap per stored user at the end (BENCHMARKS.md, "An engine with its state
-//! in memory").
+//! It does not checkpoint the log, publish outputs, compute ranks or restore, and it
+//! moves a user's board entries per receipt where the store moves them once per batch.
+//! Board entries are (score, the user's number in its partition) by default: ties then
+//! come in arrival order, and a page or a rank would have to sort a tie by id when read.
+//! `--ids` keeps the store's order, (score, user id). `--no-boards` leaves the boards out:
+//! the decode, the fold, the maps and the log.
 //!
-//! `--no-boards` leaves the boards out: what the decode, the fold and the log cost alone.
+//! Prints receipts/s, CPU-seconds per million receipts (the generator's thread excluded),
+//! peak RSS, and the heap per stored user at the end, ledger and boards included
+//! (BENCHMARKS.md, "An engine with its state in memory").
 //!
-//! Usage: cargo run --release --example memory_ceiling -- RECEIPTS USERS [BATCH] [--no-boards]
+//! Usage: cargo run --release --example memory_ceiling -- RECEIPTS USERS [BATCH] [--ids | --no-boards]
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -28,34 +32,80 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use mallquest::codec;
-use mallquest::domain::{self, Effect, LedgerEntry, Period, UserState};
+use mallquest::domain::{self, Effect, LedgerEntry, Period, PeriodScore, UserState};
+use mallquest::partitioner::Partitioner;
 use mallquest::sim::{Mix, SimEvent, Simulator};
-use mallquest::store::{period_score, scores, value, Board};
+use mallquest::store::{period_score, scores, value, Board, Scores};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const PARTITIONS: i32 = 4;
 
-/// One board's order: highest score first, then the user's number in its partition.
-/// (Numbers, not ids: an id in every entry made the sets' comparisons memcmp calls, tied
-/// scores being common, and cost 2.3 times the CPU. Users of one score then come in the
-/// order they first appeared, not by id; a page of a board would sort its ties by id.)
-type Order = BTreeSet<(Reverse<i64>, u32)>;
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-#[derive(Default)]
-struct Partition {
-    users: HashMap<String, UserState, foldhash::fast::RandomState>,
-    /// Each user's number in the partition, for the boards.
-    numbers: HashMap<String, u32, foldhash::fast::RandomState>,
-    ledger: HashMap<(String, String), LedgerEntry, foldhash::fast::RandomState>,
-    all_time: [Order; 3],
-    /// Kept periods of each kind, oldest first, each with its 3 boards.
-    periods: [BTreeMap<String, [Order; 3]>; 3],
+/// What orders users of one score on a board.
+trait Tie: Ord + Clone {
+    /// The tie key of `user`, numbering it in `numbers` if need be.
+    fn of(numbers: &mut Map<String, u32>, user: &str) -> Self;
+}
+
+/// The user's number in its partition (in order of first appearance): comparisons of
+/// two integers. A first run with ids cost 1.36 times the CPU (tied scores are common,
+/// so the sets compared ids with `memcmp`).
+impl Tie for u32 {
+    fn of(numbers: &mut Map<String, u32>, user: &str) -> Self {
+        if let Some(n) = numbers.get(user) {
+            return *n;
+        }
+        let next = u32::try_from(numbers.len()).unwrap_or(u32::MAX);
+        *numbers.entry(user.to_owned()).or_insert(next)
+    }
+}
+
+/// The user id: the store's order.
+impl Tie for String {
+    fn of(_: &mut Map<String, u32>, user: &str) -> Self {
+        user.to_owned()
+    }
+}
+
+/// One board's order: highest score first, then the tie key.
+type Order<T> = BTreeSet<(Reverse<i64>, T)>;
+
+struct Partition<T> {
+    users: Map<String, UserState>,
+    ledger: Map<(String, String), LedgerEntry>,
+    boards: Boards<T>,
     next_offset: i64,
     /// Changed since the last batch.
     dirty_users: Vec<String>,
     dirty_ledger: Vec<(String, String)>,
+}
+
+/// A partition's boards.
+struct Boards<T> {
+    numbers: Map<String, u32>,
+    all_time: [Order<T>; 3],
+    /// Kept periods of each kind, oldest first, each with its 3 boards.
+    periods: [BTreeMap<String, [Order<T>; 3]>; 3],
+}
+
+impl<T> Default for Partition<T> {
+    fn default() -> Self {
+        Self {
+            users: Map::default(),
+            ledger: Map::default(),
+            boards: Boards {
+                numbers: Map::default(),
+                all_time: Default::default(),
+                periods: Default::default(),
+            },
+            next_offset: 0,
+            dirty_users: Vec::new(),
+            dirty_ledger: Vec::new(),
+        }
+    }
 }
 
 fn kind_index(kind: Period) -> usize {
@@ -66,59 +116,60 @@ fn kind_index(kind: Period) -> usize {
     }
 }
 
-impl Partition {
-    /// Moves `user` on every board whose score changed from `before` to `after`.
-    fn reindex(&mut self, user: &str, before: Option<&UserState>, after: &UserState) {
-        let next = u32::try_from(self.numbers.len()).unwrap_or(u32::MAX);
-        let user = match self.numbers.get(user) {
-            Some(n) => *n,
-            None => *self.numbers.entry(user.to_owned()).or_insert(next),
-        };
+impl<T: Tie> Boards<T> {
+    /// Moves `user` on every board whose score changed from `before` (its all-time
+    /// scores and period scores before the receipt) to `after`.
+    fn reindex(&mut self, before: Option<(Scores, Vec<PeriodScore>)>, after: &UserState) {
+        let user = T::of(&mut self.numbers, &after.user_id);
         let now = scores(after);
-        let was = before.map(scores);
         for (b, score) in now.iter().enumerate() {
-            let old = was.map(|w| w[b]);
+            let old = before.as_ref().map(|(w, _)| w[b]);
             if old != Some(*score) {
                 if let Some(old) = old {
-                    self.all_time[b].remove(&(Reverse(old), user));
+                    self.all_time[b].remove(&(Reverse(old), user.clone()));
                 }
-                self.all_time[b].insert((Reverse(*score), user));
+                self.all_time[b].insert((Reverse(*score), user.clone()));
             }
         }
         let kept = domain::game::DEFAULT_PERIODS_KEPT;
         for ps in &after.periods {
             let k = kind_index(ps.kind);
-            let old = before.and_then(|u| {
-                u.periods
-                    .iter()
-                    .find(|o| o.kind == ps.kind && o.key == ps.key)
-            });
-            if old.is_none()
-                && self.periods[k].len() >= kept
-                && self.periods[k]
-                    .keys()
-                    .next()
-                    .is_some_and(|oldest| ps.key.as_str() < oldest.as_str())
-            {
-                continue; // older than every kept period
+            let old = before
+                .as_ref()
+                .and_then(|(_, ps0)| ps0.iter().find(|o| o.kind == ps.kind && o.key == ps.key));
+            let periods = &mut self.periods[k];
+            if !periods.contains_key(&ps.key) {
+                if periods.len() >= kept
+                    && periods
+                        .keys()
+                        .next()
+                        .is_some_and(|oldest| ps.key.as_str() < oldest.as_str())
+                {
+                    continue; // older than every kept period
+                }
+                periods.insert(ps.key.clone(), Default::default());
+                while periods.len() > kept {
+                    periods.pop_first();
+                }
             }
-            let boards = self.periods[k].entry(ps.key.clone()).or_default();
+            let Some(boards) = periods.get_mut(&ps.key) else {
+                continue;
+            };
             for (i, b) in Board::ALL.into_iter().enumerate() {
                 let score = period_score(ps, b);
                 let was = old.map(|o| period_score(o, b));
                 if was != Some(score) {
                     if let Some(was) = was {
-                        boards[i].remove(&(Reverse(was), user));
+                        boards[i].remove(&(Reverse(was), user.clone()));
                     }
-                    boards[i].insert((Reverse(score), user));
+                    boards[i].insert((Reverse(score), user.clone()));
                 }
-            }
-            while self.periods[k].len() > kept {
-                self.periods[k].pop_first();
             }
         }
     }
+}
 
+impl<T> Partition<T> {
     /// Appends the batch's changes to `log`: users and ledger entries in the store's
     /// binary encoding, each behind its key and a length.
     fn drain_into(&mut self, log: &mut Vec<u8>) {
@@ -144,21 +195,41 @@ impl Partition {
     }
 }
 
+/// Which boards a run keeps.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Numbered,
+    Ids,
+    None,
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let boards = match args.iter().position(|a| a == "--no-boards") {
-        Some(at) => {
-            args.remove(at);
+    let mut mode = Mode::Numbered;
+    args.retain(|a| match a.as_str() {
+        "--ids" => {
+            mode = Mode::Ids;
             false
         }
-        None => true,
-    };
+        "--no-boards" => {
+            mode = Mode::None;
+            false
+        }
+        _ => true,
+    });
     let (receipts, users, batch) = match args.as_slice() {
         [r, u] => (r.parse::<u64>()?, u.parse::<u64>()?, 50_000),
         [r, u, b] => (r.parse::<u64>()?, u.parse::<u64>()?, b.parse::<u64>()?),
-        _ => anyhow::bail!("usage: memory_ceiling RECEIPTS USERS [BATCH] [--no-boards]"),
+        _ => anyhow::bail!("usage: memory_ceiling RECEIPTS USERS [BATCH] [--ids | --no-boards]"),
     };
     anyhow::ensure!(batch >= 1, "BATCH must be at least 1");
+    match mode {
+        Mode::Ids => run::<String>(receipts, users, batch, mode),
+        Mode::Numbered | Mode::None => run::<u32>(receipts, users, batch, mode),
+    }
+}
+
+fn run<T: Tie>(receipts: u64, users: u64, batch: u64, mode: Mode) -> anyhow::Result<()> {
     // As `bench`: the default config's rules, 40 stores, seed 42, the plain stream.
     let rules = mallquest::config::Config::default().rules;
     let sim = Simulator::new(
@@ -174,7 +245,7 @@ fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let mut file = std::fs::File::create(dir.path().join("log"))?;
-    let mut parts: Vec<Partition> = (0..PARTITIONS).map(|_| Partition::default()).collect();
+    let mut parts: Vec<Partition<T>> = (0..PARTITIONS).map(|_| Partition::default()).collect();
     let (mut applied, mut duplicates, mut rejected, mut since_batch) = (0u64, 0u64, 0u64, 0u64);
     let mut log = Vec::new();
     let mut logged = 0u64;
@@ -182,7 +253,12 @@ fn main() -> anyhow::Result<()> {
     let cpu_before = process_cpu();
     for chunk in chunks {
         for ev in chunk {
-            let p = mallquest::partitioner::murmur2(ev.key.as_bytes()).rem_euclid(PARTITIONS);
+            since_batch += 1;
+            if since_batch > batch {
+                logged += commit(&mut parts, &mut log, &mut file)?;
+                since_batch = 1;
+            }
+            let p = Partitioner::Fnv64.partition(ev.key.as_bytes(), PARTITIONS);
             let part = &mut parts[p as usize];
             let offset = part.next_offset;
             part.next_offset += 1;
@@ -200,15 +276,22 @@ fn main() -> anyhow::Result<()> {
                 .kind
                 .refund_of()
                 .and_then(|r| part.ledger.get(&(receipt.user_id.clone(), r.to_owned())));
-            let before = part.users.get(&receipt.user_id);
-            let mut state = before
-                .cloned()
-                .unwrap_or_else(|| UserState::new(&receipt.user_id));
+            let state = match part.users.get_mut(&receipt.user_id) {
+                Some(s) => s,
+                None => part
+                    .users
+                    .entry(receipt.user_id.clone())
+                    .or_insert_with(|| UserState::new(&receipt.user_id)),
+            };
+            let new = state.version == 0;
+            let before =
+                (mode != Mode::None && !new).then(|| (scores(state), state.periods.clone()));
             let source = domain::Source {
                 partition: p,
                 offset,
             };
-            match domain::apply(&mut state, existing, original, &receipt, source, &rules) {
+            // In place: on a rejection `apply` leaves the state as it was.
+            match domain::apply(state, existing, original, &receipt, source, &rules) {
                 Ok(Effect::Duplicate) => duplicates += 1,
                 Ok(Effect::Applied {
                     entry,
@@ -216,9 +299,8 @@ fn main() -> anyhow::Result<()> {
                     ..
                 }) => {
                     applied += 1;
-                    let before = part.users.remove(&receipt.user_id);
-                    if boards {
-                        part.reindex(&receipt.user_id, before.as_ref(), &state);
+                    if mode != Mode::None {
+                        part.boards.reindex(before, state);
                     }
                     if let (Some(updated), Some(refund_of)) = (updated, receipt.kind.refund_of()) {
                         let key = (receipt.user_id.clone(), refund_of.to_owned());
@@ -227,15 +309,15 @@ fn main() -> anyhow::Result<()> {
                     }
                     part.ledger.insert(own.clone(), entry);
                     part.dirty_ledger.push(own);
-                    part.dirty_users.push(receipt.user_id.clone());
-                    part.users.insert(receipt.user_id, state);
+                    part.dirty_users.push(receipt.user_id);
                 }
-                Err(_) => rejected += 1,
-            }
-            since_batch += 1;
-            if since_batch >= batch {
-                logged += commit(&mut parts, &mut log, &mut file)?;
-                since_batch = 0;
+                Err(_) => {
+                    rejected += 1;
+                    if new {
+                        // Nothing applied: a user that was not there stays absent.
+                        part.users.remove(&receipt.user_id);
+                    }
+                }
             }
         }
     }
@@ -248,11 +330,15 @@ fn main() -> anyhow::Result<()> {
     let ledger: usize = parts.iter().map(|p| p.ledger.len()).sum();
     let heap = heap_allocated();
     println!(
-        "{receipts} receipts over {users} users, batches of {batch}{}: applied {applied}, duplicates {duplicates}, rejected {rejected}; {stored} users, {ledger} ledger entries held",
-        if boards { "" } else { ", no boards" }
+        "{receipts} receipts over {users} users, batches of {batch}, {}: applied {applied}, duplicates {duplicates}, rejected {rejected}; {stored} users, {ledger} ledger entries held",
+        match mode {
+            Mode::Numbered => "boards by user number",
+            Mode::Ids => "boards by user id",
+            Mode::None => "no boards",
+        }
     );
     println!(
-        "  {:.0} receipts/s, {:.1} CPU-s per million receipts (the generator's {:.1} s excluded), peak RSS {} MiB, heap at the end {} MiB ({:.0} bytes per user, ledger included), log {} MiB",
+        "  {:.0} receipts/s, {:.1} CPU-s per million receipts (the generator's {:.1} s excluded), peak RSS {} MiB, heap at the end {} MiB ({:.0} bytes per user, ledger and boards included), log {} MiB",
         receipts as f64 / wall.as_secs_f64(),
         engine_cpu.as_secs_f64() * 1e6 / receipts as f64,
         generator_cpu.as_secs_f64(),
@@ -266,8 +352,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Appends every partition's changes to the log and makes them durable; the bytes written.
-fn commit(
-    parts: &mut [Partition],
+fn commit<T: Tie>(
+    parts: &mut [Partition<T>],
     log: &mut Vec<u8>,
     file: &mut std::fs::File,
 ) -> std::io::Result<u64> {
