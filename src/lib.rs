@@ -8,7 +8,9 @@
 //! - [`domain`]: the rules and the fold; pure, no I/O.
 //! - [`changelog`]: a partition's state as records of the compacted changelog topic.
 //! - [`codec`]: bytes <-> receipts, projections and level-up events; agrees with `schemas/`.
-//! - [`store`]: the embedded store (fjall); the only module that names the engine.
+//! - [`engine`]: the working state in memory: every board, rebuilt from the store.
+//! - [`store`]: the embedded store (fjall), the durable checkpoint; the only module that
+//!   names fjall.
 //! - [`kafka`]: the consumer loop of `run`, the producer sink, topic set-up.
 //! - [`pipeline`]: decode -> fold -> publish -> store, one batch at a time.
 //! - [`partitioner`]: the producers' partitioners, to guess a user's partition.
@@ -27,6 +29,7 @@ pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod engine;
 pub mod http;
 pub mod kafka;
 pub mod partitioner;

@@ -1226,11 +1226,6 @@ mod tests {
             first,
             expect(&[
                 ("users", 1),
-                ("leaders", 3),
-                ("periods", 9),
-                ("rank_counts", 12),
-                ("period_users", 3),
-                ("counts", 1),
                 ("ledger", 1),
                 ("due", 1),
                 ("marks", 1),
@@ -1241,16 +1236,13 @@ mod tests {
             second,
             expect(&[
                 ("users", 1),
-                ("leaders", 6),
-                ("periods", 18),
-                ("rank_counts", 24),
                 ("ledger", 1),
                 ("due", 1),
                 ("marks", 1),
                 ("offsets", 1),
             ])
         );
-        assert_eq!(store.writes(), 33 + 53);
+        assert_eq!(store.writes(), 5 + 5);
     }
 
     // A revoked partition's task goes whole: a user it had in the hot set is read from the

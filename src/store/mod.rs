@@ -5,29 +5,24 @@
 //! - `users`:   `partition (i32 BE) | user_id` -> [`UserState`]
 //! - `ledger`:  `partition | user_id | 0x00 | receipt_id` -> [`LedgerEntry`]
 //! - `offsets`: `topic | 0x00 | partition` -> next offset to read (i64 BE)
-//! - `leaders`: `partition | board kind (u8) | descending score (u64 BE) | user_id` ->
-//!   empty: the leaderboard index, kept in the same write batch as the state it indexes,
-//!   partition first like everything else (a store of an earlier version had it
-//!   board-first in `board`: rebuilt from the users at the first open, `board` dropped).
 //! - `marks`:   `partition` -> highest applied issued_at, in seconds (i64 BE): the event
 //!   time the dedup window is measured against.
 //! - `changelog`: `partition` -> next offset to read of the partition's changelog (i64 BE):
 //!   everything before it is in this store, so a catch-up reads on from there.
-//! - `periods`, `period_users`: the period leaderboards and their user counts (see
-//!   [`periods`]).
-//! - `rank_counts`: users per narrow score range of every board, so that a rank costs the
-//!   same whatever it is (see [`ranks`]).
-//! - `counts`:  `partition` -> users of the partition (u64 BE), exact: written in the batch
-//!   that adds a user (fjall's own key count also counts old versions not yet compacted).
-//! - `meta`:    `due-indexed`, `users-indexed` -> empty: the one-off fills of `due`, and of
-//!   `leaders` and `counts`, for a store written before them finished (written with their
-//!   last batch, so that a fill interrupted by a crash runs again at the next open);
-//!   `period-drop:` + period prefix -> empty: a dropped period whose entries are still to
-//!   be deleted (see [`periods`]).
+//! - `meta`:    `due-indexed` -> empty: the one-off fill of `due` for a store written
+//!   before it, written with its last batch so that a fill interrupted by a crash runs
+//!   again at the next open.
 //! - `due`:     `partition | issued_at seconds (i64 BE, sign flipped) | user_id | 0x00 |
 //!   receipt_id` -> empty: the ledger in event-time order, written with every ledger entry,
 //!   so that the entries leaving the dedup window are found by one range read and deleted
 //!   (from the ledger and, by tombstones, from the changelog) when the mark moves on.
+//!
+//! The leaderboards are not stored: they are held in memory ([`crate::engine::Boards`]),
+//! rebuilt from the users when the store opens or a partition is restored, and changed by
+//! each commit in the same critical section as its writes. A store written by an earlier
+//! layout (with the `leaders`, `periods`, `period_users`, `rank_counts` and `counts`
+//! keyspaces) opens: those keyspaces are deleted at the first open, the users and ledger
+//! being unchanged.
 //!
 //! Ledger entries older than the window (`mark - window`) are dead: the processor treats
 //! them as absent, and a compaction filter drops them when fjall rewrites their table
@@ -47,14 +42,12 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use batch::Batch;
 
-use crate::domain::{LedgerEntry, PeriodScore, UserState};
+use crate::domain::{LedgerEntry, UserState};
+use crate::engine::{BoardChanges, Boards, Builder};
 
 mod batch;
 mod periods;
-mod ranks;
 pub mod value;
-
-pub use periods::period_score;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -113,42 +106,7 @@ const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// The size fjall's leveled compaction aims at for a table (see `open_with_memory`).
 const TABLE_TARGET: u64 = 8 << 20;
 
-/// What a leaderboard ranks by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Board {
-    /// Experience points.
-    Xp,
-    /// Coins held.
-    Coins,
-    /// Total spent (purchases less refunds).
-    Spent,
-}
-
-impl Board {
-    /// Every board.
-    pub const ALL: [Board; 3] = [Board::Xp, Board::Coins, Board::Spent];
-
-    fn tag(self) -> u8 {
-        match self {
-            Board::Xp => b'x',
-            Board::Coins => b'c',
-            Board::Spent => b's',
-        }
-    }
-
-    fn score(self, u: &UserState) -> i64 {
-        match self {
-            Board::Xp => u.xp,
-            // Coins earned: redemptions never lower a score.
-            Board::Coins => u.coins.saturating_add(u.coins_redeemed),
-            Board::Spent => u.total_spent,
-        }
-    }
-}
-
-fn board_key(partition: i32, board: Board, u: &UserState) -> fjall::UserKey {
-    board_key_for(partition, board, board.score(u), &u.user_id)
-}
+pub use crate::engine::{indexed, period_score, scores, Board, Indexed, Scores};
 
 /// An i64 as 8 bytes whose byte order is its numeric order (sign bit flipped).
 fn ordered(n: i64) -> u64 {
@@ -156,8 +114,7 @@ fn ordered(n: i64) -> u64 {
 }
 
 /// A key built in a buffer the thread reuses: one allocation for the key (the store's
-/// own), where a `Vec` built and then converted costs two and a copy. A commit builds
-/// twenty-odd keys per user it changes.
+/// own), where a `Vec` built and then converted costs two and a copy.
 fn built(build: impl FnOnce(&mut Vec<u8>)) -> fjall::UserKey {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -168,47 +125,6 @@ fn built(build: impl FnOnce(&mut Vec<u8>)) -> fjall::UserKey {
         build(&mut s);
         fjall::UserKey::from(&s[..])
     })
-}
-
-fn board_key_for(partition: i32, board: Board, score: i64, user_id: &str) -> fjall::UserKey {
-    // Inverted so that the highest score comes first; ties then sort by user_id ascending.
-    built(|k| {
-        push_board_prefix(k, partition, board);
-        k.extend_from_slice(&(!ordered(score)).to_be_bytes());
-        k.extend_from_slice(user_id.as_bytes());
-    })
-}
-
-/// Appends where a partition's all-time board starts: partition, board tag.
-fn push_board_prefix(k: &mut Vec<u8>, partition: i32, board: Board) {
-    k.extend_from_slice(&partition.to_be_bytes());
-    k.push(board.tag());
-}
-
-/// A user's scores on every board, in [`Board::ALL`] order.
-pub type Scores = [i64; 3];
-
-/// The scores the leaderboard index holds for a stored user.
-pub fn scores(u: &UserState) -> Scores {
-    Board::ALL.map(|b| b.score(u))
-}
-
-/// What the leaderboard indexes hold for a stored user: its all-time scores and its
-/// period scores.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Indexed {
-    /// All-time scores, in [`Board::ALL`] order.
-    pub scores: Scores,
-    /// Period scores.
-    pub periods: Vec<PeriodScore>,
-}
-
-/// The index entries of a stored user.
-pub fn indexed(u: &UserState) -> Indexed {
-    Indexed {
-        scores: scores(u),
-        periods: u.periods.clone(),
-    }
 }
 
 /// Everything one commit writes, in one atomic batch.
@@ -236,9 +152,9 @@ pub struct WriteSet {
     /// the same key (a receipt id used again after its first entry expired): (key,
     /// issued_at seconds of the old entry). Only the index entry is deleted.
     pub due_stale: Vec<((i32, String, String), i64)>,
-    /// Partitions whose users are written without touching the leaderboard index (a
-    /// partition restored into a store that had none of it: no previous scores to read;
-    /// [`Store::index_partition`] indexes it once all its users are in).
+    /// Partitions whose users are written without touching the boards (a partition
+    /// restored into a store that had none of it: no previous scores to read;
+    /// [`Store::index_partition`] builds its boards once all its users are in).
     pub unindexed: BTreeSet<i32>,
 }
 
@@ -274,10 +190,8 @@ impl WriteSet {
 pub struct Prepared {
     /// `None`: nothing to write.
     batch: Option<Batch>,
-    /// The rank counts it writes.
-    rank_writes: ranks::RankWrites,
-    /// Users per partition after the batch.
-    counted: Vec<(i32, u64)>,
+    /// The batch's moves on the boards, applied with its writes.
+    boards: BoardChanges,
     /// The batch's new event-time marks.
     marks: BTreeMap<i32, i64>,
     /// Partitions the batch holds offsets of.
@@ -303,7 +217,6 @@ pub struct Store {
     users: Keyspace,
     ledger: Keyspace,
     offsets: Keyspace,
-    board: Keyspace,
     marks_ks: Keyspace,
     /// The ledger in event-time order (see the module doc).
     due: Keyspace,
@@ -315,18 +228,11 @@ pub struct Store {
     partitions: std::sync::RwLock<Vec<i32>>,
     /// Which partitioner placed the users, learned by [`Store::locate_user`].
     placement: crate::partitioner::Learned,
-    /// Users per partition, exact (the `counts` keyspace, cached).
-    counts: Keyspace,
-    user_counts: RwLock<HashMap<i32, u64>>,
     /// Markers of finished one-off fills (see the module doc).
     meta: Keyspace,
-    /// Period leaderboards and their user counts ([`periods`]).
-    periods: Keyspace,
-    period_users: Keyspace,
-    /// Users per score range of every board ([`ranks`]).
-    rank_counts: Keyspace,
-    /// `[processing] periods_kept`.
-    periods_kept: std::sync::atomic::AtomicUsize,
+    /// Every board of the partitions stored, in memory: changed by each commit under the
+    /// write lock, together with its batch's insertion into the memtables.
+    boards: RwLock<Boards>,
     /// Writes of the last commit's batch: the next one is sized by it.
     last_batch_writes: std::sync::atomic::AtomicUsize,
     /// Commits wait while the memtables hold more than this ([`WRITE_STALL_FACTOR`]).
@@ -344,8 +250,6 @@ pub struct Store {
     /// write without waiting for flushes, so that a stop ends within a supervisor's grace
     /// (the bound guards memory, not correctness).
     stall_stop: std::sync::OnceLock<Arc<AtomicBool>>,
-    /// Rank counts commits touched ([`ranks::RankCache`]).
-    rank_cache: ranks::RankCache,
 }
 
 fn user_key(partition: i32, user_id: &str) -> Vec<u8> {
@@ -365,10 +269,17 @@ const MIGRATION_CHUNK: usize = 50_000;
 
 /// `meta` marker: every ledger entry is in the `due` index.
 const DUE_INDEXED: &str = "due-indexed";
-/// `meta` marker: `leaders` indexes every user and `counts` counts them.
-const USERS_INDEXED: &str = "users-indexed";
-/// `meta` marker: `rank_counts` counts every user of every board.
-const RANKS_COUNTED: &str = "ranks-counted";
+/// Keyspaces of earlier layouts, deleted at the first open: the leaderboard indexes
+/// (board-first, then partition-first), the period boards and their counts, the rank
+/// counts and the user counts. The boards are now rebuilt from the users in memory.
+const RETIRED_KEYSPACES: [&str; 6] = [
+    "board",
+    "leaders",
+    "periods",
+    "period_users",
+    "rank_counts",
+    "counts",
+];
 
 /// Where a partition's `due` entries of event time `secs` (seconds) start: byte order is
 /// time order.
@@ -578,20 +489,16 @@ impl Store {
         let users = db.keyspace("users", options).map_err(open_err)?;
         let ledger = db.keyspace("ledger", options).map_err(open_err)?;
         let offsets = db.keyspace("offsets", options).map_err(open_err)?;
-        let board = db.keyspace("leaders", scanned).map_err(open_err)?;
-        if db.keyspace_exists("board") {
-            // The board-first index of an earlier version: rebuilt below.
-            let old = db.keyspace("board", options).map_err(open_err)?;
-            db.delete_keyspace(old).map_err(open_err)?;
+        for name in RETIRED_KEYSPACES {
+            if db.keyspace_exists(name) {
+                let old = db.keyspace(name, options).map_err(open_err)?;
+                db.delete_keyspace(old).map_err(open_err)?;
+            }
         }
         let marks_ks = db.keyspace("marks", options).map_err(open_err)?;
         let changelog = db.keyspace("changelog", options).map_err(open_err)?;
-        let counts = db.keyspace("counts", options).map_err(open_err)?;
         let due = db.keyspace("due", scanned).map_err(open_err)?;
         let meta = db.keyspace("meta", options).map_err(open_err)?;
-        let periods = db.keyspace("periods", scanned).map_err(open_err)?;
-        let period_users = db.keyspace("period_users", options).map_err(open_err)?;
-        let rank_counts = db.keyspace("rank_counts", options).map_err(open_err)?;
         let done = |marker: &str| {
             meta.get(marker)
                 .map(|v| v.is_some())
@@ -600,61 +507,33 @@ impl Store {
                     source,
                 })
         };
-        let (due_indexed, users_indexed) = (done(DUE_INDEXED)?, done(USERS_INDEXED)?);
-        let ranks_counted = done(RANKS_COUNTED)?;
+        let due_indexed = done(DUE_INDEXED)?;
         let store = Self {
             path: path.to_owned(),
             db,
             users,
             ledger,
             offsets,
-            board,
             marks_ks,
             changelog,
             due,
             expiry,
             partitions: std::sync::RwLock::default(),
             placement: crate::partitioner::Learned::default(),
-            counts,
-            user_counts: RwLock::default(),
             meta,
-            periods,
-            period_users,
-            rank_counts,
-            periods_kept: std::sync::atomic::AtomicUsize::new(
-                crate::domain::game::DEFAULT_PERIODS_KEPT,
-            ),
+            boards: RwLock::new(Boards::new(crate::domain::game::DEFAULT_PERIODS_KEPT)),
             last_batch_writes: std::sync::atomic::AtomicUsize::new(0),
             write_stall_bytes: write_buffer_bytes * WRITE_STALL_FACTOR,
             write_stall_micros: std::sync::atomic::AtomicU64::new(0),
             writes_by_keyspace: std::sync::Mutex::default(),
             write_stall_ended_idle: AtomicBool::new(false),
             stall_stop: std::sync::OnceLock::new(),
-            rank_cache: ranks::RankCache::default(),
         };
-        if !users_indexed || !ranks_counted {
-            // A store from before the partition-first index, the counts or the rank
-            // counts: all built once, here.
-            store.index_users(&[], MIGRATION_CHUNK, &[USERS_INDEXED, RANKS_COUNTED])?;
-        }
-        let mut per = HashMap::new();
-        for kv in store.counts.iter() {
-            let (k, v) = kv.into_inner().map_err(io("scan counts"))?;
-            per.insert(
-                partition_of(&k, "count key")?,
-                decode_i64("user count", &v)? as u64,
-            );
-        }
-        *store
-            .user_counts
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = per;
+        store.build_boards(None)?;
         if !due_indexed {
             // A store from before the index: its ledger is indexed once, here.
             store.index_due()?;
         }
-        // Drops of periods that a crash interrupted.
-        store.drop_periods()?;
         let marks = store.scan_marks()?;
         *store
             .expiry
@@ -873,97 +752,60 @@ impl Store {
         }
     }
 
-    /// Indexes the users under `prefix` (one partition's, or every one) for the
-    /// leaderboards and counts them: one scan, no point reads, in durable batches of
-    /// `chunk` users; `marker`, if any, goes with the last batch. For users written with
-    /// [`WriteSet::unindexed`], or whose count is not known; indexing users already
-    /// indexed writes the same keys again.
-    fn index_users(
-        &self,
-        prefix: &[u8],
-        chunk: usize,
-        markers: &[&str],
-    ) -> Result<HashMap<i32, u64>, StoreError> {
-        let mut per: HashMap<i32, u64> = HashMap::new();
-        let mut on_period: BTreeMap<(i32, crate::domain::Period, String), u64> = BTreeMap::new();
-        let mut ranks = ranks::RankCounts::default();
-        let mut last =
-            self.write_in_batches(self.users_under(prefix), chunk, |batch, (p, u)| {
-                let all_time = ranks::all_time_scope(p);
-                for b in Board::ALL {
-                    batch.insert(&self.board, board_key(p, b, &u), []);
-                    ranks.add(&all_time, b, b.score(&u));
-                }
-                for s in &u.periods {
-                    let scope = periods::rank_scope(p, s.kind, &s.key);
-                    for b in Board::ALL {
-                        let score = periods::period_score(s, b);
-                        let key = periods::entry_key(p, s.kind, &s.key, b, score, &u.user_id);
-                        batch.insert(&self.periods, key, []);
-                        ranks.add(&scope, b, score);
-                    }
-                    *on_period.entry((p, s.kind, s.key.clone())).or_default() += 1;
-                }
-                *per.entry(p).or_default() += 1;
-            })?;
-        for (p, n) in &per {
-            last.insert(&self.counts, p.to_be_bytes(), n.to_be_bytes());
-        }
-        // Each partition keeps its latest periods: users that were not touched since may
-        // still hold older ones, whose entries go again.
+    /// Builds the boards of `partition` (`None`: every partition) from one scan of its
+    /// users, replacing what the boards held of it. Returns the users per partition seen.
+    fn build_boards(&self, partition: Option<i32>) -> Result<HashMap<i32, u64>, StoreError> {
+        let prefix = partition.map(i32::to_be_bytes);
+        let prefix: &[u8] = prefix.as_ref().map_or(&[], |p| &p[..]);
+        // Users come partition by partition in key order: each partition's boards are
+        // built from its users alone, then installed together once the scan is whole.
         let kept = self.periods_kept();
-        let mut seen: HashMap<(i32, crate::domain::Period), usize> = HashMap::new();
-        let mut dropped = Vec::new();
-        for ((p, kind, key), n) in on_period.iter().rev() {
-            let rank = seen.entry((*p, *kind)).or_default();
-            *rank += 1;
-            let prefix = periods::period_prefix(*p, *kind, key);
-            if *rank <= kept {
-                last.insert(&self.period_users, prefix, n.to_be_bytes());
-            } else {
-                dropped.push(prefix);
+        let mut per: HashMap<i32, u64> = HashMap::new();
+        let mut built: Vec<(i32, Builder)> = Vec::new();
+        for item in self.users_under(prefix) {
+            let (p, u) = item?;
+            *per.entry(p).or_default() += 1;
+            if built.last().is_none_or(|(at, _)| *at != p) {
+                built.push((p, Builder::new(kept)));
+            }
+            if let Some((_, b)) = built.last_mut() {
+                b.add(&u);
             }
         }
-        // Rank counts of the kept periods and of the all-time boards; the scan saw every
-        // user of these partitions, so the counts are whole.
-        ranks.write(self, &mut last, |key| {
-            !dropped
-                .iter()
-                .any(|d| key.starts_with(d) && key.get(d.len()) == Some(&0))
-        });
-        for m in markers {
-            last.insert(&self.meta, *m, []);
+        let mut boards = self.boards.write().unwrap_or_else(PoisonError::into_inner);
+        match partition {
+            Some(p) => boards.remove(p),
+            None => *boards = Boards::new(kept),
         }
-        // Once everything above is in, a prefix read sees every entry to drop.
-        for prefix in &dropped {
-            self.drop_period(prefix, &mut last);
+        for (p, b) in built {
+            boards.install(p, b);
         }
-        self.commit_durably(last)?;
-        self.rank_cache.clear();
-        self.drop_periods()?;
-        self.user_counts
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(per.iter().map(|(p, n)| (*p, *n)));
         Ok(per)
     }
 
-    /// Indexes and counts the users of `partition` ([`Self::index_users`]): after a
-    /// restore that wrote them unindexed, or that may have been interrupted before.
-    pub fn index_partition(&self, partition: i32, chunk: usize) -> Result<u64, StoreError> {
-        let per = self.index_users(&partition.to_be_bytes(), chunk, &[])?;
+    /// Builds the boards of `partition` from its stored users: after a restore that wrote
+    /// them unindexed, or that may have been interrupted before. Returns its users.
+    pub fn index_partition(&self, partition: i32, _chunk: usize) -> Result<u64, StoreError> {
+        let per = self.build_boards(Some(partition))?;
         Ok(per.get(&partition).copied().unwrap_or(0))
     }
 
-    /// Users of the partitions `keep` accepts, exactly.
+    /// Users of the partitions `keep` accepts, exactly (those on the boards).
     pub fn users_in(&self, keep: impl Fn(i32) -> bool) -> u64 {
-        self.user_counts
+        let boards = self.boards.read().unwrap_or_else(PoisonError::into_inner);
+        boards
+            .partitions()
+            .filter(|p| keep(*p))
+            .map(|p| boards.users(p))
+            .sum()
+    }
+
+    /// Bytes the boards hold in memory, by structure.
+    pub fn board_bytes(&self) -> crate::engine::BoardBytes {
+        self.boards
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|(p, _)| keep(**p))
-            .map(|(_, n)| n)
-            .sum()
+            .bytes()
     }
 
     /// Every stored offset: (topic, partition) -> next offset.
@@ -1137,55 +979,23 @@ impl Store {
             self.last_batch_writes
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
-        // Users new to each partition in this batch.
-        let mut added: HashMap<i32, u64> = HashMap::new();
-        let mut period_changes = periods::PeriodChanges::default();
-        let mut rank_deltas = ranks::RankDeltas::default();
+        let mut boards = BoardChanges::default();
         for ((p, user_id), state) in &set.users {
-            if set.unindexed.contains(p) {
-                batch.insert(
-                    &self.users,
-                    user_key(*p, user_id),
-                    value::encode_user(state),
-                );
-                continue;
+            if !set.unindexed.contains(p) {
+                // The user's scores before the batch, to move its board entries; a board
+                // whose score did not change is not touched.
+                let previous = match set.previous_scores.get(&(*p, user_id.clone())) {
+                    Some(known) => known.clone(),
+                    None => self.user(*p, user_id)?.as_ref().map(indexed),
+                };
+                boards.add(*p, previous.as_ref(), state);
             }
-            // Re-index: drop the old scores' keys, add the new ones, in the same batch;
-            // a board whose score did not change is not touched.
-            let previous = match set.previous_scores.get(&(*p, user_id.clone())) {
-                Some(known) => known.clone(),
-                None => self.user(*p, user_id)?.as_ref().map(indexed),
-            };
-            let now = scores(state);
-            let all_time = ranks::all_time_scope(*p);
-            match &previous {
-                Some(old) => {
-                    for ((b, was), score) in Board::ALL.into_iter().zip(old.scores).zip(now) {
-                        if was != score {
-                            batch.remove(&self.board, board_key_for(*p, b, was, user_id));
-                            batch.insert(&self.board, board_key_for(*p, b, score, user_id), []);
-                            rank_deltas.moved(&all_time, b, Some(was), Some(score));
-                        }
-                    }
-                }
-                None => {
-                    *added.entry(*p).or_default() += 1;
-                    for (b, score) in Board::ALL.into_iter().zip(now) {
-                        batch.insert(&self.board, board_key(*p, b, state), []);
-                        rank_deltas.moved(&all_time, b, None, Some(score));
-                    }
-                }
-            }
-            let before = previous.as_ref().map_or(&[][..], |i| &i.periods[..]);
-            period_changes.add(*p, state, before);
             batch.insert(
                 &self.users,
                 user_key(*p, user_id),
                 value::encode_user(state),
             );
         }
-        period_changes.write(self, &mut batch, self.periods_kept(), &mut rank_deltas)?;
-        let rank_writes = rank_deltas.write(self, &mut batch)?;
         for ((p, user_id, receipt_id), entry) in &set.ledger {
             batch.insert(
                 &self.ledger,
@@ -1220,46 +1030,27 @@ impl Store {
         for (p, next) in &set.changelog {
             batch.insert(&self.changelog, p.to_be_bytes(), next.to_be_bytes());
         }
-        let counted: Vec<(i32, u64)> = {
-            let counts = self
-                .user_counts
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            added
-                .iter()
-                .map(|(p, n)| (*p, counts.get(p).copied().unwrap_or(0) + n))
-                .collect()
-        };
-        for (p, n) in &counted {
-            batch.insert(&self.counts, p.to_be_bytes(), n.to_be_bytes());
-        }
         self.last_batch_writes
             .store(batch.len(), std::sync::atomic::Ordering::Relaxed);
         batch.sort();
         Ok(Prepared {
             batch: Some(batch),
-            rank_writes,
-            counted,
+            boards,
             marks: set.marks.clone(),
             partitions: set.offsets.keys().map(|(_, p)| *p).collect(),
         })
     }
 
     /// Every keyspace the store writes.
-    fn keyspaces(&self) -> [&Keyspace; 12] {
+    fn keyspaces(&self) -> [&Keyspace; 7] {
         [
             &self.users,
             &self.ledger,
             &self.offsets,
-            &self.board,
             &self.marks_ks,
             &self.due,
             &self.changelog,
-            &self.counts,
             &self.meta,
-            &self.periods,
-            &self.period_users,
-            &self.rank_counts,
         ]
     }
 
@@ -1335,8 +1126,7 @@ impl Store {
     pub fn apply(&self, prepared: Prepared) -> Result<(), StoreError> {
         let Prepared {
             batch,
-            rank_writes,
-            counted,
+            boards: changes,
             marks: new_marks,
             partitions,
         } = prepared;
@@ -1345,7 +1135,14 @@ impl Store {
         };
         self.wait_for_flushes();
         let by_keyspace = batch.per_keyspace().to_vec();
-        batch.commit().map_err(io("commit batch"))?;
+        {
+            // The batch reaches the memtables (where reads see it) and its moves reach
+            // the boards under one lock: a board read never ranks users it cannot read
+            // yet, nor reads users it has not ranked yet.
+            let mut boards = self.boards.write().unwrap_or_else(PoisonError::into_inner);
+            batch.commit().map_err(io("commit batch"))?;
+            boards.apply(changes);
+        }
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(io("persist"))?;
@@ -1362,12 +1159,6 @@ impl Store {
                 }
             }
         }
-        self.rank_cache.applied(rank_writes);
-        self.drop_periods()?;
-        self.user_counts
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(counted);
         if !new_marks.is_empty() {
             let mut marks = self
                 .expiry
@@ -1395,45 +1186,50 @@ impl Store {
     }
 
     /// The top `limit` users by `board` among the partitions `keep` accepts: each
-    /// partition's top `limit` index entries, merged (ties by user_id), then their users.
+    /// partition's top `limit` entries, merged (ties by user_id), then their users.
     pub fn leaderboard_of(
         &self,
         board: Board,
         limit: usize,
         keep: impl Fn(i32) -> bool,
     ) -> Result<Vec<UserState>, StoreError> {
-        let partitions: Vec<i32> = self
-            .user_counts
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .copied()
-            .filter(|p| keep(*p))
-            .collect();
-        let corrupt = || StoreError::Corrupt {
-            what: "leaderboard entry",
-            detail: "malformed key".into(),
-        };
-        // (the key without its partition: descending score then user_id, so byte order is
-        // rank order; the partition)
-        let mut top: Vec<(Vec<u8>, i32)> = Vec::new();
-        for p in partitions {
-            let mut prefix = Vec::with_capacity(5);
-            push_board_prefix(&mut prefix, p, board);
-            for kv in self.board.prefix(&prefix).take(limit) {
-                let k = kv.key().map_err(io("scan leaderboard"))?;
-                top.push((k.get(4..).ok_or_else(corrupt)?.to_vec(), p));
-            }
+        Ok(self
+            .board_top(None, board, limit, keep)?
+            .into_iter()
+            .map(|(_, u)| u)
+            .collect())
+    }
+
+    /// The top `limit` of one board (`period: None`, the all-time one) over the
+    /// partitions `keep` accepts, highest first, ties by user_id ascending: each
+    /// partition's top `limit` entries, merged, then their users, read under the boards'
+    /// lock so that they are the states ranked. Returns (score, user).
+    pub(crate) fn board_top(
+        &self,
+        period: Option<(crate::domain::Period, &str)>,
+        board: Board,
+        limit: usize,
+        keep: impl Fn(i32) -> bool,
+    ) -> Result<Vec<(i64, UserState)>, StoreError> {
+        let boards = self.boards.read().unwrap_or_else(PoisonError::into_inner);
+        let mut top: Vec<(i64, String, i32)> = Vec::new();
+        for p in boards.partitions().filter(|p| keep(*p)) {
+            top.extend(
+                boards
+                    .top(p, period, board, limit)
+                    .into_iter()
+                    .map(|(s, id)| (s, id, p)),
+            );
         }
-        top.sort_unstable();
+        top.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         top.truncate(limit);
         let mut out = Vec::with_capacity(top.len());
-        for (k, p) in top {
-            let user_id = k
-                .get(9..)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .ok_or_else(corrupt)?;
-            out.push(self.user(p, user_id)?.ok_or_else(corrupt)?);
+        for (score, user_id, p) in top {
+            let user = self.user(p, &user_id)?.ok_or_else(|| StoreError::Corrupt {
+                what: "leaderboard entry",
+                detail: format!("user {user_id} of partition {p} is on a board but not stored"),
+            })?;
+            out.push((score, user));
         }
         Ok(out)
     }
@@ -1555,40 +1351,6 @@ mod tests {
         assert_eq!((p, u.xp), (4, 2));
     }
 
-    #[test]
-    fn a_dropped_periods_entries_go_in_chunks_and_an_interrupted_drop_finishes_at_open() {
-        use crate::domain::Period;
-        let dir = tempfile::tempdir().unwrap();
-        let prefix = periods::period_prefix(2, Period::Day, "2026-11-30");
-        let other = periods::period_prefix(2, Period::Day, "2026-12-01");
-        {
-            let store = Store::open(dir.path()).unwrap();
-            // More entries than one chunk, as a drop found them, then a crash before any
-            // was deleted: only the mark and the entries are in the store.
-            let mut batch = Batch::new(&store.db);
-            for i in 0..45_000 {
-                let mut k = prefix.clone();
-                k.extend_from_slice(format!("\0x{i:08}").as_bytes());
-                batch.insert(&store.periods, k, []);
-            }
-            let mut k = other.clone();
-            k.extend_from_slice(b"\0kept");
-            batch.insert(&store.periods, k, []);
-            store.drop_period(&prefix, &mut batch);
-            batch.commit().unwrap();
-            store.db.persist(PersistMode::SyncAll).unwrap();
-            assert_eq!(store.periods.prefix(&prefix).count(), 45_000);
-        }
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.periods.prefix(&prefix).count(), 0);
-        assert_eq!(
-            store.periods.prefix(&other).count(),
-            1,
-            "another period stays"
-        );
-        assert_eq!(store.meta.prefix(b"period-drop:").count(), 0);
-    }
-
     /// The top 10 of a board, by id.
     fn board_ids(store: &Store, b: Board) -> Vec<String> {
         store
@@ -1684,11 +1446,11 @@ mod tests {
         drop(Store::open_with_memory(dir.path(), 8 << 20, 128 << 20).unwrap());
         let budget = 4 << 20;
         let store = Store::open_with_memory(dir.path(), 8 << 20, budget).unwrap();
-        let big = padded_users(15_000);
+        let big = padded_users(20_000);
         store.commit(&big).unwrap();
         for n in 1..=2 {
             store
-                .commit(&one_user(&format!("u-late-{n}"), 15_000 + n))
+                .commit(&one_user(&format!("u-late-{n}"), 20_000 + n))
                 .unwrap();
         }
         let m = store.memory();
@@ -1698,7 +1460,7 @@ mod tests {
         );
         // Far under the 60 s a wait for a flush would last.
         assert!(m.write_stall < std::time::Duration::from_secs(10), "{m:?}");
-        assert_eq!(store.offset("t", 0).unwrap(), Some(15_002));
+        assert_eq!(store.offset("t", 0).unwrap(), Some(20_002));
     }
 
     #[test]
@@ -1729,7 +1491,7 @@ mod tests {
     }
 
     #[test]
-    fn a_store_with_the_board_first_index_of_before_is_reindexed_partition_first() {
+    fn a_store_of_an_earlier_layout_opens_with_its_index_keyspaces_dropped_and_boards_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
@@ -1740,15 +1502,15 @@ mod tests {
             store.commit(&set).unwrap();
         }
         {
-            // As an earlier version left it: a board-first `board`, no `leaders`, no marker.
+            // As earlier layouts left it: index keyspaces beside the users, holding
+            // entries the boards must not show.
             let db = Database::builder(dir.path()).open().unwrap();
             let options = KeyspaceCreateOptions::default;
-            let leaders = db.keyspace("leaders", options).unwrap();
-            db.delete_keyspace(leaders).unwrap();
-            let meta = db.keyspace("meta", options).unwrap();
-            meta.remove(USERS_INDEXED).unwrap();
-            let board = db.keyspace("board", options).unwrap();
-            board.insert([0u8, 1, 2, 3], 0i32.to_be_bytes()).unwrap();
+            for name in RETIRED_KEYSPACES {
+                let ks = db.keyspace(name, options).unwrap();
+                ks.insert([0u8, 0, 0, 0, b'x', 0, 1, 2, 3], 0i32.to_be_bytes())
+                    .unwrap();
+            }
             db.persist(PersistMode::SyncAll).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
@@ -1768,7 +1530,9 @@ mod tests {
         assert_eq!(ids, ["u-c", "u-a"]);
         drop(store);
         let db = Database::builder(dir.path()).open().unwrap();
-        assert!(!db.keyspace_exists("board"));
+        for name in RETIRED_KEYSPACES {
+            assert!(!db.keyspace_exists(name), "{name} is dropped");
+        }
     }
 
     #[test]
@@ -1840,7 +1604,7 @@ mod tests {
     }
 
     #[test]
-    fn ranks_from_the_counts_equal_a_full_sort_through_updates_and_for_an_older_store() {
+    fn ranks_equal_a_full_sort_through_updates_and_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = move || {
@@ -1871,22 +1635,7 @@ mod tests {
             }
             check_ranks(&store, &latest);
         }
-        // An older store: no rank counts and no marker. The first open counts them.
-        {
-            let store = Store::open(dir.path()).unwrap();
-            let keys: Vec<_> = store
-                .rank_counts
-                .iter()
-                .map(|kv| kv.key().unwrap().to_vec())
-                .collect();
-            let mut batch = Batch::new(&store.db);
-            for k in keys {
-                batch.remove(&store.rank_counts, k);
-            }
-            batch.remove(&store.meta, RANKS_COUNTED);
-            batch.commit().unwrap();
-            store.db.persist(PersistMode::SyncAll).unwrap();
-        }
+        // Reopened: the boards are rebuilt from the users alone.
         let store = Store::open(dir.path()).unwrap();
         check_ranks(&store, &latest);
     }
