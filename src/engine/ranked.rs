@@ -3,17 +3,18 @@
 //! searches and a move inside one block, and a rank or a top N is O(log n) without
 //! walking the entries above.
 //!
-//! An entry is 24 bytes: the score, the first 8 bytes of the user id (so that most ties
-//! are decided without reaching the id) and the user's index in its partition's
-//! [`Ids`]. The ids themselves are kept once per partition, shared by its boards.
+//! An entry is 32 bytes: the score, the first 16 bytes of the user id (so that ties are
+//! decided without reaching the id, unless both ids are longer and share those bytes)
+//! and the user's index in its partition's [`Ids`]. The ids themselves are kept once per partition, shared by its boards.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Entries per block at most before it splits: small enough that an insert moves a few
-/// KiB, large enough that the block list stays short (4,000 blocks at a million users).
-const BLOCK_MAX: usize = 512;
+/// Entries per block at most before it splits: small enough that an insert moves at most
+/// 4 KiB, large enough that the block list stays short (about 10,000 blocks at a million
+/// users, 14 steps of a binary search).
+const BLOCK_MAX: usize = 128;
 
 /// The user ids of one partition, each interned once to a dense `u32` index that the
 /// partition's boards hold instead of the id.
@@ -55,30 +56,43 @@ impl Ids {
     }
 }
 
-/// The first 8 bytes of an id as a big-endian integer, zero-padded: its order is the ids'
-/// order wherever the two differ within those bytes.
-fn tie_of(id: &str) -> u64 {
-    let mut b = [0u8; 8];
-    let n = id.len().min(8);
+/// The first 16 bytes of an id as two big-endian integers, zero-padded: their order is
+/// the ids' order wherever the two differ within those bytes.
+fn tie_of(id: &str) -> Tie {
+    let mut b = [0u8; 16];
+    let n = id.len().min(16);
     b[..n].copy_from_slice(&id.as_bytes()[..n]);
-    u64::from_be_bytes(b)
+    let (hi, lo) = b.split_at(8);
+    (
+        u64::from_be_bytes(hi.try_into().unwrap_or_default()),
+        u64::from_be_bytes(lo.try_into().unwrap_or_default()),
+    )
 }
+
+/// An id's first 16 bytes ([`tie_of`]).
+type Tie = (u64, u64);
 
 /// One entry of a board.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     score: i64,
-    tie: u64,
+    tie: Tie,
     user: u32,
 }
 
 /// Where a probe (`score`, `id`) sorts against an entry: `Less` when the entry ranks
 /// above it.
-fn entry_vs(ids: &Ids, e: &Entry, score: i64, tie: u64, id: &str) -> Ordering {
-    score
-        .cmp(&e.score)
-        .then(e.tie.cmp(&tie))
-        .then_with(|| ids.id(e.user).cmp(id))
+fn entry_vs(ids: &Ids, e: &Entry, score: i64, tie: Tie, id: &str) -> Ordering {
+    score.cmp(&e.score).then(e.tie.cmp(&tie)).then_with(|| {
+        // Equal in their first 16 bytes. Ids hold no NUL (the codec rejects control
+        // characters), so a probe shorter than 16 bytes is then that very id; only
+        // ids of 16 bytes or more are compared whole.
+        if id.len() < 16 {
+            Ordering::Equal
+        } else {
+            ids.id(e.user).cmp(id)
+        }
+    })
 }
 
 /// One board's entries in rank order.
@@ -122,7 +136,7 @@ impl Ranked {
     }
 
     /// The first block whose last entry does not rank above the probe.
-    fn block_of(&self, ids: &Ids, score: i64, tie: u64, id: &str) -> usize {
+    fn block_of(&self, ids: &Ids, score: i64, tie: Tie, id: &str) -> usize {
         self.blocks.partition_point(|b| {
             b.last()
                 .is_some_and(|e| entry_vs(ids, e, score, tie, id) == Ordering::Less)
@@ -234,7 +248,7 @@ mod tests {
         ) {
             let mut ids = Ids::default();
             let names: Vec<String> = (0..60)
-                .map(|i| if i % 2 == 0 { format!("user-{i}") } else { format!("sharedprefix-{i}") })
+                .map(|i| if i % 2 == 0 { format!("user-{i}") } else { format!("a-long-shared-prefix-{i}") })
                 .collect();
             for n in &names {
                 ids.intern(n);
