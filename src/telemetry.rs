@@ -39,6 +39,8 @@ pub const KAFKA_ERRORS_TOTAL: &str = "mallquest_kafka_errors_total";
 pub const STORE_BYTES: &str = "mallquest_store_bytes";
 /// Users of the partitions this instance holds (all, for a standalone store), exact.
 pub const USERS: &str = "mallquest_users";
+/// Bytes the boards in memory hold, by structure (`ids`, `all_time`, `periods`).
+pub const BOARD_BYTES: &str = "mallquest_board_bytes";
 /// Bytes held by the store's block cache (at most `[store] cache_mb`).
 pub const STORE_CACHE_BYTES: &str = "mallquest_store_cache_bytes";
 /// Bytes held by the store's memtables, active and sealed (those waiting for a flush).
@@ -74,7 +76,7 @@ pub const STANDBY_PARTITIONS: &str = "mallquest_standby_partitions";
 pub const REVOCATIONS_TOTAL: &str = "mallquest_revocations_total";
 
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 31] = [
+pub const ALL_METRICS: [&str; 32] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
@@ -90,6 +92,7 @@ pub const ALL_METRICS: [&str; 31] = [
     KAFKA_ERRORS_TOTAL,
     STORE_BYTES,
     USERS,
+    BOARD_BYTES,
     STORE_CACHE_BYTES,
     STORE_WRITE_BUFFER_BYTES,
     STORE_WRITE_STALL_SECONDS,
@@ -218,6 +221,11 @@ fn describe() {
         "Resident bytes jemalloc holds: the heap in use plus its free pages not yet returned."
     );
     describe_gauge!(USERS, "Users of the partitions this instance holds, exact.");
+    describe_gauge!(
+        BOARD_BYTES,
+        Unit::Bytes,
+        "Bytes the leaderboards in memory hold, by structure: ids (interned user ids), all_time and periods (board entries)."
+    );
     describe_histogram!(
         EVENT_AGE_SECONDS,
         Unit::Seconds,
@@ -329,6 +337,10 @@ pub fn batch_committed(
     let memory = store.memory();
     gauge!(STORE_CACHE_BYTES).set(memory.cache_bytes as f64);
     gauge!(STORE_WRITE_BUFFER_BYTES).set(memory.write_buffer_bytes as f64);
+    let boards = store.board_bytes();
+    gauge!(BOARD_BYTES, "structure" => "ids").set(boards.ids as f64);
+    gauge!(BOARD_BYTES, "structure" => "all_time").set(boards.all_time as f64);
+    gauge!(BOARD_BYTES, "structure" => "periods").set(boards.periods as f64);
     debug!(
         message = "Batch committed.",
         records = stats.records,

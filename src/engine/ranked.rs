@@ -22,6 +22,8 @@ const BLOCK_MAX: usize = 128;
 pub(crate) struct Ids {
     by_id: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
     ids: Vec<Arc<str>>,
+    /// Bytes of the ids' allocations (each with its two reference counts).
+    id_bytes: usize,
 }
 
 impl Ids {
@@ -32,6 +34,7 @@ impl Ids {
         }
         let at = u32::try_from(self.ids.len()).expect("fewer than 2^32 users in a partition");
         let id: Arc<str> = Arc::from(id);
+        self.id_bytes += id.len() + 16;
         self.ids.push(Arc::clone(&id));
         self.by_id.insert(id, at);
         at
@@ -50,9 +53,8 @@ impl Ids {
 
     /// Bytes held: the ids, their index and the map (estimated from capacities).
     pub(crate) fn bytes(&self) -> u64 {
-        let ids: usize = self.ids.iter().map(|s| s.len() + 16).sum();
         let map = self.by_id.capacity() * (16 + 4 + 1);
-        (ids + map + self.ids.capacity() * 16) as u64
+        (self.id_bytes + map + self.ids.capacity() * 16) as u64
     }
 }
 
