@@ -3,104 +3,156 @@
 //! searches and a move inside one block, and a rank or a top N is O(log n) without
 //! walking the entries above.
 //!
-//! An entry is 32 bytes: the score, the first 16 bytes of the user id (so that ties are
-//! decided without reaching the id, unless both ids are longer and share those bytes)
-//! and the user's index in its partition's [`Ids`]. The ids themselves are kept once per partition, shared by its boards.
+//! An entry is 12 bytes: the score and the user's index in its partition's [`Ids`], kept
+//! in two arrays per block so that a search reads scores alone until it meets equal
+//! ones; only then are ids compared. The ids themselves are kept once per partition, in
+//! one byte arena shared by its boards.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::BuildHasher;
 
 /// Entries per block at most before it splits: small enough that an insert moves at most
-/// 4 KiB, large enough that the block list stays short (about 10,000 blocks at a million
+/// 1.5 KiB, large enough that the block list stays short (about 10,000 blocks at a million
 /// users, 14 steps of a binary search).
 const BLOCK_MAX: usize = 128;
 
 /// The user ids of one partition, each interned once to a dense `u32` index that the
-/// partition's boards hold instead of the id.
+/// partition's boards hold instead of the id: the bytes of every id in one arena, where
+/// each ends, and a table of indexes hashed by id (about 20 bytes a user with ids of 10).
 #[derive(Default)]
 pub(crate) struct Ids {
-    by_id: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
-    ids: Vec<Arc<str>>,
-    /// Bytes of the ids' allocations (each with its two reference counts).
-    id_bytes: usize,
+    table: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::FixedState,
+    arena: Vec<u8>,
+    /// Where each id ends in `arena` (it starts where the one before ends).
+    ends: Vec<u32>,
 }
 
 impl Ids {
     /// The index of `id`, interned if new.
     pub(crate) fn intern(&mut self, id: &str) -> u32 {
-        if let Some(&at) = self.by_id.get(id) {
+        let hash = self.hasher.hash_one(id);
+        let Ids {
+            table,
+            hasher,
+            arena,
+            ends,
+        } = self;
+        let get = |at: u32| -> &[u8] {
+            let end = ends[at as usize] as usize;
+            let start = if at == 0 {
+                0
+            } else {
+                ends[at as usize - 1] as usize
+            };
+            &arena[start..end]
+        };
+        if let Some(&at) = table.find(hash, |&at| get(at) == id.as_bytes()) {
             return at;
         }
-        let at = u32::try_from(self.ids.len()).expect("fewer than 2^32 users in a partition");
-        let id: Arc<str> = Arc::from(id);
-        self.id_bytes += id.len() + 16;
-        self.ids.push(Arc::clone(&id));
-        self.by_id.insert(id, at);
+        let at = u32::try_from(ends.len()).expect("fewer than 2^32 users in a partition");
+        table.insert_unique(hash, at, |&at| {
+            let end = ends[at as usize] as usize;
+            let start = if at == 0 {
+                0
+            } else {
+                ends[at as usize - 1] as usize
+            };
+            hasher.hash_one(std::str::from_utf8(&arena[start..end]).unwrap_or_default())
+        });
+        arena.extend_from_slice(id.as_bytes());
+        // 4 GiB of ids in one partition (hundreds of millions of users) is past any
+        // budget this process is given.
+        ends.push(u32::try_from(arena.len()).expect("less than 4 GiB of user ids in a partition"));
         at
     }
 
     /// The index of `id`, if interned.
     #[cfg(test)]
     pub(crate) fn get(&self, id: &str) -> Option<u32> {
-        self.by_id.get(id).copied()
+        let hash = self.hasher.hash_one(id);
+        self.table.find(hash, |&at| self.id(at) == id).copied()
     }
 
     /// The id at `at`.
     pub(crate) fn id(&self, at: u32) -> &str {
-        &self.ids[at as usize]
-    }
-
-    /// Bytes held: the ids, their index and the map (estimated from capacities).
-    pub(crate) fn bytes(&self) -> u64 {
-        let map = self.by_id.capacity() * (16 + 4 + 1);
-        (self.id_bytes + map + self.ids.capacity() * 16) as u64
-    }
-}
-
-/// The first 16 bytes of an id as two big-endian integers, zero-padded: their order is
-/// the ids' order wherever the two differ within those bytes.
-fn tie_of(id: &str) -> Tie {
-    let mut b = [0u8; 16];
-    let n = id.len().min(16);
-    b[..n].copy_from_slice(&id.as_bytes()[..n]);
-    let (hi, lo) = b.split_at(8);
-    (
-        u64::from_be_bytes(hi.try_into().unwrap_or_default()),
-        u64::from_be_bytes(lo.try_into().unwrap_or_default()),
-    )
-}
-
-/// An id's first 16 bytes ([`tie_of`]).
-type Tie = (u64, u64);
-
-/// One entry of a board.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    score: i64,
-    tie: Tie,
-    user: u32,
-}
-
-/// Where a probe (`score`, `id`) sorts against an entry: `Less` when the entry ranks
-/// above it.
-fn entry_vs(ids: &Ids, e: &Entry, score: i64, tie: Tie, id: &str) -> Ordering {
-    score.cmp(&e.score).then(e.tie.cmp(&tie)).then_with(|| {
-        // Equal in their first 16 bytes. Ids hold no NUL (the codec rejects control
-        // characters), so a probe shorter than 16 bytes is then that very id; only
-        // ids of 16 bytes or more are compared whole.
-        if id.len() < 16 {
-            Ordering::Equal
+        let end = self.ends[at as usize] as usize;
+        let start = if at == 0 {
+            0
         } else {
-            ids.id(e.user).cmp(id)
+            self.ends[at as usize - 1] as usize
+        };
+        // Only whole ids (from `&str`) are ever appended, so every slice is UTF-8.
+        std::str::from_utf8(&self.arena[start..end]).unwrap_or_default()
+    }
+
+    /// Bytes held: the arena, the ends and the table (from their capacities).
+    pub(crate) fn bytes(&self) -> u64 {
+        (self.arena.capacity() + self.ends.capacity() * 4 + self.table.capacity() * 5) as u64
+    }
+}
+
+/// One block of a board: scores and users, index by index.
+#[derive(Default)]
+struct Block {
+    scores: Vec<i64>,
+    users: Vec<u32>,
+}
+
+impl Block {
+    fn len(&self) -> usize {
+        self.scores.len()
+    }
+
+    /// Where a probe (`score`, `id`) sorts against entry `i`: `Less` when the entry ranks
+    /// above it.
+    fn vs(&self, ids: &Ids, i: usize, score: i64, id: &str) -> Ordering {
+        score
+            .cmp(&self.scores[i])
+            .then_with(|| ids.id(self.users[i]).cmp(id))
+    }
+
+    /// How many entries rank above the probe.
+    fn above(&self, ids: &Ids, score: i64, id: &str) -> usize {
+        // The scores alone first: entries with a higher score are above, lower below;
+        // ids are compared only among the equal scores.
+        let first = self.scores.partition_point(|&s| s > score);
+        let last = first + self.scores[first..].partition_point(|&s| s == score);
+        first + self.users[first..last].partition_point(|&u| ids.id(u) < id)
+    }
+
+    fn insert(&mut self, at: usize, score: i64, user: u32) {
+        if self.scores.len() == self.scores.capacity() {
+            // Grown once to the most it holds before a split, not doubled past it.
+            let more = (BLOCK_MAX + 1).saturating_sub(self.scores.len()).max(1);
+            self.scores.reserve_exact(more);
+            self.users.reserve_exact(more);
         }
-    })
+        self.scores.insert(at, score);
+        self.users.insert(at, user);
+    }
+
+    fn remove(&mut self, at: usize) {
+        self.scores.remove(at);
+        self.users.remove(at);
+    }
+
+    fn split_off(&mut self, at: usize) -> Block {
+        Block {
+            scores: self.scores.split_off(at),
+            users: self.users.split_off(at),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.scores.capacity() * 8 + self.users.capacity() * 4
+    }
 }
 
 /// One board's entries in rank order.
 #[derive(Default)]
 pub(crate) struct Ranked {
-    blocks: Vec<Vec<Entry>>,
+    blocks: Vec<Block>,
     /// Entries before each block: rebuilt by [`Self::settle`] after a batch of updates.
     before: Vec<u64>,
     len: u64,
@@ -111,16 +163,12 @@ impl Ranked {
     pub(crate) fn build(ids: &Ids, mut entries: Vec<(i64, u32)>) -> Self {
         entries.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| ids.id(a.1).cmp(ids.id(b.1))));
         let len = entries.len() as u64;
+        // Blocks built three-quarters full: room for inserts before the first split.
         let blocks = entries
-            .chunks(BLOCK_MAX / 2)
-            .map(|c| {
-                c.iter()
-                    .map(|&(score, user)| Entry {
-                        score,
-                        tie: tie_of(ids.id(user)),
-                        user,
-                    })
-                    .collect()
+            .chunks(BLOCK_MAX * 3 / 4)
+            .map(|c| Block {
+                scores: c.iter().map(|e| e.0).collect(),
+                users: c.iter().map(|e| e.1).collect(),
             })
             .collect();
         let mut r = Self {
@@ -138,29 +186,22 @@ impl Ranked {
     }
 
     /// The first block whose last entry does not rank above the probe.
-    fn block_of(&self, ids: &Ids, score: i64, tie: Tie, id: &str) -> usize {
-        self.blocks.partition_point(|b| {
-            b.last()
-                .is_some_and(|e| entry_vs(ids, e, score, tie, id) == Ordering::Less)
-        })
+    fn block_of(&self, ids: &Ids, score: i64, id: &str) -> usize {
+        self.blocks
+            .partition_point(|b| b.len() > 0 && b.vs(ids, b.len() - 1, score, id) == Ordering::Less)
     }
 
     /// Adds `user` (whose id is `ids.id(user)`) at `score`.
     pub(crate) fn insert(&mut self, ids: &Ids, score: i64, user: u32) {
         let id = ids.id(user);
-        let tie = tie_of(id);
-        let e = Entry { score, tie, user };
         self.len += 1;
         if self.blocks.is_empty() {
-            self.blocks.push(vec![e]);
-            return;
+            self.blocks.push(Block::default());
         }
-        let b = self
-            .block_of(ids, score, tie, id)
-            .min(self.blocks.len() - 1);
+        let b = self.block_of(ids, score, id).min(self.blocks.len() - 1);
         let block = &mut self.blocks[b];
-        let at = block.partition_point(|x| entry_vs(ids, x, score, tie, id) == Ordering::Less);
-        block.insert(at, e);
+        let at = block.above(ids, score, id);
+        block.insert(at, score, user);
         if block.len() > BLOCK_MAX {
             let upper = block.split_off(BLOCK_MAX / 2);
             self.blocks.insert(b + 1, upper);
@@ -170,20 +211,16 @@ impl Ranked {
     /// Removes `user` at `score`; whether it was there.
     pub(crate) fn remove(&mut self, ids: &Ids, score: i64, user: u32) -> bool {
         let id = ids.id(user);
-        let tie = tie_of(id);
-        let b = self.block_of(ids, score, tie, id);
+        let b = self.block_of(ids, score, id);
         let Some(block) = self.blocks.get_mut(b) else {
             return false;
         };
-        let at = block.partition_point(|x| entry_vs(ids, x, score, tie, id) == Ordering::Less);
-        if block
-            .get(at)
-            .is_none_or(|x| x.user != user || x.score != score)
-        {
+        let at = block.above(ids, score, id);
+        if at >= block.len() || block.users[at] != user || block.scores[at] != score {
             return false;
         }
         block.remove(at);
-        if block.is_empty() {
+        if block.len() == 0 {
             self.blocks.remove(b);
         }
         self.len -= 1;
@@ -205,15 +242,10 @@ impl Ranked {
     /// How many entries rank above (`score`, `id`): higher scores, and equal scores with a
     /// smaller id. The board must be settled.
     pub(crate) fn above(&self, ids: &Ids, score: i64, id: &str) -> u64 {
-        let tie = tie_of(id);
-        let b = self.block_of(ids, score, tie, id);
+        let b = self.block_of(ids, score, id);
         match self.blocks.get(b) {
             None => self.len,
-            Some(block) => {
-                self.before[b]
-                    + block.partition_point(|x| entry_vs(ids, x, score, tie, id) == Ordering::Less)
-                        as u64
-            }
+            Some(block) => self.before[b] + block.above(ids, score, id) as u64,
         }
     }
 
@@ -221,16 +253,15 @@ impl Ranked {
     pub(crate) fn top(&self, limit: usize) -> impl Iterator<Item = (i64, u32)> + '_ {
         self.blocks
             .iter()
-            .flatten()
+            .flat_map(|b| b.scores.iter().copied().zip(b.users.iter().copied()))
             .take(limit)
-            .map(|e| (e.score, e.user))
     }
 
-    /// Bytes held (estimated from capacities).
+    /// Bytes held (from capacities).
     pub(crate) fn bytes(&self) -> u64 {
-        let entries: usize = self.blocks.iter().map(Vec::capacity).sum();
-        (entries * std::mem::size_of::<Entry>()
-            + self.blocks.capacity() * 24
+        let blocks: usize = self.blocks.iter().map(Block::bytes).sum();
+        (blocks
+            + self.blocks.capacity() * std::mem::size_of::<Block>()
             + self.before.capacity() * 8) as u64
     }
 }
@@ -239,7 +270,7 @@ impl Ranked {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeSet, HashMap};
 
     // The board against a full sort: after random inserts and removes (many ties, ids
     // sharing their first 8 bytes), every rank and the top N agree.
