@@ -219,7 +219,7 @@ impl Task {
 /// A batch whose outputs are final, being written to the store by a thread of its own.
 struct Landing {
     /// What is being written; the next batch reads through it until it is stored.
-    set: WriteSet,
+    set: Arc<WriteSet>,
     /// Its counts.
     stats: BatchStats,
     /// The writing thread.
@@ -707,6 +707,8 @@ impl Processor {
             return Ok(());
         };
         let written = writer.join().unwrap_or(Err(StoreError::WriterPanicked));
+        // The writer has ended, so its handle on the set is gone.
+        let set = Arc::try_unwrap(set).unwrap_or_else(|shared| (*shared).clone());
         self.stored(set, stats, written)
     }
 
@@ -934,12 +936,11 @@ impl Processor {
         }
         debug_assert!(self.landing.is_none());
         if behind {
-            // The writes are gathered here (they read the store, which holds the batch
-            // before), and applied on a thread of their own.
-            let prepared = match self.store.prepare(&set) {
-                Ok(prepared) => prepared,
-                Err(e) => return self.stored(set, stats, Err(e)),
-            };
+            // The writes are gathered (they read the store, which holds the batch before:
+            // every commit waits for the write before it) and applied on a thread of their
+            // own, while the next batch folds and reads through the set.
+            let set = Arc::new(set);
+            let shared = Arc::clone(&set);
             let store = Arc::clone(&self.store);
             #[cfg(test)]
             let hold = Arc::clone(&self.hold_writes);
@@ -948,17 +949,25 @@ impl Processor {
                 .spawn(move || {
                     #[cfg(test)]
                     drop(hold.lock());
-                    store.apply(prepared)
+                    store
+                        .prepare(&shared)
+                        .and_then(|prepared| store.apply(prepared))
                 });
-            match spawned {
+            let set = match spawned {
                 Ok(writer) => {
                     self.landing = Some(Landing { set, stats, writer });
                     return Ok(());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "no thread for the store write; writing in line");
+                    Arc::try_unwrap(set).unwrap_or_else(|shared| (*shared).clone())
                 }
-            }
+            };
+            let written = self
+                .store
+                .prepare(&set)
+                .and_then(|prepared| self.store.apply(prepared));
+            return self.stored(set, stats, written);
         }
         let written = self
             .store

@@ -76,14 +76,19 @@ impl Ids {
 
     /// The id at `at`.
     pub(crate) fn id(&self, at: u32) -> &str {
-        let end = self.ends[at as usize] as usize;
-        let start = if at == 0 {
-            0
-        } else {
-            self.ends[at as usize - 1] as usize
-        };
         // Only whole ids (from `&str`) are ever appended, so every slice is UTF-8.
-        std::str::from_utf8(&self.arena[start..end]).unwrap_or_default()
+        std::str::from_utf8(self.raw(at)).unwrap_or_default()
+    }
+
+    /// The id at `at`, as bytes: what comparisons read (byte order is the ids' order),
+    /// without checking UTF-8 again each time.
+    fn raw(&self, at: u32) -> &[u8] {
+        let end = self.ends[at as usize] as usize;
+        let start = match at {
+            0 => 0,
+            _ => self.ends[at as usize - 1] as usize,
+        };
+        &self.arena[start..end]
     }
 
     /// Bytes held: the arena, the ends and the table (from their capacities).
@@ -109,7 +114,7 @@ impl Block {
     fn vs(&self, ids: &Ids, i: usize, score: i64, id: &str) -> Ordering {
         score
             .cmp(&self.scores[i])
-            .then_with(|| ids.id(self.users[i]).cmp(id))
+            .then_with(|| ids.raw(self.users[i]).cmp(id.as_bytes()))
     }
 
     /// How many entries rank above the probe.
@@ -118,7 +123,18 @@ impl Block {
         // ids are compared only among the equal scores.
         let first = self.scores.partition_point(|&s| s > score);
         let last = first + self.scores[first..].partition_point(|&s| s == score);
-        first + self.users[first..last].partition_point(|&u| ids.id(u) < id)
+        first + self.users[first..last].partition_point(|&u| ids.raw(u) < id.as_bytes())
+    }
+
+    /// Where `user` is at `score`, if in this block: found among the equal scores by its
+    /// index alone, with no id read.
+    fn find(&self, score: i64, user: u32) -> Option<usize> {
+        let first = self.scores.partition_point(|&s| s > score);
+        let last = first + self.scores[first..].partition_point(|&s| s == score);
+        self.users[first..last]
+            .iter()
+            .position(|&u| u == user)
+            .map(|at| first + at)
     }
 
     fn insert(&mut self, at: usize, score: i64, user: u32) {
@@ -161,7 +177,7 @@ pub(crate) struct Ranked {
 impl Ranked {
     /// A board of `entries` (score, user index), built with one sort.
     pub(crate) fn build(ids: &Ids, mut entries: Vec<(i64, u32)>) -> Self {
-        entries.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| ids.id(a.1).cmp(ids.id(b.1))));
+        entries.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| ids.raw(a.1).cmp(ids.raw(b.1))));
         let len = entries.len() as u64;
         // Blocks built three-quarters full: room for inserts before the first split.
         let blocks = entries
@@ -215,10 +231,9 @@ impl Ranked {
         let Some(block) = self.blocks.get_mut(b) else {
             return false;
         };
-        let at = block.above(ids, score, id);
-        if at >= block.len() || block.users[at] != user || block.scores[at] != score {
+        let Some(at) = block.find(score, user) else {
             return false;
-        }
+        };
         block.remove(at);
         if block.len() == 0 {
             self.blocks.remove(b);

@@ -128,7 +128,7 @@ fn built(build: impl FnOnce(&mut Vec<u8>)) -> fjall::UserKey {
 }
 
 /// Everything one commit writes, in one atomic batch.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct WriteSet {
     /// Latest state of every user changed in the batch, by (partition, user_id).
     pub users: HashMap<(i32, String), UserState>,
