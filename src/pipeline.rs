@@ -921,11 +921,17 @@ impl Processor {
             return Ok(());
         };
         // One atomic write for every partition's batch: one transaction holds them all.
-        let mut set = WriteSet::default();
-        for task in self.tasks.values_mut() {
-            if let Some(flight) = task.inflight.take() {
-                set.absorb(flight);
-            }
+        // The largest task's set is the base, so that its entries are not moved again.
+        let mut flights: Vec<WriteSet> = self
+            .tasks
+            .values_mut()
+            .filter_map(|task| task.inflight.take())
+            .collect();
+        flights.sort_by_key(|f| std::cmp::Reverse(f.users.len() + f.ledger.len()));
+        let mut flights = flights.into_iter();
+        let mut set = flights.next().unwrap_or_default();
+        for flight in flights {
+            set.absorb(flight);
         }
         match sink.finish(&set.offsets) {
             Ok(changelog) => set.changelog = changelog,
