@@ -397,6 +397,13 @@ impl Boards {
                 },
             };
             for (i, r) in three.iter_mut().enumerate() {
+                if let (Some(old), Some(new)) = (c.old, c.new) {
+                    if old[i] == new[i] {
+                        // This board's score did not move (a redemption moves coins
+                        // alone): its entry stays where it is.
+                        continue;
+                    }
+                }
                 if let Some(old) = c.old {
                     let found = r.remove(ids, old[i], user);
                     // An old score the boards do not hold means they and the store
