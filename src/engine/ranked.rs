@@ -3,9 +3,9 @@
 //! searches and a move inside one block, and a rank or a top N is O(log n) without
 //! walking the entries above.
 //!
-//! An entry is 12 bytes: the score and the user's index in its partition's [`Ids`], kept
-//! in two arrays per block so that a search reads scores alone until it meets equal
-//! ones; only then are ids compared. The ids themselves are kept once per partition, in
+//! An entry is 8 bytes (12 in a block holding a score beyond an `i32`): the score and
+//! the user's index in its partition's [`Ids`], kept in two arrays per block so that a
+//! search reads scores alone until it meets equal ones; only then are ids compared. The ids themselves are kept once per partition, in
 //! one byte arena shared by its boards.
 
 use std::cmp::Ordering;
@@ -97,54 +97,174 @@ impl Ids {
     }
 }
 
+/// Entries a block grows by when full: blocks hold 64 to 128 entries, so growing in steps
+/// keeps the room they hold unused under a fifth, where doubling left up to half.
+const BLOCK_GROWTH: usize = 16;
+
+/// A block's scores: 4 bytes each while every one fits an `i32` (most do: a day's, week's
+/// or month's xp, coins and spend), 8 once one does not.
+enum Scores {
+    Narrow(Vec<i32>),
+    Wide(Vec<i64>),
+}
+
+impl Default for Scores {
+    fn default() -> Self {
+        Scores::Narrow(Vec::new())
+    }
+}
+
+impl Scores {
+    /// `scores`, narrow if every one fits.
+    fn of(scores: impl Iterator<Item = i64> + Clone) -> Self {
+        match scores
+            .clone()
+            .map(i32::try_from)
+            .collect::<Result<Vec<i32>, _>>()
+        {
+            Ok(mut narrow) => {
+                // Collected through `Result`, the vector grew by doubling.
+                narrow.shrink_to_fit();
+                Scores::Narrow(narrow)
+            }
+            Err(_) => Scores::Wide(scores.collect()),
+        }
+    }
+
+    fn get(&self, i: usize) -> i64 {
+        match self {
+            Scores::Narrow(v) => i64::from(v[i]),
+            Scores::Wide(v) => v[i],
+        }
+    }
+
+    /// The first index from `from` whose score is not above `score` (`equal: false`), or
+    /// not equal to it (`equal: true`): scores are in descending order.
+    fn point(&self, from: usize, score: i64, equal: bool) -> usize {
+        let keep = |s: i64| if equal { s == score } else { s > score };
+        from + match self {
+            Scores::Narrow(v) => v[from..].partition_point(|&s| keep(i64::from(s))),
+            Scores::Wide(v) => v[from..].partition_point(|&s| keep(s)),
+        }
+    }
+
+    fn insert(&mut self, at: usize, score: i64) {
+        if let Scores::Narrow(v) = self {
+            match i32::try_from(score) {
+                Ok(narrow) => {
+                    grow(v);
+                    v.insert(at, narrow);
+                    return;
+                }
+                Err(_) => {
+                    let mut wide: Vec<i64> = Vec::with_capacity(v.capacity());
+                    wide.extend(v.iter().map(|&s| i64::from(s)));
+                    *self = Scores::Wide(wide);
+                }
+            }
+        }
+        if let Scores::Wide(v) = self {
+            grow(v);
+            v.insert(at, score);
+        }
+    }
+
+    fn remove(&mut self, at: usize) {
+        match self {
+            Scores::Narrow(v) => {
+                v.remove(at);
+            }
+            Scores::Wide(v) => {
+                v.remove(at);
+            }
+        }
+    }
+
+    fn split_off(&mut self, at: usize) -> Scores {
+        match self {
+            Scores::Narrow(v) => {
+                let upper = Scores::Narrow(v.split_off(at));
+                v.shrink_to(at + BLOCK_GROWTH);
+                upper
+            }
+            Scores::Wide(v) => {
+                let upper = Scores::Wide(v.split_off(at));
+                v.shrink_to(at + BLOCK_GROWTH);
+                upper
+            }
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = i64> + '_> {
+        match self {
+            Scores::Narrow(v) => Box::new(v.iter().map(|&s| i64::from(s))),
+            Scores::Wide(v) => Box::new(v.iter().copied()),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Scores::Narrow(v) => v.capacity() * 4,
+            Scores::Wide(v) => v.capacity() * 8,
+        }
+    }
+}
+
+/// Room for one more entry in a full block's array: [`BLOCK_GROWTH`] more, not double.
+fn grow<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(BLOCK_GROWTH.min(BLOCK_MAX + 1 - v.len().min(BLOCK_MAX)));
+    }
+}
+
 /// One block of a board: scores and users, index by index.
 #[derive(Default)]
 struct Block {
-    scores: Vec<i64>,
+    scores: Scores,
     users: Vec<u32>,
 }
 
 impl Block {
     fn len(&self) -> usize {
-        self.scores.len()
+        self.users.len()
     }
 
     /// Where a probe (`score`, `id`) sorts against entry `i`: `Less` when the entry ranks
     /// above it.
     fn vs(&self, ids: &Ids, i: usize, score: i64, id: &str) -> Ordering {
         score
-            .cmp(&self.scores[i])
+            .cmp(&self.scores.get(i))
             .then_with(|| ids.raw(self.users[i]).cmp(id.as_bytes()))
+    }
+
+    /// The entries whose score equals `score`: a range, found by scores alone.
+    fn equal(&self, score: i64) -> std::ops::Range<usize> {
+        let first = self.scores.point(0, score, false);
+        first..self.scores.point(first, score, true)
     }
 
     /// How many entries rank above the probe.
     fn above(&self, ids: &Ids, score: i64, id: &str) -> usize {
         // The scores alone first: entries with a higher score are above, lower below;
         // ids are compared only among the equal scores.
-        let first = self.scores.partition_point(|&s| s > score);
-        let last = first + self.scores[first..].partition_point(|&s| s == score);
-        first + self.users[first..last].partition_point(|&u| ids.raw(u) < id.as_bytes())
+        let run = self.equal(score);
+        run.start + self.users[run].partition_point(|&u| ids.raw(u) < id.as_bytes())
     }
 
     /// Where `user` is at `score`, if in this block: found among the equal scores by its
     /// index alone, with no id read.
     fn find(&self, score: i64, user: u32) -> Option<usize> {
-        let first = self.scores.partition_point(|&s| s > score);
-        let last = first + self.scores[first..].partition_point(|&s| s == score);
-        self.users[first..last]
+        let run = self.equal(score);
+        let first = run.start;
+        self.users[run]
             .iter()
             .position(|&u| u == user)
             .map(|at| first + at)
     }
 
     fn insert(&mut self, at: usize, score: i64, user: u32) {
-        if self.scores.len() == self.scores.capacity() {
-            // Grown once to the most it holds before a split, not doubled past it.
-            let more = (BLOCK_MAX + 1).saturating_sub(self.scores.len()).max(1);
-            self.scores.reserve_exact(more);
-            self.users.reserve_exact(more);
-        }
         self.scores.insert(at, score);
+        grow(&mut self.users);
         self.users.insert(at, user);
     }
 
@@ -154,14 +274,16 @@ impl Block {
     }
 
     fn split_off(&mut self, at: usize) -> Block {
-        Block {
+        let upper = Block {
             scores: self.scores.split_off(at),
             users: self.users.split_off(at),
-        }
+        };
+        self.users.shrink_to(at + BLOCK_GROWTH);
+        upper
     }
 
     fn bytes(&self) -> usize {
-        self.scores.capacity() * 8 + self.users.capacity() * 4
+        self.scores.bytes() + self.users.capacity() * 4
     }
 }
 
@@ -183,7 +305,7 @@ impl Ranked {
         let blocks = entries
             .chunks(BLOCK_MAX * 3 / 4)
             .map(|c| Block {
-                scores: c.iter().map(|e| e.0).collect(),
+                scores: Scores::of(c.iter().map(|e| e.0)),
                 users: c.iter().map(|e| e.1).collect(),
             })
             .collect();
@@ -268,7 +390,7 @@ impl Ranked {
     pub(crate) fn top(&self, limit: usize) -> impl Iterator<Item = (i64, u32)> + '_ {
         self.blocks
             .iter()
-            .flat_map(|b| b.scores.iter().copied().zip(b.users.iter().copied()))
+            .flat_map(|b| b.scores.iter().zip(b.users.iter().copied()))
             .take(limit)
     }
 
@@ -288,11 +410,19 @@ mod tests {
     use std::collections::{BTreeSet, HashMap};
 
     // The board against a full sort: after random inserts and removes (many ties, ids
-    // sharing their first 8 bytes), every rank and the top N agree.
+    // sharing their first 8 bytes, scores beyond an i32), every rank and the top N agree.
     proptest! {
         #[test]
         fn ranks_and_tops_equal_a_full_sort(
-            ops in proptest::collection::vec((0u8..3, 0usize..60, -3i64..4), 1..2_000),
+            ops in proptest::collection::vec(
+                (0u8..3, 0usize..60, prop_oneof![
+                    8 => -3i64..4,
+                    1 => Just(i64::MAX),
+                    1 => Just(i64::MIN + 1),
+                    1 => Just(3_000_000_000i64),
+                ]),
+                1..2_000,
+            ),
         ) {
             let mut ids = Ids::default();
             let names: Vec<String> = (0..60)
