@@ -35,7 +35,7 @@ use mallquest::codec;
 use mallquest::domain::{self, Effect, LedgerEntry, Period, PeriodScore, UserState};
 use mallquest::partitioner::Partitioner;
 use mallquest::sim::{Mix, SimEvent, Simulator};
-use mallquest::store::{period_score, scores, value, Board, Scores};
+use mallquest::store::{scores, value, Board, Scores};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -156,8 +156,8 @@ impl<T: Tie> Boards<T> {
                 continue;
             };
             for (i, b) in Board::ALL.into_iter().enumerate() {
-                let score = period_score(ps, b);
-                let was = old.map(|o| period_score(o, b));
+                let score = b.period_score(ps);
+                let was = old.map(|o| b.period_score(o));
                 if was != Some(score) {
                     if let Some(was) = was {
                         boards[i].remove(&(Reverse(was), user.clone()));

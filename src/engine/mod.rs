@@ -59,11 +59,6 @@ impl Board {
     }
 }
 
-/// A period score on `board`.
-pub fn period_score(p: &PeriodScore, board: Board) -> i64 {
-    board.period_score(p)
-}
-
 /// A user's scores on every board, in [`Board::ALL`] order.
 pub type Scores = [i64; 3];
 
@@ -163,11 +158,6 @@ impl BoardChanges {
     /// Whether there is nothing to change.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
-    }
-
-    /// Adds `other`'s changes after these.
-    pub fn absorb(&mut self, other: BoardChanges) {
-        self.changes.extend(other.changes);
     }
 }
 
@@ -320,15 +310,6 @@ impl Boards {
     /// Periods of each kind kept.
     pub fn kept(&self) -> usize {
         self.kept
-    }
-
-    /// Builds `partition`'s boards from every one of its users, replacing what it held.
-    pub fn rebuild(&mut self, partition: i32, users: impl IntoIterator<Item = UserState>) {
-        let mut b = Builder::new(self.kept);
-        for u in users {
-            b.add(&u);
-        }
-        self.install(partition, b);
     }
 
     /// Puts a partition's built boards in place of what it held.

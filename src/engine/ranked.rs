@@ -31,35 +31,19 @@ pub(crate) struct Ids {
 impl Ids {
     /// The index of `id`, interned if new.
     pub(crate) fn intern(&mut self, id: &str) -> u32 {
-        let hash = self.hasher.hash_one(id);
+        // Ids are hashed as bytes, so that a rehash reads the arena without checking UTF-8.
+        let hash = self.hasher.hash_one(id.as_bytes());
         let Ids {
             table,
             hasher,
             arena,
             ends,
         } = self;
-        let get = |at: u32| -> &[u8] {
-            let end = ends[at as usize] as usize;
-            let start = if at == 0 {
-                0
-            } else {
-                ends[at as usize - 1] as usize
-            };
-            &arena[start..end]
-        };
-        if let Some(&at) = table.find(hash, |&at| get(at) == id.as_bytes()) {
+        if let Some(&at) = table.find(hash, |&at| id_at(arena, ends, at) == id.as_bytes()) {
             return at;
         }
         let at = u32::try_from(ends.len()).expect("fewer than 2^32 users in a partition");
-        table.insert_unique(hash, at, |&at| {
-            let end = ends[at as usize] as usize;
-            let start = if at == 0 {
-                0
-            } else {
-                ends[at as usize - 1] as usize
-            };
-            hasher.hash_one(std::str::from_utf8(&arena[start..end]).unwrap_or_default())
-        });
+        table.insert_unique(hash, at, |&at| hasher.hash_one(id_at(arena, ends, at)));
         arena.extend_from_slice(id.as_bytes());
         // 4 GiB of ids in one partition (hundreds of millions of users) is past any
         // budget this process is given.
@@ -70,8 +54,10 @@ impl Ids {
     /// The index of `id`, if interned.
     #[cfg(test)]
     pub(crate) fn get(&self, id: &str) -> Option<u32> {
-        let hash = self.hasher.hash_one(id);
-        self.table.find(hash, |&at| self.id(at) == id).copied()
+        let hash = self.hasher.hash_one(id.as_bytes());
+        self.table
+            .find(hash, |&at| self.raw(at) == id.as_bytes())
+            .copied()
     }
 
     /// The id at `at`.
@@ -83,12 +69,7 @@ impl Ids {
     /// The id at `at`, as bytes: what comparisons read (byte order is the ids' order),
     /// without checking UTF-8 again each time.
     fn raw(&self, at: u32) -> &[u8] {
-        let end = self.ends[at as usize] as usize;
-        let start = match at {
-            0 => 0,
-            _ => self.ends[at as usize - 1] as usize,
-        };
-        &self.arena[start..end]
+        id_at(&self.arena, &self.ends, at)
     }
 
     /// Bytes held: the arena, the ends and the table (from their capacities).
@@ -215,6 +196,16 @@ fn grow<T>(v: &mut Vec<T>) {
     if v.len() == v.capacity() {
         v.reserve_exact(BLOCK_GROWTH.min(BLOCK_MAX + 1 - v.len().min(BLOCK_MAX)));
     }
+}
+
+/// The bytes of id `at` in `arena`, where `ends` says each id ends.
+fn id_at<'a>(arena: &'a [u8], ends: &[u32], at: u32) -> &'a [u8] {
+    let end = ends[at as usize] as usize;
+    let start = match at {
+        0 => 0,
+        _ => ends[at as usize - 1] as usize,
+    };
+    &arena[start..end]
 }
 
 /// One block of a board: scores and users, index by index.

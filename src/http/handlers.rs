@@ -623,7 +623,7 @@ pub(super) async fn rank(
                 .periods
                 .iter()
                 .find(|s| s.kind == *kind && s.key == *at)
-                .map(|s| crate::store::period_score(s, by))
+                .map(|s| by.period_score(s))
                 .ok_or_else(not_on_board)?,
             None => crate::store::scores(u)[by as usize],
         }),

@@ -161,7 +161,7 @@ pub(super) fn catch_up(
                     flush(&mut set, &fresh)?;
                     fresh.remove(&p);
                     let indexing = Instant::now();
-                    store.index_partition(p, CHUNK)?;
+                    store.index_partition(p)?;
                     indexed += indexing.elapsed();
                 }
                 position(&mut set, p, &mut metas, &mut next);

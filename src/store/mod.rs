@@ -106,7 +106,7 @@ const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// The size fjall's leveled compaction aims at for a table (see `open_with_memory`).
 const TABLE_TARGET: u64 = 8 << 20;
 
-pub use crate::engine::{indexed, period_score, scores, Board, Indexed, Scores};
+pub use crate::engine::{indexed, scores, Board, Indexed, Scores};
 
 /// An i64 as 8 bytes whose byte order is its numeric order (sign bit flipped).
 fn ordered(n: i64) -> u64 {
@@ -789,7 +789,7 @@ impl Store {
 
     /// Builds the boards of `partition` from its stored users: after a restore that wrote
     /// them unindexed, or that may have been interrupted before. Returns its users.
-    pub fn index_partition(&self, partition: i32, _chunk: usize) -> Result<u64, StoreError> {
+    pub fn index_partition(&self, partition: i32) -> Result<u64, StoreError> {
         let per = self.build_boards(Some(partition))?;
         Ok(per.get(&partition).copied().unwrap_or(0))
     }
@@ -1564,9 +1564,9 @@ mod tests {
         }
         store.commit(&set).unwrap();
         assert_eq!(store.users_in(|p| p == 2), 0);
-        store.index_partition(2, 10).unwrap();
+        store.index_partition(2).unwrap();
         assert_eq!(store.users_in(|p| p == 2), 2);
-        assert_eq!(store.index_partition(0, 10).unwrap(), 3);
+        assert_eq!(store.index_partition(0).unwrap(), 3);
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.users_in(|_| true), 6);
@@ -1597,7 +1597,7 @@ mod tests {
         let ids = |b| board_ids(&store, b);
         // Not indexed yet: only partition 1 shows.
         assert_eq!(ids(Board::Xp), ["u-x"]);
-        assert_eq!(store.index_partition(3, 2).unwrap(), 3);
+        assert_eq!(store.index_partition(3).unwrap(), 3);
         assert_eq!(ids(Board::Xp), ["u-a", "u-b", "u-x", "u-c"]);
         assert_eq!(ids(Board::Coins), ["u-c", "u-b", "u-a", "u-x"]);
         // Later updates re-index from the indexed scores, leaving nothing stale.
