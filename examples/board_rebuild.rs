@@ -3,7 +3,7 @@
 //! the time, the users and the boards' bytes by structure.
 //!
 //! `cargo run --release --example board_rebuild -- DIR [PERIODS_KEPT]`, on a store left
-//! by `mallquest bench --dir DIR ...` (BENCHMARKS.md, "The boards in memory").
+//! by `mallquest bench --dir DIR ...` (docs/benchmarks-history.md, "The boards in memory").
 
 use std::time::Instant;
 

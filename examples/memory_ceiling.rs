@@ -22,7 +22,7 @@
 //!
 //! Prints receipts/s, CPU-seconds per million receipts (the generator's thread excluded),
 //! peak RSS, and the heap per stored user at the end, ledger and boards included
-//! (BENCHMARKS.md, "An engine with its state in memory").
+//! (docs/benchmarks-history.md, "An engine with its state in memory").
 //!
 //! Usage: cargo run --release --example memory_ceiling -- RECEIPTS USERS [BATCH] [--ids | --no-boards]
 

@@ -6,7 +6,7 @@
 //! `Store::apply` does, into a keyspace configured as the store's are (a quarter of the
 //! default 16 MiB write budget per memtable, 8 MiB tables, one background worker, no bloom
 //! filter). Prints receipts/s, keys/s, CPU-seconds per million receipts and peak RSS
-//! (BENCHMARKS.md, "What the store alone can do").
+//! (docs/benchmarks-history.md, "What the store alone can do").
 //!
 //! Usage: cargo run --release --example store_ceiling -- RECEIPTS KEYS [BATCH]
 

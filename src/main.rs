@@ -50,8 +50,8 @@ fn serve_demo(config: &Config, store: Arc<Store>, listen: &str) -> anyhow::Resul
 
 /// jemalloc instead of glibc's malloc: the fold allocates small, short-lived keys and
 /// values per receipt, and glibc's allocator took about 18% of the fold thread's time.
-/// Side by side (BENCHMARKS.md 1) the fold ran 1.34x faster with jemalloc, for 11% more
-/// peak RSS; mimalloc ran 1.4x faster for 32% more.
+/// Side by side (docs/benchmarks-history.md 1) the fold ran 1.34x faster with jemalloc,
+/// for 11% more peak RSS; mimalloc ran 1.4x faster for 32% more.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use mallquest::store::Store;

@@ -54,7 +54,7 @@ pub const DEFAULT_MAX_BATCH_RECORDS: u64 = 50_000;
 pub struct Cadence {
     interval: Duration,
     /// Most records in one batch: with a few in flight at once, they bound the memory a
-    /// fold of new users takes (BENCHMARKS.md, "Smaller batches").
+    /// fold of new users takes (docs/benchmarks-history.md, "Smaller batches").
     max_records: u64,
     send_every: Duration,
     deadline: Instant,
@@ -1216,8 +1216,8 @@ mod tests {
     }
 
     // What a purchase costs the store, key by key: the engine's cost is about 1.5 us of CPU
-    // per key written (BENCHMARKS.md, "What the store alone can do"), so a layout change
-    // that writes more keys has to show here. A new user: its value, an entry on each of
+    // per key written (docs/benchmarks-history.md, "What the store alone can do"), so a layout
+    // change that writes more keys has to show here. A new user: its value, an entry on each of
     // the 3 all-time boards and on the 3 boards of each of its day, week and month (9),
     // the receipt's ledger and `due` entries, a rank count per board entry, the users per
     // period and per partition, and the batch's offset. The same user again the same day:

@@ -481,7 +481,7 @@ fn served_offsets(http: &str) -> Option<String> {
         .and_then(|r| r.headers.get("x-mallquest-offsets").cloned())
 }
 
-/// BENCHMARKS.md ("Restart time"): SIGKILL to the restarted process's first commit, in
+/// docs/benchmarks-history.md ("Restart time"): SIGKILL to the restarted process's first commit, in
 /// group mode with and without static membership, receipts arriving at 500/s.
 #[test]
 #[ignore = "a measurement; run by hand (BENCHMARKS.md)"]

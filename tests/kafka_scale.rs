@@ -789,8 +789,8 @@ fn median_of(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// BENCHMARKS.md "Scale-out": restore rate, failover times and drain throughput with 1, 2
-/// and 3 instances. A measurement, run by hand in release mode:
+/// docs/benchmarks-history.md "Scale-out": restore rate, failover times and drain throughput
+/// with 1, 2 and 3 instances. A measurement, run by hand in release mode:
 /// `cargo test --release --test kafka_scale -- --ignored --nocapture scale_figures`.
 #[test]
 #[ignore = "a measurement; run by hand (BENCHMARKS.md)"]

@@ -7,11 +7,11 @@
 //!
 //! Levelling off: the process's memory is its bounded parts filling up (the block cache,
 //! whose heap is about 1.3 times its `cache_mb` weight; the memtables; the hot set) plus a
-//! steady remainder (BENCHMARKS.md 3, "Where the soak's memory goes"). The first half is
-//! the warm-up; the peak RSS of the last quarter must be within 5% of the third quarter's
-//! (peaks, because RSS saws up and down with every memtable flush). The default 256 MiB
-//! cache takes far longer than twenty minutes to fill at this rate, so the soak runs with
-//! `cache_mb = 32` unless `MALLQUEST_SOAK_CACHE_MB` says otherwise.
+//! steady remainder (docs/benchmarks-history.md 3, "Where the soak's memory goes"). The
+//! first half is the warm-up; the peak RSS of the last quarter must be within 5% of the
+//! third quarter's (peaks, because RSS saws up and down with every memtable flush). The
+//! default 256 MiB cache takes far longer than twenty minutes to fill at this rate, so the
+//! soak runs with `cache_mb = 32` unless `MALLQUEST_SOAK_CACHE_MB` says otherwise.
 //!
 //! On Apache Kafka, as in production: the projections topic is created compacted (by
 //! mallquest itself), and the consumer fetches with librdkafka's defaults.

@@ -83,7 +83,7 @@ pub enum StoreError {
 /// take about twice this in heap, and every flush frees it at once; at 64 MiB the
 /// allocator's resident memory kept creeping after that churn, at 16 it levelled off. The
 /// cost shows in bulk folds of millions of users: more CPU and a higher peak (many small
-/// tables), where 64 does better (BENCHMARKS.md 3).
+/// tables), where 64 does better (docs/benchmarks-history.md 3).
 pub const DEFAULT_WRITE_BUFFER: u64 = 16 << 20;
 
 /// A commit waits while the memtables hold more than this many times the write budget
@@ -459,7 +459,8 @@ impl Store {
         // most that much. fjall's one worker runs flushes and compactions in turn, and while
         // a long compaction runs no memtable is rotated or flushed, so the memtables grew far
         // past their budget in bulk folds: peak RSS at 2,000,000 new users 357 to 396 MiB
-        // against 544 to 555, at the same rate (BENCHMARKS.md, "The fold engine").
+        // against 544 to 555, at the same rate (docs/benchmarks-history.md, "The fold
+        // engine").
         let options = move || {
             KeyspaceCreateOptions::default()
                 .max_memtable_size(memtable)
@@ -482,8 +483,8 @@ impl Store {
             // One background worker, not fjall's default of one per core (two here): with
             // two, fjall 3.1.13's worker 0 hands every compaction back to the queue and
             // polls again while worker 1 compacts, spinning a core. Measured on a 1,000,000
-            // receipt drain (BENCHMARKS.md): 73 vs 95 to 99 us of CPU per record, 16,200 vs
-            // 13,000 to 13,700 records/s.
+            // receipt drain (docs/benchmarks-history.md, "Again on a quiet machine"): 73 vs
+            // 95 to 99 us of CPU per record, 16,200 vs 13,000 to 13,700 records/s.
             .worker_threads(1)
             .with_compaction_filter_factories(Arc::new(move |keyspace: &str| {
                 (keyspace == "ledger").then(|| Arc::clone(&factory))
@@ -1061,9 +1062,9 @@ impl Store {
     /// Waits while the memtables hold more than their bound, for fjall's worker to flush
     /// them (as long as it has a flush or a compaction to do: [`WRITE_STALL_IDLE`]). A batch goes into the active memtables whole, and the worker rotates and
     /// flushes them only between compactions, so a fold of millions of new users outran it
-    /// and the memtables grew to hundreds of MiB (BENCHMARKS.md, "A write stall"). Every
-    /// wait is counted here, whichever commit waited: in [`StoreMemory::write_stall`] and
-    /// in the stall histogram.
+    /// and the memtables grew to hundreds of MiB (docs/benchmarks-history.md, "A write
+    /// stall"). Every wait is counted here, whichever commit waited: in
+    /// [`StoreMemory::write_stall`] and in the stall histogram.
     fn wait_for_flushes(&self) {
         let stopping = || {
             self.stall_stop
