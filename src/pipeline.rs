@@ -531,12 +531,17 @@ impl Processor {
 
     /// A user's newest state outside the batch in hand: the batch being written's (not in
     /// the store yet, so the newest), the hot set's, or the store's.
-    fn load(&self, key: &(i32, String)) -> Result<Option<UserState>, StoreError> {
+    ///
+    /// A hot user is moved out of the hot set, not copied: the batch in hand now holds its
+    /// newest state, and the commit that stores it puts it back. A batch dropped, or a
+    /// receipt that leaves the user unchanged, only costs a store read the next time (the
+    /// hot set holds committed states, so a user missing from it is read from the store).
+    fn load(&mut self, key: &(i32, String)) -> Result<Option<UserState>, StoreError> {
         if let Some(u) = self.landing.as_ref().and_then(|l| l.set.users.get(key)) {
             return Ok(Some(u.clone()));
         }
-        if let Some(u) = self.hot.as_ref().and_then(|h| h.get(key)) {
-            return Ok(Some(u.clone()));
+        if let Some((_, u)) = self.hot.as_mut().and_then(|h| h.remove(key)) {
+            return Ok(Some(u));
         }
         self.store.user(key.0, &key.1)
     }
