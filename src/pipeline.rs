@@ -216,10 +216,15 @@ impl Task {
     }
 }
 
+/// A commit's batch: each partition's set, written together in one atomic batch but
+/// never merged into one (moving every entry into one map cost more than the write).
+type Flights = BTreeMap<i32, WriteSet>;
+
 /// A batch whose outputs are final, being written to the store by a thread of its own.
 struct Landing {
-    /// What is being written; the next batch reads through it until it is stored.
-    set: Arc<WriteSet>,
+    /// What is being written, by partition; the next batch reads through it until it is
+    /// stored.
+    sets: Arc<Flights>,
     /// Its counts.
     stats: BatchStats,
     /// The writing thread.
@@ -431,7 +436,7 @@ impl Processor {
         self.tasks
             .get(&p)
             .and_then(|t| t.pending.marks.get(&p))
-            .or_else(|| self.landing.as_ref()?.set.marks.get(&p))
+            .or_else(|| self.landing.as_ref()?.sets.get(&p)?.marks.get(&p))
             .copied()
             .or_else(|| self.store.mark(p))
     }
@@ -537,7 +542,11 @@ impl Processor {
     /// receipt that leaves the user unchanged, only costs a store read the next time (the
     /// hot set holds committed states, so a user missing from it is read from the store).
     fn load(&mut self, key: &(i32, String)) -> Result<Option<UserState>, StoreError> {
-        if let Some(u) = self.landing.as_ref().and_then(|l| l.set.users.get(key)) {
+        if let Some(u) = self
+            .landing
+            .as_ref()
+            .and_then(|l| l.sets.get(&key.0)?.users.get(key))
+        {
             return Ok(Some(u.clone()));
         }
         if let Some((_, u)) = self.hot.as_mut().and_then(|h| h.remove(key)) {
@@ -662,7 +671,7 @@ impl Processor {
         let key = (p, user_id.to_owned(), receipt_id.to_owned());
         let task = self.tasks.get(&p);
         let in_hand = task.and_then(|t| t.pending.ledger.get(&key));
-        let landing = || self.landing.as_ref()?.set.ledger.get(&key);
+        let landing = || self.landing.as_ref()?.sets.get(&p)?.ledger.get(&key);
         match in_hand.or_else(landing) {
             Some(e) => Ok(Some(e.clone())),
             None => self.store.ledger_entry(p, user_id, receipt_id),
@@ -708,13 +717,18 @@ impl Processor {
     /// batch is in the store, its counts join the unreported ones, for the next commit to
     /// return. A failed write is handled as in [`Self::settle`].
     pub fn finish_write(&mut self) -> Result<(), CommitError> {
-        let Some(Landing { set, stats, writer }) = self.landing.take() else {
+        let Some(Landing {
+            sets,
+            stats,
+            writer,
+        }) = self.landing.take()
+        else {
             return Ok(());
         };
         let written = writer.join().unwrap_or(Err(StoreError::WriterPanicked));
-        // The writer has ended, so its handle on the set is gone.
-        let set = Arc::try_unwrap(set).unwrap_or_else(|shared| (*shared).clone());
-        self.stored(set, stats, written)
+        // The writer has ended, so its handle on the sets is gone.
+        let sets = Arc::try_unwrap(sets).unwrap_or_else(|shared| (*shared).clone());
+        self.stored(sets, stats, written)
     }
 
     /// Whether a store write running behind the fold is still running.
@@ -926,72 +940,75 @@ impl Processor {
             return Ok(());
         };
         // One atomic write for every partition's batch: one transaction holds them all.
-        // The largest task's set is the base, so that its entries are not moved again.
-        let mut flights: Vec<WriteSet> = self
+        let mut flights: Flights = self
             .tasks
-            .values_mut()
-            .filter_map(|task| task.inflight.take())
+            .iter_mut()
+            .filter_map(|(&p, task)| Some((p, task.inflight.take()?)))
             .collect();
-        flights.sort_by_key(|f| std::cmp::Reverse(f.users.len() + f.ledger.len()));
-        let mut flights = flights.into_iter();
-        let mut set = flights.next().unwrap_or_default();
-        for flight in flights {
-            set.absorb(flight);
-        }
-        match sink.finish(&set.offsets) {
-            Ok(changelog) => set.changelog = changelog,
+        let offsets: BTreeMap<(String, i32), i64> = flights
+            .values()
+            .flat_map(|f| f.offsets.iter().map(|(k, &next)| (k.clone(), next)))
+            .collect();
+        match sink.finish(&offsets) {
+            Ok(changelog) => {
+                for (p, next) in changelog {
+                    flights.entry(p).or_default().changelog.insert(p, next);
+                }
+            }
             Err(e) => {
                 self.reset();
                 return Err(CommitError::Publish(e));
             }
         }
         debug_assert!(self.landing.is_none());
-        if behind {
-            // The writes are gathered (they read the store, which holds the batch before:
-            // every commit waits for the write before it) and applied on a thread of their
-            // own, while the next batch folds and reads through the set.
-            let set = Arc::new(set);
-            let shared = Arc::clone(&set);
-            let store = Arc::clone(&self.store);
-            #[cfg(test)]
-            let hold = Arc::clone(&self.hold_writes);
-            let spawned = std::thread::Builder::new()
-                .name("store-writer".to_owned())
-                .spawn(move || {
-                    #[cfg(test)]
-                    drop(hold.lock());
-                    store
-                        .prepare(&shared)
-                        .and_then(|prepared| store.apply(prepared))
-                });
-            let set = match spawned {
-                Ok(writer) => {
-                    self.landing = Some(Landing { set, stats, writer });
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "no thread for the store write; writing in line");
-                    Arc::try_unwrap(set).unwrap_or_else(|shared| (*shared).clone())
-                }
-            };
-            let written = self
-                .store
-                .prepare(&set)
-                .and_then(|prepared| self.store.apply(prepared));
-            return self.stored(set, stats, written);
+        let write = |store: &Store, sets: &Flights| {
+            store
+                .prepare_all(sets.values())
+                .and_then(|prepared| store.apply(prepared))
+        };
+        if !behind {
+            let written = write(&self.store, &flights);
+            return self.stored(flights, stats, written);
         }
-        let written = self
-            .store
-            .prepare(&set)
-            .and_then(|prepared| self.store.apply(prepared));
-        self.stored(set, stats, written)
+        // The writes are gathered (they read the store, which holds the batch before:
+        // every commit waits for the write before it) and applied on a thread of their
+        // own, while the next batch folds and reads through the sets.
+        let sets = Arc::new(flights);
+        let shared = Arc::clone(&sets);
+        let store = Arc::clone(&self.store);
+        #[cfg(test)]
+        let hold = Arc::clone(&self.hold_writes);
+        let spawned = std::thread::Builder::new()
+            .name("store-writer".to_owned())
+            .spawn(move || {
+                #[cfg(test)]
+                drop(hold.lock());
+                write(&store, &shared)
+            });
+        match spawned {
+            Ok(writer) => {
+                self.landing = Some(Landing {
+                    sets,
+                    stats,
+                    writer,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for the store write; writing in line");
+                // The closure that held the other handle was dropped with the error.
+                let flights = Arc::try_unwrap(sets).unwrap_or_else(|shared| (*shared).clone());
+                let written = write(&self.store, &flights);
+                self.stored(flights, stats, written)
+            }
+        }
     }
 
-    /// After the store write of `set` (`written`): its users join the hot set, and its
-    /// counts (with the offsets the store now holds) join the unreported ones.
+    /// After the store write of `sets` (`written`): their users join the hot set, and
+    /// their counts (with the offsets the store now holds) join the unreported ones.
     fn stored(
         &mut self,
-        mut set: WriteSet,
+        sets: Flights,
         mut stats: BatchStats,
         written: Result<(), StoreError>,
     ) -> Result<(), CommitError> {
@@ -1003,12 +1020,14 @@ impl Processor {
             self.revoke();
             return Err(CommitError::Store(e));
         }
-        if let Some(hot) = &mut self.hot {
-            for (k, u) in set.users.drain() {
-                hot.insert(k, u);
+        for set in sets.into_values() {
+            if let Some(hot) = &mut self.hot {
+                for (k, u) in set.users {
+                    hot.insert(k, u);
+                }
             }
+            stats.offsets.extend(set.offsets);
         }
-        stats.offsets = set.offsets;
         self.unreported.add_batch(stats);
         Ok(())
     }

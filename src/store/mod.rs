@@ -163,20 +163,6 @@ pub struct WriteSet {
 }
 
 impl WriteSet {
-    /// Adds `other`, a batch of other partitions (its keys are disjoint from this one's),
-    /// so that both are written in one atomic batch.
-    pub fn absorb(&mut self, other: WriteSet) {
-        self.users.extend(other.users);
-        self.ledger.extend(other.ledger);
-        self.offsets.extend(other.offsets);
-        self.marks.extend(other.marks);
-        self.changelog.extend(other.changelog);
-        self.previous_scores.extend(other.previous_scores);
-        self.ledger_expired.extend(other.ledger_expired);
-        self.due_stale.extend(other.due_stale);
-        self.unindexed.extend(other.unindexed);
-    }
-
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
@@ -974,7 +960,16 @@ impl Store {
     /// key order. Nothing is written until [`Self::apply`], which may run on another
     /// thread while the next batch folds.
     pub fn prepare(&self, set: &WriteSet) -> Result<Prepared, StoreError> {
-        if set.is_empty() {
+        self.prepare_all([set])
+    }
+
+    /// [`Self::prepare`] of several sets of disjoint keys (a commit's partitions), into one
+    /// atomic batch.
+    pub fn prepare_all<'a>(
+        &self,
+        sets: impl IntoIterator<Item = &'a WriteSet> + Clone,
+    ) -> Result<Prepared, StoreError> {
+        if sets.clone().into_iter().all(WriteSet::is_empty) {
             return Ok(Prepared::default());
         }
         // Offsets are written in the same batch as the state they produced: that is
@@ -985,55 +980,62 @@ impl Store {
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
         let mut boards = BoardChanges::default();
-        for ((p, user_id), state) in &set.users {
-            if !set.unindexed.contains(p) {
-                // The user's scores before the batch, to move its board entries; a board
-                // whose score did not change is not touched.
-                let previous = match set.previous_scores.get(&(*p, user_id.clone())) {
-                    Some(known) => known.clone(),
-                    None => self.user(*p, user_id)?.as_ref().map(indexed),
-                };
-                boards.add(*p, previous.as_ref(), state);
+        let mut marks = BTreeMap::new();
+        let mut partitions = Vec::new();
+        for set in sets {
+            for (key, state) in &set.users {
+                let (p, user_id) = key;
+                if !set.unindexed.contains(p) {
+                    // The user's scores before the batch, to move its board entries; a
+                    // board whose score did not change is not touched.
+                    let previous = match set.previous_scores.get(key) {
+                        Some(known) => known.clone(),
+                        None => self.user(*p, user_id)?.as_ref().map(indexed),
+                    };
+                    boards.add(*p, previous.as_ref(), state);
+                }
+                batch.insert(
+                    &self.users,
+                    user_key(*p, user_id),
+                    value::encode_user(state),
+                );
             }
-            batch.insert(
-                &self.users,
-                user_key(*p, user_id),
-                value::encode_user(state),
-            );
-        }
-        for ((p, user_id, receipt_id), entry) in &set.ledger {
-            batch.insert(
-                &self.ledger,
-                ledger_key(*p, user_id, receipt_id),
-                value::encode_ledger(entry),
-            );
-            batch.insert(
-                &self.due,
-                due_key(*p, entry.issued_at.secs, user_id, receipt_id),
-                [],
-            );
-        }
-        for ((p, user_id, receipt_id), secs) in &set.due_stale {
-            batch.remove(&self.due, due_key(*p, *secs, user_id, receipt_id));
-        }
-        for ((p, user_id, receipt_id), secs) in &set.ledger_expired {
-            batch.remove(&self.ledger, ledger_key(*p, user_id, receipt_id));
-            if let Some(secs) = secs {
+            for ((p, user_id, receipt_id), entry) in &set.ledger {
+                batch.insert(
+                    &self.ledger,
+                    ledger_key(*p, user_id, receipt_id),
+                    value::encode_ledger(entry),
+                );
+                batch.insert(
+                    &self.due,
+                    due_key(*p, entry.issued_at.secs, user_id, receipt_id),
+                    [],
+                );
+            }
+            for ((p, user_id, receipt_id), secs) in &set.due_stale {
                 batch.remove(&self.due, due_key(*p, *secs, user_id, receipt_id));
             }
-        }
-        for ((topic, p), next) in &set.offsets {
-            batch.insert(
-                &self.offsets,
-                offset_key(topic, *p),
-                next.to_be_bytes().to_vec(),
-            );
-        }
-        for (p, mark) in &set.marks {
-            batch.insert(&self.marks_ks, p.to_be_bytes(), mark.to_be_bytes());
-        }
-        for (p, next) in &set.changelog {
-            batch.insert(&self.changelog, p.to_be_bytes(), next.to_be_bytes());
+            for ((p, user_id, receipt_id), secs) in &set.ledger_expired {
+                batch.remove(&self.ledger, ledger_key(*p, user_id, receipt_id));
+                if let Some(secs) = secs {
+                    batch.remove(&self.due, due_key(*p, *secs, user_id, receipt_id));
+                }
+            }
+            for ((topic, p), next) in &set.offsets {
+                batch.insert(
+                    &self.offsets,
+                    offset_key(topic, *p),
+                    next.to_be_bytes().to_vec(),
+                );
+            }
+            for (p, mark) in &set.marks {
+                batch.insert(&self.marks_ks, p.to_be_bytes(), mark.to_be_bytes());
+            }
+            for (p, next) in &set.changelog {
+                batch.insert(&self.changelog, p.to_be_bytes(), next.to_be_bytes());
+            }
+            marks.extend(&set.marks);
+            partitions.extend(set.offsets.keys().map(|(_, p)| *p));
         }
         self.last_batch_writes
             .store(batch.len(), std::sync::atomic::Ordering::Relaxed);
@@ -1041,8 +1043,8 @@ impl Store {
         Ok(Prepared {
             batch: Some(batch),
             boards,
-            marks: set.marks.clone(),
-            partitions: set.offsets.keys().map(|(_, p)| *p).collect(),
+            marks,
+            partitions,
         })
     }
 
