@@ -47,6 +47,7 @@ use crate::engine::{BoardChanges, Boards, Builder};
 
 mod batch;
 mod periods;
+mod seen;
 pub mod value;
 
 /// Why a store operation failed.
@@ -186,6 +187,10 @@ pub struct Prepared {
     marks: BTreeMap<i32, i64>,
     /// Partitions the batch holds offsets of.
     partitions: Vec<i32>,
+    /// Hashes of the ledger keys the batch writes, by partition ([`seen`]).
+    ledger_written: Vec<(i32, u32)>,
+    /// Ledger keys the batch deletes, by partition.
+    ledger_deleted: BTreeMap<i32, u64>,
 }
 
 /// What the store holds in memory now.
@@ -223,6 +228,9 @@ pub struct Store {
     /// Every board of the partitions stored, in memory: changed by each commit under the
     /// write lock, together with its batch's insertion into the memtables.
     boards: RwLock<Boards>,
+    /// Which ledger keys each partition may hold, so that a receipt id never seen is known
+    /// absent without a read ([`seen`]).
+    seen: RwLock<seen::Seen>,
     /// Writes of the last commit's batch: the next one is sized by it.
     last_batch_writes: std::sync::atomic::AtomicUsize,
     /// Commits wait while the memtables hold more than this ([`WRITE_STALL_FACTOR`]).
@@ -513,6 +521,7 @@ impl Store {
             placement: crate::partitioner::Learned::default(),
             meta,
             boards: RwLock::new(Boards::new(crate::domain::game::DEFAULT_PERIODS_KEPT)),
+            seen: RwLock::default(),
             last_batch_writes: std::sync::atomic::AtomicUsize::new(0),
             write_stall_bytes: write_buffer_bytes * WRITE_STALL_FACTOR,
             write_stall_micros: std::sync::atomic::AtomicU64::new(0),
@@ -628,11 +637,41 @@ impl Store {
         user_id: &str,
         receipt_id: &str,
     ) -> Result<Option<LedgerEntry>, StoreError> {
+        let key = ledger_key(partition, user_id, receipt_id);
+        let hash = {
+            let seen = self.seen.read().unwrap_or_else(PoisonError::into_inner);
+            let hash = seen::Seen::hash(&key);
+            match seen.may_hold(partition, hash) {
+                Some(false) => return Ok(None),
+                Some(true) => None,
+                None => Some(hash),
+            }
+        };
+        if let Some(hash) = hash {
+            let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+            self.build_seen(&mut seen, partition)?;
+            if seen.may_hold(partition, hash) == Some(false) {
+                return Ok(None);
+            }
+        }
         self.ledger
-            .get(ledger_key(partition, user_id, receipt_id))
+            .get(key)
             .map_err(io("read ledger"))?
             .map(|v| value::decode_ledger(&v))
             .transpose()
+    }
+
+    /// Builds partition `p`'s set of ledger keys from a scan, unless built.
+    fn build_seen(&self, seen: &mut seen::Seen, p: i32) -> Result<(), StoreError> {
+        if seen.built(p) {
+            return Ok(());
+        }
+        let mut hashes = Vec::new();
+        for kv in self.ledger.prefix(p.to_be_bytes()) {
+            hashes.push(seen::Seen::hash(&kv.key().map_err(io("scan ledger"))?));
+        }
+        seen.build(p, hashes);
+        Ok(())
     }
 
     /// The next offset to read of one topic partition, if any was committed.
@@ -982,6 +1021,8 @@ impl Store {
         let mut boards = BoardChanges::default();
         let mut marks = BTreeMap::new();
         let mut partitions = Vec::new();
+        let mut ledger_written = Vec::new();
+        let mut ledger_deleted = BTreeMap::new();
         for set in sets {
             for (key, state) in &set.users {
                 let (p, user_id) = key;
@@ -1001,11 +1042,9 @@ impl Store {
                 );
             }
             for ((p, user_id, receipt_id), entry) in &set.ledger {
-                batch.insert(
-                    &self.ledger,
-                    ledger_key(*p, user_id, receipt_id),
-                    value::encode_ledger(entry),
-                );
+                let key = ledger_key(*p, user_id, receipt_id);
+                ledger_written.push((*p, seen::Seen::hash(&key)));
+                batch.insert(&self.ledger, key, value::encode_ledger(entry));
                 batch.insert(
                     &self.due,
                     due_key(*p, entry.issued_at.secs, user_id, receipt_id),
@@ -1016,6 +1055,7 @@ impl Store {
                 batch.remove(&self.due, due_key(*p, *secs, user_id, receipt_id));
             }
             for ((p, user_id, receipt_id), secs) in &set.ledger_expired {
+                *ledger_deleted.entry(*p).or_insert(0) += 1;
                 batch.remove(&self.ledger, ledger_key(*p, user_id, receipt_id));
                 if let Some(secs) = secs {
                     batch.remove(&self.due, due_key(*p, *secs, user_id, receipt_id));
@@ -1045,6 +1085,8 @@ impl Store {
             boards,
             marks,
             partitions,
+            ledger_written,
+            ledger_deleted,
         })
     }
 
@@ -1136,6 +1178,8 @@ impl Store {
             boards: changes,
             marks: new_marks,
             partitions,
+            ledger_written,
+            ledger_deleted,
         } = prepared;
         let Some(batch) = batch else {
             return Ok(());
@@ -1143,12 +1187,26 @@ impl Store {
         self.wait_for_flushes();
         let by_keyspace = batch.per_keyspace().to_vec();
         {
+            // The batch's ledger keys are known before a read can find them (see `seen`).
+            let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+            for &(p, hash) in &ledger_written {
+                self.build_seen(&mut seen, p)?;
+                seen.insert(p, hash);
+            }
+        }
+        {
             // The batch reaches the memtables (where reads see it) and its moves reach
             // the boards under one lock: a board read never ranks users it cannot read
             // yet, nor reads users it has not ranked yet.
             let mut boards = self.boards.write().unwrap_or_else(PoisonError::into_inner);
             batch.commit().map_err(io("commit batch"))?;
             boards.apply(changes);
+        }
+        if !ledger_deleted.is_empty() {
+            let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+            for (p, n) in ledger_deleted {
+                seen.deleted(p, n);
+            }
         }
         self.db
             .persist(PersistMode::SyncAll)
@@ -1468,6 +1526,75 @@ mod tests {
         // Far under the 60 s a wait for a flush would last.
         assert!(m.write_stall < std::time::Duration::from_secs(10), "{m:?}");
         assert_eq!(store.offset("t", 0).unwrap(), Some(20_002));
+    }
+
+    /// A ledger entry issued at `secs`.
+    fn entry(secs: i64) -> LedgerEntry {
+        LedgerEntry {
+            kind: crate::domain::ReceiptKind::Purchase,
+            store_id: "s-1".into(),
+            amount: 100,
+            issued_at: crate::domain::Timestamp { secs, nanos: 0 },
+            earned_coins: 1,
+            earned_xp: 1,
+            refunded: 0,
+            campaign_coins: vec![],
+        }
+    }
+
+    // The in-memory set of ledger keys answers "absent" without a read, so it must never
+    // miss a key the store holds: through writes, a wave of deletes that drops the set (it
+    // is built again from a scan), writes after that, and a reopen.
+    #[test]
+    fn every_ledger_key_stored_is_found_through_deletes_rebuilds_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let found = |store: &Store, p: i32, r: &str| store.ledger_entry(p, "u", r).unwrap();
+        let mut live: BTreeSet<(i32, String)> = BTreeSet::new();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // Read before anything is written: partition 1's set is built empty.
+            assert_eq!(found(&store, 1, "r-0"), None);
+            let mut set = WriteSet::default();
+            for p in [1, 2] {
+                for i in 0..3_000 {
+                    set.ledger
+                        .insert((p, "u".into(), format!("r-{i}")), entry(i64::from(i)));
+                    live.insert((p, format!("r-{i}")));
+                }
+            }
+            store.commit(&set).unwrap();
+            for (p, r) in &live {
+                assert_eq!(found(&store, *p, r), Some(entry(r[2..].parse().unwrap())));
+            }
+            assert_eq!(found(&store, 1, "never"), None);
+            // 2,000 deletes in partition 1: more than half its 3,000 keys, so its set goes.
+            let mut set = WriteSet::default();
+            for i in 0..2_000 {
+                set.ledger_expired
+                    .insert((1, "u".into(), format!("r-{i}")), Some(i64::from(i)));
+                live.remove(&(1, format!("r-{i}")));
+            }
+            set.ledger.insert((1, "u".into(), "r-new".into()), entry(9));
+            live.insert((1, "r-new".into()));
+            store.commit(&set).unwrap();
+            let mut set = WriteSet::default();
+            set.ledger
+                .insert((1, "u".into(), "r-after".into()), entry(10));
+            live.insert((1, "r-after".into()));
+            store.commit(&set).unwrap();
+            for i in 0..3_000 {
+                let r = format!("r-{i}");
+                let want = live.contains(&(1, r.clone())).then(|| entry(i64::from(i)));
+                assert_eq!(found(&store, 1, &r), want, "{r}");
+            }
+            assert_eq!(found(&store, 1, "r-new"), Some(entry(9)));
+            assert_eq!(found(&store, 1, "r-after"), Some(entry(10)));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        for (p, r) in &live {
+            assert!(found(&store, *p, r).is_some(), "{p} {r} after a reopen");
+        }
+        assert_eq!(found(&store, 1, "r-0"), None);
     }
 
     #[test]
