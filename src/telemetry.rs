@@ -383,6 +383,13 @@ pub fn kafka_error(error: &dyn std::fmt::Display) {
     warn!(message = "Kafka client error.", error = %error);
 }
 
+/// A changelog reader's client reported an error event: the end of a partition, which a
+/// restore reads to on purpose, or an error its poll loop also receives and reports through
+/// [`kafka_error`]. DEBUG only, so that a normal restore never logs an ERROR.
+pub fn changelog_reader_event(event: &dyn std::fmt::Display) {
+    debug!(message = "Changelog reader event.", %event);
+}
+
 /// Partitions were assigned, each resuming at the given offset (`None` = beginning).
 pub fn partitions_assigned(assigned: &[(i32, Option<i64>)], held: &[i32]) {
     info!(message = "Partitions assigned.", partitions = ?assigned, ?held);
