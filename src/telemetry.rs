@@ -75,8 +75,30 @@ pub const STANDBY_PARTITIONS: &str = "mallquest_standby_partitions";
 /// Revocations, by what became of the batch in hand (`batch="committed|dropped"`).
 pub const REVOCATIONS_TOTAL: &str = "mallquest_revocations_total";
 
+/// The standard process metrics, under the names every Prometheus client library exports
+/// them by (so that the usual dashboards and alerts find them). They are written by the
+/// `metrics-process` crate, which names them itself: these constants name them for the
+/// tests and the dashboard.
+///
+/// CPU seconds (user and system) the process has used; a counter, so whole seconds.
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+/// Resident memory (RSS).
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+/// Virtual memory size.
+pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
+/// The address-space limit (`RLIMIT_AS`).
+pub const PROCESS_VIRTUAL_MEMORY_MAX_BYTES: &str = "process_virtual_memory_max_bytes";
+/// Open file descriptors.
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// The open file descriptor limit (`RLIMIT_NOFILE`).
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// When the process started, in seconds since the Unix epoch.
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+/// OS threads of the process.
+pub const PROCESS_THREADS: &str = "process_threads";
+
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 32] = [
+pub const ALL_METRICS: [&str; 40] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
@@ -109,7 +131,21 @@ pub const ALL_METRICS: [&str; 32] = [
     STANDBY_RECORDS_TOTAL,
     STANDBY_PARTITIONS,
     REVOCATIONS_TOTAL,
+    PROCESS_CPU_SECONDS_TOTAL,
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    PROCESS_VIRTUAL_MEMORY_BYTES,
+    PROCESS_VIRTUAL_MEMORY_MAX_BYTES,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
+    PROCESS_START_TIME_SECONDS,
+    PROCESS_THREADS,
 ];
+
+/// The collector of the process metrics (its names allocated once).
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
 
 /// Installs the Prometheus recorder with histogram buckets for every histogram.
 pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
@@ -133,6 +169,8 @@ pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::Prome
         )?
         .install_recorder()?;
     describe();
+    process_collector().describe();
+    process_sampled();
     // Zero the counters so that they show before the first increment.
     for r in Reject::ALL {
         counter!(REJECTED_TOTAL, "reason" => r.as_str()).increment(0);
@@ -363,6 +401,12 @@ pub fn allocator_sampled() {
         gauge!(ALLOCATOR_ALLOCATED_BYTES).set(allocated as f64);
         gauge!(ALLOCATOR_RESIDENT_BYTES).set(resident as f64);
     }
+}
+
+/// Samples the process metrics from `/proc/self` when `/metrics` is scraped, so that
+/// they are as fresh as the scrape and cost nothing between scrapes.
+pub fn process_sampled() {
+    process_collector().collect();
 }
 
 /// A commit failed; the batch will be folded again after `backoff`.

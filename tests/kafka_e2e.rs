@@ -123,7 +123,9 @@ fn golden_stream_through_real_broker_matches_expected() {
     // Prometheus server scrapes them.
     // Lag comes from the client's statistics (every 5 s): caught up means 0.
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut cpu_before_scrape;
     let text = loop {
+        cpu_before_scrape = run.cpu_seconds();
         let metrics = support::http::get(&http, "/metrics").unwrap();
         assert_eq!(metrics.status, 200);
         let text = String::from_utf8(metrics.body).unwrap();
@@ -155,6 +157,35 @@ fn golden_stream_through_real_broker_matches_expected() {
         "{all_time} bytes for {users} users"
     );
     assert!(support::prometheus::sample(&text, "mallquest_board_bytes{structure=\"ids\"}") > 0.0);
+    // The standard process metrics, sampled at the scrape (issue 32): plausible figures.
+    let sample = |name| support::prometheus::sample(&text, name);
+    assert!(
+        sample("process_resident_memory_bytes") >= resident,
+        "rss below jemalloc's resident"
+    );
+    assert!(sample("process_virtual_memory_bytes") >= sample("process_resident_memory_bytes"));
+    // A counter, so whole seconds (this run may well have used less than one): the
+    // process's own CPU time, read from /proc around the scrape, truncated.
+    let cpu = sample("process_cpu_seconds_total");
+    assert!(
+        cpu <= run.cpu_seconds() && cpu >= cpu_before_scrape.floor() && cpu.fract() == 0.0,
+        "cpu {cpu} s, the process {cpu_before_scrape} s before the scrape"
+    );
+    let open_fds = sample("process_open_fds");
+    assert!(
+        open_fds > 3.0 && open_fds <= sample("process_max_fds"),
+        "{open_fds} fds"
+    );
+    assert!(sample("process_threads") > 1.0);
+    let started = sample("process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now && started > now - 3600.0,
+        "started at {started}, now {now}"
+    );
     for name in mallquest::telemetry::ALL_METRICS {
         // These show only once something failed, or a commit waited for the store.
         if name != mallquest::telemetry::COMMIT_FAILURES_TOTAL
