@@ -53,7 +53,8 @@ pub const ALLOCATOR_ALLOCATED_BYTES: &str = "mallquest_allocator_allocated_bytes
 pub const ALLOCATOR_RESIDENT_BYTES: &str = "mallquest_allocator_resident_bytes";
 /// Processing time minus a receipt's issued_at.
 pub const EVENT_AGE_SECONDS: &str = "mallquest_event_age_seconds";
-/// Messages behind the partition's high watermark, per partition.
+/// Records not yet folded, per partition held: from the next offset to fold to the
+/// partition's last stable offset (its high watermark for a `read_uncommitted` consumer).
 pub const CONSUMER_LAG: &str = "mallquest_consumer_lag";
 /// HTTP requests by route pattern and status.
 pub const HTTP_REQUESTS_TOTAL: &str = "mallquest_http_requests_total";
@@ -271,7 +272,7 @@ fn describe() {
     );
     describe_gauge!(
         CONSUMER_LAG,
-        "Messages behind the high watermark, per partition."
+        "Records not yet folded, per partition held: up to the last stable offset (what a read_committed consumer can read); 0 for a partition given up."
     );
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by route and status.");
     describe_counter!(
@@ -325,9 +326,17 @@ pub fn event_age(age_seconds: f64) {
     histogram!(EVENT_AGE_SECONDS).record(age_seconds.max(0.0));
 }
 
-/// The client's statistics reported a partition's lag.
+/// A held partition's lag, measured at the client's statistics interval.
 pub fn consumer_lag(partition: i32, lag: i64) {
     gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag.max(0) as f64);
+}
+
+/// Partitions given up: their lag here is 0 from now on (the recorder cannot remove a
+/// series), so that a sum over instances counts each partition's lag once, at its owner.
+pub fn consumer_lag_released(partitions: &[i32]) {
+    for p in partitions {
+        gauge!(CONSUMER_LAG, "partition" => p.to_string()).set(0.0);
+    }
 }
 
 /// Whether the broker answered lately.
