@@ -53,7 +53,8 @@ pub const ALLOCATOR_ALLOCATED_BYTES: &str = "mallquest_allocator_allocated_bytes
 pub const ALLOCATOR_RESIDENT_BYTES: &str = "mallquest_allocator_resident_bytes";
 /// Processing time minus a receipt's issued_at.
 pub const EVENT_AGE_SECONDS: &str = "mallquest_event_age_seconds";
-/// Messages behind the partition's high watermark, per partition.
+/// Records not yet folded, per partition held: from the next offset to fold to the
+/// partition's last stable offset (its high watermark for a `read_uncommitted` consumer).
 pub const CONSUMER_LAG: &str = "mallquest_consumer_lag";
 /// HTTP requests by route pattern and status.
 pub const HTTP_REQUESTS_TOTAL: &str = "mallquest_http_requests_total";
@@ -75,8 +76,30 @@ pub const STANDBY_PARTITIONS: &str = "mallquest_standby_partitions";
 /// Revocations, by what became of the batch in hand (`batch="committed|dropped"`).
 pub const REVOCATIONS_TOTAL: &str = "mallquest_revocations_total";
 
+/// The standard process metrics, under the names every Prometheus client library exports
+/// them by (so that the usual dashboards and alerts find them). They are written by the
+/// `metrics-process` crate, which names them itself: these constants name them for the
+/// tests and the dashboard.
+///
+/// CPU seconds (user and system) the process has used; a counter, so whole seconds.
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+/// Resident memory (RSS).
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+/// Virtual memory size.
+pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
+/// The address-space limit (`RLIMIT_AS`).
+pub const PROCESS_VIRTUAL_MEMORY_MAX_BYTES: &str = "process_virtual_memory_max_bytes";
+/// Open file descriptors.
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// The open file descriptor limit (`RLIMIT_NOFILE`).
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// When the process started, in seconds since the Unix epoch.
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+/// OS threads of the process.
+pub const PROCESS_THREADS: &str = "process_threads";
+
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 32] = [
+pub const ALL_METRICS: [&str; 40] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
@@ -109,7 +132,21 @@ pub const ALL_METRICS: [&str; 32] = [
     STANDBY_RECORDS_TOTAL,
     STANDBY_PARTITIONS,
     REVOCATIONS_TOTAL,
+    PROCESS_CPU_SECONDS_TOTAL,
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    PROCESS_VIRTUAL_MEMORY_BYTES,
+    PROCESS_VIRTUAL_MEMORY_MAX_BYTES,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
+    PROCESS_START_TIME_SECONDS,
+    PROCESS_THREADS,
 ];
+
+/// The collector of the process metrics (its names allocated once).
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
 
 /// Installs the Prometheus recorder with histogram buckets for every histogram.
 pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
@@ -133,6 +170,8 @@ pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::Prome
         )?
         .install_recorder()?;
     describe();
+    process_collector().describe();
+    process_sampled();
     // Zero the counters so that they show before the first increment.
     for r in Reject::ALL {
         counter!(REJECTED_TOTAL, "reason" => r.as_str()).increment(0);
@@ -233,7 +272,7 @@ fn describe() {
     );
     describe_gauge!(
         CONSUMER_LAG,
-        "Messages behind the high watermark, per partition."
+        "Records not yet folded, per partition held: up to the last stable offset (what a read_committed consumer can read); 0 for a partition given up."
     );
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by route and status.");
     describe_counter!(
@@ -287,9 +326,17 @@ pub fn event_age(age_seconds: f64) {
     histogram!(EVENT_AGE_SECONDS).record(age_seconds.max(0.0));
 }
 
-/// The client's statistics reported a partition's lag.
+/// A held partition's lag, measured at the client's statistics interval.
 pub fn consumer_lag(partition: i32, lag: i64) {
     gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag.max(0) as f64);
+}
+
+/// Partitions given up: their lag here is 0 from now on (the recorder cannot remove a
+/// series), so that a sum over instances counts each partition's lag once, at its owner.
+pub fn consumer_lag_released(partitions: &[i32]) {
+    for p in partitions {
+        gauge!(CONSUMER_LAG, "partition" => p.to_string()).set(0.0);
+    }
 }
 
 /// Whether the broker answered lately.
@@ -365,6 +412,12 @@ pub fn allocator_sampled() {
     }
 }
 
+/// Samples the process metrics from `/proc/self` when `/metrics` is scraped, so that
+/// they are as fresh as the scrape and cost nothing between scrapes.
+pub fn process_sampled() {
+    process_collector().collect();
+}
+
 /// A commit failed; the batch will be folded again after `backoff`.
 pub fn commit_failed(error: &anyhow::Error, stage: &'static str, backoff: Duration) {
     counter!(COMMIT_FAILURES_TOTAL, "stage" => stage).increment(1);
@@ -381,6 +434,13 @@ pub fn kafka_error(error: &dyn std::fmt::Display) {
     counter!(KAFKA_ERRORS_TOTAL).increment(1);
     broker_up(false);
     warn!(message = "Kafka client error.", error = %error);
+}
+
+/// A changelog reader's client reported an error event: the end of a partition, which a
+/// restore reads to on purpose, or an error its poll loop also receives and reports through
+/// [`kafka_error`]. DEBUG only, so that a normal restore never logs an ERROR.
+pub fn changelog_reader_event(event: &dyn std::fmt::Display) {
+    debug!(message = "Changelog reader event.", %event);
 }
 
 /// Partitions were assigned, each resuming at the given offset (`None` = beginning).

@@ -257,7 +257,8 @@ fn every_dashboard_query_uses_only_exported_metrics() {
     let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
     let ds = yaml("config/grafana/provisioning/datasources/prometheus.yml");
     let uid = s(&ds["datasources"][0]["uid"]).to_owned();
-    let name = regex::Regex::new(r"mallquest_[a-z_]+").unwrap();
+    // mallquest's own metrics, and the standard process metrics it exports.
+    let name = regex::Regex::new(r"\b(?:mallquest|process)_[a-z_]+").unwrap();
     let mut used = BTreeSet::new();
     let panels = dash["panels"].as_array().unwrap();
     assert!(panels.len() >= 9);
@@ -268,7 +269,7 @@ fn every_dashboard_query_uses_only_exported_metrics() {
             let found: Vec<&str> = name.find_iter(expr).map(|m| m.as_str()).collect();
             assert!(
                 !found.is_empty(),
-                "panel {} queries no mallquest metric",
+                "panel {} queries no metric of mallquest's",
                 p["title"]
             );
             for m in found {
@@ -301,6 +302,8 @@ fn every_dashboard_query_uses_only_exported_metrics() {
         "mallquest_badges_earned_total",
         "mallquest_http_request_duration_seconds",
         "mallquest_http_requests_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
     ] {
         assert!(used.contains(needed), "no panel shows {needed}");
     }

@@ -123,7 +123,9 @@ fn golden_stream_through_real_broker_matches_expected() {
     // Prometheus server scrapes them.
     // Lag comes from the client's statistics (every 5 s): caught up means 0.
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut cpu_before_scrape;
     let text = loop {
+        cpu_before_scrape = run.cpu_seconds();
         let metrics = support::http::get(&http, "/metrics").unwrap();
         assert_eq!(metrics.status, 200);
         let text = String::from_utf8(metrics.body).unwrap();
@@ -155,6 +157,35 @@ fn golden_stream_through_real_broker_matches_expected() {
         "{all_time} bytes for {users} users"
     );
     assert!(support::prometheus::sample(&text, "mallquest_board_bytes{structure=\"ids\"}") > 0.0);
+    // The standard process metrics, sampled at the scrape (issue 32): plausible figures.
+    let sample = |name| support::prometheus::sample(&text, name);
+    assert!(
+        sample("process_resident_memory_bytes") >= resident,
+        "rss below jemalloc's resident"
+    );
+    assert!(sample("process_virtual_memory_bytes") >= sample("process_resident_memory_bytes"));
+    // A counter, so whole seconds (this run may well have used less than one): the
+    // process's own CPU time, read from /proc around the scrape, truncated.
+    let cpu = sample("process_cpu_seconds_total");
+    assert!(
+        cpu <= run.cpu_seconds() && cpu >= cpu_before_scrape.floor() && cpu.fract() == 0.0,
+        "cpu {cpu} s, the process {cpu_before_scrape} s before the scrape"
+    );
+    let open_fds = sample("process_open_fds");
+    assert!(
+        open_fds > 3.0 && open_fds <= sample("process_max_fds"),
+        "{open_fds} fds"
+    );
+    assert!(sample("process_threads") > 1.0);
+    let started = sample("process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now && started > now - 3600.0,
+        "started at {started}, now {now}"
+    );
     for name in mallquest::telemetry::ALL_METRICS {
         // These show only once something failed, or a commit waited for the store.
         if name != mallquest::telemetry::COMMIT_FAILURES_TOTAL
@@ -472,6 +503,114 @@ fn sigterm_mid_stream_commits_a_consistent_prefix_and_exits_zero() {
     for (user, v) in &stored {
         assert_eq!(&topic[user], v, "topic and store disagree for {user}");
     }
+}
+
+/// Regression (issue 32): a caught-up instance showed no `mallquest_consumer_lag` at all,
+/// so a dashboard or an alert on lag saw no data exactly when it should have seen 0; and
+/// every restore logged `ERROR rdkafka::client: librdkafka: Global error: PartitionEOF`.
+/// Three runs on one store directory: fresh, restarted, and restarted with the store
+/// deleted (restored from the changelog). Each, once caught up, shows lag 0 for each of its
+/// partitions within one statistics interval (5 s, allowed 15 on a loaded machine), and no
+/// run logs a line at ERROR or WARN.
+#[test]
+fn a_caught_up_instance_shows_zero_lag_per_partition_and_logs_no_error_or_warning() {
+    const PARTITIONS: i32 = 2;
+    let broker = Broker::start();
+    broker.create_topic("receipts", PARTITIONS, false);
+    broker.produce("receipts", &simulated(11, 3_000, 500));
+    let mut ends = BTreeMap::new();
+    for r in broker.read_all("receipts") {
+        let end = ends.entry(r.partition).or_insert(0);
+        *end = (*end).max(r.offset + 1);
+    }
+    assert_eq!(
+        ends.len(),
+        PARTITIONS as usize,
+        "both partitions hold receipts"
+    );
+    let caught_up = ends
+        .iter()
+        .map(|(p, end)| format!("receipts/{p}={end}"))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store, http) = write_config(dir.path(), &broker.bootstrap(), "");
+    let mut run = Run::new(config, store.clone());
+    for start in ["fresh", "restarted", "restored"] {
+        if start == "restored" {
+            std::fs::remove_dir_all(&store).unwrap();
+        }
+        let logged_before = run.log().len();
+        run.start();
+        // Caught up: the served offsets are the topic's ends, or (a store restored from
+        // the changelog, whose offsets header waits for a first commit) the partitions
+        // were assigned at the ends.
+        let assigned_at_ends = |run: &Run| {
+            run.log()[logged_before..]
+                .lines()
+                .filter(|l| l.contains("Partitions assigned."))
+                .flat_map(assigned_in)
+                .collect::<BTreeMap<i32, Option<i64>>>()
+                == ends.iter().map(|(p, e)| (*p, Some(*e))).collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while served_offsets(&http).as_deref() != Some(caught_up.as_str())
+            && !assigned_at_ends(&run)
+        {
+            assert!(run.is_running(), "{start}: exited early\n{}", run.log());
+            assert!(
+                Instant::now() < deadline,
+                "{start}: not caught up to {caught_up}: {:?}\n{}",
+                served_offsets(&http),
+                run.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let caught_up_at = Instant::now();
+        let lags = loop {
+            let text =
+                String::from_utf8(support::http::get(&http, "/metrics").unwrap().body).unwrap();
+            let lags: Vec<Option<f64>> = (0..PARTITIONS)
+                .map(|p| {
+                    let series = format!("mallquest_consumer_lag{{partition=\"{p}\"}} ");
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(series.as_str()))
+                        .map(|v| v.parse().unwrap())
+                })
+                .collect();
+            if lags.iter().all(|l| *l == Some(0.0)) {
+                break lags;
+            }
+            assert!(
+                caught_up_at.elapsed() < Duration::from_secs(15),
+                "{start}: lag per partition {lags:?} 15 s after catching up\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        eprintln!(
+            "{start}: lag {lags:?} within {:?} of catching up",
+            caught_up_at.elapsed()
+        );
+        let status = run.terminate(Duration::from_secs(30));
+        assert!(status.success(), "{start}: exit {status:?}\n{}", run.log());
+    }
+
+    let log = run.log();
+    assert!(
+        log.contains("Restoring partitions from the changelog."),
+        "the third run restored nothing:\n{log}"
+    );
+    // tracing's format: `<time> <LEVEL> <target>: <message>`.
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| matches!(l.split_whitespace().nth(1), Some("ERROR" | "WARN")))
+        .collect();
+    assert!(
+        loud.is_empty(),
+        "normal operation logged at ERROR or WARN:\n{}",
+        loud.join("\n")
+    );
 }
 
 /// The offsets header the running process serves, if it answers.

@@ -733,6 +733,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(h) => {
             telemetry::allocator_sampled();
+            telemetry::process_sampled();
             (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                 h.render(),

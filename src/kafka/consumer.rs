@@ -54,6 +54,9 @@ struct StoreSeekingContext {
     /// The receipts topic, the brokers (named in `/readyz` when none answers), and the
     /// settings of the changelog reader of a restore.
     kafka: crate::config::KafkaConfig,
+    /// Whether the consumer reads only committed transactions (librdkafka's default): its
+    /// lag is then measured to the last stable offset, else to the high watermark.
+    read_committed: bool,
     /// Whether assigned partitions are caught up from the changelog (not for `rebuild`).
     restore: bool,
     /// Set by a revocation: the main loop aborts the open transaction and drops the
@@ -78,13 +81,27 @@ impl ClientContext for StoreSeekingContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        // librdkafka's own lag figure per partition: no extra broker requests.
+        // The lag of every partition held, from the statistics' offsets: no extra broker
+        // requests. librdkafka's own `consumer_lag` figures are measured from offsets this
+        // consumer commits or stores, and it does neither (the offsets commit with each
+        // transaction), so a caught-up partition would show no lag at all.
         if let Some(t) = statistics.topics.get(&self.kafka.receipts_topic) {
-            for (p, s) in &t.partitions {
-                // The offsets commit with each transaction, not through this consumer:
-                // lag is measured from the offsets stored after each store commit.
-                if *p >= 0 && s.consumer_lag_stored >= 0 {
-                    telemetry::consumer_lag(*p, s.consumer_lag_stored);
+            let topic = &self.kafka.receipts_topic;
+            for p in self.status.owned().unwrap_or_default() {
+                let Some(s) = t.partitions.get(&p) else {
+                    continue;
+                };
+                let end = if self.read_committed {
+                    s.ls_offset
+                } else {
+                    s.hi_offset
+                };
+                let folded = Processor::resume_offset(&self.store, &self.positions, topic, p)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                if let Some(lag) = lag(end, [folded, s.app_offset, s.lo_offset]) {
+                    telemetry::consumer_lag(p, lag);
                 }
             }
         }
@@ -172,6 +189,7 @@ impl ConsumerContext for StoreSeekingContext {
                     held.remove(p);
                 }
                 telemetry::partitions_revoked(&ps, &Vec::from_iter(held.iter().copied()), batch);
+                telemetry::consumer_lag_released(&ps);
                 match batch {
                     // The partitions kept fold on from where they are.
                     Some(_) => self.engine().processor.forget(&ps),
@@ -186,6 +204,7 @@ impl ConsumerContext for StoreSeekingContext {
                 // Everything is dropped, as for a revocation of all.
                 self.drop_batch_in_hand();
                 let mut held = self.held.lock_first();
+                telemetry::consumer_lag_released(&Vec::from_iter(held.iter().copied()));
                 held.clear();
                 self.held_now(&held);
                 let _ = consumer.unassign();
@@ -211,13 +230,7 @@ impl StoreSeekingContext {
         sink.set_group(consumer.group_metadata());
         match processor.commit(sink) {
             Ok(stats) => {
-                report_commit(
-                    consumer,
-                    &self.store,
-                    &self.status,
-                    &stats,
-                    started.elapsed(),
-                );
+                report_commit(&self.store, &self.status, &stats, started.elapsed());
                 Some(stats.records)
             }
             Err(CommitError::Store(e)) => {
@@ -371,6 +384,21 @@ impl StoreSeekingContext {
     }
 }
 
+/// A partition's lag: the records before `end` that are past the furthest of `next`, the
+/// next offsets to fold as each source knows it (the fold's position, the consumer's, the
+/// log's start); a negative offset (unknown) is ignored. `end` is the last stable offset
+/// for a `read_committed` consumer, not the high watermark: a transaction's commit marker
+/// counts in the high watermark but is never delivered, so a caught-up partition of a
+/// transactional topic would show 1. The consumer's position moves past such markers, the
+/// fold's does not. `None` while `end` is unknown (no fetch answered yet).
+fn lag(end: i64, next: [i64; 3]) -> Option<i64> {
+    if end < 0 {
+        return None;
+    }
+    let at = next.into_iter().filter(|o| *o >= 0).max().unwrap_or(0);
+    Some((end - at).max(0))
+}
+
 /// The longest backoff between retries of a failed commit.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -437,6 +465,8 @@ pub fn run(
         fatal: Mutex::new(None),
         status: Arc::clone(&status),
         kafka: kafka.clone(),
+        read_committed: kafka.client.get("isolation.level").map(String::as_str)
+            != Some("read_uncommitted"),
         restore: start == Start::Normal,
         revoked: AtomicBool::new(false),
         announcer,
@@ -640,7 +670,7 @@ impl Source for KafkaSource<'_> {
     }
 
     fn committed(&self, stats: &BatchStats, took: Duration) {
-        report_commit(self.consumer, self.store, self.status, stats, took);
+        report_commit(self.store, self.status, stats, took);
         // Only a commit that wrote something proves a fault is gone.
         self.backoff.set(Duration::from_millis(100));
     }
@@ -788,15 +818,8 @@ impl DiskWatch {
 /// tables its memtable entries are flushed into.
 const DISK_BYTES_PER_RECORD: u64 = 4 << 10;
 
-/// A batch was committed: the metrics, the API's freshness and the consumer's lag
-/// figures hear of it.
-fn report_commit(
-    consumer: &BaseConsumer<StoreSeekingContext>,
-    store: &Store,
-    status: &Status,
-    stats: &BatchStats,
-    took: Duration,
-) {
+/// A batch was committed: the metrics and the API's freshness hear of it.
+fn report_commit(store: &Store, status: &Status, stats: &BatchStats, took: Duration) {
     if stats.records == 0 {
         return;
     }
@@ -804,7 +827,6 @@ fn report_commit(
     let users = store.users_in(|p| held.contains(&p));
     telemetry::batch_committed(stats, took, store, users);
     status.committed(&stats.offsets);
-    store_positions(consumer, &stats.offsets);
 }
 
 /// Why the loop ends after a failed store write.
@@ -978,20 +1000,6 @@ fn assign_all(
     telemetry::partitions_assigned(&assigned, &Vec::from_iter(held.iter().copied()));
     ctx.held_now(&held);
     Ok(true)
-}
-
-/// Tells the consumer what is committed, for its lag statistics (the group's offsets
-/// were committed with the transaction).
-fn store_positions(
-    consumer: &BaseConsumer<StoreSeekingContext>,
-    offsets: &std::collections::BTreeMap<(String, i32), i64>,
-) {
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, p), next) in offsets {
-        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*next));
-    }
-    // A partition revoked meanwhile is refused: harmless, it is only for lag.
-    let _ = consumer.store_offsets(&tpl);
 }
 
 /// After a revocation whose batch could not be committed (seen by the rebalance callback
@@ -1227,6 +1235,25 @@ mod tests {
         let (slow, calls) = tries(Duration::ZERO, |_| anyhow::bail!("timed out"));
         assert!(slow.is_err());
         assert_eq!(calls, 1, "no new try once the budget has passed");
+    }
+
+    // Regression: a caught-up instance showed no `mallquest_consumer_lag` at all (issue 32):
+    // the gauge was set only from librdkafka's figure, measured from offsets it never had.
+    #[test]
+    fn lag_is_measured_from_the_furthest_known_position_to_the_last_stable_offset() {
+        const UNKNOWN: i64 = -1001;
+        assert_eq!(lag(2991, [2991, UNKNOWN, 0]), Some(0), "caught up");
+        assert_eq!(
+            lag(2991, [2000, 2500, 0]),
+            Some(491),
+            "the consumer read ahead"
+        );
+        // The last record of a transactional topic is its commit marker: the fold's next
+        // offset stops before it, the consumer's moves past it.
+        assert_eq!(lag(11, [10, 11, 0]), Some(0), "a commit marker is no lag");
+        assert_eq!(lag(50, [0, UNKNOWN, 40]), Some(10), "from the log's start");
+        assert_eq!(lag(-1, [0, UNKNOWN, UNKNOWN]), None, "nothing fetched yet");
+        assert_eq!(lag(5, [9, UNKNOWN, 0]), Some(0), "never negative");
     }
 
     #[test]

@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::changelog::{Entry, Meta};
@@ -25,6 +25,20 @@ const CHUNK: usize = 20_000;
 
 /// How long a restore may go without reading anything before it gives up.
 const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The changelog reader's client context. librdkafka's default logs every error event at
+/// ERROR, and a restore reads each partition to its end on purpose: every end of partition
+/// would read as a fault. The poll loop handles the end of a partition and reports any
+/// other error itself (the same event is returned by the poll), so this only logs at DEBUG.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        telemetry::changelog_reader_event(&format_args!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
 
 /// Why a catch-up runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +73,7 @@ pub(super) fn catch_up(
 ) -> anyhow::Result<CaughtUp> {
     let restore = purpose == Purpose::Restore;
     let topic = kafka.changelog_topic();
-    let consumer: BaseConsumer = super::client_config(
+    let consumer: BaseConsumer<ReaderContext> = super::client_config(
         kafka,
         &[
             ("isolation.level", "read_committed"),
@@ -73,7 +87,7 @@ pub(super) fn catch_up(
             ("group.id", "mallquest-restore"),
         ],
     )
-    .create()
+    .create_with_context(ReaderContext)
     .context("failed to create the changelog reader")?;
     let mut tpl = TopicPartitionList::new();
     let mut left = BTreeSet::new();
@@ -305,7 +319,12 @@ fn apply(store: &Store, set: &mut WriteSet, p: i32, entry: Entry) -> anyhow::Res
 /// The end (high watermark) of a changelog partition. A topic created moments ago has no
 /// leader yet for a while: transient errors are retried for half a minute.
 /// A standby (`patient` false) does not wait: it tries again at its next round.
-fn end_of(consumer: &BaseConsumer, topic: &str, p: i32, patient: bool) -> anyhow::Result<i64> {
+fn end_of(
+    consumer: &BaseConsumer<ReaderContext>,
+    topic: &str,
+    p: i32,
+    patient: bool,
+) -> anyhow::Result<i64> {
     let (wait, each) = if patient {
         (Duration::from_secs(30), Duration::from_secs(10))
     } else {
