@@ -187,7 +187,8 @@ pub struct Prepared {
     marks: BTreeMap<i32, i64>,
     /// Partitions the batch holds offsets of.
     partitions: Vec<i32>,
-    /// Hashes of the ledger keys the batch writes, by partition ([`seen`]).
+    /// Hashes of the user and ledger keys the batch writes, by partition ([`seen`]).
+    users_written: Vec<(i32, u32)>,
     ledger_written: Vec<(i32, u32)>,
     /// Ledger keys the batch deletes, by partition.
     ledger_deleted: BTreeMap<i32, u64>,
@@ -228,9 +229,10 @@ pub struct Store {
     /// Every board of the partitions stored, in memory: changed by each commit under the
     /// write lock, together with its batch's insertion into the memtables.
     boards: RwLock<Boards>,
-    /// Which ledger keys each partition may hold, so that a receipt id never seen is known
-    /// absent without a read ([`seen`]).
-    seen: RwLock<seen::Seen>,
+    /// Which users and ledger keys each partition may hold, so that a user or a receipt id
+    /// never seen is known absent without a read ([`seen`]).
+    known_users: seen::Known,
+    known_ledger: seen::Known,
     /// Writes of the last commit's batch: the next one is sized by it.
     last_batch_writes: std::sync::atomic::AtomicUsize,
     /// Commits wait while the memtables hold more than this ([`WRITE_STALL_FACTOR`]).
@@ -510,6 +512,8 @@ impl Store {
         let store = Self {
             path: path.to_owned(),
             db,
+            known_users: seen::Known::new(users.clone(), "scan users"),
+            known_ledger: seen::Known::new(ledger.clone(), "scan ledger"),
             users,
             ledger,
             offsets,
@@ -521,7 +525,6 @@ impl Store {
             placement: crate::partitioner::Learned::default(),
             meta,
             boards: RwLock::new(Boards::new(crate::domain::game::DEFAULT_PERIODS_KEPT)),
-            seen: RwLock::default(),
             last_batch_writes: std::sync::atomic::AtomicUsize::new(0),
             write_stall_bytes: write_buffer_bytes * WRITE_STALL_FACTOR,
             write_stall_micros: std::sync::atomic::AtomicU64::new(0),
@@ -583,8 +586,12 @@ impl Store {
 
     /// One user's state in one partition.
     pub fn user(&self, partition: i32, user_id: &str) -> Result<Option<UserState>, StoreError> {
+        let key = user_key(partition, user_id);
+        if !self.known_users.may_hold(partition, &key)? {
+            return Ok(None);
+        }
         self.users
-            .get(user_key(partition, user_id))
+            .get(key)
             .map_err(io("read user"))?
             .map(|v| value::decode_user(&v))
             .transpose()
@@ -638,40 +645,14 @@ impl Store {
         receipt_id: &str,
     ) -> Result<Option<LedgerEntry>, StoreError> {
         let key = ledger_key(partition, user_id, receipt_id);
-        let hash = {
-            let seen = self.seen.read().unwrap_or_else(PoisonError::into_inner);
-            let hash = seen::Seen::hash(&key);
-            match seen.may_hold(partition, hash) {
-                Some(false) => return Ok(None),
-                Some(true) => None,
-                None => Some(hash),
-            }
-        };
-        if let Some(hash) = hash {
-            let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
-            self.build_seen(&mut seen, partition)?;
-            if seen.may_hold(partition, hash) == Some(false) {
-                return Ok(None);
-            }
+        if !self.known_ledger.may_hold(partition, &key)? {
+            return Ok(None);
         }
         self.ledger
             .get(key)
             .map_err(io("read ledger"))?
             .map(|v| value::decode_ledger(&v))
             .transpose()
-    }
-
-    /// Builds partition `p`'s set of ledger keys from a scan, unless built.
-    fn build_seen(&self, seen: &mut seen::Seen, p: i32) -> Result<(), StoreError> {
-        if seen.built(p) {
-            return Ok(());
-        }
-        let mut hashes = Vec::new();
-        for kv in self.ledger.prefix(p.to_be_bytes()) {
-            hashes.push(seen::Seen::hash(&kv.key().map_err(io("scan ledger"))?));
-        }
-        seen.build(p, hashes);
-        Ok(())
     }
 
     /// The next offset to read of one topic partition, if any was committed.
@@ -1021,6 +1002,7 @@ impl Store {
         let mut boards = BoardChanges::default();
         let mut marks = BTreeMap::new();
         let mut partitions = Vec::new();
+        let mut users_written = Vec::new();
         let mut ledger_written = Vec::new();
         let mut ledger_deleted = BTreeMap::new();
         for set in sets {
@@ -1035,15 +1017,13 @@ impl Store {
                     };
                     boards.add(*p, previous.as_ref(), state);
                 }
-                batch.insert(
-                    &self.users,
-                    user_key(*p, user_id),
-                    value::encode_user(state),
-                );
+                let key = user_key(*p, user_id);
+                users_written.push((*p, seen::Known::hash(&key)));
+                batch.insert(&self.users, key, value::encode_user(state));
             }
             for ((p, user_id, receipt_id), entry) in &set.ledger {
                 let key = ledger_key(*p, user_id, receipt_id);
-                ledger_written.push((*p, seen::Seen::hash(&key)));
+                ledger_written.push((*p, seen::Known::hash(&key)));
                 batch.insert(&self.ledger, key, value::encode_ledger(entry));
                 batch.insert(
                     &self.due,
@@ -1085,6 +1065,7 @@ impl Store {
             boards,
             marks,
             partitions,
+            users_written,
             ledger_written,
             ledger_deleted,
         })
@@ -1178,6 +1159,7 @@ impl Store {
             boards: changes,
             marks: new_marks,
             partitions,
+            users_written,
             ledger_written,
             ledger_deleted,
         } = prepared;
@@ -1186,14 +1168,9 @@ impl Store {
         };
         self.wait_for_flushes();
         let by_keyspace = batch.per_keyspace().to_vec();
-        {
-            // The batch's ledger keys are known before a read can find them (see `seen`).
-            let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
-            for &(p, hash) in &ledger_written {
-                self.build_seen(&mut seen, p)?;
-                seen.insert(p, hash);
-            }
-        }
+        // The batch's keys are known before a read can find them (see `seen`).
+        self.known_users.written(&users_written)?;
+        self.known_ledger.written(&ledger_written)?;
         {
             // The batch reaches the memtables (where reads see it) and its moves reach
             // the boards under one lock: a board read never ranks users it cannot read
@@ -1202,12 +1179,7 @@ impl Store {
             batch.commit().map_err(io("commit batch"))?;
             boards.apply(changes);
         }
-        if !ledger_deleted.is_empty() {
-            let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
-            for (p, n) in ledger_deleted {
-                seen.deleted(p, n);
-            }
-        }
+        self.known_ledger.deleted(&ledger_deleted);
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(io("persist"))?;
@@ -1595,6 +1567,33 @@ mod tests {
             assert!(found(&store, *p, r).is_some(), "{p} {r} after a reopen");
         }
         assert_eq!(found(&store, 1, "r-0"), None);
+    }
+
+    // The same for users: a user the store holds is always found, one never written never.
+    #[test]
+    fn every_user_stored_is_found_before_and_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..2_000).map(|i| format!("u-{i}")).collect();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.user(0, "u-0").unwrap(), None);
+            for chunk in ids.chunks(700) {
+                let mut set = WriteSet::default();
+                for id in chunk {
+                    set.users.insert((0, id.clone()), user(id, 1, 1));
+                }
+                store.commit(&set).unwrap();
+                for id in chunk {
+                    assert_eq!(store.user(0, id).unwrap(), Some(user(id, 1, 1)));
+                }
+            }
+            assert_eq!(store.user(0, "never").unwrap(), None);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        for id in &ids {
+            assert_eq!(store.user(0, id).unwrap(), Some(user(id, 1, 1)));
+            assert_eq!(store.user(1, id).unwrap(), None);
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! Which ledger keys the store may hold, in memory: so that a receipt id never seen (almost
-//! every receipt) is known absent without a read of the ledger keyspace, which for a miss
-//! searches its memtables and asks each table's filter (a tenth of the fold's CPU).
+//! Which keys of a keyspace the store may hold, in memory: so that a receipt id never seen
+//! (almost every receipt) or a user never seen is known absent without a read, which for a
+//! miss searches the keyspace's memtables and asks each table's filter (for the ledger, a
+//! tenth of the fold's CPU).
 //!
-//! Per partition, a set of 32-bit hashes of the ledger keys written since the set was
-//! built from a scan of the partition's ledger. A key is never taken out when its entry
+//! Per partition, a set of 32-bit hashes of the keys written since the set was built from
+//! a scan of the partition's keys. A key is never taken out when its entry
 //! is deleted (another key may share its hash): the set answers "maybe" for some keys the
 //! store no longer holds, and a "maybe" is checked by a read, but never "no" for a key it
 //! holds. Once the deletes since a partition's build outnumber half its hashes, the set is
@@ -15,12 +16,92 @@
 //! only after its batch is there. So a scan either sees a batch or comes before its hashes
 //! go in, and a key the store holds is always in its partition's set.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
+use std::sync::{PoisonError, RwLock};
 
-/// The ledger keys of the partitions built so far, by partition.
+use fjall::Keyspace;
+
+use super::{io, StoreError};
+
+/// The keys one keyspace (keyed partition first) may hold.
+pub(super) struct Known {
+    keyspace: Keyspace,
+    /// What a failed scan says it was scanning.
+    scan: &'static str,
+    seen: RwLock<Seen>,
+}
+
+impl Known {
+    /// The hash `key` is kept under ([`Seen::hash`]).
+    pub(super) fn hash(key: &[u8]) -> u32 {
+        Seen::hash(key)
+    }
+
+    /// Nothing known yet of `keyspace`: each partition's set is built at its first use.
+    pub(super) fn new(keyspace: Keyspace, scan: &'static str) -> Self {
+        Self {
+            keyspace,
+            scan,
+            seen: RwLock::default(),
+        }
+    }
+
+    /// Whether the keyspace may hold `key`, of partition `p`: `false` means it does not.
+    pub(super) fn may_hold(&self, p: i32, key: &[u8]) -> Result<bool, StoreError> {
+        let hash = Seen::hash(key);
+        let seen = self.seen.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(maybe) = seen.may_hold(p, hash) {
+            return Ok(maybe);
+        }
+        drop(seen);
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        self.build(&mut seen, p)?;
+        Ok(seen.may_hold(p, hash) != Some(false))
+    }
+
+    /// A batch is about to write `written` (partition, hash): called before it reaches the
+    /// memtables.
+    pub(super) fn written(&self, written: &[(i32, u32)]) -> Result<(), StoreError> {
+        if written.is_empty() {
+            return Ok(());
+        }
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        for &(p, hash) in written {
+            self.build(&mut seen, p)?;
+            seen.insert(p, hash);
+        }
+        Ok(())
+    }
+
+    /// A batch deleted this many keys, by partition: called once it is in the memtables.
+    pub(super) fn deleted(&self, deleted: &BTreeMap<i32, u64>) {
+        if deleted.is_empty() {
+            return;
+        }
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        for (&p, &n) in deleted {
+            seen.deleted(p, n);
+        }
+    }
+
+    /// Builds partition `p`'s set from a scan, unless built.
+    fn build(&self, seen: &mut Seen, p: i32) -> Result<(), StoreError> {
+        if seen.built(p) {
+            return Ok(());
+        }
+        let mut hashes = Vec::new();
+        for kv in self.keyspace.prefix(p.to_be_bytes()) {
+            hashes.push(Seen::hash(&kv.key().map_err(io(self.scan))?));
+        }
+        seen.build(p, hashes);
+        Ok(())
+    }
+}
+
+/// The keys of the partitions built so far, by partition.
 #[derive(Default)]
-pub(super) struct Seen {
+struct Seen {
     partitions: HashMap<i32, Partition>,
 }
 
@@ -34,30 +115,30 @@ struct Partition {
 impl Seen {
     /// The hash ledger key `key` is kept under: the low half of a 64-bit hash (the set's
     /// own table, seeded per process, hashes it again).
-    pub(super) fn hash(key: &[u8]) -> u32 {
+    fn hash(key: &[u8]) -> u32 {
         foldhash::fast::FixedState::default().hash_one(key) as u32
     }
 
     /// Whether partition `p`'s set is built.
-    pub(super) fn built(&self, p: i32) -> bool {
+    fn built(&self, p: i32) -> bool {
         self.partitions.contains_key(&p)
     }
 
     /// Whether partition `p` (built) may hold the key of `hash`: `None` when `p` is not
     /// built.
-    pub(super) fn may_hold(&self, p: i32, hash: u32) -> Option<bool> {
+    fn may_hold(&self, p: i32, hash: u32) -> Option<bool> {
         self.partitions.get(&p).map(|s| s.hashes.contains(&hash))
     }
 
     /// Builds partition `p`'s set from `keys`, every ledger key the store holds for it.
-    pub(super) fn build(&mut self, p: i32, keys: impl IntoIterator<Item = u32>) {
+    fn build(&mut self, p: i32, keys: impl IntoIterator<Item = u32>) {
         let mut part = Partition::default();
         part.hashes.extend(keys);
         self.partitions.insert(p, part);
     }
 
     /// A batch writes a key of `hash` to built partition `p`.
-    pub(super) fn insert(&mut self, p: i32, hash: u32) {
+    fn insert(&mut self, p: i32, hash: u32) {
         if let Some(part) = self.partitions.get_mut(&p) {
             part.hashes.insert(hash);
         }
@@ -65,7 +146,7 @@ impl Seen {
 
     /// A stored batch deleted `n` ledger keys of partition `p`: once they outnumber half
     /// its hashes, the set goes, to be built again from a scan.
-    pub(super) fn deleted(&mut self, p: i32, n: u64) {
+    fn deleted(&mut self, p: i32, n: u64) {
         if let Some(part) = self.partitions.get_mut(&p) {
             part.deleted += n;
             if part.deleted > (part.hashes.len() as u64 / 2).max(1_024) {
