@@ -606,6 +606,7 @@ impl Processor {
             previous = Some(stored.as_ref().map(crate::store::indexed));
             loaded = Some(stored.unwrap_or_else(|| UserState::new(&receipt.user_id)));
         }
+        let fresh = loaded.is_some();
         let task = self.tasks.entry(p).or_default();
         let state = match &mut loaded {
             Some(s) => s,
@@ -615,7 +616,14 @@ impl Processor {
                 .get_mut(&user_key)
                 .ok_or(StoreError::Poisoned)?,
         };
-        let effect = domain::apply(
+        // A state loaded for this receipt is dropped if it is rejected: no copy to roll
+        // back to is needed.
+        let apply = if fresh {
+            domain::apply_discarding
+        } else {
+            domain::apply
+        };
+        let effect = apply(
             state,
             existing.as_ref(),
             original.as_ref(),

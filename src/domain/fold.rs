@@ -441,6 +441,27 @@ pub fn apply(
     source: Source,
     rules: &Rules,
 ) -> Result<Effect, Reject> {
+    if existing.is_none() {
+        // Changed on a copy, so that a rejected receipt leaves `state` as it was.
+        let mut next = state.clone();
+        let effect = apply_discarding(&mut next, existing, original, receipt, source, rules)?;
+        *state = next;
+        return Ok(effect);
+    }
+    apply_discarding(state, existing, original, receipt, source, rules)
+}
+
+/// [`apply`] for a caller that drops `state` when the receipt is rejected (a state loaded
+/// for this receipt): no copy is made first, so a rejected receipt may leave `state` half
+/// changed.
+pub fn apply_discarding(
+    state: &mut UserState,
+    existing: Option<&LedgerEntry>,
+    original: Option<&LedgerEntry>,
+    receipt: &Receipt,
+    source: Source,
+    rules: &Rules,
+) -> Result<Effect, Reject> {
     if let Some(seen) = existing {
         return if seen.same_receipt(receipt) {
             Ok(Effect::Duplicate)
@@ -448,21 +469,19 @@ pub fn apply(
             Err(Reject::ConflictingDuplicate)
         };
     }
-    let mut next = state.clone();
     let effect = match &receipt.kind {
-        ReceiptKind::Purchase => purchase(&mut next, receipt, rules)?,
-        ReceiptKind::Refund { .. } => refund(&mut next, original, receipt, rules)?,
-        ReceiptKind::Redemption { coins } => redemption(&mut next, receipt, *coins)?,
-        ReceiptKind::RedemptionReversal { .. } => reversal(&mut next, original, receipt)?,
+        ReceiptKind::Purchase => purchase(state, receipt, rules)?,
+        ReceiptKind::Refund { .. } => refund(state, original, receipt, rules)?,
+        ReceiptKind::Redemption { coins } => redemption(state, receipt, *coins)?,
+        ReceiptKind::RedemptionReversal { .. } => reversal(state, original, receipt)?,
     };
     if let Effect::Applied { attributed, .. } = &effect {
         for a in attributed {
-            next.attribute(a, rules)?;
+            state.attribute(a, rules)?;
         }
     }
-    next.version = next.version.checked_add(1).ok_or(Reject::Overflow)?;
-    next.source = Some(source);
-    *state = next;
+    state.version = state.version.checked_add(1).ok_or(Reject::Overflow)?;
+    state.source = Some(source);
     Ok(effect)
 }
 

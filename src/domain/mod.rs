@@ -10,8 +10,8 @@ pub mod rules;
 pub mod time;
 
 pub use fold::{
-    apply, Attribution, BadgeEarned, Effect, Event, LedgerEntry, LevelUp, MissionEvent,
-    MissionInstance, PeriodScore, Receipt, ReceiptKind, Source, UserState,
+    apply, apply_discarding, Attribution, BadgeEarned, Effect, Event, LedgerEntry, LevelUp,
+    MissionEvent, MissionInstance, PeriodScore, Receipt, ReceiptKind, Source, UserState,
 };
 pub use game::{Calendar, Game, Period};
 pub use money::Minor;
