@@ -8,7 +8,6 @@
 //! search reads scores alone until it meets equal ones; only then are ids compared. The ids themselves are kept once per partition, in
 //! one byte arena shared by its boards.
 
-use std::cmp::Ordering;
 use std::hash::BuildHasher;
 
 /// Entries per block at most before it splits: small enough that an insert moves at most
@@ -220,14 +219,6 @@ impl Block {
         self.users.len()
     }
 
-    /// Where a probe (`score`, `id`) sorts against entry `i`: `Less` when the entry ranks
-    /// above it.
-    fn vs(&self, ids: &Ids, i: usize, score: i64, id: &str) -> Ordering {
-        score
-            .cmp(&self.scores.get(i))
-            .then_with(|| ids.raw(self.users[i]).cmp(id.as_bytes()))
-    }
-
     /// The entries whose score equals `score`: a range, found by scores alone.
     fn equal(&self, score: i64) -> std::ops::Range<usize> {
         let first = self.scores.point(0, score, false);
@@ -276,12 +267,21 @@ impl Block {
     fn bytes(&self) -> usize {
         self.scores.bytes() + self.users.capacity() * 4
     }
+
+    /// The last entry (score, user), if any.
+    fn last(&self) -> Option<(i64, u32)> {
+        let i = self.len().checked_sub(1)?;
+        Some((self.scores.get(i), self.users[i]))
+    }
 }
 
 /// One board's entries in rank order.
 #[derive(Default)]
 pub(crate) struct Ranked {
     blocks: Vec<Block>,
+    /// Each block's last entry (score, user), kept beside the blocks so that finding a
+    /// block reads one small array, not a block's heap arrays at each step of the search.
+    lasts: Vec<(i64, u32)>,
     /// Entries before each block: rebuilt by [`Self::settle`] after a batch of updates.
     before: Vec<u64>,
     len: u64,
@@ -293,7 +293,7 @@ impl Ranked {
         entries.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| ids.raw(a.1).cmp(ids.raw(b.1))));
         let len = entries.len() as u64;
         // Blocks built three-quarters full: room for inserts before the first split.
-        let blocks = entries
+        let blocks: Vec<Block> = entries
             .chunks(BLOCK_MAX * 3 / 4)
             .map(|c| Block {
                 scores: Scores::of(c.iter().map(|e| e.0)),
@@ -301,6 +301,7 @@ impl Ranked {
             })
             .collect();
         let mut r = Self {
+            lasts: blocks.iter().filter_map(Block::last).collect(),
             blocks,
             before: Vec::new(),
             len,
@@ -316,8 +317,8 @@ impl Ranked {
 
     /// The first block whose last entry does not rank above the probe.
     fn block_of(&self, ids: &Ids, score: i64, id: &str) -> usize {
-        self.blocks
-            .partition_point(|b| b.len() > 0 && b.vs(ids, b.len() - 1, score, id) == Ordering::Less)
+        self.lasts
+            .partition_point(|&(s, u)| s > score || (s == score && ids.raw(u) < id.as_bytes()))
     }
 
     /// Adds `user` (whose id is `ids.id(user)`) at `score`.
@@ -326,6 +327,7 @@ impl Ranked {
         self.len += 1;
         if self.blocks.is_empty() {
             self.blocks.push(Block::default());
+            self.lasts.push((score, user));
         }
         let b = self.block_of(ids, score, id).min(self.blocks.len() - 1);
         let block = &mut self.blocks[b];
@@ -333,7 +335,14 @@ impl Ranked {
         block.insert(at, score, user);
         if block.len() > BLOCK_MAX {
             let upper = block.split_off(BLOCK_MAX / 2);
+            let upper_last = upper.last();
             self.blocks.insert(b + 1, upper);
+            self.lasts.extend(upper_last);
+            // `lasts` gained one entry at its end; moved into place, it is b + 1's.
+            self.lasts[b + 1..].rotate_right(1);
+        }
+        if let Some(last) = self.blocks[b].last() {
+            self.lasts[b] = last;
         }
     }
 
@@ -348,8 +357,12 @@ impl Ranked {
             return false;
         };
         block.remove(at);
-        if block.len() == 0 {
-            self.blocks.remove(b);
+        match block.last() {
+            Some(last) => self.lasts[b] = last,
+            None => {
+                self.blocks.remove(b);
+                self.lasts.remove(b);
+            }
         }
         self.len -= 1;
         true
@@ -390,6 +403,7 @@ impl Ranked {
         let blocks: usize = self.blocks.iter().map(Block::bytes).sum();
         (blocks
             + self.blocks.capacity() * std::mem::size_of::<Block>()
+            + self.lasts.capacity() * std::mem::size_of::<(i64, u32)>()
             + self.before.capacity() * 8) as u64
     }
 }
