@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use fjall::Keyspace;
@@ -30,6 +31,20 @@ pub(super) struct Known {
     /// What a failed scan says it was scanning.
     scan: &'static str,
     seen: RwLock<Seen>,
+    /// Batches between [`Self::written`] and the end of their [`Writing`]: a set is
+    /// dropped only by a batch alone in that span, so that no other batch's hashes, in the
+    /// set but not yet in the memtables, are lost to a scan that comes before them.
+    in_flight: AtomicUsize,
+}
+
+/// A batch between its hashes going in ([`Known::written`]) and its deletes counted
+/// ([`Known::deleted`]), or its failure (dropped).
+pub(super) struct Writing<'a>(&'a Known);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Known {
@@ -44,6 +59,7 @@ impl Known {
             keyspace,
             scan,
             seen: RwLock::default(),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -61,28 +77,29 @@ impl Known {
     }
 
     /// A batch is about to write `written` (partition, hash): called before it reaches the
-    /// memtables.
-    pub(super) fn written(&self, written: &[(i32, u32)]) -> Result<(), StoreError> {
-        if written.is_empty() {
-            return Ok(());
-        }
+    /// memtables; the batch is in flight until the returned [`Writing`] ends.
+    pub(super) fn written(&self, written: &[(i32, u32)]) -> Result<Writing<'_>, StoreError> {
         let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let writing = Writing(self);
         for &(p, hash) in written {
             self.build(&mut seen, p)?;
             seen.insert(p, hash);
         }
-        Ok(())
+        Ok(writing)
     }
 
-    /// A batch deleted this many keys, by partition: called once it is in the memtables.
-    pub(super) fn deleted(&self, deleted: &BTreeMap<i32, u64>) {
+    /// The batch of `writing`, now in the memtables, deleted this many keys, by partition.
+    pub(super) fn deleted(&self, writing: Writing<'_>, deleted: &BTreeMap<i32, u64>) {
         if deleted.is_empty() {
             return;
         }
         let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        let alone = self.in_flight.load(Ordering::SeqCst) == 1;
         for (&p, &n) in deleted {
-            seen.deleted(p, n);
+            seen.deleted(p, n, alone);
         }
+        drop(writing);
     }
 
     /// Builds partition `p`'s set from a scan, unless built.
@@ -144,12 +161,13 @@ impl Seen {
         }
     }
 
-    /// A stored batch deleted `n` ledger keys of partition `p`: once they outnumber half
-    /// its hashes, the set goes, to be built again from a scan.
-    fn deleted(&mut self, p: i32, n: u64) {
+    /// A stored batch deleted `n` keys of partition `p`: once the deletes outnumber half
+    /// its hashes (and 1,024), the set goes, to be built again from a scan, if `may_drop`
+    /// (no other batch is in flight).
+    fn deleted(&mut self, p: i32, n: u64, may_drop: bool) {
         if let Some(part) = self.partitions.get_mut(&p) {
             part.deleted += n;
-            if part.deleted > (part.hashes.len() as u64 / 2).max(1_024) {
+            if may_drop && part.deleted > (part.hashes.len() as u64 / 2).max(1_024) {
                 self.partitions.remove(&p);
             }
         }
