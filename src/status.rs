@@ -150,8 +150,14 @@ impl Status {
 
     /// A batch was committed: these are the store's offsets now.
     pub fn committed(&self, offsets: &BTreeMap<(String, i32), i64>) {
+        self.write().commit_error = None;
+        self.served(offsets);
+    }
+
+    /// Partitions were restored (or assigned) with these offsets in the store: the state
+    /// served reflects them at once, before any commit.
+    pub fn served(&self, offsets: &BTreeMap<(String, i32), i64>) {
         let mut w = self.write();
-        w.commit_error = None;
         if !offsets.is_empty() {
             let mut all: BTreeMap<(String, i32), i64> = parse_offsets(&w.offsets);
             all.extend(offsets.iter().map(|(k, v)| (k.clone(), *v)));

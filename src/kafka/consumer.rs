@@ -351,6 +351,19 @@ impl StoreSeekingContext {
             )
             .context("restoring from the changelog")?;
         }
+        // What the store holds of these partitions now (a restore's included) is what the
+        // API serves: its offsets header says so at once, not only after the next commit.
+        let mut stored = std::collections::BTreeMap::new();
+        for &p in partitions {
+            if let Some(at) = self
+                .store
+                .offset(&self.kafka.receipts_topic, p)
+                .with_context(|| format!("reading the stored offset of partition {p}"))?
+            {
+                stored.insert((self.kafka.receipts_topic.clone(), p), at);
+            }
+        }
+        self.status.served(&stored);
         let mut out = Vec::with_capacity(partitions.len());
         let mut unvouched = Vec::new();
         for &p in partitions {
