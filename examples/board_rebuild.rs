@@ -1,6 +1,8 @@
 //! How long the boards take to rebuild from a stored users' scan: opens the store at the
 //! given directory (as `run` does at start, and a restore does per partition) and prints
-//! the time, the users and the boards' bytes by structure.
+//! the time, the users and the boards' bytes by structure; then how long the first reads
+//! of every partition take, which build its sets of known keys (ARCHITECTURE.md, "Keys
+//! known absent without a read").
 //!
 //! `cargo run --release --example board_rebuild -- DIR [PERIODS_KEPT]`, on a store left
 //! by `mallquest bench --dir DIR ...` (docs/benchmarks-history.md, "The boards in memory").
@@ -34,6 +36,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bytes.all_time as f64 / users.max(1) as f64,
         bytes.periods,
         bytes.periods as f64 / users.max(1) as f64,
+    );
+    let started = Instant::now();
+    let partitions = store.partitions()?;
+    for &p in &partitions {
+        store.user(p, "never-seen")?;
+        store.ledger_entry(p, "never-seen", "never-seen")?;
+    }
+    println!(
+        "known-key sets of {} partitions built by their first reads in {:?}",
+        partitions.len(),
+        started.elapsed()
     );
     Ok(())
 }
