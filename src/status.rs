@@ -52,6 +52,22 @@ struct Inner {
 /// Why the processor is not ready.
 pub type NotReady = String;
 
+impl Inner {
+    /// The state served now reflects `offsets` (merged into those it reflected).
+    fn serve(&mut self, offsets: &BTreeMap<(String, i32), i64>) {
+        if offsets.is_empty() {
+            return;
+        }
+        let mut all: BTreeMap<(String, i32), i64> = parse_offsets(&self.offsets);
+        all.extend(offsets.iter().map(|(k, v)| (k.clone(), *v)));
+        self.offsets = all
+            .iter()
+            .map(|((t, p), o)| format!("{t}/{p}={o}"))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+}
+
 impl Status {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
@@ -150,23 +166,15 @@ impl Status {
 
     /// A batch was committed: these are the store's offsets now.
     pub fn committed(&self, offsets: &BTreeMap<(String, i32), i64>) {
-        self.write().commit_error = None;
-        self.served(offsets);
+        let mut w = self.write();
+        w.commit_error = None;
+        w.serve(offsets);
     }
 
     /// Partitions were restored (or assigned) with these offsets in the store: the state
     /// served reflects them at once, before any commit.
     pub fn served(&self, offsets: &BTreeMap<(String, i32), i64>) {
-        let mut w = self.write();
-        if !offsets.is_empty() {
-            let mut all: BTreeMap<(String, i32), i64> = parse_offsets(&w.offsets);
-            all.extend(offsets.iter().map(|(k, v)| (k.clone(), *v)));
-            w.offsets = all
-                .iter()
-                .map(|((t, p), o)| format!("{t}/{p}={o}"))
-                .collect::<Vec<_>>()
-                .join(",");
-        }
+        self.write().serve(offsets);
     }
 
     /// No broker answers: `why` names the addresses and the client's error.

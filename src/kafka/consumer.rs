@@ -351,21 +351,12 @@ impl StoreSeekingContext {
             )
             .context("restoring from the changelog")?;
         }
-        // What the store holds of these partitions now (a restore's included) is what the
-        // API serves: its offsets header says so at once, not only after the next commit.
-        let mut stored = std::collections::BTreeMap::new();
-        for &p in partitions {
-            if let Some(at) = self
-                .store
-                .offset(&self.kafka.receipts_topic, p)
-                .with_context(|| format!("reading the stored offset of partition {p}"))?
-            {
-                stored.insert((self.kafka.receipts_topic.clone(), p), at);
-            }
-        }
-        self.status.served(&stored);
         let mut out = Vec::with_capacity(partitions.len());
         let mut unvouched = Vec::new();
+        // Where each partition resumes is what the store holds of it now (a restore's
+        // included; nothing is in hand for a partition just assigned): the API serves that,
+        // and its offsets header says so at once, not only after the next commit.
+        let mut served = std::collections::BTreeMap::new();
         for &p in partitions {
             let at = Processor::resume_offset(
                 &self.store,
@@ -374,11 +365,15 @@ impl StoreSeekingContext {
                 p,
             )
             .with_context(|| format!("reading the stored offset of partition {p}"))?;
-            if at.is_none() {
-                unvouched.push(p);
+            match at {
+                Some(at) => {
+                    served.insert((self.kafka.receipts_topic.clone(), p), at);
+                }
+                None => unvouched.push(p),
             }
             out.push((p, at));
         }
+        self.status.served(&served);
         if self.restore && !unvouched.is_empty() {
             refuse_unvouched(
                 consumer,

@@ -1018,12 +1018,12 @@ impl Store {
                     boards.add(*p, previous.as_ref(), state);
                 }
                 let key = user_key(*p, user_id);
-                users_written.push((*p, seen::Known::hash(&key)));
+                users_written.push((*p, seen::hash(&key)));
                 batch.insert(&self.users, key, value::encode_user(state));
             }
             for ((p, user_id, receipt_id), entry) in &set.ledger {
                 let key = ledger_key(*p, user_id, receipt_id);
-                ledger_written.push((*p, seen::Known::hash(&key)));
+                ledger_written.push((*p, seen::hash(&key)));
                 batch.insert(&self.ledger, key, value::encode_ledger(entry));
                 batch.insert(
                     &self.due,
@@ -1584,7 +1584,7 @@ mod tests {
         store.commit(&set).unwrap();
         let key = ledger_key(0, "u", "in-flight");
         let known = &store.known_ledger;
-        let in_flight = known.written(&[(0, seen::Known::hash(&key))]).unwrap();
+        let in_flight = known.written(&[(0, seen::hash(&key))]).unwrap();
         let many = BTreeMap::from([(0, 1_000_000)]);
         known.deleted(known.written(&[]).unwrap(), &many);
         assert!(

@@ -48,11 +48,6 @@ impl Drop for Writing<'_> {
 }
 
 impl Known {
-    /// The hash `key` is kept under ([`Seen::hash`]).
-    pub(super) fn hash(key: &[u8]) -> u32 {
-        Seen::hash(key)
-    }
-
     /// Nothing known yet of `keyspace`: each partition's set is built at its first use.
     pub(super) fn new(keyspace: Keyspace, scan: &'static str) -> Self {
         Self {
@@ -65,7 +60,7 @@ impl Known {
 
     /// Whether the keyspace may hold `key`, of partition `p`: `false` means it does not.
     pub(super) fn may_hold(&self, p: i32, key: &[u8]) -> Result<bool, StoreError> {
-        let hash = Seen::hash(key);
+        let hash = hash(key);
         let seen = self.seen.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(maybe) = seen.may_hold(p, hash) {
             return Ok(maybe);
@@ -109,11 +104,17 @@ impl Known {
         }
         let mut hashes = Vec::new();
         for kv in self.keyspace.prefix(p.to_be_bytes()) {
-            hashes.push(Seen::hash(&kv.key().map_err(io(self.scan))?));
+            hashes.push(hash(&kv.key().map_err(io(self.scan))?));
         }
         seen.build(p, hashes);
         Ok(())
     }
+}
+
+/// The hash `key` is kept under: the low half of a 64-bit hash with a fixed seed (the
+/// set's own table, seeded per process, hashes it again).
+pub(super) fn hash(key: &[u8]) -> u32 {
+    foldhash::fast::FixedState::default().hash_one(key) as u32
 }
 
 /// The keys of the partitions built so far, by partition.
@@ -130,12 +131,6 @@ struct Partition {
 }
 
 impl Seen {
-    /// The hash ledger key `key` is kept under: the low half of a 64-bit hash (the set's
-    /// own table, seeded per process, hashes it again).
-    fn hash(key: &[u8]) -> u32 {
-        foldhash::fast::FixedState::default().hash_one(key) as u32
-    }
-
     /// Whether partition `p`'s set is built.
     fn built(&self, p: i32) -> bool {
         self.partitions.contains_key(&p)
