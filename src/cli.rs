@@ -127,6 +127,33 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         bad_permille: u32,
     },
+    /// Fold the retained receipts twice, under the live rules and under proposed ones,
+    /// each into a temporary store (the live store is never opened), and report what
+    /// would have changed: totals, coins by store, category and campaign, users' levels
+    /// and coins. The topic must still hold its first records (README, "What if").
+    Whatif {
+        /// The live config (brokers, topic, store memory, the rules now).
+        #[arg(long)]
+        config: PathBuf,
+        /// The proposed config: its rules, game ([[campaigns]], [[missions]], ...) and
+        /// [processing] sections are used.
+        #[arg(long)]
+        rules: PathBuf,
+        /// Apply the proposed rules from this instant (RFC 3339, by the records' Kafka
+        /// timestamps); the records before it are folded under the live rules on both
+        /// sides. Default: from the first record.
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// End the range before this instant (RFC 3339). Default: the topic's end now.
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// Write the report as one self-contained HTML page to FILE.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Write the report as JSON (schemas/whatif.schema.json) to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Write the store to a compacted snapshot file, or create a store from one.
     Snapshot {
         /// Export or import.

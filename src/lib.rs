@@ -21,6 +21,7 @@
 //! - [`http`]: the query API, health checks, `/metrics`, `/openapi.json`.
 //! - [`status`]: assignment, readiness and freshness, shared by the consumer and the API.
 //! - [`telemetry`]: every metric name and log line.
+//! - [`whatif`]: `mallquest whatif`, the receipts refolded under proposed rules and compared.
 //! - [`shutdown`]: signal handling.
 
 pub mod changelog;
@@ -41,3 +42,4 @@ pub mod snapshot;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod whatif;

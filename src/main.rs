@@ -48,6 +48,46 @@ fn serve_demo(config: &Config, store: Arc<Store>, listen: &str) -> anyhow::Resul
     })
 }
 
+/// `mallquest whatif`: checks every input before folding, then writes the report where
+/// asked and prints its headline figures.
+fn whatif(
+    config: &std::path::Path,
+    rules: &std::path::Path,
+    from: Option<&str>,
+    to: Option<&str>,
+    out: Option<std::path::PathBuf>,
+    json: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let live = Config::load(config)?;
+    let proposed = Config::load(rules).context("the proposed rules (--rules) are not valid")?;
+    let instant = |flag: &str, t: Option<&str>| -> anyhow::Result<_> {
+        t.map(|t| {
+            mallquest::domain::Timestamp::parse_rfc3339(t)
+                .ok_or_else(|| anyhow::anyhow!("{flag} {t:?} is not an RFC 3339 instant with an offset (2026-11-01T00:00:00+04:00)"))
+        })
+        .transpose()
+    };
+    let opts = whatif::Options {
+        live,
+        proposed,
+        from: instant("--from", from)?,
+        to: instant("--to", to)?,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let report = whatif::run(&opts)?;
+    if let Some(path) = &json {
+        let body = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, body)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
+    if let Some(path) = &out {
+        std::fs::write(path, whatif::html::render(&report))
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
+    print!("{}", whatif::summary(&report));
+    Ok(())
+}
+
 /// jemalloc instead of glibc's malloc: the fold allocates small, short-lived keys and
 /// values per receipt, and glibc's allocator took about 18% of the fold thread's time.
 /// Side by side (docs/benchmarks-history.md 1) the fold ran 1.34x faster with jemalloc,
@@ -55,7 +95,7 @@ fn serve_demo(config: &Config, store: Arc<Store>, listen: &str) -> anyhow::Resul
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use mallquest::store::Store;
-use mallquest::{codec, demo, http, kafka, shutdown, simulate, snapshot, telemetry};
+use mallquest::{codec, demo, http, kafka, shutdown, simulate, snapshot, telemetry, whatif};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -213,6 +253,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Whatif {
+            config,
+            rules,
+            from,
+            to,
+            out,
+            json,
+        } => whatif(&config, &rules, from.as_deref(), to.as_deref(), out, json),
         Command::Dump { config } => {
             let config = Config::load(&config)?;
             let store = Store::open(&config.store.path)?;

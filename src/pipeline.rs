@@ -264,6 +264,21 @@ pub struct BatchStats {
     pub users_published: u64,
     /// Next offsets the batch committed, by (topic, partition).
     pub offsets: BTreeMap<(String, i32), i64>,
+    /// Purchases and refunds by store, when the processor keeps them
+    /// ([`Processor::tallying_stores`]; `whatif` does).
+    pub by_store: HashMap<String, StoreTally>,
+}
+
+/// What the applied purchases and refunds of one store came to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StoreTally {
+    /// Purchases and refunds applied.
+    pub receipts: u64,
+    /// Coins they changed, net: all that purchases earned (base, level-up bonus,
+    /// campaigns, missions) less what refunds took back.
+    pub coins: i64,
+    /// Money spent, net of refunds, in minor units.
+    pub spent: i64,
 }
 
 impl BatchStats {
@@ -324,6 +339,28 @@ impl BatchStats {
         self.coins_awarded += o.coins_awarded;
         self.coins_reversed += o.coins_reversed;
         self.users_published += o.users_published;
+        for (store, t) in &o.by_store {
+            let mine = self.by_store.entry(store.clone()).or_default();
+            mine.receipts += t.receipts;
+            mine.coins = mine.coins.saturating_add(t.coins);
+            mine.spent = mine.spent.saturating_add(t.spent);
+        }
+    }
+
+    /// Counts an applied purchase or refund of `entry.store_id` into [`Self::by_store`].
+    fn tally_store(&mut self, entry: &domain::LedgerEntry, coins_delta: i64) {
+        let spent = match entry.kind {
+            domain::ReceiptKind::Purchase => entry.amount,
+            domain::ReceiptKind::Refund { .. } => -entry.amount,
+            _ => return,
+        };
+        let t = match self.by_store.get_mut(&entry.store_id) {
+            Some(t) => t,
+            None => self.by_store.entry(entry.store_id.clone()).or_default(),
+        };
+        t.receipts += 1;
+        t.coins = t.coins.saturating_add(coins_delta);
+        t.spent = t.spent.saturating_add(spent);
     }
 }
 
@@ -385,6 +422,8 @@ pub struct Processor {
     positions: Positions,
     /// The dedup window in seconds of event time.
     window_secs: i64,
+    /// Whether batches count purchases and refunds by store ([`BatchStats::by_store`]).
+    tally_stores: bool,
 }
 
 impl Processor {
@@ -412,6 +451,7 @@ impl Processor {
             hold_writes: Arc::default(),
             positions: Positions::default(),
             window_secs,
+            tally_stores: false,
         }
     }
 
@@ -421,6 +461,12 @@ impl Processor {
         self.window_secs = i64::from(days.max(1)) * SECS_PER_DAY;
         self.rules.game.window_secs = Some(self.window_secs);
         self.store.set_dedup_window_secs(self.window_secs);
+        self
+    }
+
+    /// Counts each batch's purchases and refunds by store ([`BatchStats::by_store`]).
+    pub fn tallying_stores(mut self) -> Self {
+        self.tally_stores = true;
         self
     }
 
@@ -643,6 +689,9 @@ impl Processor {
                 attributed: _,
             } => {
                 self.stats.applied_one(&entry, coins_delta);
+                if self.tally_stores {
+                    self.stats.tally_store(&entry, coins_delta);
+                }
                 for event in &events {
                     self.stats.count(event);
                 }
