@@ -657,6 +657,15 @@ impl Client {
     /// Produces records (key, value) to the partition librdkafka's partitioner picks, in
     /// bounded chunks, every one acknowledged by all in-sync replicas.
     pub fn produce(&self, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
+        let timed: Vec<_> = records
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone(), None))
+            .collect();
+        self.produce_timed(topic, &timed);
+    }
+
+    /// [`Self::produce`] with each record's Kafka timestamp (ms), where given.
+    pub fn produce_timed(&self, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>, Option<i64>)]) {
         let producer: BaseProducer = self
             .config()
             .set("linger.ms", "5")
@@ -666,10 +675,13 @@ impl Client {
             .create()
             .unwrap();
         for chunk in records.chunks(5_000) {
-            for (k, v) in chunk {
+            for (k, v, ts) in chunk {
                 let mut r = BaseRecord::<[u8], [u8]>::to(topic).payload(&v[..]);
                 if let Some(k) = k {
                     r = r.key(&k[..]);
+                }
+                if let Some(ts) = ts {
+                    r = r.timestamp(*ts);
                 }
                 let mut r = Some(r);
                 while let Some(rec) = r.take() {
