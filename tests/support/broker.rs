@@ -356,6 +356,9 @@ impl Broker {
     }
 }
 
+/// A record to produce: key, value and Kafka timestamp (ms), if given.
+pub type Timed = (Option<Vec<u8>>, Vec<u8>, Option<i64>);
+
 /// Three KRaft nodes on one machine, each broker and controller (a static three-voter
 /// quorum), replication factor 3 and `min.insync.replicas = 2` for every topic.
 pub struct Cluster {
@@ -665,7 +668,7 @@ impl Client {
     }
 
     /// [`Self::produce`] with each record's Kafka timestamp (ms), where given.
-    pub fn produce_timed(&self, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>, Option<i64>)]) {
+    pub fn produce_timed(&self, topic: &str, records: &[Timed]) {
         let producer: BaseProducer = self
             .config()
             .set("linger.ms", "5")
