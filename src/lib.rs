@@ -22,7 +22,8 @@
 //! - [`status`]: assignment, readiness and freshness, shared by the consumer and the API.
 //! - [`telemetry`]: every metric name and log line.
 //! - [`whatif`]: `mallquest whatif`, the receipts refolded under proposed rules and compared.
-//! - [`shutdown`]: signal handling.
+//! - [`service`]: the service `run` is (store, API, compaction, consumer), started and
+//!   stopped as one.
 
 pub mod changelog;
 pub mod cli;
@@ -35,7 +36,7 @@ pub mod http;
 pub mod kafka;
 pub mod partitioner;
 pub mod pipeline;
-pub mod shutdown;
+pub mod service;
 pub mod sim;
 pub mod simulate;
 pub mod snapshot;

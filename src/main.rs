@@ -1,49 +1,40 @@
 //! The `mallquest` binary: parse, load, run; errors printed with their causes.
 
 use std::io::{IsTerminal as _, Write as _};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use mallquest::cli::{Cli, Command, SnapshotAction};
 use mallquest::config::Config;
-use mallquest::status::Status;
 
 /// Serves the query API on a demo's store until Ctrl-C (standalone: every partition).
 fn serve_demo(config: &Config, store: Arc<Store>, listen: &str) -> anyhow::Result<()> {
+    let mut config = config.clone();
+    config.http.listen = listen.to_owned();
     let runtime = tokio::runtime::Runtime::new().context("failed to start the runtime")?;
     runtime.block_on(async {
-        let status = Arc::new(Status::default());
-        status.committed(&store.offsets()?);
-        let app = http::router(
-            http::AppState {
-                store,
-                status,
-                metrics: None,
-                token: config.http.token.as_deref().map(Arc::from),
-                forward_timeout: Duration::from_millis(config.http.forward_timeout_ms),
-                calendar: config.rules.calendar(),
-            },
-            Duration::from_millis(config.http.request_timeout_ms),
-        );
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("failed to listen on {listen}"))?;
-        println!("\nServing the demo store on http://{listen} until Ctrl-C.");
-        http::serve(
-            listener,
-            app,
-            http::Limits {
-                head_timeout: Duration::from_millis(config.http.request_timeout_ms),
-                max_connections: config.http.max_connections,
-            },
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
-        )
-        .await?;
+        let shutdown = Shutdown::new();
+        let signals = tokio::spawn(shutdown.clone().on_signal());
+        let listening = |addr: &str| {
+            println!("\nServing the demo store on http://{addr} until Ctrl-C.");
+        };
+        let served = service::serve_store(&config, store, listening, shutdown).await;
+        signals.abort();
+        served?;
+        Ok(())
+    })
+}
+
+/// `mallquest run` and `rebuild`: the service until SIGINT or SIGTERM.
+fn run_service(config: Config, start: kafka::Start) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the runtime")?;
+    runtime.block_on(async {
+        let shutdown = Shutdown::new();
+        let signals = tokio::spawn(shutdown.clone().on_signal());
+        let result = service::run(config, start, shutdown).await;
+        signals.abort();
+        result?;
         Ok(())
     })
 }
@@ -94,8 +85,9 @@ fn whatif(
 /// for 11% more peak RSS; mimalloc ran 1.4x faster for 32% more.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+use mallquest::service::{self, Shutdown};
 use mallquest::store::Store;
-use mallquest::{codec, demo, http, kafka, shutdown, simulate, snapshot, telemetry, whatif};
+use mallquest::{codec, demo, kafka, simulate, snapshot, whatif};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -119,16 +111,8 @@ fn main() -> std::process::ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config } => {
-            let config = Config::load(&config)?;
-            let runtime = tokio::runtime::Runtime::new().context("failed to start the runtime")?;
-            runtime.block_on(run(config, kafka::Start::Normal))
-        }
-        Command::Rebuild { config } => {
-            let config = Config::load(&config)?;
-            let runtime = tokio::runtime::Runtime::new().context("failed to start the runtime")?;
-            runtime.block_on(run(config, kafka::Start::Rebuild))
-        }
+        Command::Run { config } => run_service(Config::load(&config)?, kafka::Start::Normal),
+        Command::Rebuild { config } => run_service(Config::load(&config)?, kafka::Start::Rebuild),
         Command::Demo {
             receipts,
             users,
@@ -273,114 +257,4 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Drops ledger entries older than the dedup window every `every`, off the fold's thread.
-async fn compact_ledger(store: Arc<Store>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await; // the first tick is immediate: skip it
-    loop {
-        tick.tick().await;
-        let store = Arc::clone(&store);
-        let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || store.compact_ledger()).await {
-            Ok(Ok(())) => tracing::info!(
-                message = "Compacted the ledger.",
-                took_ms = started.elapsed().as_millis() as u64
-            ),
-            Ok(Err(e)) => tracing::warn!(message = "Ledger compaction failed.", error = %e),
-            Err(e) => tracing::warn!(message = "Ledger compaction panicked.", error = %e),
-        }
-    }
-}
-
-async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
-    let metrics =
-        telemetry::install_prometheus().context("failed to install the metrics recorder")?;
-    let upkeep = metrics.clone();
-    // Upkeep drains histogram buckets so that they cannot grow without bound.
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    let store = Arc::new(
-        Store::open_with_memory(
-            &config.store.path,
-            config.store.cache_mb << 20,
-            config.store.write_buffer_mb << 20,
-        )
-        .with_context(|| {
-            format!(
-            "the store at {} cannot be used: restore it from a backup, or move it aside and run \
-             `mallquest rebuild` to refold the receipts topic",
-            config.store.path.display()
-        )
-        })?,
-    );
-    store.set_periods_kept(config.processing.periods_kept);
-    let status = Arc::new(Status::default());
-    // Before the API serves anything: until the group assigns partitions, this instance
-    // holds none, whatever its store has (it is not a standalone `serve`).
-    status.set_grouped();
-    let listener = tokio::net::TcpListener::bind(&config.http.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.http.listen))?;
-    let app = http::router(
-        http::AppState {
-            store: Arc::clone(&store),
-            status: Arc::clone(&status),
-            metrics: Some(metrics),
-            token: config.http.token.as_deref().map(Arc::from),
-            forward_timeout: Duration::from_millis(config.http.forward_timeout_ms),
-            calendar: config.rules.calendar(),
-        },
-        Duration::from_millis(config.http.request_timeout_ms),
-    );
-    tracing::info!(message = "Serving the query API.", listen = %config.http.listen);
-    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve(
-        listener,
-        app,
-        http::Limits {
-            head_timeout: Duration::from_millis(config.http.request_timeout_ms),
-            max_connections: config.http.max_connections,
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-
-    if config.store.compact_every_minutes > 0 {
-        tokio::spawn(compact_ledger(
-            Arc::clone(&store),
-            Duration::from_secs(config.store.compact_every_minutes * 60),
-        ));
-    }
-    let flag = Arc::new(AtomicBool::new(false));
-    tokio::spawn(shutdown::on_signal(Arc::clone(&flag)));
-    store.stop_stalls_on(Arc::clone(&flag));
-    let reached = {
-        let (kafka, status, flag) = (config.kafka.clone(), Arc::clone(&status), Arc::clone(&flag));
-        tokio::task::spawn_blocking(move || kafka::wait_for_brokers(&kafka, &status, &flag))
-            .await
-            .context("the broker probe panicked")??
-    };
-    if !reached {
-        let _ = stop_http.send(());
-        return Ok(());
-    }
-    kafka::ensure_output_topics(&config.kafka).await?;
-    let worker =
-        tokio::task::spawn_blocking(move || kafka::run(&config, store, status, &flag, start));
-    let result = worker.await.context("the consumer thread panicked")?;
-    let _ = stop_http.send(());
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => tracing::warn!(message = "HTTP server error.", error = %e),
-        Ok(_) => {}
-        Err(_) => tracing::warn!(message = "HTTP requests still running at exit."),
-    }
-    result
 }

@@ -148,8 +148,24 @@ fn process_collector() -> &'static metrics_process::Collector {
     COLLECTOR.get_or_init(metrics_process::Collector::default)
 }
 
-/// Installs the Prometheus recorder with histogram buckets for every histogram.
+/// Installs the Prometheus recorder with histogram buckets for every histogram, once per
+/// process: a later call (a service started again in-process, as tests do) gets the same
+/// handle.
 pub fn install_prometheus() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    static INSTALLED: std::sync::Mutex<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::Mutex::new(None);
+    let mut installed = INSTALLED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(h) = installed.as_ref() {
+        return Ok(h.clone());
+    }
+    let handle = install_recorder()?;
+    *installed = Some(handle.clone());
+    Ok(handle)
+}
+
+fn install_recorder() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     let latency = [
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
