@@ -25,6 +25,7 @@ fn serve_demo(config: &Config, store: Arc<Store>, listen: &str) -> anyhow::Resul
                 token: config.http.token.as_deref().map(Arc::from),
                 forward_timeout: Duration::from_millis(config.http.forward_timeout_ms),
                 calendar: config.rules.calendar(),
+                levels: config.rules.level_scale(),
             },
             Duration::from_millis(config.http.request_timeout_ms),
         );
@@ -288,6 +289,7 @@ async fn run(config: Config, start: kafka::Start) -> anyhow::Result<()> {
             token: config.http.token.as_deref().map(Arc::from),
             forward_timeout: Duration::from_millis(config.http.forward_timeout_ms),
             calendar: config.rules.calendar(),
+            levels: config.rules.level_scale(),
         },
         Duration::from_millis(config.http.request_timeout_ms),
     );

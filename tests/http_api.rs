@@ -32,6 +32,7 @@ fn fixture(token: Option<&str>) -> Fixture {
             token: token.map(Arc::from),
             forward_timeout: std::time::Duration::from_secs(2),
             calendar: mallquest::domain::Rules::default().calendar(),
+            levels: mallquest::domain::Rules::default().level_scale(),
         },
         _dir: dir,
     }
@@ -232,6 +233,25 @@ async fn openapi_document_matches_the_real_routes() {
     }
 }
 
+/// The level scale the shopper's page shows progress with: the configured rules', behind
+/// the token like the rest of `/v1`.
+#[tokio::test]
+async fn levels_are_the_configured_scale_behind_the_token() {
+    let f = fixture(Some("s3cret"));
+    let (status, _, _) = get(&f, "/v1/levels", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = get(&f, "/v1/levels", Some("s3cret")).await;
+    assert_eq!(status, StatusCode::OK);
+    let rules = mallquest::domain::Rules::default();
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"level_xp_base": rules.level_xp_base, "max_level": rules.max_level})
+    );
+    let (status, _, body) = get(&f, "/v1/levels?x=1", Some("s3cret")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json(&body)["error"], "unknown_parameter");
+}
+
 /// `run`'s API serves before its consumer has joined the group: until partitions are
 /// assigned it holds none, so it neither answers from its store nor says "no such user"
 /// (a peer may hold the user): a 503 either way.
@@ -274,6 +294,7 @@ fn game_fixture_with(config: mallquest::config::Config) -> Fixture {
             token: None,
             forward_timeout: std::time::Duration::from_secs(2),
             calendar: config.rules.calendar(),
+            levels: config.rules.level_scale(),
         },
         _dir: dir,
     }

@@ -30,10 +30,11 @@ use crate::telemetry;
 pub const OPENAPI: &str = include_str!("../../schemas/openapi.json");
 
 /// Every route, as its pattern (the OpenAPI test checks the document against it).
-pub const ROUTES: [&str; 7] = [
+pub const ROUTES: [&str; 8] = [
     "/v1/users/{user_id}",
     "/v1/users/{user_id}/rank",
     "/v1/leaderboard",
+    "/v1/levels",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -58,6 +59,8 @@ pub struct AppState {
     pub forward_timeout: Duration,
     /// The mall's calendar: the default period of a period board.
     pub calendar: crate::domain::Calendar,
+    /// How levels follow XP, for `/v1/levels` (the shopper's page shows progress from it).
+    pub levels: crate::domain::rules::LevelScale,
 }
 
 /// The whole HTTP app.
@@ -66,6 +69,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/v1/users/{user_id}", get(handlers::user))
         .route("/v1/users/{user_id}/rank", get(handlers::rank))
         .route("/v1/leaderboard", get(handlers::leaderboard))
+        .route("/v1/levels", get(handlers::levels))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(v1)
