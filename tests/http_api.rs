@@ -252,6 +252,49 @@ async fn levels_are_the_configured_scale_behind_the_token() {
     assert_eq!(json(&body)["error"], "unknown_parameter");
 }
 
+/// The pages' shells and files hold no data, so they are served without the token (a
+/// browser cannot send one on navigation), with their types, a CSP that allows no inline
+/// script, and revalidated caching (an ETag, `no-cache`, 304 when unchanged).
+#[tokio::test]
+async fn pages_are_served_without_the_token_typed_and_revalidated() {
+    let f = fixture(Some("s3cret"));
+    for (uri, content_type) in [
+        ("/board", "text/html; charset=utf-8"),
+        ("/me/%3Cb%3Ex%3C%2Fb%3E", "text/html; charset=utf-8"),
+        ("/pages/pages.css", "text/css; charset=utf-8"),
+        ("/pages/common.js", "text/javascript; charset=utf-8"),
+        ("/pages/board.js", "text/javascript; charset=utf-8"),
+        ("/pages/me.js", "text/javascript; charset=utf-8"),
+    ] {
+        let (status, headers, body) = get(&f, uri, None).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        assert_eq!(headers["content-type"], content_type, "{uri}");
+        assert_eq!(headers["cache-control"], "no-cache", "{uri}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{uri}");
+        assert!(!body.is_empty(), "{uri}");
+        if content_type.starts_with("text/html") {
+            let csp = headers["content-security-policy"].to_str().unwrap();
+            assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+            // The same shell for every user: nothing of the address is in it.
+            assert!(!String::from_utf8_lossy(&body).contains("<b>x"));
+        }
+        let etag = headers["etag"].clone();
+        let resp = router(f.state.clone(), Duration::from_secs(5))
+            .oneshot(
+                Request::get(uri)
+                    .header("if-none-match", etag)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_MODIFIED, "{uri}");
+    }
+    let (status, _, body) = get(&f, "/pages/secret.toml", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json(&body)["error"], "not_found");
+}
+
 /// `run`'s API serves before its consumer has joined the group: until partitions are
 /// assigned it holds none, so it neither answers from its store nor says "no such user"
 /// (a peer may hold the user): a 503 either way.
