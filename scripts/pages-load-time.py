@@ -39,7 +39,8 @@ with sync_playwright() as p:
     for name, (path, viewport, full) in pages.items():
         load, data = [], []
         for i in range(args.runs):
-            ctx = browser.new_context(viewport=viewport)
+            # bypass_csp: Playwright evaluates its waits as strings, which the pages' CSP forbids.
+            ctx = browser.new_context(viewport=viewport, bypass_csp=True)
             page = ctx.new_page()
             page.goto(args.base + path + fragment)
             page.wait_for_function("Number(document.body.dataset.updates || 0) > 0", timeout=30_000)
