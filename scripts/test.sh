@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, golden, property, schema and end-to-end tests against real
 # Apache Kafka (one KRaft broker per test, a three-node cluster for the replica faults)
-# and a real Prometheus, which this script installs if they are missing.
+# and a real Prometheus, and the pages in a real headless Chromium, which this script
+# installs if they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,12 @@ cd "$(dirname "$0")/.."
 MALLQUEST_KAFKA_HOME="$(scripts/install-kafka.sh)"
 export MALLQUEST_KAFKA_HOME
 echo "test broker: Apache Kafka from $MALLQUEST_KAFKA_HOME"
+
+# Headless Chromium (Debian's package), Playwright for Python and axe-core (cached): the
+# pages test (tests/pages.rs) drives /board and /me in a real browser, and fails without them.
+eval "$(scripts/install-browser.sh)"
+export MALLQUEST_BROWSER_PYTHON MALLQUEST_AXE_JS
+echo "pages test: Playwright in $MALLQUEST_BROWSER_PYTHON, axe-core from $MALLQUEST_AXE_JS"
 
 # Prometheus and promtool (Debian's package): the metrics tests scrape /metrics for real.
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then

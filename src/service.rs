@@ -245,6 +245,7 @@ async fn start_api(
             token: config.http.token.as_deref().map(Arc::from),
             forward_timeout: Duration::from_millis(config.http.forward_timeout_ms),
             calendar: config.rules.calendar(),
+            levels: config.rules.level_scale(),
         },
         timeout,
     );

@@ -41,6 +41,7 @@ impl Server {
                 token: None,
                 forward_timeout: std::time::Duration::from_secs(2),
                 calendar: mallquest::domain::Rules::default().calendar(),
+                levels: mallquest::domain::Rules::default().level_scale(),
             },
             timeout,
         );

@@ -32,6 +32,7 @@ fn fixture(token: Option<&str>) -> Fixture {
             token: token.map(Arc::from),
             forward_timeout: std::time::Duration::from_secs(2),
             calendar: mallquest::domain::Rules::default().calendar(),
+            levels: mallquest::domain::Rules::default().level_scale(),
         },
         _dir: dir,
     }
@@ -232,6 +233,68 @@ async fn openapi_document_matches_the_real_routes() {
     }
 }
 
+/// The level scale the shopper's page shows progress with: the configured rules', behind
+/// the token like the rest of `/v1`.
+#[tokio::test]
+async fn levels_are_the_configured_scale_behind_the_token() {
+    let f = fixture(Some("s3cret"));
+    let (status, _, _) = get(&f, "/v1/levels", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = get(&f, "/v1/levels", Some("s3cret")).await;
+    assert_eq!(status, StatusCode::OK);
+    let rules = mallquest::domain::Rules::default();
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"level_xp_base": rules.level_xp_base, "max_level": rules.max_level})
+    );
+    let (status, _, body) = get(&f, "/v1/levels?x=1", Some("s3cret")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json(&body)["error"], "unknown_parameter");
+}
+
+/// The pages' shells and files hold no data, so they are served without the token (a
+/// browser cannot send one on navigation), with their types, a CSP that allows no inline
+/// script, and revalidated caching (an ETag, `no-cache`, 304 when unchanged).
+#[tokio::test]
+async fn pages_are_served_without_the_token_typed_and_revalidated() {
+    let f = fixture(Some("s3cret"));
+    for (uri, content_type) in [
+        ("/board", "text/html; charset=utf-8"),
+        ("/me/%3Cb%3Ex%3C%2Fb%3E", "text/html; charset=utf-8"),
+        ("/pages/pages.css", "text/css; charset=utf-8"),
+        ("/pages/common.js", "text/javascript; charset=utf-8"),
+        ("/pages/board.js", "text/javascript; charset=utf-8"),
+        ("/pages/me.js", "text/javascript; charset=utf-8"),
+    ] {
+        let (status, headers, body) = get(&f, uri, None).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        assert_eq!(headers["content-type"], content_type, "{uri}");
+        assert_eq!(headers["cache-control"], "no-cache", "{uri}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{uri}");
+        assert!(!body.is_empty(), "{uri}");
+        if content_type.starts_with("text/html") {
+            let csp = headers["content-security-policy"].to_str().unwrap();
+            assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+            // The same shell for every user: nothing of the address is in it.
+            assert!(!String::from_utf8_lossy(&body).contains("<b>x"));
+        }
+        let etag = headers["etag"].clone();
+        let resp = router(f.state.clone(), Duration::from_secs(5))
+            .oneshot(
+                Request::get(uri)
+                    .header("if-none-match", etag)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_MODIFIED, "{uri}");
+    }
+    let (status, _, body) = get(&f, "/pages/secret.toml", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json(&body)["error"], "not_found");
+}
+
 /// `run`'s API serves before its consumer has joined the group: until partitions are
 /// assigned it holds none, so it neither answers from its store nor says "no such user"
 /// (a peer may hold the user): a 503 either way.
@@ -274,6 +337,7 @@ fn game_fixture_with(config: mallquest::config::Config) -> Fixture {
             token: None,
             forward_timeout: std::time::Duration::from_secs(2),
             calendar: config.rules.calendar(),
+            levels: config.rules.level_scale(),
         },
         _dir: dir,
     }

@@ -47,6 +47,25 @@ pub struct Rules {
     pub game: Game,
 }
 
+/// How levels follow XP: level `n` (up to `max_level`) is reached at `(n - 1)² × xp_base`
+/// XP ([`Rules::level_for`]). A level is never lost, so after a refund the XP may lie below
+/// the current level's threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LevelScale {
+    /// `[rules] level_xp_base`.
+    pub xp_base: i64,
+    /// `[rules] max_level`.
+    pub max_level: u32,
+}
+
+impl LevelScale {
+    /// The XP at which `level` is reached (saturating), for `level` from 1 to `max_level`.
+    pub fn floor_xp(&self, level: u32) -> i64 {
+        let steps = i64::from(level.max(1) - 1);
+        steps.saturating_mul(steps).saturating_mul(self.xp_base)
+    }
+}
+
 /// One `[[rules.history]]` entry: rates in force before `until` (and at or after the
 /// previous entry's `until`). What it omits comes from the rule set in force after it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -161,6 +180,15 @@ impl Rules {
         self.timezone
     }
 
+    /// The level scale, as the API tells clients (the shopper's page shows progress to the
+    /// next level from it).
+    pub fn level_scale(&self) -> LevelScale {
+        LevelScale {
+            xp_base: self.level_xp_base,
+            max_level: self.max_level,
+        }
+    }
+
     /// The level for an XP total: `min(max_level, 1 + isqrt(xp / level_xp_base))`.
     pub fn level_for(&self, xp: i64) -> u32 {
         let steps = (xp.max(0) / self.level_xp_base) as u64;
@@ -252,6 +280,19 @@ mod tests {
         assert_eq!(r.level_for(399), 2);
         assert_eq!(r.level_for(400), 3);
         assert_eq!(r.level_for(97_764), 32);
+    }
+
+    #[test]
+    fn level_scale_floors_agree_with_level_for() {
+        let r = Rules::default();
+        let scale = r.level_scale();
+        for level in 1..=r.max_level {
+            let floor = scale.floor_xp(level);
+            assert_eq!(r.level_for(floor), level);
+            if level > 1 {
+                assert_eq!(r.level_for(floor - 1), level - 1);
+            }
+        }
     }
 
     #[test]

@@ -717,6 +717,20 @@ pub(super) async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
+/// `GET /v1/levels`: how levels follow XP (the same for every instance: it is the fold's
+/// rule), so that a client can show progress to the next level without knowing the config.
+pub(super) async fn levels(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    if query.is_some_and(|q| !q.is_empty()) {
+        return ApiError::bad_request("unknown_parameter", "this route takes no parameters")
+            .into_response();
+    }
+    Json(serde_json::json!({
+        "level_xp_base": state.levels.xp_base,
+        "max_level": state.levels.max_level,
+    }))
+    .into_response()
+}
+
 /// `GET /readyz`: partitions assigned and positioned, last commit good.
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     match state.status.ready() {

@@ -1,4 +1,5 @@
-//! The query API: projections, leaderboards, health, metrics and the OpenAPI document.
+//! The query API: projections, leaderboards, health, metrics and the OpenAPI document;
+//! and the pages (`/board`, `/me/{user_id}`), static files that read the same API.
 //!
 //! [`router`] builds the whole app in one place, so tests can drive it with `oneshot`
 //! without binding a port. Every error is a JSON body with a 4xx/5xx status, never a panic.
@@ -6,6 +7,7 @@
 mod error;
 mod forward;
 mod handlers;
+mod pages;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,10 +32,14 @@ use crate::telemetry;
 pub const OPENAPI: &str = include_str!("../../schemas/openapi.json");
 
 /// Every route, as its pattern (the OpenAPI test checks the document against it).
-pub const ROUTES: [&str; 7] = [
+pub const ROUTES: [&str; 11] = [
     "/v1/users/{user_id}",
     "/v1/users/{user_id}/rank",
     "/v1/leaderboard",
+    "/v1/levels",
+    "/board",
+    "/me/{user_id}",
+    "/pages/{file}",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -58,6 +64,8 @@ pub struct AppState {
     pub forward_timeout: Duration,
     /// The mall's calendar: the default period of a period board.
     pub calendar: crate::domain::Calendar,
+    /// How levels follow XP, for `/v1/levels` (the shopper's page shows progress from it).
+    pub levels: crate::domain::rules::LevelScale,
 }
 
 /// The whole HTTP app.
@@ -66,6 +74,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/v1/users/{user_id}", get(handlers::user))
         .route("/v1/users/{user_id}/rank", get(handlers::rank))
         .route("/v1/leaderboard", get(handlers::leaderboard))
+        .route("/v1/levels", get(handlers::levels))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(v1)
@@ -73,6 +82,11 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(openapi))
+        // The pages' shells hold no data, so they are served without the token: a browser
+        // cannot send one on navigation. Their scripts send it to /v1.
+        .route("/board", get(pages::board))
+        .route("/me/{user_id}", get(pages::me))
+        .route("/pages/{file}", get(pages::asset))
         .fallback(handlers::not_found)
         .layer(middleware::from_fn(track))
         .layer(TimeoutLayer::with_status_code(
