@@ -3,7 +3,10 @@
 //! out by hand; `--from` leaves the receipts before it under the live rules; the live store
 //! is byte-for-byte unchanged; the JSON matches its schema and the HTML shows its totals; a
 //! topic that lost its first records, an empty range and invalid proposed rules are refused
-//! before anything is folded.
+//! before anything is folded. The report's HTML is opened in a real headless Chromium
+//! (tests/browser/whatif_report.py; `MALLQUEST_BROWSER_PYTHON` and `MALLQUEST_AXE_JS` from
+//! scripts/install-browser.sh, as scripts/test.sh exports them: without them this fails,
+//! it is never skipped).
 
 mod support;
 
@@ -147,6 +150,43 @@ fn stores(v: &Value) -> BTreeMap<String, (i64, i64, i64)> {
         .collect()
 }
 
+/// Opens the last report written in `dir` in headless Chromium: it shows the JSON's
+/// figures, asks for nothing over the network and passes axe-core; a screenshot goes to
+/// the test artifacts.
+fn in_browser(dir: &Path) {
+    let tool = |var: &str| {
+        std::env::var_os(var).unwrap_or_else(|| {
+            panic!(
+                "{var} is not set: run scripts/install-browser.sh and export \
+                 MALLQUEST_BROWSER_PYTHON and MALLQUEST_AXE_JS (scripts/test.sh does). The \
+                 report is checked in a real browser and never skipped."
+            )
+        })
+    };
+    let python = tool("MALLQUEST_BROWSER_PYTHON");
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("artifacts/whatif");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/whatif_report.py"
+        ))
+        .arg(dir.join("report.html"))
+        .arg(dir.join("report.json"))
+        .arg(artifacts.join("report.png"))
+        .env("MALLQUEST_AXE_JS", tool("MALLQUEST_AXE_JS"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the report in Chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every file under `dir`, with its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -239,6 +279,7 @@ fn whatif_compares_exactly_and_never_touches_the_live_store() {
     );
     assert_eq!(r["users"]["coin_delta"]["max"], 100);
     assert_eq!(r["users"]["coin_delta"]["min"], 8);
+    in_browser(dir.path());
 
     // From BETWEEN on: the early s-b purchase stays at 100% on both sides.
     let r = report(dir.path(), &live, &doubled, &["--from", BETWEEN]);
