@@ -37,25 +37,75 @@ impl Answer {
     }
 }
 
+/// Why a forwarded query got no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ForwardError {
+    /// No answer in time.
+    #[error("{addr} did not answer within {timeout:?}")]
+    Timeout {
+        /// The instance.
+        addr: String,
+        /// The time it had.
+        timeout: Duration,
+    },
+    /// No connection.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The instance.
+        addr: String,
+        /// What the socket said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The exchange failed.
+    #[error("{addr}: {source}")]
+    Http {
+        /// The instance.
+        addr: String,
+        /// What hyper said.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The request could not be built (a path that is not a URI).
+    #[error("{addr}: {source}")]
+    Request {
+        /// The instance.
+        addr: String,
+        /// What the builder said.
+        #[source]
+        source: axum::http::Error,
+    },
+}
+
 /// `GET path` on the instance at `addr` (`host:port`), within `timeout`.
 pub(super) async fn get(
     addr: &str,
     path: &str,
     token: Option<&str>,
     timeout: Duration,
-) -> Result<Answer, String> {
+) -> Result<Answer, ForwardError> {
     tokio::time::timeout(timeout, get_inner(addr, path, token))
         .await
-        .map_err(|_| format!("{addr} did not answer within {timeout:?}"))?
+        .map_err(|_| ForwardError::Timeout {
+            addr: addr.to_owned(),
+            timeout,
+        })?
 }
 
-async fn get_inner(addr: &str, path: &str, token: Option<&str>) -> Result<Answer, String> {
+async fn get_inner(addr: &str, path: &str, token: Option<&str>) -> Result<Answer, ForwardError> {
+    let http = |source| ForwardError::Http {
+        addr: addr.to_owned(),
+        source,
+    };
     let stream = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        .map_err(|source| ForwardError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("{addr}: {e}"))?;
+        .map_err(http)?;
     tokio::spawn(conn);
     let mut req = Request::get(path)
         .header(header::HOST, addr)
@@ -65,17 +115,13 @@ async fn get_inner(addr: &str, path: &str, token: Option<&str>) -> Result<Answer
     }
     let req = req
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
+        .map_err(|source| ForwardError::Request {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let resp = sender.send_request(req).await.map_err(http)?;
     let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?
-        .to_bytes();
+    let body = body.collect().await.map_err(http)?.to_bytes();
     Ok(Answer {
         status: parts.status,
         headers: parts.headers,

@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::forward::{self, Answer, HEADER_FORWARDED, HEADER_PARTITIONS};
+use super::cluster::{self, holder, owners_missing, uncovered, NotFound, Replies};
+use super::forward::{Answer, HEADER_FORWARDED, HEADER_PARTITIONS};
 use super::{ApiError, AppState, HEADER_OFFSETS};
 use crate::codec;
 use crate::domain::money::format_minor;
@@ -44,49 +45,6 @@ fn partition_count(state: &AppState) -> Option<i32> {
         .and_then(|n| i32::try_from(n).ok())
 }
 
-/// Which partitions are served from here: those held now; or, standalone (`serve`,
-/// `demo`), every partition in the store. An instance of a group that was assigned nothing
-/// yet holds nothing: what its store has may have moved on elsewhere while it was down.
-/// Read once per request, then asked per partition.
-fn holder(state: &AppState) -> impl Fn(i32) -> bool {
-    let owned = state.status.owned();
-    let standalone = !state.status.in_group();
-    move |p| owned.as_ref().map_or(standalone, |o| o.contains(&p))
-}
-
-/// Asks every other instance that holds partitions, at once; their answers, or why not.
-async fn ask_peers(state: &AppState, path: &str) -> Vec<Result<Answer, String>> {
-    let peers = state.status.peers();
-    let token = state.token.clone();
-    let tasks: Vec<_> = peers
-        .into_iter()
-        .map(|m| {
-            let (path, token, timeout) = (path.to_owned(), token.clone(), state.forward_timeout);
-            tokio::spawn(async move {
-                forward::get(&m.http, &path, token.as_deref(), timeout)
-                    .await
-                    .map_err(|e| format!("instance {}: {e}", m.member))
-            })
-        })
-        .collect();
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
-    }
-    out
-}
-
-/// The partitions of the receipts topic not covered by `covered`. With no group at all
-/// (`serve`, `demo`: nothing assigned and no other instance), none; with a group but the
-/// topic's partitions not known yet, all of them are (`[-1]`).
-fn uncovered(state: &AppState, covered: &[i32]) -> Vec<i32> {
-    match state.status.partition_count() {
-        Some(n) => (0..n as i32).filter(|p| !covered.contains(p)).collect(),
-        None if !state.status.in_group() => Vec::new(),
-        None => vec![-1],
-    }
-}
-
 /// A peer's answer passed on as is, with its freshness and partitions headers.
 fn relay(a: Answer) -> Response {
     let mut r = (a.status, a.body).into_response();
@@ -102,12 +60,8 @@ fn relay(a: Answer) -> Response {
     r
 }
 
-/// `GET /v1/users/{user_id}`: the projection exactly as on the projections topic.
-pub(super) async fn user(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Response, ApiError> {
+/// A path's user id, checked.
+fn user_id_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(user_id) =
         path.map_err(|e| ApiError::bad_request("invalid_user_id", e.body_text()))?;
     if user_id.is_empty() || user_id.len() > MAX_USER_ID || user_id.chars().any(char::is_control) {
@@ -116,6 +70,16 @@ pub(super) async fn user(
             format!("user_id must be 1 to {MAX_USER_ID} bytes without control characters"),
         ));
     }
+    Ok(user_id)
+}
+
+/// `GET /v1/users/{user_id}`: the projection exactly as on the projections topic.
+pub(super) async fn user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let user_id = user_id_of(path)?;
     let found = state
         .store
         .locate_user_among(&user_id, partition_count(&state))
@@ -131,47 +95,63 @@ pub(super) async fn user(
     // the owner is asked. What this store holds of a partition that moved away stopped
     // changing when it left, so it is never the answer.
     let forwarded = headers.contains_key(HEADER_FORWARDED);
-    let answers = if forwarded {
-        Vec::new()
-    } else {
-        ask_peers(&state, &format!("/v1/users/{user_id}")).await
-    };
-    let mut covered = state.status.owned().unwrap_or_default();
-    let mut unreachable = Vec::new();
-    for a in answers {
-        match a {
-            Ok(a) if a.status == StatusCode::OK => return Ok(relay(a)),
-            Ok(a) if a.status == StatusCode::NOT_FOUND => covered.extend(a.partitions()),
-            Ok(a) => unreachable.push(format!("an instance answered {}", a.status)),
-            Err(e) => unreachable.push(e),
+    let mut answers = Vec::new();
+    if !forwarded {
+        answers = cluster::gather(&state, &format!("/v1/users/{user_id}")).await;
+    }
+    if let Some(i) = answers
+        .iter()
+        .position(|a| a.as_ref().is_ok_and(|a| a.status == StatusCode::OK))
+    {
+        if let Ok(a) = answers.swap_remove(i) {
+            return Ok(relay(a));
         }
     }
-    if let Some((p, _)) = found {
-        return Err(ApiError::unavailable(
+    let replies = Replies::<serde::de::IgnoredAny>::sort(answers, NotFound::Covers);
+    Err(user_elsewhere(
+        &state,
+        &user_id,
+        found.map(|(p, _)| p),
+        forwarded,
+        &replies,
+    ))
+}
+
+/// The error of a user query no instance answered: the user's partition has no owner
+/// that answered (503), some partition has none (503), or there is no such user (404).
+fn user_elsewhere<T>(
+    state: &AppState,
+    user_id: &str,
+    stored_in: Option<i32>,
+    forwarded: bool,
+    replies: &Replies<T>,
+) -> ApiError {
+    if let Some(p) = stored_in {
+        return ApiError::unavailable(
             "not_owned",
             format!(
                 "user {user_id:?} is in partition {p}, which this instance does not hold now, and its owner did not answer{}",
-                if unreachable.is_empty() { String::new() } else { format!(" ({})", unreachable.join("; ")) }
+                replies.why()
             ),
-        ));
+        );
     }
     // Instances that did not answer matter only if their partitions have no other owner
     // that did (a killed instance's last announcement lingers until it is back).
     let missing = if forwarded {
         Vec::new()
     } else {
-        uncovered(&state, &covered)
+        uncovered(state, &replies.covered)
     };
     if missing.is_empty() {
-        return Err(ApiError::not_found(format!("no user {user_id:?}")));
+        return ApiError::not_found(format!("no user {user_id:?}"));
     }
-    Err(ApiError::unavailable(
+    ApiError::unavailable(
         "partition_moving",
         format!(
             "user {user_id:?} is not here, and partitions {missing:?} have no owner that answered (moving between instances?); try again{}",
-            if unreachable.is_empty() { String::new() } else { format!(" ({})", unreachable.join("; ")) }
+            replies.why()
         ),
-    ))
+    )
 }
 
 #[derive(Serialize, Deserialize)]
@@ -378,18 +358,6 @@ fn resolve_at(state: &AppState, q: &BoardQuery) -> Result<Option<(Period, String
     Ok(Some((kind, at)))
 }
 
-/// The 503 of an answer that needs every partition's owner (`what` needs them) when
-/// `missing` partitions have none that answered; `failed` says why others did not.
-fn owners_missing(what: &str, missing: &[i32], failed: &[String]) -> ApiError {
-    ApiError::unavailable(
-        "partition_moving",
-        format!(
-            "{what} needs every partition's owner: {missing:?} have none that answered (moving between instances?){}; try again",
-            if failed.is_empty() { String::new() } else { format!(" ({})", failed.join("; ")) }
-        ),
-    )
-}
-
 /// `GET /v1/leaderboard?by=xp|coins|spent&period=day|week|month|all&at=KEY&limit=N`.
 pub(super) async fn leaderboard(
     State(state): State<AppState>,
@@ -398,32 +366,96 @@ pub(super) async fn leaderboard(
 ) -> Result<Response, ApiError> {
     let q = parse_board_query(query.as_deref(), &["by", "period", "at", "limit"])?;
     let (by, limit) = (q.by, q.limit);
-    let forwarded = headers.contains_key(HEADER_FORWARDED);
     let period = resolve_at(&state, &q)?;
-    // Only the partitions held now: the others' entries here stopped changing.
-    let owned = state.status.owned();
-    let keep = holder(&state);
-    let mut kept = match &period {
-        Some((kind, _)) => state
-            .store
-            .period_keys(*kind, &keep)
-            .map_err(|e| ApiError::internal(&e))?,
-        None => Vec::new(),
+    let (mut entries, mut kept) = local_board(&state, by, limit, period.as_ref())?;
+    let (period_name, at_name) = period_names(period.as_ref());
+    let mut offsets = state.status.offsets_header();
+    let forwarded = headers.contains_key(HEADER_FORWARDED);
+    if !forwarded && state.status.in_group() {
+        // Every owner's top `limit`, merged: the top `limit` of the union is in it.
+        let path = format!(
+            "/v1/leaderboard?by={}&period={period_name}&at={at_name}&limit={limit}",
+            board_name(by)
+        );
+        let replies =
+            Replies::<Leaderboard>::sort(cluster::gather(&state, &path).await, NotFound::Fails);
+        let missing = uncovered(&state, &replies.covered);
+        if !missing.is_empty() {
+            return Err(owners_missing("the leaderboard", &missing, &replies.failed));
+        }
+        offsets = cluster::joined_header(offsets, &replies.ok, HEADER_OFFSETS);
+        let theirs = cluster::joined_header(String::new(), &replies.ok, HEADER_PERIODS);
+        kept.extend(
+            theirs
+                .split(',')
+                .filter(|k| !k.is_empty())
+                .map(String::from),
+        );
+        entries.extend(replies.ok.into_iter().flat_map(|r| r.value.entries));
+        entries = cluster::merge_top(entries, limit, |e| score_of(by, &e.score), |e| &e.user_id);
+    }
+    if let (Some((kind, at)), false) = (&period, forwarded) {
+        kept = cluster::kept_periods(kept, state.store.periods_kept());
+        if !kept.contains(at) {
+            return Err(not_kept(*kind, at, &kept));
+        }
+    }
+    for (i, e) in entries.iter_mut().enumerate() {
+        e.rank = i + 1;
+    }
+    let board = Leaderboard {
+        by: board_name(by).to_owned(),
+        period: period_name.to_owned(),
+        at: at_name,
+        entries,
     };
-    let rows: Vec<(i64, crate::domain::UserState)> = match &period {
-        Some((kind, at)) => state
-            .store
-            .period_board(*kind, at, by, limit, &keep)
-            .map_err(|e| ApiError::internal(&e))?,
-        None => state
-            .store
-            .leaderboard_of(by, limit, &keep)
-            .map_err(|e| ApiError::internal(&e))?
-            .into_iter()
-            .map(|u| (crate::store::scores(&u)[by as usize], u))
-            .collect(),
+    let mut r = with_freshness(&state, Json(board).into_response());
+    for (name, value) in [(HEADER_OFFSETS, offsets), (HEADER_PERIODS, kept.join(","))] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r.headers_mut().insert(name, v);
+        }
+    }
+    Ok(r)
+}
+
+/// The `period` and `at` a board answer names.
+fn period_names(period: Option<&(Period, String)>) -> (&'static str, String) {
+    match period {
+        Some((kind, at)) => (kind.as_str(), at.clone()),
+        None => ("all", "all".to_owned()),
+    }
+}
+
+/// The top `limit` of the board from the partitions held here (only those: the others'
+/// entries here stopped changing), and the periods of its kind kept here.
+fn local_board(
+    state: &AppState,
+    by: Board,
+    limit: usize,
+    period: Option<&(Period, String)>,
+) -> Result<(Vec<Entry>, Vec<String>), ApiError> {
+    let keep = holder(state);
+    let internal = |e: crate::store::StoreError| ApiError::internal(&e);
+    let (rows, kept) = match period {
+        Some((kind, at)) => (
+            state
+                .store
+                .period_board(*kind, at, by, limit, &keep)
+                .map_err(internal)?,
+            state.store.period_keys(*kind, &keep).map_err(internal)?,
+        ),
+        None => (
+            state
+                .store
+                .leaderboard_of(by, limit, &keep)
+                .map_err(internal)?
+                .into_iter()
+                .map(|u| (crate::store::scores(&u)[by as usize], u))
+                .collect(),
+            Vec::new(),
+        ),
     };
-    let mut entries: Vec<Entry> = rows
+    let entries = rows
         .into_iter()
         .map(|(score, u)| Entry {
             rank: 0,
@@ -435,103 +467,21 @@ pub(super) async fn leaderboard(
             user_id: u.user_id,
         })
         .collect();
-    let (period_name, at_name) = match &period {
-        Some((kind, at)) => (kind.as_str(), at.clone()),
-        None => ("all", "all".to_owned()),
-    };
-    let mut offsets = vec![state.status.offsets_header()];
-    if !forwarded && state.status.in_group() {
-        // Every owner's top `limit`, merged: the top `limit` of the union is in it.
-        let path = format!(
-            "/v1/leaderboard?by={}&period={period_name}&at={at_name}&limit={limit}",
-            board_name(by)
-        );
-        let mut covered = owned.clone().unwrap_or_default();
-        let mut failed = Vec::new();
-        for a in ask_peers(&state, &path).await {
-            match a {
-                Ok(a) if a.status == StatusCode::OK => {
-                    match serde_json::from_slice::<Leaderboard>(&a.body) {
-                        Ok(board) => {
-                            covered.extend(a.partitions());
-                            if let Some(o) =
-                                a.headers.get(HEADER_OFFSETS).and_then(|v| v.to_str().ok())
-                            {
-                                offsets.push(o.to_owned());
-                            }
-                            if let Some(p) =
-                                a.headers.get(HEADER_PERIODS).and_then(|v| v.to_str().ok())
-                            {
-                                kept.extend(
-                                    p.split(',').filter(|k| !k.is_empty()).map(String::from),
-                                );
-                            }
-                            entries.extend(board.entries);
-                        }
-                        Err(e) => failed.push(format!("a malformed leaderboard: {e}")),
-                    }
-                }
-                Ok(a) => failed.push(format!("an instance answered {}", a.status)),
-                Err(e) => failed.push(e),
-            }
+    Ok((entries, kept))
+}
+
+/// The 404 of a period no instance keeps, naming the kept ones (oldest first).
+fn not_kept(kind: Period, at: &str, kept: &[String]) -> ApiError {
+    ApiError::not_found(format!(
+        "{} {at} is not kept; the kept {} periods are: {}",
+        kind.as_str(),
+        kind.as_str(),
+        if kept.is_empty() {
+            "none yet".to_owned()
+        } else {
+            kept.join(", ")
         }
-        let missing = uncovered(&state, &covered);
-        if !missing.is_empty() {
-            return Err(owners_missing("the leaderboard", &missing, &failed));
-        }
-        entries.sort_by(|a, b| {
-            score_of(by, &b.score)
-                .cmp(&score_of(by, &a.score))
-                .then_with(|| a.user_id.cmp(&b.user_id))
-        });
-        let mut seen = std::collections::HashSet::new();
-        entries.retain(|e| seen.insert(e.user_id.clone()));
-        entries.truncate(limit);
-    }
-    if let (Some((kind, at)), false) = (&period, forwarded) {
-        // The union of every instance's kept periods, latest first in the message.
-        kept.sort();
-        kept.dedup();
-        let excess = kept.len().saturating_sub(state.store.periods_kept());
-        kept.drain(..excess);
-        if !kept.contains(at) {
-            return Err(ApiError::not_found(format!(
-                "{} {at} is not kept; the kept {} periods are: {}",
-                kind.as_str(),
-                kind.as_str(),
-                if kept.is_empty() {
-                    "none yet".to_owned()
-                } else {
-                    kept.join(", ")
-                }
-            )));
-        }
-    }
-    for (i, e) in entries.iter_mut().enumerate() {
-        e.rank = i + 1;
-    }
-    let mut r = with_freshness(
-        &state,
-        Json(Leaderboard {
-            by: board_name(by).to_owned(),
-            period: period_name.to_owned(),
-            at: at_name,
-            entries,
-        })
-        .into_response(),
-    );
-    let merged = offsets
-        .into_iter()
-        .filter(|o| !o.is_empty())
-        .collect::<Vec<_>>()
-        .join(",");
-    if let Ok(v) = HeaderValue::from_str(&merged) {
-        r.headers_mut().insert(HEADER_OFFSETS, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&kept.join(",")) {
-        r.headers_mut().insert(HEADER_PERIODS, v);
-    }
-    Ok(r)
+    ))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -548,6 +498,76 @@ struct Above {
     of: u64,
 }
 
+/// One board as the partitions held here see it, for a rank query about one user.
+struct BoardHere<'a, K> {
+    state: &'a AppState,
+    by: Board,
+    period: Option<&'a (Period, String)>,
+    user_id: &'a str,
+    keep: K,
+}
+
+impl<K: Fn(i32) -> bool> BoardHere<'_, K> {
+    /// The users above `score` (ties: user ids before this user's) and on the board here.
+    fn above(&self, score: i64) -> Result<Above, ApiError> {
+        let store = &self.state.store;
+        let at = self.period.map(|(k, at)| (*k, at.as_str()));
+        let above = store
+            .rank_above(at, self.by, score, self.user_id, &self.keep)
+            .map_err(|e| ApiError::internal(&e))?;
+        let of = match self.period {
+            Some((kind, at)) => store
+                .period_users(*kind, at, &self.keep)
+                .map_err(|e| ApiError::internal(&e))?,
+            None => store.users_in(&self.keep),
+        };
+        Ok(Above { above, of })
+    }
+
+    /// The user's score on the board if the user is held here; a 404 if held here but
+    /// with nothing on the board.
+    fn user_score(&self) -> Result<Option<i64>, ApiError> {
+        let found = self
+            .state
+            .store
+            .locate_user_among(self.user_id, partition_count(self.state))
+            .map_err(|e| ApiError::internal(&e))?
+            .filter(|(p, _)| (self.keep)(*p));
+        let Some((_, u)) = found else {
+            return Ok(None);
+        };
+        match self.period {
+            Some((kind, at)) => u
+                .periods
+                .iter()
+                .find(|s| s.kind == *kind && s.key == *at)
+                .map(|s| Some(self.by.period_score(s)))
+                .ok_or_else(|| self.not_on_board()),
+            None => Ok(Some(crate::store::scores(&u)[self.by as usize])),
+        }
+    }
+
+    fn not_on_board(&self) -> ApiError {
+        let user_id = self.user_id;
+        ApiError::not_found(match self.period {
+            Some((kind, at)) => format!(
+                "user {user_id:?} has nothing attributed to {} {at}",
+                kind.as_str()
+            ),
+            None => format!("no user {user_id:?}"),
+        })
+    }
+}
+
+fn rank_answer(state: &AppState, by: Board, score: i64, counts: &Above) -> Response {
+    let body = Rank {
+        rank: counts.above + 1,
+        score: score_json(by, score),
+        of: counts.of,
+    };
+    with_freshness(state, Json(body).into_response())
+}
+
 /// `GET /v1/users/{user_id}/rank?by=&period=&at=`: the user's rank, score and the users on
 /// the board, exactly, from the index entries above the user (never every user).
 pub(super) async fn rank(
@@ -556,14 +576,7 @@ pub(super) async fn rank(
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let Path(user_id) =
-        path.map_err(|e| ApiError::bad_request("invalid_user_id", e.body_text()))?;
-    if user_id.is_empty() || user_id.len() > MAX_USER_ID || user_id.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid_user_id",
-            format!("user_id must be 1 to {MAX_USER_ID} bytes without control characters"),
-        ));
-    }
+    let user_id = user_id_of(path)?;
     let forwarded = headers.contains_key(HEADER_FORWARDED);
     let allowed: &[&str] = if forwarded {
         &["by", "period", "at", "score"]
@@ -571,146 +584,73 @@ pub(super) async fn rank(
         &["by", "period", "at"]
     };
     let q = parse_board_query(query.as_deref(), allowed)?;
-    let by = q.by;
     let period = resolve_at(&state, &q)?;
-    let keep = holder(&state);
-    let board_users = |keep: &dyn Fn(i32) -> bool| -> Result<u64, ApiError> {
-        match &period {
-            Some((kind, at)) => state
-                .store
-                .period_users(*kind, at, keep)
-                .map_err(|e| ApiError::internal(&e)),
-            None => Ok(state.store.users_in(keep)),
-        }
-    };
-    let above = |score: i64| -> Result<u64, ApiError> {
-        state
-            .store
-            .rank_above(
-                period.as_ref().map(|(k, at)| (*k, at.as_str())),
-                by,
-                score,
-                &user_id,
-                &keep,
-            )
-            .map_err(|e| ApiError::internal(&e))
+    let here = BoardHere {
+        state: &state,
+        by: q.by,
+        period: period.as_ref(),
+        user_id: &user_id,
+        keep: holder(&state),
     };
     if let (true, Some(score)) = (forwarded, q.score) {
-        let body = Above {
-            above: above(score)?,
-            of: board_users(&keep)?,
-        };
-        return Ok(with_freshness(&state, Json(body).into_response()));
+        return Ok(with_freshness(
+            &state,
+            Json(here.above(score)?).into_response(),
+        ));
     }
-    // The user's score on the board, where the user is held.
-    let found = state
-        .store
-        .locate_user_among(&user_id, partition_count(&state))
-        .map_err(|e| ApiError::internal(&e))?
-        .filter(|(p, _)| keep(*p));
-    let not_on_board = || {
-        ApiError::not_found(match &period {
-            Some((kind, at)) => format!(
-                "user {user_id:?} has nothing attributed to {} {at}",
-                kind.as_str()
-            ),
-            None => format!("no user {user_id:?}"),
-        })
-    };
-    let local_score = match &found {
-        Some((_, u)) => Some(match &period {
-            Some((kind, at)) => u
-                .periods
-                .iter()
-                .find(|s| s.kind == *kind && s.key == *at)
-                .map(|s| by.period_score(s))
-                .ok_or_else(not_on_board)?,
-            None => crate::store::scores(u)[by as usize],
-        }),
-        None => None,
-    };
-    let (period_name, at_name) = match &period {
-        Some((kind, at)) => (kind.as_str(), at.clone()),
-        None => ("all", "all".to_owned()),
-    };
-    let base = format!(
-        "/v1/users/{user_id}/rank?by={}&period={period_name}&at={at_name}",
-        board_name(by)
-    );
+    let local = here.user_score()?;
     if forwarded || !state.status.in_group() {
         // Answered from the partitions held here only.
-        let score = local_score.ok_or_else(not_on_board)?;
-        let body = Rank {
-            rank: above(score)? + 1,
-            score: score_json(by, score),
-            of: board_users(&keep)?,
-        };
-        return Ok(with_freshness(&state, Json(body).into_response()));
+        let score = local.ok_or_else(|| here.not_on_board())?;
+        return Ok(rank_answer(&state, q.by, score, &here.above(score)?));
     }
-    let score = match local_score {
+    let (period_name, at_name) = period_names(period.as_ref());
+    let base = format!(
+        "/v1/users/{user_id}/rank?by={}&period={period_name}&at={at_name}",
+        board_name(q.by)
+    );
+    let score = match local {
         Some(s) => s,
-        None => {
-            // The owner knows the score.
-            let mut unreachable = Vec::new();
-            let mut score = None;
-            for a in ask_peers(&state, &base).await {
-                match a {
-                    Ok(a) if a.status == StatusCode::OK => {
-                        if let Ok(r) = serde_json::from_slice::<Rank>(&a.body) {
-                            score = score_of(by, &r.score);
-                        }
-                    }
-                    Ok(a) if a.status == StatusCode::NOT_FOUND => {}
-                    Ok(a) => unreachable.push(format!("an instance answered {}", a.status)),
-                    Err(e) => unreachable.push(e),
-                }
-            }
-            match score {
-                Some(s) => s,
-                None if unreachable.is_empty() => return Err(not_on_board()),
-                None => {
-                    return Err(ApiError::unavailable(
-                        "partition_moving",
-                        format!(
-                            "the owner of user {user_id:?} did not answer ({}); try again",
-                            unreachable.join("; ")
-                        ),
-                    ))
-                }
-            }
-        }
+        None => owner_score(&state, &base, q.by, &user_id)
+            .await?
+            .ok_or_else(|| here.not_on_board())?,
     };
     // Every owner counts the users above it in its partitions.
-    let mut total = Above {
-        above: above(score)?,
-        of: board_users(&keep)?,
-    };
-    let mut covered = state.status.owned().unwrap_or_default();
-    let mut failed = Vec::new();
-    for a in ask_peers(&state, &format!("{base}&score={score}")).await {
-        match a {
-            Ok(a) if a.status == StatusCode::OK => match serde_json::from_slice::<Above>(&a.body) {
-                Ok(part) => {
-                    covered.extend(a.partitions());
-                    total.above += part.above;
-                    total.of += part.of;
-                }
-                Err(e) => failed.push(format!("a malformed answer: {e}")),
-            },
-            Ok(a) => failed.push(format!("an instance answered {}", a.status)),
-            Err(e) => failed.push(e),
-        }
-    }
-    let missing = uncovered(&state, &covered);
+    let mut total = here.above(score)?;
+    let path = format!("{base}&score={score}");
+    let replies = Replies::<Above>::sort(cluster::gather(&state, &path).await, NotFound::Fails);
+    let missing = uncovered(&state, &replies.covered);
     if !missing.is_empty() {
-        return Err(owners_missing("a rank", &missing, &failed));
+        return Err(owners_missing("a rank", &missing, &replies.failed));
     }
-    let body = Rank {
-        rank: total.above + 1,
-        score: score_json(by, score),
-        of: total.of,
-    };
-    Ok(with_freshness(&state, Json(body).into_response()))
+    for r in &replies.ok {
+        total.above += r.value.above;
+        total.of += r.value.of;
+    }
+    Ok(rank_answer(&state, q.by, score, &total))
+}
+
+/// The user's score as its owner answers it (`None`: no owner has the user on the board).
+async fn owner_score(
+    state: &AppState,
+    path: &str,
+    by: Board,
+    user_id: &str,
+) -> Result<Option<i64>, ApiError> {
+    let replies = Replies::<Rank>::sort(cluster::gather(state, path).await, NotFound::Ignored);
+    if let Some(score) = replies.ok.iter().find_map(|r| score_of(by, &r.value.score)) {
+        return Ok(Some(score));
+    }
+    if replies.failed.is_empty() {
+        return Ok(None);
+    }
+    Err(ApiError::unavailable(
+        "partition_moving",
+        format!(
+            "the owner of user {user_id:?} did not answer{}; try again",
+            replies.why()
+        ),
+    ))
 }
 
 pub(super) async fn healthz() -> Response {

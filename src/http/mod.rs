@@ -4,6 +4,7 @@
 //! [`router`] builds the whole app in one place, so tests can drive it with `oneshot`
 //! without binding a port. Every error is a JSON body with a 4xx/5xx status, never a panic.
 
+mod cluster;
 mod error;
 mod forward;
 mod handlers;
