@@ -33,6 +33,8 @@ pub use report::Report;
 const BATCH: usize = 50_000;
 /// How long one broker request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one poll waits for records.
+const POLL: Duration = Duration::from_millis(500);
 
 /// Why a what-if could not run. Everything but [`WhatifError::Store`] and
 /// [`WhatifError::Commit`] is found before any folding starts.
@@ -133,6 +135,8 @@ pub fn run(opts: &Options) -> Result<Report, WhatifError> {
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("isolation.level", "read_committed"),
+            // The end of a partition's log ends its span too (fold_spans).
+            ("enable.partition.eof", "true"),
         ],
     )
     .create()?;
@@ -146,6 +150,7 @@ pub fn run(opts: &Options) -> Result<Report, WhatifError> {
         Side::open(&opts.live, &opts.live)?,
         Side::open(&opts.live, &opts.live)?,
     ];
+    let mut history_records = 0;
     if history > 0 {
         let history_spans: Vec<Span> = spans
             .iter()
@@ -155,19 +160,19 @@ pub fn run(opts: &Options) -> Result<Report, WhatifError> {
                 ..*s
             })
             .collect();
-        fold_spans(&consumer, &topic, &history_spans, &mut sides, &bar)?;
+        history_records = fold_spans(&consumer, &topic, &history_spans, &mut sides, &bar)?;
     }
     // From here on each side folds under its own rules, and only what it does counts.
     for side in &mut sides {
         side.stats = BatchStats::default();
     }
     sides[1].switch_rules(&opts.proposed);
-    fold_spans(&consumer, &topic, &spans, &mut sides, &bar)?;
+    let records = fold_spans(&consumer, &topic, &spans, &mut sides, &bar)?;
     bar.finish_and_clear();
     let [live, proposed] = sides;
     let folded = Folded {
-        history_records: history.unsigned_abs(),
-        records: compared.unsigned_abs(),
+        history_records,
+        records,
         seconds: started.elapsed().as_secs_f64(),
     };
     report::compare(opts, &folded, &live.finish()?, &proposed.finish()?)
@@ -350,35 +355,47 @@ struct Owned {
 }
 
 /// Reads each span's records and folds them into both sides, a batch at a time, the two
-/// sides on two threads.
+/// sides on two threads. A partition is done at its span's last offset, or at its end of
+/// log: offsets are not contiguous (transaction markers and aborted records take offsets
+/// a `read_committed` reader never sees), so records are never counted against offsets.
 fn fold_spans(
     consumer: &BaseConsumer,
     topic: &str,
     spans: &[Span],
     sides: &mut [Side; 2],
     bar: &ProgressBar,
-) -> Result<(), WhatifError> {
+) -> Result<u64, WhatifError> {
     let mut tpl = TopicPartitionList::new();
-    let mut left = 0i64;
+    // Partitions still read, with the offset their span ends before.
+    let mut open: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
     for s in spans.iter().filter(|s| s.split < s.end) {
         tpl.add_partition_offset(topic, s.partition, Offset::Offset(s.split))?;
-        left += s.end - s.split;
+        open.insert(s.partition, s.end);
     }
-    if left == 0 {
-        return Ok(());
+    if open.is_empty() {
+        return Ok(0);
     }
     consumer.assign(&tpl)?;
-    let end_of = |p: i32| spans.iter().find(|s| s.partition == p).map_or(0, |s| s.end);
     let mut batch: Vec<Owned> = Vec::with_capacity(BATCH);
-    while left > 0 {
-        let Some(m) = consumer.poll(TIMEOUT) else {
+    let mut folded = 0u64;
+    while !open.is_empty() {
+        let m = match consumer.poll(POLL) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+                continue;
+            }
+            Some(m) => m?,
+        };
+        let Some(&end) = open.get(&m.partition()) else {
             continue;
         };
-        let m = m?;
-        if m.offset() >= end_of(m.partition()) {
+        if m.offset() + 1 >= end {
+            open.remove(&m.partition());
+        }
+        if m.offset() >= end {
             continue;
         }
-        left -= 1;
         batch.push(Owned {
             partition: m.partition(),
             offset: m.offset(),
@@ -386,14 +403,20 @@ fn fold_spans(
             payload: m.payload().map(<[u8]>::to_vec),
             timestamp_ms: m.timestamp().to_millis(),
         });
-        if batch.len() >= BATCH || left == 0 {
+        if batch.len() >= BATCH || open.is_empty() {
             fold_batch(topic, &batch, sides)?;
             bar.inc(batch.len() as u64);
+            folded += batch.len() as u64;
             batch.clear();
         }
     }
+    if !batch.is_empty() {
+        fold_batch(topic, &batch, sides)?;
+        bar.inc(batch.len() as u64);
+        folded += batch.len() as u64;
+    }
     consumer.unassign()?;
-    Ok(())
+    Ok(folded)
 }
 
 /// Folds `batch` into both sides, each on a thread of its own, and commits each.
