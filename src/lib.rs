@@ -18,7 +18,8 @@
 //! - [`simulate`]: `mallquest simulate`, the simulator publishing to Kafka.
 //! - [`demo`]: `mallquest demo`, the pipeline fed in-process.
 //! - [`snapshot`]: `mallquest snapshot export/import`, the store as one compacted file.
-//! - [`http`]: the query API, health checks, `/metrics`, `/openapi.json`.
+//! - [`http`]: the query API, the pages (`/board`, `/me`), health checks, `/metrics`,
+//!   `/openapi.json`; queries gathered from the other instances (`http/cluster.rs`).
 //! - [`status`]: assignment, readiness and freshness, shared by the consumer and the API.
 //! - [`telemetry`]: every metric name and log line.
 //! - [`whatif`]: `mallquest whatif`, the receipts refolded under proposed rules and compared.
