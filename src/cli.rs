@@ -135,8 +135,8 @@ pub enum Command {
         /// The live config (brokers, topic, store memory, the rules now).
         #[arg(long)]
         config: PathBuf,
-        /// The proposed config: its rules, game ([[campaigns]], [[missions]], ...) and
-        /// [processing] sections are used.
+        /// The proposed config: its rules, game (`[[campaigns]]`, `[[missions]]`, ...)
+        /// and `[processing]` sections are used.
         #[arg(long)]
         rules: PathBuf,
         /// Apply the proposed rules from this instant (RFC 3339, by the records' Kafka

@@ -154,7 +154,7 @@ pub async fn run(
     // holds none, whatever its store has.
     status.set_grouped();
     let api_stop = Shutdown::new();
-    let api = start_api(&config, &store, &status, Some(metrics.clone()), &api_stop).await?;
+    let mut api = start_api(&config, &store, &status, Some(metrics.clone()), &api_stop).await?;
     let mut background = vec![("upkeep", tokio::spawn(upkeep(metrics, shutdown.clone())))];
     if config.store.compact_every_minutes > 0 {
         let every = Duration::from_secs(config.store.compact_every_minutes * 60);
@@ -164,22 +164,34 @@ pub async fn run(
     let consumer = fold(config, store, status, &shutdown, start).await;
     let mut stopped = Stopped::default();
     stopped.joined.push("consumer");
-    // The API answers until the consumer's last commit, then stops.
+    // The API answers until the consumer's last commit, then stops; so does the rest
+    // (a consumer that failed leaves them running until here).
     api_stop.stop();
-    match tokio::time::timeout(HTTP_GRACE, api).await {
+    shutdown.stop();
+    let mut first_error = consumer.err();
+    match tokio::time::timeout(HTTP_GRACE, &mut api).await {
         Ok(Ok(Err(e))) => tracing::warn!(message = "HTTP server error.", error = %e),
-        Ok(Err(_)) => return Err(ServiceError::Panicked("api")),
+        Ok(Err(_)) => {
+            first_error.get_or_insert(ServiceError::Panicked("api"));
+        }
         Ok(Ok(Ok(()))) => {}
-        Err(_) => tracing::warn!(message = "HTTP requests still running at exit."),
+        Err(_) => {
+            tracing::warn!(message = "HTTP requests still running at exit; cut.");
+            api.abort();
+            let _ = api.await;
+        }
     }
     stopped.joined.push("api");
-    // A consumer that failed leaves the others running: they are stopped here.
-    shutdown.stop();
     for (name, task) in background {
-        task.await.map_err(|_| ServiceError::Panicked(name))?;
+        if task.await.is_err() {
+            first_error.get_or_insert(ServiceError::Panicked(name));
+        }
         stopped.joined.push(name);
     }
-    consumer.map(|()| stopped)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(stopped),
+    }
 }
 
 /// Serves the API alone on a store no consumer writes (`demo --serve`), every partition

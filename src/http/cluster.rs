@@ -140,27 +140,42 @@ pub(super) fn why(failed: &[PeerError]) -> String {
     }
 }
 
-/// Which partitions are served from here: those held now; or, standalone (`serve`,
+/// Which partitions are served from here, read once per request so that what is read
+/// here and what counts as covered agree: those held now; or, standalone (`serve`,
 /// `demo`), every partition in the store. An instance of a group that was assigned nothing
 /// yet holds nothing: what its store has may have moved on elsewhere while it was down.
-/// Read once per request, then asked per partition.
-pub(super) fn holder(state: &AppState) -> impl Fn(i32) -> bool {
-    let owned = state.status.owned();
-    let standalone = !state.status.in_group();
-    move |p| owned.as_ref().map_or(standalone, |o| o.contains(&p))
+pub(super) struct Held {
+    owned: Option<Vec<i32>>,
+    standalone: bool,
 }
 
-/// The partitions of the receipts topic covered neither here nor by `covered`. With no
-/// group at all (`serve`, `demo`: nothing assigned and no other instance), none; with a
-/// group but the topic's partitions not known yet, all of them are (`[-1]`).
-pub(super) fn uncovered(state: &AppState, covered: &[i32]) -> Vec<i32> {
-    let here = state.status.owned().unwrap_or_default();
-    match state.status.partition_count() {
-        Some(n) => (0..n as i32)
-            .filter(|p| !covered.contains(p) && !here.contains(p))
-            .collect(),
-        None if !state.status.in_group() => Vec::new(),
-        None => vec![-1],
+impl Held {
+    pub(super) fn now(state: &AppState) -> Self {
+        Held {
+            owned: state.status.owned(),
+            standalone: !state.status.in_group(),
+        }
+    }
+
+    /// Whether partition `p` is served from here.
+    pub(super) fn has(&self, p: i32) -> bool {
+        self.owned
+            .as_ref()
+            .map_or(self.standalone, |o| o.contains(&p))
+    }
+
+    /// The partitions of the receipts topic covered neither here nor by `covered`. With
+    /// no group at all (`serve`, `demo`: nothing assigned and no other instance), none;
+    /// with a group but the topic's partitions not known yet, all of them are (`[-1]`).
+    pub(super) fn uncovered(&self, state: &AppState, covered: &[i32]) -> Vec<i32> {
+        let here: &[i32] = self.owned.as_deref().unwrap_or_default();
+        match state.status.partition_count() {
+            Some(n) => (0..n as i32)
+                .filter(|p| !covered.contains(p) && !here.contains(p))
+                .collect(),
+            None if self.standalone => Vec::new(),
+            None => vec![-1],
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::cluster::{self, holder, owners_missing, uncovered, NotFound, Replies};
+use super::cluster::{self, owners_missing, Held, NotFound, Replies};
 use super::forward::{Answer, HEADER_FORWARDED, HEADER_PARTITIONS};
 use super::{ApiError, AppState, HEADER_OFFSETS};
 use crate::codec;
@@ -60,6 +60,18 @@ fn relay(a: Answer) -> Response {
     r
 }
 
+/// A user id as one path segment of a forwarded query: every byte but the unreserved
+/// ones percent-encoded, so that an id with `/`, `?`, `#`, `%` or a space reaches the peer
+/// as the same id.
+fn path_segment(user_id: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(user_id, KEEP).to_string()
+}
+
 /// A path's user id, checked.
 fn user_id_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(user_id) =
@@ -80,12 +92,13 @@ pub(super) async fn user(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let user_id = user_id_of(path)?;
+    let held = Held::now(&state);
     let found = state
         .store
         .locate_user_among(&user_id, partition_count(&state))
         .map_err(|e| ApiError::internal(&e))?;
     if let Some((p, u)) = &found {
-        if holder(&state)(*p) {
+        if held.has(*p) {
             let body = codec::encode_projection(u);
             let r = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
             return Ok(with_freshness(&state, r));
@@ -97,7 +110,7 @@ pub(super) async fn user(
     let forwarded = headers.contains_key(HEADER_FORWARDED);
     let mut answers = Vec::new();
     if !forwarded {
-        answers = cluster::gather(&state, &format!("/v1/users/{user_id}")).await;
+        answers = cluster::gather(&state, &format!("/v1/users/{}", path_segment(&user_id))).await;
     }
     if let Some(i) = answers
         .iter()
@@ -108,12 +121,9 @@ pub(super) async fn user(
         }
     }
     let replies = Replies::<serde::de::IgnoredAny>::sort(answers, NotFound::Covers);
+    let stored_in = found.map(|(p, _)| p);
     Err(user_elsewhere(
-        &state,
-        &user_id,
-        found.map(|(p, _)| p),
-        forwarded,
-        &replies,
+        &state, &held, &user_id, stored_in, forwarded, &replies,
     ))
 }
 
@@ -121,6 +131,7 @@ pub(super) async fn user(
 /// that answered (503), some partition has none (503), or there is no such user (404).
 fn user_elsewhere<T>(
     state: &AppState,
+    held: &Held,
     user_id: &str,
     stored_in: Option<i32>,
     forwarded: bool,
@@ -140,7 +151,7 @@ fn user_elsewhere<T>(
     let missing = if forwarded {
         Vec::new()
     } else {
-        uncovered(state, &replies.covered)
+        held.uncovered(state, &replies.covered)
     };
     if missing.is_empty() {
         return ApiError::not_found(format!("no user {user_id:?}"));
@@ -334,7 +345,11 @@ fn parse_board_query(query: Option<&str>, allowed: &[&str]) -> Result<BoardQuery
 /// The period a query is about (`None`: all time): the asked one, or the one holding the
 /// highest event-time mark of the partitions this instance holds; a 404 when there is no
 /// mark yet.
-fn resolve_at(state: &AppState, q: &BoardQuery) -> Result<Option<(Period, String)>, ApiError> {
+fn resolve_at(
+    state: &AppState,
+    held: &Held,
+    q: &BoardQuery,
+) -> Result<Option<(Period, String)>, ApiError> {
     let Some(kind) = q.period else {
         return Ok(None);
     };
@@ -349,7 +364,7 @@ fn resolve_at(state: &AppState, q: &BoardQuery) -> Result<Option<(Period, String
     }
     let at = state
         .store
-        .latest_period(kind, state.calendar, holder(state))
+        .latest_period(kind, state.calendar, |p| held.has(p))
         .ok_or_else(|| {
             ApiError::not_found(
                 "no period is kept yet: nothing was folded into the partitions held here",
@@ -366,8 +381,9 @@ pub(super) async fn leaderboard(
 ) -> Result<Response, ApiError> {
     let q = parse_board_query(query.as_deref(), &["by", "period", "at", "limit"])?;
     let (by, limit) = (q.by, q.limit);
-    let period = resolve_at(&state, &q)?;
-    let (mut entries, mut kept) = local_board(&state, by, limit, period.as_ref())?;
+    let held = Held::now(&state);
+    let period = resolve_at(&state, &held, &q)?;
+    let (mut entries, mut kept) = local_board(&state, &held, by, limit, period.as_ref())?;
     let (period_name, at_name) = period_names(period.as_ref());
     let mut offsets = state.status.offsets_header();
     let forwarded = headers.contains_key(HEADER_FORWARDED);
@@ -379,7 +395,7 @@ pub(super) async fn leaderboard(
         );
         let replies =
             Replies::<Leaderboard>::sort(cluster::gather(&state, &path).await, NotFound::Fails);
-        let missing = uncovered(&state, &replies.covered);
+        let missing = held.uncovered(&state, &replies.covered);
         if !missing.is_empty() {
             return Err(owners_missing("the leaderboard", &missing, &replies.failed));
         }
@@ -430,24 +446,25 @@ fn period_names(period: Option<&(Period, String)>) -> (&'static str, String) {
 /// entries here stopped changing), and the periods of its kind kept here.
 fn local_board(
     state: &AppState,
+    held: &Held,
     by: Board,
     limit: usize,
     period: Option<&(Period, String)>,
 ) -> Result<(Vec<Entry>, Vec<String>), ApiError> {
-    let keep = holder(state);
+    let keep = |p| held.has(p);
     let internal = |e: crate::store::StoreError| ApiError::internal(&e);
     let (rows, kept) = match period {
         Some((kind, at)) => (
             state
                 .store
-                .period_board(*kind, at, by, limit, &keep)
+                .period_board(*kind, at, by, limit, keep)
                 .map_err(internal)?,
-            state.store.period_keys(*kind, &keep).map_err(internal)?,
+            state.store.period_keys(*kind, keep).map_err(internal)?,
         ),
         None => (
             state
                 .store
-                .leaderboard_of(by, limit, &keep)
+                .leaderboard_of(by, limit, keep)
                 .map_err(internal)?
                 .into_iter()
                 .map(|u| (crate::store::scores(&u)[by as usize], u))
@@ -584,13 +601,14 @@ pub(super) async fn rank(
         &["by", "period", "at"]
     };
     let q = parse_board_query(query.as_deref(), allowed)?;
-    let period = resolve_at(&state, &q)?;
+    let held = Held::now(&state);
+    let period = resolve_at(&state, &held, &q)?;
     let here = BoardHere {
         state: &state,
         by: q.by,
         period: period.as_ref(),
         user_id: &user_id,
-        keep: holder(&state),
+        keep: |p| held.has(p),
     };
     if let (true, Some(score)) = (forwarded, q.score) {
         return Ok(with_freshness(
@@ -606,7 +624,8 @@ pub(super) async fn rank(
     }
     let (period_name, at_name) = period_names(period.as_ref());
     let base = format!(
-        "/v1/users/{user_id}/rank?by={}&period={period_name}&at={at_name}",
+        "/v1/users/{}/rank?by={}&period={period_name}&at={at_name}",
+        path_segment(&user_id),
         board_name(q.by)
     );
     let score = match local {
@@ -619,7 +638,7 @@ pub(super) async fn rank(
     let mut total = here.above(score)?;
     let path = format!("{base}&score={score}");
     let replies = Replies::<Above>::sort(cluster::gather(&state, &path).await, NotFound::Fails);
-    let missing = uncovered(&state, &replies.covered);
+    let missing = held.uncovered(&state, &replies.covered);
     if !missing.is_empty() {
         return Err(owners_missing("a rank", &missing, &replies.failed));
     }
@@ -702,4 +721,22 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
 /// Any other path.
 pub(super) async fn not_found() -> Response {
     ApiError::not_found("no such route").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_segment;
+
+    #[test]
+    fn a_forwarded_user_id_is_one_path_segment_that_decodes_to_itself() {
+        for id in ["u-1", "a b/c?d#e&f%g", "ünï", "x.y~z_"] {
+            let seg = path_segment(id);
+            assert!(!seg.contains(['/', '?', '#', ' ', '&']), "{seg}");
+            let back = percent_encoding::percent_decode_str(&seg)
+                .decode_utf8()
+                .unwrap();
+            assert_eq!(back, id);
+        }
+        assert_eq!(path_segment("u-00000001"), "u-00000001");
+    }
 }

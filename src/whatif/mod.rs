@@ -80,6 +80,14 @@ pub enum WhatifError {
         /// The range, in words.
         what: String,
     },
+    /// The broker's time index gave no offset for a partition.
+    #[error("the broker's time index answered {answer} for partition {partition}")]
+    TimeIndex {
+        /// The partition.
+        partition: i32,
+        /// What it answered.
+        answer: String,
+    },
     /// A broker request failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
@@ -319,16 +327,22 @@ fn offsets_at(
         tpl.add_partition_offset(topic, s.partition, Offset::Offset(ms))?;
     }
     let found = consumer.offsets_for_times(tpl, TIMEOUT)?;
-    Ok(spans
-        .iter()
-        .map(
-            |s| match found.find_partition(topic, s.partition).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o.min(s.end),
-                // No record at or after the instant: the partition's end.
-                _ => s.end,
-            },
-        )
-        .collect())
+    let mut out = Vec::with_capacity(spans.len());
+    for s in spans {
+        let answer = found.find_partition(topic, s.partition);
+        out.push(match answer.as_ref().map(|e| (e.error(), e.offset())) {
+            Some((Ok(()), Offset::Offset(o))) => o.min(s.end),
+            // No record at or after the instant: the partition's end.
+            Some((Ok(()), Offset::End)) => s.end,
+            other => {
+                return Err(WhatifError::TimeIndex {
+                    partition: s.partition,
+                    answer: format!("{other:?}"),
+                })
+            }
+        });
+    }
+    Ok(out)
 }
 
 fn progress_bar(show: bool, len: u64) -> ProgressBar {
@@ -380,7 +394,18 @@ fn fold_spans(
     let mut folded = 0u64;
     while !open.is_empty() {
         let m = match consumer.poll(POLL) {
-            None => continue,
+            None => {
+                // Ends a partition whose last offsets are markers, also when
+                // `[kafka.client]` turned the end-of-log events off.
+                let at = consumer.position()?;
+                open.retain(
+                    |p, end| match at.find_partition(topic, *p).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => o < *end,
+                        _ => true,
+                    },
+                );
+                continue;
+            }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 open.remove(&p);
                 continue;
