@@ -52,9 +52,12 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
+    /// The brokers could not be asked.
+    #[error("the Kafka client: {0}")]
+    Brokers(#[source] kafka::Error),
     /// The output topics could not be checked or created.
-    #[error("the output topics: {0:#}")]
-    Topics(anyhow::Error),
+    #[error("the output topics: {0}")]
+    Topics(#[source] kafka::Error),
     /// The consumer stopped on an error.
     #[error("{0:#}")]
     Consumer(anyhow::Error),
@@ -288,7 +291,7 @@ async fn fold(
         tokio::task::spawn_blocking(move || kafka::wait_for_brokers(&kafka, &status, &flag))
             .await
             .map_err(|_| ServiceError::Panicked("broker probe"))?
-            .map_err(ServiceError::Consumer)?
+            .map_err(ServiceError::Brokers)?
     };
     if !reached {
         return Ok(());

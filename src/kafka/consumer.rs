@@ -26,6 +26,7 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+use super::error::{Context as _, Error};
 use crate::config::{Assignment, Config};
 use crate::pipeline::{
     self, BatchStats, CommitError, Finish, Gate, Message, Polled, Positions, Processor, Record,
@@ -272,7 +273,7 @@ impl StoreSeekingContext {
         &self,
         consumer: &BaseConsumer<Self>,
         partitions: &[i32],
-    ) -> anyhow::Result<Vec<(i32, Option<i64>)>> {
+    ) -> Result<Vec<(i32, Option<i64>)>, Error> {
         retrying(PREPARE_TRIES, PREPARE_PAUSE, PREPARE_BUDGET, || {
             self.prepare(consumer, partitions)
         })
@@ -284,7 +285,7 @@ impl StoreSeekingContext {
         &self,
         consumer: &BaseConsumer<Self>,
         partitions: &[i32],
-    ) -> anyhow::Result<Vec<(i32, Option<i64>)>> {
+    ) -> Result<Vec<(i32, Option<i64>)>, Error> {
         // Cooperative rebalancing calls the assign callback in every round, most often with
         // no partition added: nothing to prepare, and no metadata round trip whose failure
         // on a loaded broker would end the process for nothing.
@@ -313,11 +314,14 @@ impl StoreSeekingContext {
                 s.spawn(|| {
                     tokio::runtime::Builder::new_current_thread()
                         .enable_all()
-                        .build()?
+                        .build()
+                        .map_err(|e| {
+                            Error::Internal(format!("a runtime to create the changelog topic: {e}"))
+                        })?
                         .block_on(super::ensure_output_topics(kafka))
                 })
                 .join()
-                .map_err(|_| anyhow::anyhow!("creating the changelog topic panicked"))?
+                .map_err(|_| Error::Internal("creating the changelog topic panicked".into()))?
             })?;
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while have == 0 && std::time::Instant::now() < deadline {
@@ -331,14 +335,13 @@ impl StoreSeekingContext {
             }
         }
         if let Some(p) = partitions.iter().find(|p| **p as usize >= have) {
-            return Err(Refusal(format!(
+            return Err(Error::Refused(format!(
                 "the changelog topic {changelog} has {have} partitions, but partition {p} of {} was \
                  assigned: the changelog needs as many partitions as the receipts topic (compacted). \
                  Create or grow it (kafka-topics.sh --alter --partitions), or restart mallquest, which \
                  creates it when it is missing.",
                 self.kafka.receipts_topic
-            ))
-            .into());
+            )));
         }
         if self.restore {
             super::restore::catch_up(
@@ -348,8 +351,7 @@ impl StoreSeekingContext {
                 &self.status,
                 super::restore::Purpose::Restore,
                 &|| false,
-            )
-            .context("restoring from the changelog")?;
+            )?;
         }
         let mut out = Vec::with_capacity(partitions.len());
         let mut unvouched = Vec::new();
@@ -363,8 +365,7 @@ impl StoreSeekingContext {
                 &self.positions,
                 &self.kafka.receipts_topic,
                 p,
-            )
-            .with_context(|| format!("reading the stored offset of partition {p}"))?;
+            )?;
             match at {
                 Some(at) => {
                     served.insert((self.kafka.receipts_topic.clone(), p), at);
@@ -900,7 +901,7 @@ fn refuse_unvouched(
     store: &Store,
     topic: &str,
     partitions: &[i32],
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         tpl.add_partition(topic, *p);
@@ -917,7 +918,7 @@ fn refuse_unvouched(
     if progressed.is_empty() {
         return Ok(());
     }
-    Err(Refusal(format!(
+    Err(Error::Refused(format!(
         "neither the store at {} nor the changelog holds state for {topic} partitions {partitions:?}, \
          but the consumer group has committed offsets ({}): the state was lost (the changelog topic \
          deleted?). Restore the store from a backup, or run `mallquest rebuild --config ...` to refold \
@@ -925,8 +926,7 @@ fn refuse_unvouched(
          that zeroed projections are never published over good ones.",
         store.path().display(),
         progressed.join(", ")
-    ))
-    .into())
+    )))
 }
 
 /// The group's committed offsets. A new cluster's group coordinator is not there at once
@@ -934,7 +934,7 @@ fn refuse_unvouched(
 fn committed_offsets(
     consumer: &BaseConsumer<StoreSeekingContext>,
     tpl: TopicPartitionList,
-) -> anyhow::Result<TopicPartitionList> {
+) -> Result<TopicPartitionList, Error> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
@@ -955,7 +955,9 @@ fn committed_offsets(
                 info!(message = "Waiting for the group coordinator.", error = %e);
                 std::thread::sleep(Duration::from_millis(500));
             }
-            Err(e) => return Err(e).context("failed to read the group's committed offsets"),
+            Err(e) => {
+                return Err(e).kafka(|| "failed to read the group's committed offsets".into())
+            }
         }
     }
 }
@@ -1029,12 +1031,6 @@ fn drop_if_revoked(
     Ok(())
 }
 
-/// A partition this instance will not fold, for a reason no retry changes (state lost, a
-/// changelog too small): the operator must act.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Refusal(String);
-
 /// Tries of [`StoreSeekingContext::prepare`] in all, [`PREPARE_PAUSE`] apart, doubling.
 const PREPARE_TRIES: u32 = 3;
 const PREPARE_PAUSE: Duration = Duration::from_secs(1);
@@ -1044,22 +1040,23 @@ const PREPARE_PAUSE: Duration = Duration::from_secs(1);
 /// keep it past `max.poll.interval.ms`.
 const PREPARE_BUDGET: Duration = Duration::from_secs(15);
 
-/// Runs `attempt` until it succeeds, fails for good (a [`Refusal`], a store error or an
-/// unreadable changelog record anywhere in its chain), has been tried `tries` times, or
-/// `budget` has passed since the first try; pauses `pause`, doubling, between tries.
+/// Runs `attempt` until it succeeds, fails for good (an error that is not
+/// [`Error::retryable`]: a refusal, a store error or an unreadable changelog record), has
+/// been tried `tries` times, or `budget` has passed since the first try; pauses `pause`,
+/// doubling, between tries.
 fn retrying<T>(
     tries: u32,
     pause: Duration,
     budget: Duration,
-    mut attempt: impl FnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
+    mut attempt: impl FnMut() -> Result<T, Error>,
+) -> Result<T, Error> {
     let started = Instant::now();
     let mut pause = pause;
     let mut tried = 1;
     loop {
         match attempt() {
             Ok(v) => return Ok(v),
-            Err(e) if tried < tries && started.elapsed() < budget && !is_final(&e) => {
+            Err(e) if tried < tries && started.elapsed() < budget && e.retryable() => {
                 warn!(message = "Preparing partitions failed; trying again.", error = %format!("{e:#}"), attempt = tried);
                 std::thread::sleep(pause);
                 pause *= 2;
@@ -1068,13 +1065,6 @@ fn retrying<T>(
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Whether no retry can help `e`.
-fn is_final(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.is::<Refusal>() || c.is::<StoreError>() || c.is::<crate::changelog::ChangelogError>()
-    })
 }
 
 /// Re-positions every assigned partition at the store's offset.
@@ -1197,8 +1187,8 @@ mod tests {
         // Runs `fail` under `retrying` (3 tries, a 60 s budget unless given), counting tries.
         fn tries(
             budget: Duration,
-            fail: impl Fn(u32) -> anyhow::Result<u32>,
-        ) -> (anyhow::Result<u32>, u32) {
+            fail: impl Fn(u32) -> Result<u32, Error>,
+        ) -> (Result<u32, Error>, u32) {
             let calls = Cell::new(0);
             let out = retrying(3, Duration::from_millis(1), budget, || {
                 calls.set(calls.get() + 1);
@@ -1207,40 +1197,32 @@ mod tests {
             (out, calls.get())
         }
         let long = Duration::from_secs(60);
+        let gone = || Error::Client {
+            what: "failed to read the metadata of mallquest-changelog".into(),
+            source: KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut),
+        };
 
-        let (flaky, _) = tries(long, |n| {
-            if n < 3 {
-                Err(anyhow::Error::new(KafkaError::MetadataFetch(
-                    RDKafkaErrorCode::OperationTimedOut,
-                )))
-                .context("failed to read the metadata of mallquest-changelog")
-            } else {
-                Ok(n)
-            }
-        });
+        let (flaky, _) = tries(long, |n| if n < 3 { Err(gone()) } else { Ok(n) });
         assert_eq!(flaky.unwrap(), 3, "succeeds on the third try");
 
-        let (never, calls) = tries(long, |_| anyhow::bail!("the broker is gone"));
+        let (never, calls) = tries(long, |_| Err(gone()));
         assert!(never.is_err());
         assert_eq!(calls, 3, "gives up after the tries it was given");
 
-        let (refused, calls) = tries(long, |_| {
-            Err(Refusal("state lost".into())).context("preparing partition 2")
-        });
-        assert!(format!("{:#}", refused.unwrap_err()).contains("state lost"));
+        let (refused, calls) = tries(long, |_| Err(Error::Refused("state lost".into())));
+        assert!(refused.unwrap_err().to_string().contains("state lost"));
         assert_eq!(calls, 1, "a refusal is final");
 
         let (store, calls) = tries(long, |_| {
-            Err(StoreError::Corrupt {
+            Err(Error::Store(StoreError::Corrupt {
                 what: "user",
                 detail: "bad bytes".into(),
-            })
-            .context("reading the stored offset of partition 0")
+            }))
         });
         assert!(store.is_err());
         assert_eq!(calls, 1, "a store error is final");
 
-        let (slow, calls) = tries(Duration::ZERO, |_| anyhow::bail!("timed out"));
+        let (slow, calls) = tries(Duration::ZERO, |_| Err(gone()));
         assert!(slow.is_err());
         assert_eq!(calls, 1, "no new try once the budget has passed");
     }

@@ -2,17 +2,19 @@
 //! offsets in the store), the producer sink for outputs and dead letters, and topic set-up.
 
 mod consumer;
+mod error;
 mod members;
 mod producer;
 mod restore;
 mod standby;
 
 pub use consumer::{run, Start};
+use error::Context as _;
+pub use error::Error;
 pub use producer::KafkaSink;
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -67,11 +69,11 @@ pub fn wait_for_brokers(
     kafka: &KafkaConfig,
     status: &Status,
     shutdown: &AtomicBool,
-) -> anyhow::Result<bool> {
+) -> Result<bool, Error> {
     telemetry::broker_up(false);
     let probe: BaseConsumer<ProbeContext> = client_config(kafka, &[])
         .create_with_context(ProbeContext::default())
-        .context("failed to create the Kafka client")?;
+        .kafka(|| "failed to create the Kafka client".into())?;
     let mut backoff = Duration::from_secs(1);
     let mut attempts = 0u32;
     loop {
@@ -124,13 +126,13 @@ pub fn wait_for_brokers(
 /// The changelog topic is compacted too, and must have as many partitions as the receipts
 /// topic (its partition `p` holds the state of receipts partition `p`): it is created only
 /// once the receipts topic exists, and an assignment refuses a partition it lacks.
-pub async fn ensure_output_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
+pub async fn ensure_output_topics(kafka: &KafkaConfig) -> Result<(), Error> {
     let receipts = receipts_partitions(kafka);
     let partitions = receipts.unwrap_or(1).max(1);
     let changelog_topic = kafka.changelog_topic();
     let admin: AdminClient<DefaultClientContext> = client_config(kafka, &[])
         .create()
-        .context("failed to create the Kafka admin client")?;
+        .kafka(|| "failed to create the Kafka admin client".into())?;
     let members_topic = kafka.members_topic();
     let mut topics = vec![
         NewTopic::new(
@@ -156,11 +158,16 @@ pub async fn ensure_output_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
     let results = admin
         .create_topics(topics.iter(), &opts)
         .await
-        .context("failed to create output topics")?;
+        .kafka(|| "failed to create output topics".into())?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => anyhow::bail!("failed to create topic {topic}: {code}"),
+            Err((topic, code)) => {
+                return Err(Error::Broker {
+                    what: format!("failed to create topic {topic}"),
+                    code,
+                })
+            }
         }
     }
     Ok(())
@@ -178,16 +185,19 @@ fn receipts_partitions(kafka: &KafkaConfig) -> Option<i32> {
 pub(crate) fn partition_count<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
-) -> anyhow::Result<Option<usize>> {
+) -> Result<Option<usize>, Error> {
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("failed to read the metadata of {topic}"))?;
+        .kafka(|| format!("failed to read the metadata of {topic}"))?;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
         return Ok(None);
     };
     match t.error().map(RDKafkaErrorCode::from) {
         None => Ok(Some(t.partitions().len()).filter(|n| *n > 0)),
         Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(None),
-        Some(code) => anyhow::bail!("the metadata of {topic} says {code}"),
+        Some(code) => Err(Error::Broker {
+            what: format!("the metadata of {topic}"),
+            code,
+        }),
     }
 }

@@ -7,13 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+use super::error::{Context as _, Error};
 use crate::changelog::{Entry, Meta};
 use crate::config::KafkaConfig;
 use crate::status::Status;
@@ -70,7 +70,7 @@ pub(super) fn catch_up(
     status: &Status,
     purpose: Purpose,
     interrupt: &dyn Fn() -> bool,
-) -> anyhow::Result<CaughtUp> {
+) -> Result<CaughtUp, Error> {
     let restore = purpose == Purpose::Restore;
     let topic = kafka.changelog_topic();
     let consumer: BaseConsumer<ReaderContext> = super::client_config(
@@ -88,7 +88,7 @@ pub(super) fn catch_up(
         ],
     )
     .create_with_context(ReaderContext)
-    .context("failed to create the changelog reader")?;
+    .kafka(|| "failed to create the changelog reader".into())?;
     let mut tpl = TopicPartitionList::new();
     let mut left = BTreeSet::new();
     // Partitions this store never held: their users are written without reading any
@@ -115,7 +115,7 @@ pub(super) fn catch_up(
             continue;
         }
         tpl.add_partition_offset(&topic, p, Offset::Offset(from))
-            .context("failed to list changelog partitions")?;
+            .kafka(|| "failed to list changelog partitions".into())?;
         left.insert(p);
     }
     let mut done = CaughtUp {
@@ -127,7 +127,7 @@ pub(super) fn catch_up(
     }
     consumer
         .assign(&tpl)
-        .context("failed to assign changelog partitions")?;
+        .kafka(|| "failed to assign changelog partitions".into())?;
     if restore {
         status.restoring(done.partitions.clone());
         telemetry::restoring_partitions(left.len());
@@ -157,10 +157,14 @@ pub(super) fn catch_up(
             // next catch-up of these partitions reads it again.
             return Ok(done);
         }
-        anyhow::ensure!(
-            last_read.elapsed() < PATIENCE,
-            "restoring {topic}: nothing read for {PATIENCE:?} (partitions {left:?} not at their end)"
-        );
+        if last_read.elapsed() >= PATIENCE {
+            return Err(Error::Broker {
+                what: format!(
+                    "restoring {topic}: nothing read for {PATIENCE:?} (partitions {left:?} not at their end)"
+                ),
+                code: rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            });
+        }
         match consumer.poll(Duration::from_millis(200)) {
             None => continue,
             Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -192,13 +196,16 @@ pub(super) fn catch_up(
                 last_read = Instant::now();
                 let p = m.partition();
                 let entry =
-                    Entry::decode(m.key().unwrap_or_default(), m.payload()).with_context(|| {
-                        format!(
-                            "the changelog record at {topic}/{p} offset {} cannot be read; \
+                    Entry::decode(m.key().unwrap_or_default(), m.payload()).map_err(|source| {
+                        Error::Changelog {
+                            what: format!(
+                                "the changelog record at {topic}/{p} offset {} cannot be read; \
                              the partition cannot be restored: run `mallquest rebuild` if the \
                              receipts topic still holds every receipt",
-                            m.offset()
-                        )
+                                m.offset()
+                            ),
+                            source,
+                        }
                     })?;
                 if let Some(meta) = apply(store, &mut set, p, entry)? {
                     metas.insert(p, meta);
@@ -276,7 +283,7 @@ fn position(
 
 /// Adds one changelog record of partition `p` to `set`; a position is returned, for the
 /// caller to write once everything before it is written.
-fn apply(store: &Store, set: &mut WriteSet, p: i32, entry: Entry) -> anyhow::Result<Option<Meta>> {
+fn apply(store: &Store, set: &mut WriteSet, p: i32, entry: Entry) -> Result<Option<Meta>, Error> {
     match entry {
         Entry::User(u) => {
             set.users.insert((p, u.user_id.clone()), u);
@@ -324,7 +331,7 @@ fn end_of(
     topic: &str,
     p: i32,
     patient: bool,
-) -> anyhow::Result<i64> {
+) -> Result<i64, Error> {
     let (wait, each) = if patient {
         (Duration::from_secs(30), Duration::from_secs(10))
     } else {
@@ -338,9 +345,7 @@ fn end_of(
                 info!(message = "Waiting for the changelog partition's leader.", topic, partition = p, error = %e);
                 std::thread::sleep(Duration::from_millis(500));
             }
-            Err(e) => {
-                return Err(e).with_context(|| format!("failed to read the end of {topic}/{p}"))
-            }
+            Err(e) => return Err(e).kafka(|| format!("failed to read the end of {topic}/{p}")),
         }
     }
 }
