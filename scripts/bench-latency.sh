@@ -18,7 +18,8 @@ PARTS="${3:-3}"
 RUNS="${RUNS:-1}"
 . scripts/kafka-broker.sh
 cargo build --release --locked -q --bin mallquest --example latency
-BIN="$PWD/target/release/mallquest"
+# MALLQUEST_BIN: another build of mallquest to measure (side by side with this one).
+BIN="${MALLQUEST_BIN:-$PWD/target/release/mallquest}"
 WORK="$(mktemp -d "${BENCH_DIR:-/tmp}/mq-latency.XXXXXX")"
 kafka_broker_start "$WORK/kafka"
 cleanup() {

@@ -47,9 +47,11 @@ pub const DEFAULT_MAX_BATCH_RECORDS: u64 = 50_000;
 
 /// When the batch in hand is committed and when its outputs are sent early: the one policy
 /// that `run` and `demo` share. A batch is committed once the commit interval is over or it
-/// holds its most records ([`DEFAULT_MAX_BATCH_RECORDS`] unless configured); between
-/// commits, outputs are sent when the source has nothing more in hand, at most every
-/// quarter interval (each send is a produce request).
+/// holds its most records ([`DEFAULT_MAX_BATCH_RECORDS`] unless configured), or, when the
+/// source has nothing more in hand, a quarter interval after the last commit (so that at a
+/// low rate a projection is visible a quarter interval after it is folded, not a whole
+/// one); otherwise, between commits, outputs are sent when the source has nothing more in
+/// hand, at most every quarter interval (each send is a produce request).
 #[derive(Debug, Clone)]
 pub struct Cadence {
     interval: Duration,
@@ -99,6 +101,12 @@ impl Cadence {
             self.deadline
         };
         until.saturating_duration_since(Instant::now()).min(bound)
+    }
+
+    /// Whether a batch in hand may be committed before its interval is over, the source
+    /// having nothing more: a quarter interval after the last commit.
+    pub fn early_commit_due(&self) -> bool {
+        Instant::now() >= self.deadline - self.interval + self.send_every
     }
 
     /// Outputs were sent early.
