@@ -247,6 +247,11 @@ pub struct ProcessingConfig {
     /// How often state and offsets are committed (one atomic batch, one durable persist), in milliseconds.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// When the source has nothing more in hand, a batch is committed once its first
+    /// record has waited this long, in milliseconds, not only at `commit_interval_ms`:
+    /// what bounds a projection's latency at a low rate (0: only at the interval).
+    #[serde(default = "default_idle_commit_ms")]
+    pub idle_commit_ms: u64,
     /// How far back, in days of event time, duplicates and refunds are checked; older
     /// receipts are rejected as `too_old` and older ledger entries are compacted away.
     #[serde(default = "default_dedup_window_days")]
@@ -295,18 +300,25 @@ const fn default_dedup_window_days() -> u32 {
 const fn default_commit_interval_ms() -> u64 {
     100
 }
+const fn default_idle_commit_ms() -> u64 {
+    25
+}
 const fn default_max_batch_records() -> u64 {
     crate::pipeline::DEFAULT_MAX_BATCH_RECORDS
 }
 
 impl ProcessingConfig {
     /// When batches are committed: every `commit_interval_ms`, or every
-    /// `max_batch_records`.
+    /// `max_batch_records`, or `idle_commit_ms` after a batch's first record when the
+    /// source is idle.
     pub fn cadence(&self) -> crate::pipeline::Cadence {
+        let idle = (self.idle_commit_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.idle_commit_ms));
         crate::pipeline::Cadence::new(
             std::time::Duration::from_millis(self.commit_interval_ms),
             self.max_batch_records,
         )
+        .committing_when_idle(idle)
     }
 }
 
@@ -361,6 +373,7 @@ impl Default for ProcessingConfig {
     fn default() -> Self {
         Self {
             commit_interval_ms: default_commit_interval_ms(),
+            idle_commit_ms: default_idle_commit_ms(),
             dedup_window_days: default_dedup_window_days(),
             periods_kept: default_periods_kept(),
             max_batch_records: default_max_batch_records(),
@@ -446,6 +459,15 @@ impl Config {
                 message: format!(
                     "must be between 1 and 60000, got {}",
                     self.processing.commit_interval_ms
+                ),
+            });
+        }
+        if self.processing.idle_commit_ms > self.processing.commit_interval_ms {
+            return Err(ConfigError::Invalid {
+                key: "processing.idle_commit_ms",
+                message: format!(
+                    "must be between 0 and commit_interval_ms ({}), got {}",
+                    self.processing.commit_interval_ms, self.processing.idle_commit_ms
                 ),
             });
         }

@@ -48,10 +48,10 @@ pub const DEFAULT_MAX_BATCH_RECORDS: u64 = 50_000;
 /// When the batch in hand is committed and when its outputs are sent early: the one policy
 /// that `run` and `demo` share. A batch is committed once the commit interval is over or it
 /// holds its most records ([`DEFAULT_MAX_BATCH_RECORDS`] unless configured), or, when the
-/// source has nothing more in hand, a quarter interval after the last commit (so that at a
-/// low rate a projection is visible a quarter interval after it is folded, not a whole
-/// one); otherwise, between commits, outputs are sent when the source has nothing more in
-/// hand, at most every quarter interval (each send is a produce request).
+/// source has nothing more in hand, once its first record has waited `[processing]
+/// idle_commit_ms` (so that at a low rate a projection does not wait for the interval);
+/// otherwise, between commits, outputs are sent when the source has nothing more in hand,
+/// at most every quarter interval (each send is a produce request).
 #[derive(Debug, Clone)]
 pub struct Cadence {
     interval: Duration,
@@ -61,6 +61,11 @@ pub struct Cadence {
     send_every: Duration,
     deadline: Instant,
     last_send: Instant,
+    /// How long a batch's first record may wait for a commit while the source is idle
+    /// (`None`: until the interval is over).
+    idle_commit: Option<Duration>,
+    /// When the batch in hand got its first record.
+    first_pending: Option<Instant>,
 }
 
 impl Cadence {
@@ -74,6 +79,33 @@ impl Cadence {
             send_every: interval / 4,
             deadline: now + interval,
             last_send: now,
+            idle_commit: None,
+            first_pending: None,
+        }
+    }
+
+    /// Also commits, while the source is idle, a batch whose first record has waited
+    /// `after` (`None`: never before the interval).
+    pub fn committing_when_idle(mut self, after: Option<Duration>) -> Self {
+        self.idle_commit = after;
+        self
+    }
+
+    /// The batch in hand holds `pending` records now.
+    pub fn holding(&mut self, pending: u64) {
+        if pending == 0 {
+            self.first_pending = None;
+        } else if self.first_pending.is_none() {
+            self.first_pending = Some(Instant::now());
+        }
+    }
+
+    /// Whether the batch in hand may be committed now, before its interval is over, the
+    /// source having nothing more: its first record has waited the idle commit's time.
+    pub fn idle_commit_due(&self) -> bool {
+        match (self.idle_commit, self.first_pending) {
+            (Some(after), Some(first)) => first.elapsed() >= after,
+            _ => false,
         }
     }
 
@@ -92,21 +124,18 @@ impl Cadence {
         Instant::now() >= self.last_send + self.send_every
     }
 
-    /// How long the source may wait for its next record: until the commit is due, or the
-    /// next early send if outputs are `unsent`; at most `bound`.
+    /// How long the source may wait for its next record: until the commit is due, the
+    /// idle commit of a batch in hand, or the next early send if outputs are `unsent`; at
+    /// most `bound`.
     pub fn wait(&self, unsent: bool, bound: Duration) -> Duration {
-        let until = if unsent {
-            self.deadline.min(self.last_send + self.send_every)
-        } else {
-            self.deadline
-        };
+        let mut until = self.deadline;
+        if unsent {
+            until = until.min(self.last_send + self.send_every);
+        }
+        if let (Some(after), Some(first)) = (self.idle_commit, self.first_pending) {
+            until = until.min(first + after);
+        }
         until.saturating_duration_since(Instant::now()).min(bound)
-    }
-
-    /// Whether a batch in hand may be committed before its interval is over, the source
-    /// having nothing more: a quarter interval after the last commit.
-    pub fn early_commit_due(&self) -> bool {
-        Instant::now() >= self.deadline - self.interval + self.send_every
     }
 
     /// Outputs were sent early.
@@ -117,6 +146,7 @@ impl Cadence {
     /// A batch was committed (or given up): the next interval starts now.
     pub fn committed(&mut self) {
         let now = Instant::now();
+        self.first_pending = None;
         self.deadline = now + self.interval;
         self.last_send = now;
     }

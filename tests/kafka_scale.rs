@@ -82,19 +82,19 @@ impl Instance {
         kafka_extra.push_str(&std::env::var("MALLQUEST_BENCH_KAFKA").unwrap_or_default());
         let (config, store, http) =
             write_config_with(dir.path(), &broker.bootstrap(), &kafka_extra, "", "");
-        let text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("group_id = \"mq-test\"", &format!("group_id = \"{group}\""))
-            .replace(
-                "commit_interval_ms = 50",
-                &if standbys > 0 {
-                    format!(
-                        "commit_interval_ms = {commit_interval_ms}\nstandby_replicas = {standbys}"
-                    )
-                } else {
-                    format!("commit_interval_ms = {commit_interval_ms}")
-                },
-            );
+        let text =
+            std::fs::read_to_string(&config)
+                .unwrap()
+                .replace("group_id = \"mq-test\"", &format!("group_id = \"{group}\""))
+                .replace(
+                    "commit_interval_ms = 50",
+                    &format!(
+                    "commit_interval_ms = {commit_interval_ms}\nstandby_replicas = {standbys}\n\
+                     idle_commit_ms = {}",
+                    // A minute's interval means "only a revocation or a stop commits".
+                    if commit_interval_ms >= 60_000 { 0 } else { 25.min(commit_interval_ms) }
+                ),
+                );
         std::fs::write(&config, text).unwrap();
         let mut run = Run::new(config, store);
         run.start();

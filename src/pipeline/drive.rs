@@ -139,6 +139,7 @@ pub fn drive<S: Source>(source: &S, mut cadence: Cadence) -> anyhow::Result<Fini
                 engine.processor.writing(),
             )
         };
+        cadence.holding(pending);
         let due = stopping || cadence.commit_due(pending);
         // A commit due while the store write before it still runs would wait for that
         // write: the loop folds on meanwhile, as long as records come and the batch is
@@ -148,11 +149,11 @@ pub fn drive<S: Source>(source: &S, mut cadence: Cadence) -> anyhow::Result<Fini
         if !due || behind {
             let mut next = source.poll(Duration::ZERO)?;
             let idle = matches!(next, Polled::Idle) && !behind;
-            // Nothing in hand, and the batch has waited a quarter interval: it is
-            // committed now, so that at a low rate a projection waits for the broker's
-            // commit, not for the interval. Under load the source is never idle and
-            // batches keep their size.
-            let early = idle && pending > 0 && !writing && cadence.early_commit_due();
+            // Nothing in hand, and the batch's first record has waited the idle commit's
+            // time: it is committed now, so that at a low rate a projection waits for the
+            // broker's commit, not for the interval. Under load the source is never idle
+            // and batches keep their size.
+            let early = idle && !writing && cadence.idle_commit_due();
             if idle && !early {
                 let sent = {
                     let mut engine = source.engine();
@@ -174,7 +175,7 @@ pub fn drive<S: Source>(source: &S, mut cadence: Cadence) -> anyhow::Result<Fini
                     }
                 };
                 // Wakes for the next early send or commit if there is something in hand.
-                next = source.poll(cadence.wait(unsent || pending > 0, MAX_POLL_WAIT))?;
+                next = source.poll(cadence.wait(unsent, MAX_POLL_WAIT))?;
             }
             if !early {
                 match next {
@@ -389,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_committed_a_quarter_interval_after_the_source_goes_idle() {
+    fn an_idle_sources_batch_is_committed_once_its_first_record_has_waited_the_idle_time() {
         let dir = tempfile::tempdir().unwrap();
         let mut source = scripted(dir.path(), 3);
         source.wait_for_send = true;
@@ -408,6 +409,19 @@ mod tests {
         assert!(matches!(finish, Finish::Ended(_)));
         assert_eq!(finish.stats().records, 3);
         assert_eq!(source.engine.borrow().sink.finishes, 1);
+        assert_eq!(stored_receipts(&source), Some(3));
+    }
+
+    #[test]
+    fn outputs_go_out_when_the_source_is_idle_before_the_commit_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = scripted(dir.path(), 3);
+        source.wait_for_send = true;
+        // Early sends are due after a quarter interval (100 ms), the commit after 400 ms.
+        let finish = drive(&source, every(Duration::from_millis(400))).unwrap();
+        assert!(source.early.get(), "the projection waited for the commit");
+        assert!(matches!(finish, Finish::Ended(_)));
+        assert_eq!(finish.stats().records, 3);
         assert_eq!(stored_receipts(&source), Some(3));
     }
 
