@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use mallquest::codec::ProjectionJson;
 use mallquest::domain::Rules;
-use mallquest::pipeline::{MemorySink, Processor, Record};
+use mallquest::pipeline::Processor;
 use mallquest::store::Store;
 use proptest::prelude::*;
+use support::crash::{Action, Harness};
 
-const TOPIC: &str = "receipts";
 const PARTITIONS: usize = 2;
 const WINDOW_DAYS: u32 = 2;
 
@@ -32,18 +32,6 @@ struct Spec {
     store: u8,
     as_number: bool,
     day: u8,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Action {
-    Next(usize),
-    Commit,
-    /// The loop's commit between batches: the store write runs behind, on a thread.
-    CommitBehind,
-    /// `run` with nothing more in hand: send the batch's changes early.
-    SendChanges,
-    Crash,
-    Compact,
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -152,16 +140,12 @@ fn run_case(specs: &[Spec], actions: &[Action]) {
     let rules = Rules::default();
     let logs = build(specs);
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Arc::new(Store::open(dir.path()).unwrap());
-    let mut processor = processor(&store, &rules);
-    let mut sink = MemorySink::default();
-    let mut cursor = [0usize; PARTITIONS];
+    let mut h = Harness::new(&logs, dir.path(), |store| processor(store, &rules));
     let mut step = 0usize;
-    let done = |cursor: &[usize; PARTITIONS]| cursor.iter().zip(&logs).all(|(c, l)| *c >= l.len());
     // A crash rewinds to the last commit, so a schedule of crashes without commits
     // would never finish: a few crashes per case, and later ones act as commits.
     let mut crashes_left = 4;
-    while !done(&cursor) {
+    while !h.done() {
         let mut a = if actions.is_empty() {
             Action::Next(step % PARTITIONS)
         } else {
@@ -179,59 +163,12 @@ fn run_case(specs: &[Spec], actions: &[Action]) {
             // Every schedule keeps delivering records between commits and crashes.
             a = Action::Next(step % PARTITIONS);
         }
-        match a {
-            Action::Next(p) => {
-                // Deliver the next record of p (or of any unfinished partition).
-                let p = (0..PARTITIONS)
-                    .map(|d| (p + d) % PARTITIONS)
-                    .find(|q| cursor[*q] < logs[*q].len())
-                    .unwrap();
-                let (k, v) = &logs[p][cursor[p]];
-                processor
-                    .process(Record {
-                        topic: TOPIC,
-                        partition: p as i32,
-                        offset: cursor[p] as i64,
-                        key: Some(k),
-                        payload: Some(v),
-                        timestamp_ms: None,
-                    })
-                    .unwrap();
-                cursor[p] += 1;
-            }
-            Action::Commit => {
-                processor.commit(&mut sink).unwrap();
-            }
-            Action::CommitBehind => {
-                processor.commit_behind(&mut sink).unwrap();
-            }
-            Action::SendChanges => {
-                processor.send_changes(&mut sink).unwrap();
-            }
-            Action::Compact => {
-                // Forgotten entries are removed for real: decisions must not change.
-                store.compact_ledger().unwrap();
-            }
-            Action::Crash => {
-                // Lose the batch in hand and every handle, then resume from the store.
-                drop(processor);
-                drop(store);
-                store = Arc::new(Store::open(dir.path()).unwrap());
-                processor = self::processor(&store, &rules);
-                for (p, c) in cursor.iter_mut().enumerate() {
-                    *c = store.offset(TOPIC, p as i32).unwrap().unwrap_or(0) as usize;
-                }
-            }
-        }
+        h.act(a);
     }
-    processor.commit(&mut sink).unwrap();
+    h.finish();
 
-    let mut records = Vec::new();
-    for (p, log) in logs.iter().enumerate() {
-        for (o, (k, v)) in log.iter().enumerate() {
-            records.push((p as i32, o as i64, Some(k.clone()), v.clone()));
-        }
-    }
+    let records = h.records();
+    let (store, sink) = (h.store(), &h.sink);
     let expected = support::reference::fold_windowed(&rules, &records, WINDOW_DAYS.into());
     let stored: Vec<_> = store.users().map(Result::unwrap).collect();
     assert_eq!(stored.len(), expected.projections.len());

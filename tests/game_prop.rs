@@ -11,13 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use mallquest::codec::{self, ProjectionJson};
-use mallquest::pipeline::{MemorySink, Processor, Record};
-use mallquest::store::Store;
+use mallquest::pipeline::Processor;
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use support::crash::{Action, Harness};
 use support::game_reference;
 
-const TOPIC: &str = "receipts";
 const PARTITIONS: usize = 2;
 
 const CONFIG: &str = r#"
@@ -128,15 +127,6 @@ struct Spec {
     store: u8,
     day: u8,
     hour: u8,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Action {
-    Next(usize),
-    Commit,
-    CommitBehind,
-    SendChanges,
-    Crash,
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -252,61 +242,19 @@ fn run(specs: Vec<Spec>, actions: Vec<Action>) {
     let rules = config.rules.clone();
     let logs = build(&specs);
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Arc::new(Store::open(dir.path()).unwrap());
-    let mut processor = Processor::new(Arc::clone(&store), rules.clone());
-    let mut sink = MemorySink::default();
-    let mut cursor = [0usize; PARTITIONS];
-    let total: usize = logs.iter().map(Vec::len).sum();
+    let mut h = Harness::new(&logs, dir.path(), |store| {
+        Processor::new(Arc::clone(store), rules.clone())
+    });
     let mut step = 0;
     let mut actions = actions.into_iter();
-    while cursor.iter().sum::<usize>() < total {
+    while !h.done() {
         step += 1;
-        let a = actions.next().unwrap_or(Action::Next(step % PARTITIONS));
-        match a {
-            Action::Next(p) => {
-                let p = (0..PARTITIONS)
-                    .map(|d| (p + d) % PARTITIONS)
-                    .find(|q| cursor[*q] < logs[*q].len())
-                    .unwrap();
-                let (k, v) = &logs[p][cursor[p]];
-                processor
-                    .process(Record {
-                        topic: TOPIC,
-                        partition: p as i32,
-                        offset: cursor[p] as i64,
-                        key: Some(k),
-                        payload: Some(v),
-                        timestamp_ms: None,
-                    })
-                    .unwrap();
-                cursor[p] += 1;
-            }
-            Action::Commit => {
-                processor.commit(&mut sink).unwrap();
-            }
-            Action::CommitBehind => {
-                processor.commit_behind(&mut sink).unwrap();
-            }
-            Action::SendChanges => processor.send_changes(&mut sink).unwrap(),
-            Action::Crash => {
-                drop(processor);
-                drop(store);
-                store = Arc::new(Store::open(dir.path()).unwrap());
-                processor = Processor::new(Arc::clone(&store), rules.clone());
-                for (p, c) in cursor.iter_mut().enumerate() {
-                    *c = store.offset(TOPIC, p as i32).unwrap().unwrap_or(0) as usize;
-                }
-            }
-        }
+        h.act(actions.next().unwrap_or(Action::Next(step % PARTITIONS)));
     }
-    processor.commit(&mut sink).unwrap();
+    h.finish();
 
-    let mut records = Vec::new();
-    for (p, log) in logs.iter().enumerate() {
-        for (o, (k, v)) in log.iter().enumerate() {
-            records.push((p as i32, o as i64, Some(k.clone()), v.clone()));
-        }
-    }
+    let records = h.records();
+    let (store, sink) = (h.store(), &h.sink);
     let expected = game_reference::fold(CONFIG, &records);
 
     // State: every stored user equals the reference's projection.
