@@ -223,16 +223,18 @@ pub async fn serve_store(
 }
 
 fn open_store(config: &Config) -> Result<Arc<Store>, ServiceError> {
-    let store = Store::open_with_memory(
+    // The boards are built once, keeping what the config says (not the default, then
+    // again).
+    let store = Store::open_keeping(
         &config.store.path,
         config.store.cache_mb << 20,
         config.store.write_buffer_mb << 20,
+        config.processing.periods_kept,
     )
     .map_err(|source| ServiceError::Store {
         path: config.store.path.clone(),
         source,
     })?;
-    store.set_periods_kept(config.processing.periods_kept);
     Ok(Arc::new(store))
 }
 

@@ -446,6 +446,19 @@ impl Store {
         cache_bytes: u64,
         write_buffer_bytes: u64,
     ) -> Result<Self, StoreError> {
+        let kept = crate::domain::game::DEFAULT_PERIODS_KEPT;
+        Self::open_keeping(path, cache_bytes, write_buffer_bytes, kept)
+    }
+
+    /// [`Self::open_with_memory`], its boards built once keeping `periods_kept` of each
+    /// kind of period (a later [`Self::set_periods_kept`] with another count builds them
+    /// again: at 1,000,000 users a build is seconds).
+    pub fn open_keeping(
+        path: &Path,
+        cache_bytes: u64,
+        write_buffer_bytes: u64,
+        periods_kept: usize,
+    ) -> Result<Self, StoreError> {
         let write_buffer_bytes = write_buffer_bytes.max(4 << 20);
         // One keyspace's memtable is a quarter of the budget, so that a busy keyspace
         // flushes before it alone can fill it.
@@ -524,7 +537,7 @@ impl Store {
             partitions: std::sync::RwLock::default(),
             placement: crate::partitioner::Learned::default(),
             meta,
-            boards: RwLock::new(Boards::new(crate::domain::game::DEFAULT_PERIODS_KEPT)),
+            boards: RwLock::new(Boards::new(periods_kept)),
             last_batch_writes: std::sync::atomic::AtomicUsize::new(0),
             write_stall_bytes: write_buffer_bytes * WRITE_STALL_FACTOR,
             write_stall_micros: std::sync::atomic::AtomicU64::new(0),
