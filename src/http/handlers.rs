@@ -707,6 +707,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         Some(h) => {
             telemetry::allocator_sampled();
             telemetry::process_sampled();
+            telemetry::store_sampled(&state.store);
             (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                 h.render(),

@@ -834,7 +834,7 @@ fn report_commit(store: &Store, status: &Status, stats: &BatchStats, took: Durat
     }
     let held = status.owned().unwrap_or_default();
     let users = store.users_in(|p| held.contains(&p));
-    telemetry::batch_committed(stats, took, store, users);
+    telemetry::batch_committed(stats, took, users);
     status.committed(&stats.offsets);
 }
 
