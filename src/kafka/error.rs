@@ -38,6 +38,10 @@ pub enum Error {
         #[source]
         source: ChangelogError,
     },
+    /// Outputs were not delivered, or a transaction's step did not return: the batch is
+    /// folded again.
+    #[error("{0}")]
+    Delivery(String),
     /// The operator must act (a changelog too small, an empty store the group has
     /// offsets for): no retry helps.
     #[error("{0}")]
@@ -53,7 +57,7 @@ impl Error {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            Error::Client { .. } | Error::Broker { .. } | Error::Internal(_)
+            Error::Client { .. } | Error::Broker { .. } | Error::Delivery(_) | Error::Internal(_)
         )
     }
 }

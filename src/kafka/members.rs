@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
+use super::error::{Context as _, Error};
 use crate::config::KafkaConfig;
 use crate::status::{Member, Status};
 use crate::telemetry;
@@ -26,10 +26,10 @@ pub(super) struct Announcer {
 }
 
 impl Announcer {
-    pub(super) fn new(kafka: &KafkaConfig, name: &str, http: &str) -> anyhow::Result<Self> {
+    pub(super) fn new(kafka: &KafkaConfig, name: &str, http: &str) -> Result<Self, Error> {
         let producer = super::client_config(kafka, &[("linger.ms", "0"), ("acks", "all")])
             .create()
-            .context("failed to create the membership producer")?;
+            .kafka(|| "failed to create the membership producer".into())?;
         Ok(Self {
             producer,
             topic: kafka.members_topic(),

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -15,6 +14,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::warn;
 
+use super::error::{Context as _, Error};
 use crate::codec;
 use crate::config::KafkaConfig;
 use crate::pipeline::{Outputs, Sink};
@@ -131,7 +131,7 @@ impl KafkaSink {
         kafka: &KafkaConfig,
         status: Option<Arc<Status>>,
         transactional_id: &str,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, Error> {
         let mut kafka = kafka.clone();
         kafka
             .client
@@ -158,7 +158,7 @@ impl KafkaSink {
     fn producer(
         kafka: &KafkaConfig,
         status: Option<Arc<Status>>,
-    ) -> anyhow::Result<ThreadedProducer<DeliveryTracker>> {
+    ) -> Result<ThreadedProducer<DeliveryTracker>, Error> {
         let timeout_ms = DELIVERY_TIMEOUT.as_millis().to_string();
         let producer: ThreadedProducer<DeliveryTracker> = Self::config(kafka, &timeout_ms)
             .create_with_context(DeliveryTracker {
@@ -167,10 +167,10 @@ impl KafkaSink {
                 changelog_topic: kafka.changelog_topic(),
                 ..DeliveryTracker::default()
             })
-            .context("failed to create the Kafka producer")?;
+            .kafka(|| "failed to create the Kafka producer".into())?;
         producer
             .init_transactions(TXN_TIMEOUT)
-            .context("failed to initialise the producer's transactions")?;
+            .kafka(|| "failed to initialise the producer's transactions".into())?;
         Ok(producer)
     }
 
@@ -197,7 +197,7 @@ impl KafkaSink {
     /// another producer took its transactional id; or its sequence state was lost), no
     /// send can succeed any more: a new producer takes over. The failed batch is replayed
     /// from the store, so nothing is lost or reordered.
-    fn replace_if_fatal(&mut self) -> anyhow::Result<()> {
+    fn replace_if_fatal(&mut self) -> Result<(), Error> {
         if let Some((code, reason)) = self.producer.client().fatal_error() {
             warn!(message = "The producer hit a fatal error; replacing it.", code = ?code, reason = %reason);
             self.renew()?;
@@ -205,13 +205,13 @@ impl KafkaSink {
         Ok(())
     }
 
-    fn renew(&mut self) -> anyhow::Result<()> {
+    fn renew(&mut self) -> Result<(), Error> {
         self.open = false;
         self.producer = Arc::new(Self::producer(&self.kafka, self.status.clone())?);
         Ok(())
     }
 
-    fn begin(&mut self) -> anyhow::Result<()> {
+    fn begin(&mut self) -> Result<(), Error> {
         if self.open {
             return Ok(());
         }
@@ -220,7 +220,7 @@ impl KafkaSink {
             self.renew()?;
             self.producer
                 .begin_transaction()
-                .context("failed to begin a transaction")?;
+                .kafka(|| "failed to begin a transaction".into())?;
         }
         self.open = true;
         Ok(())
@@ -230,17 +230,17 @@ impl KafkaSink {
     fn commit(
         &mut self,
         offsets: &BTreeMap<(String, i32), i64>,
-    ) -> anyhow::Result<BTreeMap<i32, i64>> {
-        self.wait()?;
+    ) -> Result<BTreeMap<i32, i64>, Error> {
+        self.delivered()?;
         let mut tpl = TopicPartitionList::new();
         for ((topic, p), next) in offsets {
             tpl.add_partition_offset(topic, *p, Offset::Offset(*next))
-                .context("failed to list the offsets")?;
+                .kafka(|| "failed to list the offsets".into())?;
         }
         self.send_offsets(tpl)?;
         self.producer
             .commit_transaction(TXN_TIMEOUT)
-            .context("failed to commit the transaction")?;
+            .kafka(|| "failed to commit the transaction".into())?;
         self.open = false;
         Ok(std::mem::take(
             &mut *self
@@ -259,11 +259,10 @@ impl KafkaSink {
     /// returned in time the producer is given up to it and replaced. The new producer's
     /// `init_transactions` fences the old one and aborts its transaction; the batch is
     /// folded again.
-    fn send_offsets(&mut self, tpl: TopicPartitionList) -> anyhow::Result<()> {
-        let group = self
-            .group
-            .take()
-            .context("no consumer group metadata to commit offsets with")?;
+    fn send_offsets(&mut self, tpl: TopicPartitionList) -> Result<(), Error> {
+        let group = self.group.take().ok_or_else(|| {
+            Error::Internal("no consumer group metadata to commit offsets with".into())
+        })?;
         let producer = Arc::clone(&self.producer);
         let (done, result) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -272,15 +271,15 @@ impl KafkaSink {
                 let r = producer.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT);
                 let _ = done.send(r);
             })
-            .context("failed to start the offsets thread")?;
+            .map_err(|e| Error::Internal(format!("failed to start the offsets thread: {e}")))?;
         match result.recv_timeout(OFFSETS_TIMEOUT) {
-            Ok(r) => r.context("failed to add the offsets to the transaction"),
+            Ok(r) => r.kafka(|| "failed to add the offsets to the transaction".into()),
             Err(_) => {
                 warn!(message = "Adding the offsets to the transaction did not return in time (librdkafka issue 5511: the group coordinator moved); replacing the producer.", timeout_s = OFFSETS_TIMEOUT.as_secs());
                 self.renew()?;
-                anyhow::bail!(
+                Err(Error::Delivery(format!(
                     "adding the offsets to the transaction did not return within {OFFSETS_TIMEOUT:?}"
-                )
+                )))
             }
         }
     }
@@ -314,7 +313,7 @@ impl KafkaSink {
             .clear();
     }
 
-    fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
+    fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), Error> {
         let outstanding = &self.producer.context().outstanding;
         loop {
             // Counted before the send: the report may arrive before `send` returns.
@@ -329,7 +328,7 @@ impl KafkaSink {
                 }
                 Err((e, _)) => {
                     outstanding.fetch_sub(1, Ordering::Relaxed);
-                    return Err(e).context("failed to enqueue an output");
+                    return Err(e).kafka(|| "failed to enqueue an output".into());
                 }
             }
         }
@@ -341,7 +340,7 @@ impl Sink for KafkaSink {
         self.begin()?;
         if let Err(e) = self.enqueue_all(out) {
             self.abort();
-            return Err(e);
+            return Err(e.into());
         }
         Ok(())
     }
@@ -363,7 +362,7 @@ impl Sink for KafkaSink {
             Err(e) => {
                 warn!(message = "The transaction failed; aborting it.", error = %format!("{e:#}"));
                 self.abort();
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -384,10 +383,19 @@ impl Sink for KafkaSink {
     }
 
     fn wait(&mut self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.drained(DELIVERY_TIMEOUT + Duration::from_secs(5)),
-            "outputs were not all delivered in time"
-        );
+        Ok(self.delivered()?)
+    }
+}
+
+impl KafkaSink {
+    /// Waits until every output sent since the last wait is settled; an error if one was
+    /// not delivered (the producer is replaced first if the failure was fatal).
+    fn delivered(&mut self) -> Result<(), Error> {
+        if !self.drained(DELIVERY_TIMEOUT + Duration::from_secs(5)) {
+            return Err(Error::Delivery(
+                "outputs were not all delivered in time".into(),
+            ));
+        }
         // Every send since the last wait is settled: failures count once.
         let tracker = self.producer.context();
         let failed = tracker.failed.swap(0, Ordering::Relaxed);
@@ -399,14 +407,16 @@ impl Sink for KafkaSink {
                 .and_then(|l| l.clone())
                 .unwrap_or_default();
             self.replace_if_fatal()?;
-            anyhow::bail!("{failed} outputs failed to deliver (last error: {last})");
+            return Err(Error::Delivery(format!(
+                "{failed} outputs failed to deliver (last error: {last})"
+            )));
         }
         Ok(())
     }
 }
 
 impl KafkaSink {
-    fn enqueue_all(&self, out: &Outputs<'_>) -> anyhow::Result<()> {
+    fn enqueue_all(&self, out: &Outputs<'_>) -> Result<(), Error> {
         for (p, e) in &out.changelog {
             let (key, value) = (e.key(), e.value());
             let mut record = BaseRecord::to(&self.changelog_topic)
