@@ -12,12 +12,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::broker::Broker;
+use support::browser::{artifacts_dir, encode, tool};
 use support::processor::{write_config, Run};
 use support::streams::Records;
 
@@ -28,31 +28,6 @@ const HTML_USER: &str = "<b>x</b><script>window.__pwned=1</script>";
 const HTML_STORE: &str = "<img src=x onerror=\"window.__pwned=2\">";
 /// The user whose receipts, produced while /board is open, make it the leader.
 const LEADER: &str = "u-leader";
-
-/// A tool the test needs, from the environment; its absence fails the test.
-fn tool(var: &str) -> PathBuf {
-    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        panic!(
-            "{var} is not set: run `eval \"$(scripts/install-browser.sh)\"` and export \
-             MALLQUEST_BROWSER_PYTHON and MALLQUEST_AXE_JS (scripts/test.sh does). This test \
-             needs a real browser and is never skipped."
-        )
-    });
-    assert!(path.exists(), "{var}={} does not exist", path.display());
-    path
-}
-
-/// A path segment, percent-encoded (everything but unreserved characters).
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 fn receipt(
     id: &str,
@@ -145,13 +120,6 @@ fn wait_folded(http: &str, run: &mut Run, counts: &BTreeMap<String, i64>) {
     }
 }
 
-fn artifacts_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("artifacts/pages")
-}
-
 #[test]
 fn pages_show_the_apis_figures_as_text_accessibly_and_follow_new_receipts() {
     let python = tool("MALLQUEST_BROWSER_PYTHON");
@@ -185,7 +153,7 @@ fn pages_show_the_apis_figures_as_text_accessibly_and_follow_new_receipts() {
     assert!(!String::from_utf8_lossy(&shell.body).contains("<b>x"));
     assert_eq!(support::http::get(&http, "/v1/levels").unwrap().status, 401);
 
-    let artifacts = artifacts_dir();
+    let artifacts = artifacts_dir("pages");
     std::fs::create_dir_all(&artifacts).unwrap();
     let mut browser = Command::new(&python)
         .arg(concat!(

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::broker::Broker;
+use support::browser::{artifacts_dir, tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mallquest");
 /// 2026-11-18T10:00:00Z and an hour later, in ms: the Kafka timestamps of the two halves.
@@ -219,20 +220,8 @@ fn transactions_are_read_committed(broker: &Broker, dir: &Path, store: &Path) {
 /// figures, asks for nothing over the network and passes axe-core; a screenshot goes to
 /// the test artifacts.
 fn in_browser(dir: &Path) {
-    let tool = |var: &str| {
-        std::env::var_os(var).unwrap_or_else(|| {
-            panic!(
-                "{var} is not set: run scripts/install-browser.sh and export \
-                 MALLQUEST_BROWSER_PYTHON and MALLQUEST_AXE_JS (scripts/test.sh does). The \
-                 report is checked in a real browser and never skipped."
-            )
-        })
-    };
     let python = tool("MALLQUEST_BROWSER_PYTHON");
-    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("artifacts/whatif");
+    let artifacts = artifacts_dir("whatif");
     std::fs::create_dir_all(&artifacts).unwrap();
     let out = Command::new(python)
         .arg(concat!(

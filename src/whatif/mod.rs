@@ -172,7 +172,7 @@ pub fn run(opts: &Options) -> Result<Report, WhatifError> {
     }
     // From here on each side folds under its own rules, and only what it does counts.
     for side in &mut sides {
-        side.stats = BatchStats::default();
+        side.outcome.stats = BatchStats::default();
     }
     sides[1].switch_rules(&opts.proposed);
     let records = fold_spans(&consumer, &topic, &spans, &mut sides, &bar)?;
@@ -463,7 +463,7 @@ struct Side {
     /// The live config's hot set size, kept for a switch of rules.
     hot_users: usize,
     sink: MemorySink,
-    stats: BatchStats,
+    /// Its store, and the counts of what it folded since they were last zeroed.
     outcome: Outcome,
 }
 
@@ -497,7 +497,6 @@ impl Side {
                 counts_only: true,
                 ..MemorySink::default()
             },
-            stats: BatchStats::default(),
             outcome: Outcome {
                 stats: BatchStats::default(),
                 store,
@@ -524,16 +523,15 @@ impl Side {
             })?;
         }
         let stats = self.processor.commit(&mut self.sink)?;
-        self.stats.add(&stats);
+        self.outcome.stats.add(&stats);
         Ok(())
     }
 
     /// The side's outcome, every batch committed.
     fn finish(mut self) -> Result<Outcome, WhatifError> {
         let stats = self.processor.commit(&mut self.sink)?;
-        self.stats.add(&stats);
+        self.outcome.stats.add(&stats);
         drop(self.processor);
-        self.outcome.stats = self.stats;
         Ok(self.outcome)
     }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod broker;
+pub mod browser;
 pub mod crash;
 pub mod game_reference;
 pub mod golden;
