@@ -212,8 +212,9 @@ pub struct StoreConfig {
     /// The store's memtables, all keyspaces together, in MiB (at least 4).
     #[serde(default = "default_write_buffer_mb")]
     pub write_buffer_mb: u64,
-    /// How often `run` rewrites the whole ledger to drop entries older than the dedup
-    /// window, in minutes (0: only fjall's own compactions drop them).
+    /// How often `run` gathers the ledger's segments that are at most half current into
+    /// one, in minutes, so that the log on disk stays about the size of the dedup window
+    /// (0: never).
     #[serde(default = "default_compact_every_minutes")]
     pub compact_every_minutes: u64,
     /// `run` stops folding (and resumes by itself) while the store's file system has less

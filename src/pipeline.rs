@@ -243,9 +243,6 @@ struct Task {
     events: Vec<Event>,
     /// Dead letters of `pending` not sent yet, in fold order.
     dead_letters: Vec<DeadLetter>,
-    /// The event time (seconds) before which every ledger entry was expired by a batch
-    /// sent since the last reset: the next expiry reads from there.
-    expired_before: Option<i64>,
 }
 
 impl Task {
@@ -902,33 +899,24 @@ impl Processor {
 
     /// [`Self::expire_ledger`] of partition `p`, whose cutoff is `cutoff`.
     fn expire_partition(&mut self, p: i32, cutoff: i64) -> Result<(), StoreError> {
-        let store = Arc::clone(&self.store);
-        let task = self.task(p);
-        let from = task.expired_before.unwrap_or(i64::MIN);
-        let due = store.ledger_due(p, from, cutoff, EXPIRE_PER_BATCH)?;
-        if due.len() < EXPIRE_PER_BATCH {
-            // Everything before the cutoff is expired once this batch commits (the
-            // cutoff never moves back, and no entry older than it is written again).
-            task.expired_before = Some(cutoff);
-        }
-        for (user_id, receipt_id, secs) in due {
+        let due = self.store.ledger_due(p, cutoff, EXPIRE_PER_BATCH);
+        for (user_id, receipt_id, _) in due {
             let key = (p, user_id, receipt_id);
-            // The entry under this key now: a receipt id used again after its first
-            // entry left the window holds a newer entry, which stays; only the old
-            // index entry goes.
-            let now = match task.pending.ledger.get(&key) {
-                Some(e) => Some(e.issued_at.secs),
-                None => store
-                    .ledger_entry(p, &key.1, &key.2)?
-                    .map(|e| e.issued_at.secs),
-            };
-            if now.is_some_and(|now| now != secs) {
-                task.pending.due_stale.push((key, secs));
-            } else {
-                task.pending.ledger.remove(&key);
-                task.pending.ledger_expired.insert(key, Some(secs));
+            // A receipt id used again after its first entry left the window holds a newer
+            // entry, in this batch or the one being written: it stays.
+            let newer = |e: &domain::LedgerEntry| e.issued_at.secs >= cutoff;
+            let landing = self
+                .landing
+                .as_ref()
+                .and_then(|l| l.sets.get(&p)?.ledger.get(&key));
+            let task = self.tasks.entry(p).or_default();
+            if task.pending.ledger.get(&key).is_some_and(newer) || landing.is_some_and(newer) {
+                continue;
             }
+            task.pending.ledger.remove(&key);
+            task.pending.ledger_expired.insert(key);
         }
+        let task = self.task(p);
         // Entries of this very batch that a later receipt of it moved out of the window:
         // never stored, so the index cannot list them.
         let late: Vec<_> = task
@@ -936,11 +924,11 @@ impl Processor {
             .ledger
             .iter()
             .filter(|(_, e)| e.issued_at.secs < cutoff)
-            .map(|(k, e)| (k.clone(), e.issued_at.secs))
+            .map(|(k, _)| k.clone())
             .collect();
-        for (key, secs) in late {
+        for key in late {
             task.pending.ledger.remove(&key);
-            task.pending.ledger_expired.insert(key, Some(secs));
+            task.pending.ledger_expired.insert(key);
         }
         Ok(())
     }
@@ -986,7 +974,7 @@ impl Processor {
             users.sort_by(|a, b| a.0.cmp(b.0));
             let mut ledger: Vec<_> = pending.ledger.iter().collect();
             ledger.sort_by(|a, b| a.0.cmp(b.0));
-            let mut expired: Vec<_> = pending.ledger_expired.keys().collect();
+            let mut expired: Vec<_> = pending.ledger_expired.iter().collect();
             expired.sort();
             out.reserve(users.len() + ledger.len() + expired.len() + pending.offsets.len());
             out.extend(
@@ -1336,11 +1324,9 @@ mod tests {
 
     // What a purchase costs the store, key by key: the engine's cost is about 1.5 us of CPU
     // per key written (docs/benchmarks-history.md, "What the store alone can do"), so a layout
-    // change that writes more keys has to show here. A new user: its value, an entry on each of
-    // the 3 all-time boards and on the 3 boards of each of its day, week and month (9),
-    // the receipt's ledger and `due` entries, a rank count per board entry, the users per
-    // period and per partition, and the batch's offset. The same user again the same day:
-    // every board entry moves (a remove and an insert each), the counts of users do not.
+    // change that writes more keys has to show here. A batch writes each changed user's value,
+    // one ledger segment per partition (however many receipts it holds), and its mark and
+    // offset; the boards are in memory.
     #[test]
     fn a_purchase_writes_the_keys_its_layout_says_and_no_more() {
         let dir = tempfile::tempdir().unwrap();
@@ -1360,8 +1346,7 @@ mod tests {
             first,
             expect(&[
                 ("users", 1),
-                ("ledger", 1),
-                ("due", 1),
+                ("ledger_log", 1),
                 ("marks", 1),
                 ("offsets", 1),
             ])
@@ -1370,13 +1355,12 @@ mod tests {
             second,
             expect(&[
                 ("users", 1),
-                ("ledger", 1),
-                ("due", 1),
+                ("ledger_log", 1),
                 ("marks", 1),
                 ("offsets", 1),
             ])
         );
-        assert_eq!(store.writes(), 5 + 5);
+        assert_eq!(store.writes(), 4 + 4);
     }
 
     // A revoked partition's task goes whole: a user it had in the hot set is read from the

@@ -318,8 +318,8 @@ async fn upkeep(metrics: PrometheusHandle, shutdown: Shutdown) {
     }
 }
 
-/// Drops ledger entries older than the dedup window every `every`, off the fold's thread,
-/// until `shutdown`.
+/// Gathers the ledger's mostly-expired segments on disk every `every`, off the fold's
+/// thread, until `shutdown`.
 async fn compact_ledger(store: Arc<Store>, every: Duration, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await; // the first tick is immediate: skip it

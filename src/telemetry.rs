@@ -41,6 +41,10 @@ pub const STORE_BYTES: &str = "mallquest_store_bytes";
 pub const USERS: &str = "mallquest_users";
 /// Bytes the boards in memory hold, by structure (`ids`, `all_time`, `periods`).
 pub const BOARD_BYTES: &str = "mallquest_board_bytes";
+/// Ledger entries held in memory (the dedup window, expired ones not yet dropped included).
+pub const LEDGER_ENTRIES: &str = "mallquest_ledger_entries";
+/// Heap bytes of the ledger in memory: its entries and their tables.
+pub const LEDGER_BYTES: &str = "mallquest_ledger_bytes";
 /// Bytes held by the store's block cache (at most `[store] cache_mb`).
 pub const STORE_CACHE_BYTES: &str = "mallquest_store_cache_bytes";
 /// Bytes held by the store's memtables, active and sealed (those waiting for a flush).
@@ -99,7 +103,7 @@ pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
 pub const PROCESS_THREADS: &str = "process_threads";
 
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 40] = [
+pub const ALL_METRICS: [&str; 42] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
@@ -116,6 +120,8 @@ pub const ALL_METRICS: [&str; 40] = [
     STORE_BYTES,
     USERS,
     BOARD_BYTES,
+    LEDGER_ENTRIES,
+    LEDGER_BYTES,
     STORE_CACHE_BYTES,
     STORE_WRITE_BUFFER_BYTES,
     STORE_WRITE_STALL_SECONDS,
@@ -281,6 +287,15 @@ fn describe() {
         Unit::Bytes,
         "Bytes the leaderboards in memory hold, by structure: ids (interned user ids), all_time and periods (board entries)."
     );
+    describe_gauge!(
+        LEDGER_ENTRIES,
+        "Ledger entries held in memory: the dedup window (expired ones not yet dropped included)."
+    );
+    describe_gauge!(
+        LEDGER_BYTES,
+        Unit::Bytes,
+        "Heap bytes of the ledger in memory: its entries and their tables."
+    );
     describe_histogram!(
         EVENT_AGE_SECONDS,
         Unit::Seconds,
@@ -382,6 +397,9 @@ pub fn store_sampled(store: &crate::store::Store) {
     gauge!(BOARD_BYTES, "structure" => "ids").set(boards.ids as f64);
     gauge!(BOARD_BYTES, "structure" => "all_time").set(boards.all_time as f64);
     gauge!(BOARD_BYTES, "structure" => "periods").set(boards.periods as f64);
+    let ledger = store.ledger_memory();
+    gauge!(LEDGER_ENTRIES).set(ledger.entries as f64);
+    gauge!(LEDGER_BYTES).set(ledger.bytes as f64);
 }
 
 /// A batch was published and persisted.

@@ -207,7 +207,7 @@ pub(super) fn catch_up(
                             source,
                         }
                     })?;
-                if let Some(meta) = apply(store, &mut set, p, entry)? {
+                if let Some(meta) = apply(&mut set, p, entry) {
                     metas.insert(p, meta);
                 }
                 next.insert(p, m.offset() + 1);
@@ -283,7 +283,7 @@ fn position(
 
 /// Adds one changelog record of partition `p` to `set`; a position is returned, for the
 /// caller to write once everything before it is written.
-fn apply(store: &Store, set: &mut WriteSet, p: i32, entry: Entry) -> Result<Option<Meta>, Error> {
+fn apply(set: &mut WriteSet, p: i32, entry: Entry) -> Option<Meta> {
     match entry {
         Entry::User(u) => {
             set.users.insert((p, u.user_id.clone()), u);
@@ -294,33 +294,22 @@ fn apply(store: &Store, set: &mut WriteSet, p: i32, entry: Entry) -> Result<Opti
             entry,
         } => {
             let key = (p, user_id, receipt_id);
-            // A tombstone of this chunk for the same key, then this newer entry: the old
-            // entry's index entry still goes.
-            if let Some(Some(old)) = set.ledger_expired.remove(&key) {
-                if old != entry.issued_at.secs {
-                    set.due_stale.push((key.clone(), old));
-                }
-            }
+            // A tombstone of this chunk for the same key, then this newer entry: the entry
+            // stays.
+            set.ledger_expired.remove(&key);
             set.ledger.insert(key, entry);
         }
         Entry::LedgerExpired {
             user_id,
             receipt_id,
         } => {
-            // Its issued_at, to delete its `due` entry too: from this chunk, else from the
-            // store (absent: nothing to delete).
             let key = (p, user_id, receipt_id);
-            let secs = match set.ledger.remove(&key) {
-                Some(e) => Some(e.issued_at.secs),
-                None => store
-                    .ledger_entry(p, &key.1, &key.2)?
-                    .map(|e| e.issued_at.secs),
-            };
-            set.ledger_expired.insert(key, secs);
+            set.ledger.remove(&key);
+            set.ledger_expired.insert(key);
         }
-        Entry::Meta(meta) => return Ok(Some(meta)),
+        Entry::Meta(meta) => return Some(meta),
     }
-    Ok(None)
+    None
 }
 
 /// The end (high watermark) of a changelog partition. A topic created moments ago has no
@@ -416,7 +405,7 @@ mod tests {
         let restored = Store::open(b.path()).unwrap();
         let mut set = WriteSet::default();
         for (i, (p, e)) in sink.changelog.into_iter().enumerate() {
-            if let Some(m) = apply(&restored, &mut set, p, e).unwrap() {
+            if let Some(m) = apply(&mut set, p, e) {
                 set.offsets.insert((m.topic, p), m.next_offset);
             }
             if i % 7 == 0 {
@@ -428,13 +417,10 @@ mod tests {
         assert!(users(&folded).iter().any(|u| u.refund_count > 0));
         assert_eq!(users(&restored), users(&folded));
         assert_eq!(restored.ledger_len().unwrap(), folded.ledger_len().unwrap());
-        assert_eq!(
-            restored
-                .ledger_due(0, i64::MIN, i64::MAX, 1000)
-                .unwrap()
-                .len(),
-            11 * 5
-        );
+        // The expired entries are gone from memory, not only past the cutoff.
+        let entries = |s: &Store| s.ledger_entries().map(Result::unwrap).collect::<Vec<_>>();
+        assert_eq!(entries(&restored).len(), 11 * 5);
+        assert_eq!(entries(&restored), entries(&folded));
         assert_eq!(restored.offsets().unwrap(), folded.offsets().unwrap());
     }
 }

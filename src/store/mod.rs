@@ -3,30 +3,25 @@
 //! Keyspaces, all keyed by Kafka partition first so that a partition's state is one
 //! contiguous range that can later move between instances:
 //! - `users`:   `partition (i32 BE) | user_id` -> [`UserState`]
-//! - `ledger`:  `partition | user_id | 0x00 | receipt_id` -> [`LedgerEntry`]
+//! - `ledger_log`: `partition | seq (u64 BE)` -> a segment: the new and updated ledger
+//!   entries of one commit of the partition. The ledger itself is held in memory
+//!   ([`ledger`]), read from its segments when the store opens.
 //! - `offsets`: `topic | 0x00 | partition` -> next offset to read (i64 BE)
 //! - `marks`:   `partition` -> highest applied issued_at, in seconds (i64 BE): the event
 //!   time the dedup window is measured against.
 //! - `changelog`: `partition` -> next offset to read of the partition's changelog (i64 BE):
 //!   everything before it is in this store, so a catch-up reads on from there.
-//! - `meta`:    `due-indexed` -> empty: the one-off fill of `due` for a store written
-//!   before it, written with its last batch so that a fill interrupted by a crash runs
-//!   again at the next open.
-//! - `due`:     `partition | issued_at seconds (i64 BE, sign flipped) | user_id | 0x00 |
-//!   receipt_id` -> empty: the ledger in event-time order, written with every ledger entry,
-//!   so that the entries leaving the dedup window are found by one range read and deleted
-//!   (from the ledger and, by tombstones, from the changelog) when the mark moves on.
 //!
 //! The leaderboards are not stored: they are held in memory ([`crate::engine::Boards`]),
 //! rebuilt from the users when the store opens or a partition is restored, and changed by
 //! each commit in the same critical section as its writes. A store written by an earlier
 //! layout (with the `leaders`, `periods`, `period_users`, `rank_counts` and `counts`
-//! keyspaces) opens: those keyspaces are deleted at the first open, the users and ledger
-//! being unchanged.
+//! keyspaces) opens: those keyspaces are deleted at the first open, the users being
+//! unchanged. A store whose ledger is the earlier key-per-entry `ledger` keyspace (with its
+//! `due` index) has it moved into segments at the first open.
 //!
 //! Ledger entries older than the window (`mark - window`) are dead: the processor treats
-//! them as absent, and a compaction filter drops them when fjall rewrites their table
-//! ([`Store::compact_ledger`] forces that for the whole ledger).
+//! them as absent, finds them ([`Store::ledger_due`]) and expires them by a commit.
 //!
 //! ids never contain control characters (the codec rejects them), so 0x00 separates.
 
@@ -35,9 +30,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use fjall::compaction::filter::{CompactionFilter, Context, Factory, ItemAccessor, Verdict};
-
-use fjall::config::FilterPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use batch::Batch;
@@ -46,6 +38,7 @@ use crate::domain::{LedgerEntry, UserState};
 use crate::engine::{BoardChanges, Boards, Builder};
 
 mod batch;
+mod ledger;
 mod periods;
 mod seen;
 pub mod value;
@@ -109,25 +102,6 @@ const TABLE_TARGET: u64 = 8 << 20;
 
 pub use crate::engine::{indexed, scores, Board, Indexed, Scores};
 
-/// An i64 as 8 bytes whose byte order is its numeric order (sign bit flipped).
-fn ordered(n: i64) -> u64 {
-    (n as u64) ^ (1 << 63)
-}
-
-/// A key built in a buffer the thread reuses: one allocation for the key (the store's
-/// own), where a `Vec` built and then converted costs two and a copy.
-fn built(build: impl FnOnce(&mut Vec<u8>)) -> fjall::UserKey {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        s.clear();
-        build(&mut s);
-        fjall::UserKey::from(&s[..])
-    })
-}
-
 /// The maps of a write set: keyed by ids from input, hashed with foldhash (seeded per
 /// map) rather than SipHash, which showed at 3.5% of the fold thread's CPU.
 pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -150,13 +124,9 @@ pub struct WriteSet {
     /// here are read from the store.
     pub previous_scores: Map<(i32, String), Option<Indexed>>,
     /// Ledger entries that left the dedup window, deleted by this batch: (partition,
-    /// user_id, receipt_id) -> the entry's issued_at seconds (`None`: not known, the
-    /// `due` index entry is left for the next expiry to find).
-    pub ledger_expired: Map<(i32, String, String), Option<i64>>,
-    /// `due` index entries left by a ledger entry that was replaced by a newer one under
-    /// the same key (a receipt id used again after its first entry expired): (key,
-    /// issued_at seconds of the old entry). Only the index entry is deleted.
-    pub due_stale: Vec<((i32, String, String), i64)>,
+    /// user_id, receipt_id).
+    pub ledger_expired:
+        std::collections::HashSet<(i32, String, String), foldhash::fast::RandomState>,
     /// Partitions whose users are written without touching the boards (a partition
     /// restored into a store that had none of it: no previous scores to read;
     /// [`Store::index_partition`] builds its boards once all its users are in).
@@ -172,7 +142,6 @@ impl WriteSet {
             && self.marks.is_empty()
             && self.changelog.is_empty()
             && self.ledger_expired.is_empty()
-            && self.due_stale.is_empty()
     }
 }
 
@@ -187,11 +156,10 @@ pub struct Prepared {
     marks: BTreeMap<i32, i64>,
     /// Partitions the batch holds offsets of.
     partitions: Vec<i32>,
-    /// Hashes of the user and ledger keys the batch writes, by partition ([`seen`]).
+    /// Hashes of the user keys the batch writes, by partition ([`seen`]).
     users_written: Vec<(i32, u32)>,
-    ledger_written: Vec<(i32, u32)>,
-    /// Ledger keys the batch deletes, by partition.
-    ledger_deleted: BTreeMap<i32, u64>,
+    /// The batch's ledger changes, by partition (their segments are in `batch`).
+    ledger: Vec<ledger::Change>,
 }
 
 /// What the store holds in memory now.
@@ -206,33 +174,44 @@ pub struct StoreMemory {
     pub write_stall: std::time::Duration,
 }
 
+/// What the ledger holds in memory ([`Store::ledger_memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerMemory {
+    /// Entries held, expired ones not yet dropped included.
+    pub entries: u64,
+    /// Heap bytes of the entries and their tables.
+    pub bytes: u64,
+    /// Segments on disk.
+    pub segments: u64,
+}
+
 /// The opened store.
 pub struct Store {
     path: PathBuf,
     db: Database,
     users: Keyspace,
-    ledger: Keyspace,
+    /// The ledger's segments (see the module doc).
+    ledger_log: Keyspace,
+    /// The ledger, in memory: changed by each commit under the boards' lock.
+    ledgers: RwLock<ledger::Ledgers>,
+    /// The next segment's sequence number.
+    next_segment: std::sync::atomic::AtomicU64,
     offsets: Keyspace,
     marks_ks: Keyspace,
-    /// The ledger in event-time order (see the module doc).
-    due: Keyspace,
     changelog: Keyspace,
-    /// Committed marks and the window, shared with the ledger's compaction filter.
-    expiry: Arc<Expiry>,
+    /// Committed marks and the window.
+    expiry: Expiry,
     /// Partitions with state, cached: user look-ups by id try each, and must not scan
     /// the offsets keyspace on every request.
     partitions: std::sync::RwLock<Vec<i32>>,
     /// Which partitioner placed the users, learned by [`Store::locate_user`].
     placement: crate::partitioner::Learned,
-    /// Markers of finished one-off fills (see the module doc).
-    meta: Keyspace,
     /// Every board of the partitions stored, in memory: changed by each commit under the
     /// write lock, together with its batch's insertion into the memtables.
     boards: RwLock<Boards>,
-    /// Which users and ledger keys each partition may hold, so that a user or a receipt id
-    /// never seen is known absent without a read ([`seen`]).
+    /// Which users each partition may hold, so that a user never seen is known absent
+    /// without a read ([`seen`]).
     known_users: seen::Known,
-    known_ledger: seen::Known,
     /// Writes of the last commit's batch: the next one is sized by it.
     last_batch_writes: std::sync::atomic::AtomicUsize,
     /// Commits wait while the memtables hold more than this ([`WRITE_STALL_FACTOR`]).
@@ -267,8 +246,6 @@ fn push_user_key(k: &mut Vec<u8>, partition: i32, user_id: &str) {
 /// Items per batch of a one-off fill at open.
 const MIGRATION_CHUNK: usize = 50_000;
 
-/// `meta` marker: every ledger entry is in the `due` index.
-const DUE_INDEXED: &str = "due-indexed";
 /// Keyspaces of earlier layouts, deleted at the first open: the leaderboard indexes
 /// (board-first, then partition-first), the period boards and their counts, the rank
 /// counts and the user counts. The boards are now rebuilt from the users in memory.
@@ -281,37 +258,10 @@ const RETIRED_KEYSPACES: [&str; 6] = [
     "counts",
 ];
 
-/// Where a partition's `due` entries of event time `secs` (seconds) start: byte order is
-/// time order.
-fn due_prefix(partition: i32, secs: i64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(12);
-    push_due_prefix(&mut k, partition, secs);
-    k
-}
-
-/// Appends where a partition's `due` entries of event time `secs` start.
-fn push_due_prefix(k: &mut Vec<u8>, partition: i32, secs: i64) {
-    k.extend_from_slice(&partition.to_be_bytes());
-    k.extend_from_slice(&ordered(secs).to_be_bytes());
-}
-
-/// The key of a ledger entry in the `due` index: event time first.
-fn due_key(partition: i32, secs: i64, user_id: &str, receipt_id: &str) -> fjall::UserKey {
-    built(|k| {
-        push_due_prefix(k, partition, secs);
-        k.extend_from_slice(user_id.as_bytes());
-        k.push(0);
-        k.extend_from_slice(receipt_id.as_bytes());
-    })
-}
-
-fn ledger_key(partition: i32, user_id: &str, receipt_id: &str) -> fjall::UserKey {
-    built(|k| {
-        push_user_key(k, partition, user_id);
-        k.push(0);
-        k.extend_from_slice(receipt_id.as_bytes());
-    })
-}
+/// Keyspaces of the ledger's earlier layout: one key per entry, and its event-time index.
+const OLD_LEDGER: &str = "ledger";
+const OLD_DUE: &str = "due";
+const OLD_META: &str = "meta";
 
 fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     let mut k = Vec::with_capacity(topic.len() + 5);
@@ -322,7 +272,7 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
 }
 
 /// What decides that a ledger entry is dead: the committed mark of its partition and
-/// the dedup window. Shared between the store and the ledger's compaction filter.
+/// the dedup window.
 #[derive(Debug, Default)]
 struct Expiry {
     /// The window in seconds; 0 until a processor sets it (then nothing expires).
@@ -343,64 +293,6 @@ impl Expiry {
             .iter()
             .map(|(p, m)| (*p, m.saturating_sub(window)))
             .collect()
-    }
-}
-
-/// Drops ledger entries whose issued_at is before their partition's cutoff.
-struct LedgerFilter {
-    cutoffs: HashMap<i32, i64>,
-    removed: u64,
-}
-
-impl CompactionFilter for LedgerFilter {
-    fn filter_item(
-        &mut self,
-        item: ItemAccessor<'_>,
-        _: &Context,
-    ) -> fjall::compaction::filter::CompactionFilterResult {
-        let Some(p) = item
-            .key()
-            .get(..4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        else {
-            return Ok(Verdict::Keep);
-        };
-        let Some(cutoff) = self.cutoffs.get(&i32::from_be_bytes(p)) else {
-            return Ok(Verdict::Keep);
-        };
-        let value = item.value()?;
-        // An entry that does not decode is kept: the reader reports it as corrupt.
-        match value::ledger_issued_secs(&value) {
-            Some(secs) if secs < *cutoff => {
-                self.removed += 1;
-                Ok(Verdict::Remove)
-            }
-            _ => Ok(Verdict::Keep),
-        }
-    }
-
-    fn finish(self: Box<Self>) {
-        if self.removed > 0 {
-            tracing::debug!(
-                removed = self.removed,
-                "compaction dropped expired ledger entries"
-            );
-        }
-    }
-}
-
-struct LedgerFilterFactory(Arc<Expiry>);
-
-impl Factory for LedgerFilterFactory {
-    fn name(&self) -> &str {
-        "mallquest-ledger-window"
-    }
-
-    fn make_filter(&self, _: &Context) -> Box<dyn CompactionFilter> {
-        Box::new(LedgerFilter {
-            cutoffs: self.0.cutoffs(),
-            removed: 0,
-        })
     }
 }
 
@@ -477,16 +369,10 @@ impl Store {
                     fjall::compaction::Leveled::default().with_table_target_size(TABLE_TARGET),
                 ))
         };
-        // Keyspaces only ever scanned by prefix or range (the leaderboard indexes and the
-        // ledger's time index) need no bloom filter: building one costs every flush and
-        // compaction a hash per key, and no read ever consults it.
-        let scanned = move || options().filter_policy(FilterPolicy::disabled());
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
         };
-        let expiry = Arc::new(Expiry::default());
-        let factory: Arc<dyn Factory> = Arc::new(LedgerFilterFactory(Arc::clone(&expiry)));
         let db = Database::builder(path)
             .cache_size(cache_bytes)
             // One background worker, not fjall's default of one per core (two here): with
@@ -495,13 +381,10 @@ impl Store {
             // receipt drain (docs/benchmarks-history.md, "Again on a quiet machine"): 73 vs
             // 95 to 99 us of CPU per record, 16,200 vs 13,000 to 13,700 records/s.
             .worker_threads(1)
-            .with_compaction_filter_factories(Arc::new(move |keyspace: &str| {
-                (keyspace == "ledger").then(|| Arc::clone(&factory))
-            }))
             .open()
             .map_err(open_err)?;
         let users = db.keyspace("users", options).map_err(open_err)?;
-        let ledger = db.keyspace("ledger", options).map_err(open_err)?;
+        let ledger_log = db.keyspace("ledger_log", options).map_err(open_err)?;
         let offsets = db.keyspace("offsets", options).map_err(open_err)?;
         for name in RETIRED_KEYSPACES {
             if db.keyspace_exists(name) {
@@ -511,32 +394,20 @@ impl Store {
         }
         let marks_ks = db.keyspace("marks", options).map_err(open_err)?;
         let changelog = db.keyspace("changelog", options).map_err(open_err)?;
-        let due = db.keyspace("due", scanned).map_err(open_err)?;
-        let meta = db.keyspace("meta", options).map_err(open_err)?;
-        let done = |marker: &str| {
-            meta.get(marker)
-                .map(|v| v.is_some())
-                .map_err(|source| StoreError::Io {
-                    op: "read store meta",
-                    source,
-                })
-        };
-        let due_indexed = done(DUE_INDEXED)?;
         let store = Self {
             path: path.to_owned(),
             db,
             known_users: seen::Known::new(users.clone(), "scan users"),
-            known_ledger: seen::Known::new(ledger.clone(), "scan ledger"),
             users,
-            ledger,
+            ledger_log,
+            ledgers: RwLock::default(),
+            next_segment: std::sync::atomic::AtomicU64::new(1),
             offsets,
             marks_ks,
             changelog,
-            due,
-            expiry,
+            expiry: Expiry::default(),
             partitions: std::sync::RwLock::default(),
             placement: crate::partitioner::Learned::default(),
-            meta,
             boards: RwLock::new(Boards::new(periods_kept)),
             last_batch_writes: std::sync::atomic::AtomicUsize::new(0),
             write_stall_bytes: write_buffer_bytes * WRITE_STALL_FACTOR,
@@ -546,9 +417,9 @@ impl Store {
             stall_stop: std::sync::OnceLock::new(),
         };
         store.build_boards(None)?;
-        if !due_indexed {
-            // A store from before the index: its ledger is indexed once, here.
-            store.index_due()?;
+        store.load_ledger()?;
+        if store.db.keyspace_exists(OLD_LEDGER) {
+            store.move_old_ledger()?;
         }
         let marks = store.scan_marks()?;
         *store
@@ -657,15 +528,10 @@ impl Store {
         user_id: &str,
         receipt_id: &str,
     ) -> Result<Option<LedgerEntry>, StoreError> {
-        let key = ledger_key(partition, user_id, receipt_id);
-        if !self.known_ledger.may_hold(partition, &key)? {
-            return Ok(None);
-        }
-        self.ledger
-            .get(key)
-            .map_err(io("read ledger"))?
-            .map(|v| value::decode_ledger(&v))
-            .transpose()
+        self.ledgers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(partition, user_id, receipt_id)
     }
 
     /// The next offset to read of one topic partition, if any was committed.
@@ -686,86 +552,114 @@ impl Store {
         v.map(|v| decode_i64("changelog offset", &v)).transpose()
     }
 
-    /// Writes, for each item, what `each` adds to a batch, committing every `chunk` items;
-    /// returns the last batch, uncommitted, for the caller's final writes and
-    /// [`Self::commit_durably`].
-    fn write_in_batches<T>(
-        &self,
-        items: impl Iterator<Item = Result<T, StoreError>>,
-        chunk: usize,
-        mut each: impl FnMut(&mut Batch, T),
-    ) -> Result<Batch, StoreError> {
+    /// Reads every ledger segment into memory, in order, and deletes those left with no
+    /// current entry.
+    fn load_ledger(&self) -> Result<(), StoreError> {
+        let mut ledgers = self.ledgers.write().unwrap_or_else(PoisonError::into_inner);
+        let mut dead = Vec::new();
+        let mut last = 0;
+        for kv in self.ledger_log.iter() {
+            let (k, v) = kv.into_inner().map_err(io("scan ledger"))?;
+            let (p, seq) = ledger::parse_segment_key(&k)?;
+            ledgers.load(p, seq, &v, &mut dead)?;
+            last = last.max(seq);
+        }
+        self.next_segment.store(last + 1, Ordering::SeqCst);
+        drop(ledgers);
+        self.delete_segments(&dead)
+    }
+
+    /// Deletes segments that hold no current entry. Not durable by itself: a segment
+    /// deleted before a crash is found dead again at the next open.
+    fn delete_segments(&self, dead: &[(i32, u64)]) -> Result<(), StoreError> {
+        if dead.is_empty() {
+            return Ok(());
+        }
         let mut batch = Batch::new(&self.db);
-        let mut in_batch = 0usize;
-        for item in items {
-            each(&mut batch, item?);
-            in_batch += 1;
-            if in_batch >= chunk {
-                batch.commit().map_err(io("commit batch"))?;
-                batch = Batch::new(&self.db);
-                in_batch = 0;
+        for (p, seq) in dead {
+            batch.remove(&self.ledger_log, ledger::segment_key(*p, *seq).to_vec());
+        }
+        batch.commit().map_err(io("delete ledger segments"))
+    }
+
+    /// Moves a ledger of the earlier layout (one key per entry, beside a `due` index) into
+    /// segments, then deletes its keyspaces. Interrupted by a crash, it runs again at the
+    /// next open: the segments it wrote are then replaced by newer ones of the same
+    /// entries.
+    fn move_old_ledger(&self) -> Result<(), StoreError> {
+        let options = KeyspaceCreateOptions::default;
+        let open = |name| {
+            self.db
+                .keyspace(name, options)
+                .map_err(io("open old ledger"))
+        };
+        let old = open(OLD_LEDGER)?;
+        let mut moved = 0u64;
+        let mut chunk: BTreeMap<i32, WriteSet> = BTreeMap::new();
+        let mut in_chunk = 0usize;
+        let flush = |chunk: &mut BTreeMap<i32, WriteSet>| -> Result<(), StoreError> {
+            for set in std::mem::take(chunk).into_values() {
+                self.apply(self.prepare(&set)?)?;
+            }
+            Ok(())
+        };
+        for kv in old.iter() {
+            let (k, v) = kv.into_inner().map_err(io("scan old ledger"))?;
+            let p = partition_of(&k, "ledger key")?;
+            let rest = std::str::from_utf8(&k[4..]).map_err(|_| StoreError::Corrupt {
+                what: "ledger key",
+                detail: "not UTF-8".into(),
+            })?;
+            let (user, receipt) = rest.split_once('\0').ok_or_else(|| StoreError::Corrupt {
+                what: "ledger key",
+                detail: "no separator".into(),
+            })?;
+            chunk.entry(p).or_default().ledger.insert(
+                (p, user.to_owned(), receipt.to_owned()),
+                value::decode_ledger(&v)?,
+            );
+            in_chunk += 1;
+            moved += 1;
+            if in_chunk >= MIGRATION_CHUNK {
+                flush(&mut chunk)?;
+                in_chunk = 0;
             }
         }
-        Ok(batch)
+        flush(&mut chunk)?;
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(io("persist"))?;
+        for name in [OLD_LEDGER, OLD_DUE, OLD_META] {
+            if self.db.keyspace_exists(name) {
+                let ks = open(name)?;
+                self.db
+                    .delete_keyspace(ks)
+                    .map_err(io("delete old ledger"))?;
+            }
+        }
+        tracing::info!(
+            message = "Moved the ledger of an earlier layout into segments.",
+            entries = moved,
+        );
+        Ok(())
     }
 
-    /// Commits `batch` and persists the store.
-    fn commit_durably(&self, batch: Batch) -> Result<(), StoreError> {
-        batch.commit().map_err(io("commit batch"))?;
-        self.db.persist(PersistMode::SyncAll).map_err(io("persist"))
-    }
-
-    /// Builds the `due` index of every ledger entry (a store written before it existed).
-    fn index_due(&self) -> Result<(), StoreError> {
-        let mut last = self.write_in_batches(
-            self.ledger_entries(),
-            MIGRATION_CHUNK,
-            |batch, (p, user_id, receipt_id, e)| {
-                batch.insert(
-                    &self.due,
-                    due_key(p, e.issued_at.secs, &user_id, &receipt_id),
-                    [],
-                );
-            },
-        )?;
-        last.insert(&self.meta, DUE_INDEXED, []);
-        self.commit_durably(last)
-    }
-
-    /// Up to `limit` ledger entries of `partition` issued at or after `from` and before
-    /// `cutoff` (seconds), oldest first: (user_id, receipt_id, issued_at seconds). Entries
-    /// a compaction dropped already are listed too (their index entry stays until
-    /// expired). `from` lets a caller skip what it expired before: the deleted keys stay in
-    /// the tree until compacted, and a read from the partition's start would step over
-    /// every one of them.
+    /// Up to `limit` ledger entries of `partition` issued before `cutoff` (seconds),
+    /// oldest first: (user_id, receipt_id, issued_at seconds). Found by a scan of the
+    /// partition's ledger in memory once the cutoff has moved on by a 32nd of the window
+    /// since the last (so an entry may outlive its window by that much); an entry listed
+    /// may have been replaced since by a newer one under its key: the caller checks.
     pub fn ledger_due(
         &self,
         partition: i32,
-        from: i64,
         cutoff: i64,
         limit: usize,
-    ) -> Result<Vec<(String, String, i64)>, StoreError> {
-        let (start, end) = (due_prefix(partition, from), due_prefix(partition, cutoff));
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::new();
-        for kv in self.due.range(start..end).take(limit) {
-            let k = kv.key().map_err(io("scan due index"))?;
-            let corrupt = || StoreError::Corrupt {
-                what: "due index key",
-                detail: "malformed".into(),
-            };
-            let secs = k
-                .get(4..12)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(|b| ordered(u64::from_be_bytes(b) as i64) as i64)
-                .ok_or_else(corrupt)?;
-            let rest = std::str::from_utf8(&k[12..]).map_err(|_| corrupt())?;
-            let (user_id, receipt_id) = rest.split_once('\0').ok_or_else(corrupt)?;
-            out.push((user_id.to_owned(), receipt_id.to_owned(), secs));
-        }
-        Ok(out)
+    ) -> Vec<(String, String, i64)> {
+        let slack = self.expiry.window_secs.load(Ordering::Relaxed) / 32;
+        self.ledgers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .due(partition, cutoff, slack, limit)
     }
 
     /// Whether the store holds no user of `partition` (a partition new to this store).
@@ -892,23 +786,59 @@ impl Store {
         Ok(out)
     }
 
-    /// Rewrites the whole ledger now, dropping entries older than the window; fjall's own
-    /// compactions drop them too, but only in the tables they happen to rewrite.
+    /// Rewrites the ledger's segments that are at most half current, each partition's
+    /// into the newest of them, so that the log on disk stays about the size of the
+    /// window (a segment is deleted by a commit only once none of its entries is current).
     pub fn compact_ledger(&self) -> Result<(), StoreError> {
-        self.ledger
-            .rotate_memtable_and_wait()
-            .map_err(io("flush ledger"))?;
-        self.ledger.major_compact().map_err(io("compact ledger"))
+        let partitions = self
+            .ledgers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .partitions();
+        for p in partitions {
+            // Under the lock: a commit's segment is newer than the one rewritten, and its
+            // changes reach memory after this one's or before it, never between.
+            let mut ledgers = self.ledgers.write().unwrap_or_else(PoisonError::into_inner);
+            let Some((target, bytes, removed)) = ledgers.compact(p) else {
+                continue;
+            };
+            let mut batch = Batch::new(&self.db);
+            batch.insert(
+                &self.ledger_log,
+                ledger::segment_key(p, target).to_vec(),
+                bytes,
+            );
+            for seq in removed {
+                batch.remove(&self.ledger_log, ledger::segment_key(p, seq).to_vec());
+            }
+            batch.commit().map_err(io("compact ledger"))?;
+            self.db
+                .persist(PersistMode::SyncAll)
+                .map_err(io("persist"))?;
+        }
+        Ok(())
     }
 
-    /// Ledger entries on disk, counted by a scan (for tests and `dump`).
+    /// Ledger entries in the dedup window: those held whose issued_at is at or after
+    /// their partition's cutoff.
     pub fn ledger_len(&self) -> Result<u64, StoreError> {
-        let mut n = 0;
-        for kv in self.ledger.iter() {
-            kv.key().map_err(io("scan ledger"))?;
-            n += 1;
+        let cutoffs = self.expiry.cutoffs();
+        Ok(self
+            .ledgers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .live(|p| cutoffs.get(&p).copied()))
+    }
+
+    /// The ledger in memory: entries held (expired ones not yet dropped included), their
+    /// heap bytes, and the segments on disk.
+    pub fn ledger_memory(&self) -> LedgerMemory {
+        let ledgers = self.ledgers.read().unwrap_or_else(PoisonError::into_inner);
+        LedgerMemory {
+            entries: ledgers.len(),
+            bytes: ledgers.heap_bytes(),
+            segments: ledgers.segments(),
         }
-        Ok(n)
     }
 
     /// Partitions that hold state (those with a stored offset).
@@ -946,33 +876,28 @@ impl Store {
         })
     }
 
-    /// Every ledger entry: (partition, user_id, receipt_id, entry), in key order.
+    /// Every ledger entry held: (partition, user_id, receipt_id, entry), in key order.
     pub fn ledger_entries(
         &self,
     ) -> impl Iterator<Item = Result<(i32, String, String, LedgerEntry), StoreError>> + '_ {
-        self.ledger.iter().map(|kv| {
-            let (k, v) = kv.into_inner().map_err(io("scan ledger"))?;
-            let p = partition_of(&k, "ledger key")?;
-            let rest = std::str::from_utf8(&k[4..]).map_err(|_| StoreError::Corrupt {
-                what: "ledger key",
-                detail: "not UTF-8".into(),
-            })?;
-            let (user, receipt) = rest.split_once('\0').ok_or_else(|| StoreError::Corrupt {
-                what: "ledger key",
-                detail: "no separator".into(),
-            })?;
-            Ok((
-                p,
-                user.to_owned(),
-                receipt.to_owned(),
-                value::decode_ledger(&v)?,
-            ))
-        })
+        let entries = self
+            .ledgers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entries();
+        let (ok, err) = match entries {
+            Ok(v) => (v, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        err.into_iter().map(Err).chain(ok.into_iter().map(Ok))
     }
 
-    /// Ledger entries on disk (approximate; for progress bars).
+    /// Ledger entries held (for progress bars).
     pub fn approximate_ledger_len(&self) -> u64 {
-        self.ledger.approximate_len() as u64
+        self.ledgers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Every user state, in key order (partition, then user_id).
@@ -1016,8 +941,7 @@ impl Store {
         let mut marks = BTreeMap::new();
         let mut partitions = Vec::new();
         let mut users_written = Vec::new();
-        let mut ledger_written = Vec::new();
-        let mut ledger_deleted = BTreeMap::new();
+        let mut ledger_changes: BTreeMap<i32, ledger::Change> = BTreeMap::new();
         for set in sets {
             for (key, state) in &set.users {
                 let (p, user_id) = key;
@@ -1034,25 +958,25 @@ impl Store {
                 users_written.push((*p, seen::hash(&key)));
                 batch.insert(&self.users, key, value::encode_user(state));
             }
+            fn change(changes: &mut BTreeMap<i32, ledger::Change>, p: i32) -> &mut ledger::Change {
+                changes.entry(p).or_insert_with(|| ledger::Change {
+                    partition: p,
+                    ..ledger::Change::default()
+                })
+            }
+            for (p, user_id, receipt_id) in &set.ledger_expired {
+                change(&mut ledger_changes, *p)
+                    .expired
+                    .push(ledger::entry_key(user_id, receipt_id));
+            }
             for ((p, user_id, receipt_id), entry) in &set.ledger {
-                let key = ledger_key(*p, user_id, receipt_id);
-                ledger_written.push((*p, seen::hash(&key)));
-                batch.insert(&self.ledger, key, value::encode_ledger(entry));
-                batch.insert(
-                    &self.due,
-                    due_key(*p, entry.issued_at.secs, user_id, receipt_id),
-                    [],
-                );
-            }
-            for ((p, user_id, receipt_id), secs) in &set.due_stale {
-                batch.remove(&self.due, due_key(*p, *secs, user_id, receipt_id));
-            }
-            for ((p, user_id, receipt_id), secs) in &set.ledger_expired {
-                *ledger_deleted.entry(*p).or_insert(0) += 1;
-                batch.remove(&self.ledger, ledger_key(*p, user_id, receipt_id));
-                if let Some(secs) = secs {
-                    batch.remove(&self.due, due_key(*p, *secs, user_id, receipt_id));
-                }
+                let e = ledger::NewEntry::new(user_id, receipt_id, entry).ok_or_else(|| {
+                    StoreError::Corrupt {
+                        what: "ledger key",
+                        detail: format!("ids of {} bytes", user_id.len() + receipt_id.len()),
+                    }
+                })?;
+                change(&mut ledger_changes, *p).entries.push(e);
             }
             for ((topic, p), next) in &set.offsets {
                 batch.insert(
@@ -1070,6 +994,20 @@ impl Store {
             marks.extend(&set.marks);
             partitions.extend(set.offsets.keys().map(|(_, p)| *p));
         }
+        // One segment per partition whose ledger the batch changes, its sequence number
+        // taken now: batches are prepared in the order they are applied.
+        let mut ledger = Vec::with_capacity(ledger_changes.len());
+        for (p, mut change) in ledger_changes {
+            if !change.entries.is_empty() {
+                change.seq = self.next_segment.fetch_add(1, Ordering::SeqCst);
+                batch.insert(
+                    &self.ledger_log,
+                    ledger::segment_key(p, change.seq).to_vec(),
+                    change.segment(),
+                );
+            }
+            ledger.push(change);
+        }
         self.last_batch_writes
             .store(batch.len(), std::sync::atomic::Ordering::Relaxed);
         batch.sort();
@@ -1079,21 +1017,18 @@ impl Store {
             marks,
             partitions,
             users_written,
-            ledger_written,
-            ledger_deleted,
+            ledger,
         })
     }
 
     /// Every keyspace the store writes.
-    fn keyspaces(&self) -> [&Keyspace; 7] {
+    fn keyspaces(&self) -> [&Keyspace; 5] {
         [
             &self.users,
-            &self.ledger,
+            &self.ledger_log,
             &self.offsets,
             &self.marks_ks,
-            &self.due,
             &self.changelog,
-            &self.meta,
         ]
     }
 
@@ -1173,8 +1108,7 @@ impl Store {
             marks: new_marks,
             partitions,
             users_written,
-            ledger_written,
-            ledger_deleted,
+            ledger,
         } = prepared;
         let Some(batch) = batch else {
             return Ok(());
@@ -1182,21 +1116,27 @@ impl Store {
         self.wait_for_flushes();
         let by_keyspace = batch.per_keyspace().to_vec();
         // The batch's keys are known before a read can find them (see `seen`).
-        let users_writing = self.known_users.written(&users_written)?;
-        let ledger_writing = self.known_ledger.written(&ledger_written)?;
+        self.known_users.written(&users_written)?;
+        let mut dead = Vec::new();
         {
             // The batch reaches the memtables (where reads see it) and its moves reach
             // the boards under one lock: a board read never ranks users it cannot read
-            // yet, nor reads users it has not ranked yet.
+            // yet, nor reads users it has not ranked yet. Its ledger reaches memory in
+            // the same section.
             let mut boards = self.boards.write().unwrap_or_else(PoisonError::into_inner);
             batch.commit().map_err(io("commit batch"))?;
             boards.apply(changes);
+            // The fold reads the ledger through the batch being written first, so its
+            // lock is held only while the batch's entries go in.
+            let mut ledgers = self.ledgers.write().unwrap_or_else(PoisonError::into_inner);
+            for change in ledger {
+                ledgers.apply(change, &mut dead);
+            }
         }
-        drop(users_writing);
-        self.known_ledger.deleted(ledger_writing, &ledger_deleted);
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(io("persist"))?;
+        self.delete_segments(&dead)?;
         {
             let mut totals = self
                 .writes_by_keyspace
@@ -1528,17 +1468,16 @@ mod tests {
         }
     }
 
-    // The in-memory set of ledger keys answers "absent" without a read, so it must never
-    // miss a key the store holds: through writes, a wave of deletes that drops the set (it
-    // is built again from a scan), writes after that, and a reopen.
+    // The ledger in memory holds what its segments say: through writes, a wave of expiries,
+    // writes after that, and a reopen (which reads the segments that survived).
     #[test]
-    fn every_ledger_key_stored_is_found_through_deletes_rebuilds_and_a_reopen() {
+    fn every_ledger_key_stored_is_found_through_expiries_and_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let found = |store: &Store, p: i32, r: &str| store.ledger_entry(p, "u", r).unwrap();
         let mut live: BTreeSet<(i32, String)> = BTreeSet::new();
         {
             let store = Store::open(dir.path()).unwrap();
-            // Read before anything is written: partition 1's set is built empty.
+            store.set_dedup_window_secs(3_000);
             assert_eq!(found(&store, 1, "r-0"), None);
             let mut set = WriteSet::default();
             for p in [1, 2] {
@@ -1553,19 +1492,20 @@ mod tests {
                 assert_eq!(found(&store, *p, r), Some(entry(r[2..].parse().unwrap())));
             }
             assert_eq!(found(&store, 1, "never"), None);
-            // 2,000 deletes in partition 1: more than half its 3,000 keys, so its set goes.
+            // Partition 1's mark at 5,000: its entries issued before 2,000 leave the window.
             let mut set = WriteSet::default();
+            set.marks.insert(1, 5_000);
             for i in 0..2_000 {
-                set.ledger_expired
-                    .insert((1, "u".into(), format!("r-{i}")), Some(i64::from(i)));
+                set.ledger_expired.insert((1, "u".into(), format!("r-{i}")));
                 live.remove(&(1, format!("r-{i}")));
             }
-            set.ledger.insert((1, "u".into(), "r-new".into()), entry(9));
+            set.ledger
+                .insert((1, "u".into(), "r-new".into()), entry(5_009));
             live.insert((1, "r-new".into()));
             store.commit(&set).unwrap();
             let mut set = WriteSet::default();
             set.ledger
-                .insert((1, "u".into(), "r-after".into()), entry(10));
+                .insert((1, "u".into(), "r-after".into()), entry(5_010));
             live.insert((1, "r-after".into()));
             store.commit(&set).unwrap();
             for i in 0..3_000 {
@@ -1573,42 +1513,20 @@ mod tests {
                 let want = live.contains(&(1, r.clone())).then(|| entry(i64::from(i)));
                 assert_eq!(found(&store, 1, &r), want, "{r}");
             }
-            assert_eq!(found(&store, 1, "r-new"), Some(entry(9)));
-            assert_eq!(found(&store, 1, "r-after"), Some(entry(10)));
+            assert_eq!(found(&store, 1, "r-new"), Some(entry(5_009)));
+            assert_eq!(found(&store, 1, "r-after"), Some(entry(5_010)));
         }
         let store = Store::open(dir.path()).unwrap();
+        store.set_dedup_window_secs(3_000);
         for (p, r) in &live {
             assert!(found(&store, *p, r).is_some(), "{p} {r} after a reopen");
         }
-        assert_eq!(found(&store, 1, "r-0"), None);
-    }
-
-    // A set is never dropped while another batch's hashes are in it but its keys not yet
-    // in the memtables: a scan then would lose them.
-    #[test]
-    fn a_ledger_set_is_not_dropped_while_another_batch_is_in_flight() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut set = WriteSet::default();
-        for i in 0..2_000 {
-            set.ledger
-                .insert((0, "u".into(), format!("r-{i}")), entry(i64::from(i)));
-        }
-        store.commit(&set).unwrap();
-        let key = ledger_key(0, "u", "in-flight");
-        let known = &store.known_ledger;
-        let in_flight = known.written(&[(0, seen::hash(&key))]).unwrap();
-        let many = BTreeMap::from([(0, 1_000_000)]);
-        known.deleted(known.written(&[]).unwrap(), &many);
-        assert!(
-            known.may_hold(0, &key).unwrap(),
-            "dropped under a batch in flight"
-        );
-        drop(in_flight);
-        known.deleted(known.written(&[]).unwrap(), &many);
-        // Dropped now, and built again from a scan, which never saw the key.
-        assert!(!known.may_hold(0, &key).unwrap());
-        assert!(known.may_hold(0, &ledger_key(0, "u", "r-7")).unwrap());
+        // An expiry is not written: an expired entry may come back from a segment that
+        // holds current entries too, but only past its partition's cutoff, where the fold
+        // counts it absent (and the next expiry finds it again).
+        assert_eq!(store.ledger_len().unwrap(), live.len() as u64);
+        let back = store.ledger_due(1, 2_000, 10_000);
+        assert!(back.iter().all(|(_, _, secs)| *secs < 2_000));
     }
 
     // The same for users: a user the store holds is always found, one never written never.
@@ -1707,6 +1625,54 @@ mod tests {
         let db = Database::builder(dir.path()).open().unwrap();
         for name in RETIRED_KEYSPACES {
             assert!(!db.keyspace_exists(name), "{name} is dropped");
+        }
+    }
+
+    // A ledger of the earlier layout (one key per entry, an event-time index, a marker of
+    // its fill) is moved into segments at the first open and its keyspaces deleted; every
+    // entry is found then, and after a second open, which finds nothing more to move.
+    #[test]
+    fn a_ledger_of_the_earlier_layout_is_moved_into_segments_at_the_first_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut want = BTreeMap::new();
+        {
+            let db = Database::builder(dir.path()).open().unwrap();
+            let options = KeyspaceCreateOptions::default;
+            let ledger = db.keyspace(OLD_LEDGER, options).unwrap();
+            let due = db.keyspace(OLD_DUE, options).unwrap();
+            let meta = db.keyspace(OLD_META, options).unwrap();
+            for (p, n) in [(0i32, MIGRATION_CHUNK as i64 + 7), (3, 10)] {
+                for i in 0..n {
+                    let (user, receipt) = (format!("u-{}", i % 13), format!("r-{i}"));
+                    let mut k = p.to_be_bytes().to_vec();
+                    k.extend_from_slice(user.as_bytes());
+                    k.push(0);
+                    k.extend_from_slice(receipt.as_bytes());
+                    ledger
+                        .insert(k.clone(), value::encode_ledger(&entry(i)))
+                        .unwrap();
+                    due.insert(k, []).unwrap();
+                    want.insert((p, user, receipt), entry(i));
+                }
+            }
+            meta.insert("due-indexed", []).unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        for _ in 0..2 {
+            let store = Store::open(dir.path()).unwrap();
+            let got: BTreeMap<_, _> = store
+                .ledger_entries()
+                .map(|e| e.map(|(p, u, r, e)| ((p, u, r), e)))
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(got.len(), want.len());
+            assert!(got == want);
+            assert_eq!(store.ledger_entry(3, "u-5", "r-5").unwrap(), Some(entry(5)));
+            drop(store);
+            let db = Database::builder(dir.path()).open().unwrap();
+            for name in [OLD_LEDGER, OLD_DUE, OLD_META] {
+                assert!(!db.keyspace_exists(name), "{name} is dropped");
+            }
         }
     }
 
