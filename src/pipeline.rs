@@ -899,7 +899,7 @@ impl Processor {
 
     /// [`Self::expire_ledger`] of partition `p`, whose cutoff is `cutoff`.
     fn expire_partition(&mut self, p: i32, cutoff: i64) -> Result<(), StoreError> {
-        let due = self.store.ledger_due(p, cutoff, EXPIRE_PER_BATCH);
+        let due = self.store.ledger_due(p, cutoff, EXPIRE_PER_BATCH)?;
         for (user_id, receipt_id, _) in due {
             let key = (p, user_id, receipt_id);
             // A receipt id used again after its first entry left the window holds a newer

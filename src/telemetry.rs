@@ -41,9 +41,9 @@ pub const STORE_BYTES: &str = "mallquest_store_bytes";
 pub const USERS: &str = "mallquest_users";
 /// Bytes the boards in memory hold, by structure (`ids`, `all_time`, `periods`).
 pub const BOARD_BYTES: &str = "mallquest_board_bytes";
-/// Ledger entries held in memory (the dedup window, expired ones not yet dropped included).
+/// Ledger entries indexed (the dedup window, expired ones not yet dropped included).
 pub const LEDGER_ENTRIES: &str = "mallquest_ledger_entries";
-/// Heap bytes of the ledger in memory: its entries and their tables.
+/// Heap bytes of the ledger's index in memory.
 pub const LEDGER_BYTES: &str = "mallquest_ledger_bytes";
 /// Bytes held by the store's block cache (at most `[store] cache_mb`).
 pub const STORE_CACHE_BYTES: &str = "mallquest_store_cache_bytes";
@@ -289,12 +289,12 @@ fn describe() {
     );
     describe_gauge!(
         LEDGER_ENTRIES,
-        "Ledger entries held in memory: the dedup window (expired ones not yet dropped included)."
+        "Ledger entries indexed: the dedup window (expired ones not yet dropped included)."
     );
     describe_gauge!(
         LEDGER_BYTES,
         Unit::Bytes,
-        "Heap bytes of the ledger in memory: its entries and their tables."
+        "Heap bytes of the ledger's index in memory (its entries are on disk)."
     );
     describe_histogram!(
         EVENT_AGE_SECONDS,

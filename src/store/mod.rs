@@ -3,9 +3,9 @@
 //! Keyspaces, all keyed by Kafka partition first so that a partition's state is one
 //! contiguous range that can later move between instances:
 //! - `users`:   `partition (i32 BE) | user_id` -> [`UserState`]
-//! - `ledger_log`: `partition | seq (u64 BE)` -> a segment: the new and updated ledger
-//!   entries of one commit of the partition. The ledger itself is held in memory
-//!   ([`ledger`]), read from its segments when the store opens.
+//! - `ledger_log`: `partition | seq (u64 BE) | chunk (u16 BE)` -> a chunk of a segment:
+//!   the new and updated ledger entries of one commit of the partition, indexed in memory
+//!   ([`ledger`]); the index is read from the segments when the store opens.
 //! - `offsets`: `topic | 0x00 | partition` -> next offset to read (i64 BE)
 //! - `marks`:   `partition` -> highest applied issued_at, in seconds (i64 BE): the event
 //!   time the dedup window is measured against.
@@ -192,7 +192,7 @@ pub struct Store {
     users: Keyspace,
     /// The ledger's segments (see the module doc).
     ledger_log: Keyspace,
-    /// The ledger, in memory: changed by each commit under the boards' lock.
+    /// The ledger's index: changed by each commit under the boards' lock.
     ledgers: RwLock<ledger::Ledgers>,
     /// The next segment's sequence number.
     next_segment: std::sync::atomic::AtomicU64,
@@ -394,13 +394,14 @@ impl Store {
         }
         let marks_ks = db.keyspace("marks", options).map_err(open_err)?;
         let changelog = db.keyspace("changelog", options).map_err(open_err)?;
+        let ledgers = RwLock::new(ledger::Ledgers::new(ledger_log.clone()));
         let store = Self {
             path: path.to_owned(),
             db,
             known_users: seen::Known::new(users.clone(), "scan users"),
             users,
             ledger_log,
-            ledgers: RwLock::default(),
+            ledgers,
             next_segment: std::sync::atomic::AtomicU64::new(1),
             offsets,
             marks_ks,
@@ -555,29 +556,27 @@ impl Store {
     /// Reads every ledger segment into memory, in order, and deletes those left with no
     /// current entry.
     fn load_ledger(&self) -> Result<(), StoreError> {
-        let mut ledgers = self.ledgers.write().unwrap_or_else(PoisonError::into_inner);
         let mut dead = Vec::new();
-        let mut last = 0;
-        for kv in self.ledger_log.iter() {
-            let (k, v) = kv.into_inner().map_err(io("scan ledger"))?;
-            let (p, seq) = ledger::parse_segment_key(&k)?;
-            ledgers.load(p, seq, &v, &mut dead)?;
-            last = last.max(seq);
-        }
+        let last = self
+            .ledgers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .load(&mut dead)?;
         self.next_segment.store(last + 1, Ordering::SeqCst);
-        drop(ledgers);
         self.delete_segments(&dead)
     }
 
     /// Deletes segments that hold no current entry. Not durable by itself: a segment
     /// deleted before a crash is found dead again at the next open.
-    fn delete_segments(&self, dead: &[(i32, u64)]) -> Result<(), StoreError> {
+    fn delete_segments(&self, dead: &[(i32, u64, u16)]) -> Result<(), StoreError> {
         if dead.is_empty() {
             return Ok(());
         }
         let mut batch = Batch::new(&self.db);
-        for (p, seq) in dead {
-            batch.remove(&self.ledger_log, ledger::segment_key(*p, *seq).to_vec());
+        for (p, seq, chunks) in dead {
+            for c in 0..*chunks {
+                batch.remove(&self.ledger_log, ledger::chunk_key(*p, *seq, c).to_vec());
+            }
         }
         batch.commit().map_err(io("delete ledger segments"))
     }
@@ -646,7 +645,7 @@ impl Store {
 
     /// Up to `limit` ledger entries of `partition` issued before `cutoff` (seconds),
     /// oldest first: (user_id, receipt_id, issued_at seconds). Found by a scan of the
-    /// partition's ledger in memory once the cutoff has moved on by a 32nd of the window
+    /// partition's ledger index once the cutoff has moved on by a 32nd of the window
     /// since the last (so an entry may outlive its window by that much); an entry listed
     /// may have been replaced since by a newer one under its key: the caller checks.
     pub fn ledger_due(
@@ -654,7 +653,7 @@ impl Store {
         partition: i32,
         cutoff: i64,
         limit: usize,
-    ) -> Vec<(String, String, i64)> {
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
         let slack = self.expiry.window_secs.load(Ordering::Relaxed) / 32;
         self.ledgers
             .write()
@@ -799,17 +798,21 @@ impl Store {
             // Under the lock: a commit's segment is newer than the one rewritten, and its
             // changes reach memory after this one's or before it, never between.
             let mut ledgers = self.ledgers.write().unwrap_or_else(PoisonError::into_inner);
-            let Some((target, bytes, removed)) = ledgers.compact(p) else {
+            let Some((target, chunks, removed)) = ledgers.compact(p)? else {
                 continue;
             };
+            // Every chunk of the segments gathered goes, then the new chunks are written
+            // (some under keys just removed: a batch keeps the order of one key's writes).
             let mut batch = Batch::new(&self.db);
-            batch.insert(
-                &self.ledger_log,
-                ledger::segment_key(p, target).to_vec(),
-                bytes,
-            );
-            for seq in removed {
-                batch.remove(&self.ledger_log, ledger::segment_key(p, seq).to_vec());
+            for (seq, c) in removed {
+                batch.remove(&self.ledger_log, ledger::chunk_key(p, seq, c).to_vec());
+            }
+            for (c, bytes) in chunks {
+                batch.insert(
+                    &self.ledger_log,
+                    ledger::chunk_key(p, target, c).to_vec(),
+                    bytes,
+                );
             }
             batch.commit().map_err(io("compact ledger"))?;
             self.db
@@ -823,14 +826,17 @@ impl Store {
     /// their partition's cutoff.
     pub fn ledger_len(&self) -> Result<u64, StoreError> {
         let cutoffs = self.expiry.cutoffs();
-        Ok(self
-            .ledgers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .live(|p| cutoffs.get(&p).copied()))
+        let mut n = 0;
+        for e in self.ledger_entries() {
+            let (p, _, _, e) = e?;
+            if cutoffs.get(&p).is_none_or(|c| e.issued_at.secs >= *c) {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
-    /// The ledger in memory: entries held (expired ones not yet dropped included), their
+    /// The ledger's index: entries held (expired ones not yet dropped included), their
     /// heap bytes, and the segments on disk.
     pub fn ledger_memory(&self) -> LedgerMemory {
         let ledgers = self.ledgers.read().unwrap_or_else(PoisonError::into_inner);
@@ -959,24 +965,13 @@ impl Store {
                 batch.insert(&self.users, key, value::encode_user(state));
             }
             fn change(changes: &mut BTreeMap<i32, ledger::Change>, p: i32) -> &mut ledger::Change {
-                changes.entry(p).or_insert_with(|| ledger::Change {
-                    partition: p,
-                    ..ledger::Change::default()
-                })
+                changes.entry(p).or_insert_with(|| ledger::Change::of(p))
             }
             for (p, user_id, receipt_id) in &set.ledger_expired {
-                change(&mut ledger_changes, *p)
-                    .expired
-                    .push(ledger::entry_key(user_id, receipt_id));
+                change(&mut ledger_changes, *p).expire(user_id, receipt_id);
             }
             for ((p, user_id, receipt_id), entry) in &set.ledger {
-                let e = ledger::NewEntry::new(user_id, receipt_id, entry).ok_or_else(|| {
-                    StoreError::Corrupt {
-                        what: "ledger key",
-                        detail: format!("ids of {} bytes", user_id.len() + receipt_id.len()),
-                    }
-                })?;
-                change(&mut ledger_changes, *p).entries.push(e);
+                change(&mut ledger_changes, *p).put(user_id, receipt_id, entry)?;
             }
             for ((topic, p), next) in &set.offsets {
                 batch.insert(
@@ -998,13 +993,15 @@ impl Store {
         // taken now: batches are prepared in the order they are applied.
         let mut ledger = Vec::with_capacity(ledger_changes.len());
         for (p, mut change) in ledger_changes {
-            if !change.entries.is_empty() {
+            if change.writes() {
                 change.seq = self.next_segment.fetch_add(1, Ordering::SeqCst);
-                batch.insert(
-                    &self.ledger_log,
-                    ledger::segment_key(p, change.seq).to_vec(),
-                    change.segment(),
-                );
+                for (c, bytes) in change.chunks() {
+                    batch.insert(
+                        &self.ledger_log,
+                        ledger::chunk_key(p, change.seq, c).to_vec(),
+                        bytes,
+                    );
+                }
             }
             ledger.push(change);
         }
@@ -1130,7 +1127,7 @@ impl Store {
             // lock is held only while the batch's entries go in.
             let mut ledgers = self.ledgers.write().unwrap_or_else(PoisonError::into_inner);
             for change in ledger {
-                ledgers.apply(change, &mut dead);
+                ledgers.apply(change, &mut dead)?;
             }
         }
         self.db
@@ -1468,7 +1465,7 @@ mod tests {
         }
     }
 
-    // The ledger in memory holds what its segments say: through writes, a wave of expiries,
+    // The ledger's index holds what its segments say: through writes, a wave of expiries,
     // writes after that, and a reopen (which reads the segments that survived).
     #[test]
     fn every_ledger_key_stored_is_found_through_expiries_and_a_reopen() {
@@ -1525,7 +1522,7 @@ mod tests {
         // holds current entries too, but only past its partition's cutoff, where the fold
         // counts it absent (and the next expiry finds it again).
         assert_eq!(store.ledger_len().unwrap(), live.len() as u64);
-        let back = store.ledger_due(1, 2_000, 10_000);
+        let back = store.ledger_due(1, 2_000, 10_000).unwrap();
         assert!(back.iter().all(|(_, _, secs)| *secs < 2_000));
     }
 
