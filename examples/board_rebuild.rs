@@ -1,8 +1,9 @@
 //! How long the boards take to rebuild from a stored users' scan: opens the store at the
 //! given directory (as `run` does at start, and a restore does per partition) and prints
-//! the time, the users and the boards' bytes by structure; then how long the first reads
-//! of every partition take, which build its sets of known keys (ARCHITECTURE.md, "Keys
-//! known absent without a read").
+//! the time (the ledger's index read from its segments included), the users, the boards'
+//! bytes by structure and the ledger index's; then how long the first reads of every
+//! partition take, which build its set of known users (ARCHITECTURE.md, "Users known
+//! absent without a read").
 //!
 //! `cargo run --release --example board_rebuild -- DIR [PERIODS_KEPT]`, on a store left
 //! by `mallquest bench --dir DIR ...` (docs/benchmarks-history.md, "The boards in memory").
@@ -37,14 +38,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bytes.periods,
         bytes.periods as f64 / users.max(1) as f64,
     );
+    let ledger = store.ledger_memory();
+    println!(
+        "ledger index (read from its segments by the open): {} entries, {} bytes ({} per entry), {} segments",
+        ledger.entries,
+        ledger.bytes,
+        ledger.bytes / ledger.entries.max(1),
+        ledger.segments
+    );
     let started = Instant::now();
     let partitions = store.partitions()?;
     for &p in &partitions {
         store.user(p, "never-seen")?;
-        store.ledger_entry(p, "never-seen", "never-seen")?;
     }
     println!(
-        "known-key sets of {} partitions built by their first reads in {:?}",
+        "known-user sets of {} partitions built by their first reads in {:?}",
         partitions.len(),
         started.elapsed()
     );
