@@ -166,19 +166,22 @@ fn bench_prints_the_engine_figures() {
     // The simulator runs on a thread of its own and is counted apart.
     assert!(v["simulator_cpu_s"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["peak_rss_mib"].as_u64().unwrap() > 0, "{v}");
-    // Every applied receipt writes at least its ledger entry and its `due` entry; a user
-    // changed several times in a batch is written once.
+    // Every user stored was written at least once (a user changed several times in a
+    // batch is written once); the ledger takes a few chunks per partition and batch, not a
+    // key per receipt.
     let writes = v["store_writes"].as_u64().unwrap();
-    assert!(writes >= 2 * applied, "{v}");
+    assert!(writes >= users, "{v}");
     let per = v["store_writes_per_receipt"].as_f64().unwrap();
     assert!((per - writes as f64 / 20_000.0).abs() <= 0.05, "{v}");
-    // By keyspace: they add up to the total; each applied receipt writes its ledger entry
-    // (a refund rewrites its purchase's too), each with its `due` entry.
+    // By keyspace: they add up to the total; the ledger's segments (a chunk of about 8 KiB
+    // holds over a hundred entries) are far fewer than the receipts they hold; no key per
+    // entry is left.
     let by = v["store_writes_by_keyspace"].as_object().unwrap();
     let sum: u64 = by.values().map(|n| n.as_u64().unwrap()).sum();
     assert_eq!(sum, writes, "{v}");
-    assert!(by["ledger"].as_u64().unwrap() >= applied, "{v}");
-    assert_eq!(by["due"], by["ledger"], "{v}");
+    let chunks = by["ledger_log"].as_u64().unwrap();
+    assert!(chunks >= 1 && chunks * 20 <= applied, "{v}");
+    assert!(!by.contains_key("ledger") && !by.contains_key("due"), "{v}");
     assert!(by["users"].as_u64().unwrap() >= users, "{v}");
 
     let text = std::process::Command::new(env!("CARGO_BIN_EXE_mallquest"))

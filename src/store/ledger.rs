@@ -269,10 +269,82 @@ struct Segment {
     chunks: u16,
 }
 
+/// Tables an index is split into, by the top bits of the tag.
+const SHARDS: usize = 16;
+
+/// An index split into [`SHARDS`] tables by tag. A table doubles when it fills, holding old
+/// and new arrays at once while it moves: a partition's one table of millions of slots did
+/// that for tens of MiB at once, and the partitions of an even stream all at about the
+/// same moment (the peak of a fold of 10,000,000 new users). Sixteen tables each fill at
+/// their own moment, a sixteenth of that at a time.
+#[derive(Default)]
+struct Slots {
+    shards: [HashTable<Slot>; SHARDS],
+}
+
+impl Slots {
+    fn shard(&self, tag: u32) -> &HashTable<Slot> {
+        &self.shards[(tag >> 28) as usize % SHARDS]
+    }
+
+    fn shard_mut(&mut self, tag: u32) -> &mut HashTable<Slot> {
+        &mut self.shards[(tag >> 28) as usize % SHARDS]
+    }
+
+    /// The slots of `tag`.
+    fn of(&self, tag: u32) -> impl Iterator<Item = &Slot> {
+        self.shard(tag)
+            .iter_hash(spread(tag))
+            .filter(move |s| s.tag == tag)
+    }
+
+    /// Removes the slot of `tag` at `loc`; whether it was there.
+    fn remove(&mut self, tag: u32, loc: Loc) -> bool {
+        match self
+            .shard_mut(tag)
+            .find_entry(spread(tag), |s| s.tag == tag && s.loc() == loc)
+        {
+            Ok(e) => {
+                e.remove();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Moves the slot of `tag` at `from` to `to`.
+    fn relocate(&mut self, tag: u32, from: Loc, to: Loc) {
+        if let Ok(mut e) = self
+            .shard_mut(tag)
+            .find_entry(spread(tag), |s| s.tag == tag && s.loc() == from)
+        {
+            let s = e.get_mut();
+            *s = Slot::new(tag, to, s.day);
+        }
+    }
+
+    fn insert(&mut self, slot: Slot) {
+        self.shard_mut(slot.tag)
+            .insert_unique(spread(slot.tag), slot, |s| spread(s.tag));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.shards.iter().flat_map(|t| t.iter())
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(HashTable::len).sum()
+    }
+
+    fn capacity(&self) -> usize {
+        self.shards.iter().map(HashTable::capacity).sum()
+    }
+}
+
 /// One partition's index.
 #[derive(Default)]
 struct Part {
-    table: HashTable<Slot>,
+    table: Slots,
     segments: BTreeMap<u64, Segment>,
     /// No entry was issued on a day before this: an expiry before it finds nothing.
     oldest: u16,
@@ -335,7 +407,7 @@ impl Ledgers {
         let Some(part) = self.parts.get(&p) else {
             return Ok(None);
         };
-        for s in part.table.iter_hash(spread(tag)).filter(|s| s.tag == tag) {
+        for s in part.table.of(tag) {
             let (k, v) = self.read(p, s.loc())?;
             if k == key {
                 return Ok(Some((s.loc(), v)));
@@ -365,11 +437,7 @@ impl Ledgers {
             return Ok(None);
         };
         if let Some(loc) = loc {
-            if let Ok(e) = part
-                .table
-                .find_entry(spread(tag), |s| s.tag == tag && s.loc() == loc)
-            {
-                e.remove();
+            if part.table.remove(tag, loc) {
                 return Ok(Some(loc.seq));
             }
         }
@@ -377,16 +445,7 @@ impl Ledgers {
             return Ok(None);
         };
         let part = self.parts.get_mut(&p).ok_or(StoreError::Poisoned)?;
-        match part
-            .table
-            .find_entry(spread(tag), |s| s.tag == tag && s.loc() == loc)
-        {
-            Ok(e) => {
-                e.remove();
-                Ok(Some(loc.seq))
-            }
-            Err(_) => Ok(None),
-        }
+        Ok(part.table.remove(tag, loc).then_some(loc.seq))
     }
 
     /// Applies a commit's changes (its segment already written); collects the segments
@@ -421,8 +480,7 @@ impl Ledgers {
             };
             let slot = Slot::new(e.tag, loc, day_of(e.secs));
             part.oldest = part.oldest.min(slot.day);
-            part.table
-                .insert_unique(spread(e.tag), slot, |s| spread(s.tag));
+            part.table.insert(slot);
         }
         let Some(part) = self.parts.get_mut(&p) else {
             return Ok(());
@@ -524,7 +582,7 @@ impl Ledgers {
         if rescan {
             let mut locs: Vec<Loc> = Vec::new();
             let mut oldest = u16::MAX;
-            for s in &part.table {
+            for s in part.table.iter() {
                 if s.day < before {
                     locs.push(s.loc());
                 } else {
@@ -612,7 +670,10 @@ impl Ledgers {
     pub(super) fn heap_bytes(&self) -> u64 {
         self.parts
             .values()
-            .map(|p| p.table.capacity() * (std::mem::size_of::<Slot>() + 1))
+            .map(|p| {
+                p.table.capacity() * (std::mem::size_of::<Slot>() + 1)
+                    + std::mem::size_of::<Slots>()
+            })
             .sum::<usize>() as u64
     }
 
@@ -676,15 +737,12 @@ impl Ledgers {
             .collect();
         let part = self.parts.get_mut(&partition).ok_or(StoreError::Poisoned)?;
         for (from, e) in moved.iter().zip(&change.entries) {
-            if let Ok(mut slot) = part.table.find_entry(spread(e.tag), |s| s.loc() == *from) {
-                let s = slot.get_mut();
-                let to = Loc {
-                    seq: target,
-                    chunk: e.chunk,
-                    at: e.at,
-                };
-                *s = Slot::new(s.tag, to, s.day);
-            }
+            let to = Loc {
+                seq: target,
+                chunk: e.chunk,
+                at: e.at,
+            };
+            part.table.relocate(e.tag, *from, to);
         }
         for seq in sparse.keys() {
             part.segments.remove(seq);
