@@ -219,17 +219,29 @@ impl Change {
         !self.entries.is_empty()
     }
 
-    /// The segment's chunks, each with its number, and every entry's place in them.
-    pub(super) fn chunks(&mut self) -> Vec<(u16, Vec<u8>)> {
+    /// The segment's chunks, each with its number, and every entry's place in them. A
+    /// chunk is about [`CHUNK_BYTES`], larger in a segment that would otherwise need more
+    /// chunks than a u16 numbers (a batch of millions of receipts), up to 60 KiB (an
+    /// offset in a chunk is a u16): a segment of more than about 3.8 GiB is refused.
+    pub(super) fn chunks(&mut self) -> Result<Vec<(u16, Vec<u8>)>, StoreError> {
+        let total: usize = self
+            .entries
+            .iter()
+            .map(|e| 4 + e.key.len() + e.value.len())
+            .sum();
+        let target = (total / 60_000 + 1).clamp(CHUNK_BYTES, 60 << 10);
         let mut out: Vec<(u16, Vec<u8>)> = Vec::new();
         for e in &mut self.entries {
             let n = 4 + e.key.len() + e.value.len();
             if out
                 .last()
-                .is_none_or(|(_, c)| c.len() + n > CHUNK_BYTES.max(n + 1))
+                .is_none_or(|(_, c)| c.len() + n > target.max(n + 1))
             {
-                let number = u16::try_from(out.len()).unwrap_or(u16::MAX);
-                let mut c = Vec::with_capacity(CHUNK_BYTES + 256);
+                let number = u16::try_from(out.len()).map_err(|_| StoreError::Corrupt {
+                    what: "ledger segment",
+                    detail: format!("{total} bytes of entries in one commit of one partition"),
+                })?;
+                let mut c = Vec::with_capacity(target + 256);
                 c.push(CHUNK_FORMAT);
                 out.push((number, c));
             }
@@ -242,7 +254,7 @@ impl Change {
                 c.extend_from_slice(&e.value);
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -730,7 +742,7 @@ impl Ledgers {
             });
             moved.push(*loc);
         }
-        let chunks = change.chunks();
+        let chunks = change.chunks()?;
         let removed: Vec<(u64, u16)> = sparse
             .iter()
             .flat_map(|(seq, s)| (0..s.chunks).map(move |c| (*seq, c)))
@@ -824,7 +836,7 @@ mod tests {
             for (u, r) in expired {
                 c.expire(u, r);
             }
-            for (n, bytes) in c.chunks() {
+            for (n, bytes) in c.chunks().unwrap() {
                 self.ks.insert(chunk_key(0, c.seq, n), bytes).unwrap();
             }
             let mut dead = Vec::new();

@@ -995,7 +995,7 @@ impl Store {
         for (p, mut change) in ledger_changes {
             if change.writes() {
                 change.seq = self.next_segment.fetch_add(1, Ordering::SeqCst);
-                for (c, bytes) in change.chunks() {
+                for (c, bytes) in change.chunks()? {
                     batch.insert(
                         &self.ledger_log,
                         ledger::chunk_key(p, change.seq, c).to_vec(),
