@@ -281,31 +281,16 @@ struct Segment {
     chunks: u16,
 }
 
-/// Tables an index is split into, by the top bits of the tag.
-const SHARDS: usize = 16;
-
-/// An index split into [`SHARDS`] tables by tag. A table doubles when it fills, holding old
-/// and new arrays at once while it moves: a partition's one table of millions of slots did
-/// that for tens of MiB at once, and the partitions of an even stream all at about the
-/// same moment (the peak of a fold of 10,000,000 new users). Sixteen tables each fill at
-/// their own moment, a sixteenth of that at a time.
+/// A partition's slots: one table, hashed by tag.
 #[derive(Default)]
 struct Slots {
-    shards: [HashTable<Slot>; SHARDS],
+    table: HashTable<Slot>,
 }
 
 impl Slots {
-    fn shard(&self, tag: u32) -> &HashTable<Slot> {
-        &self.shards[(tag >> 28) as usize % SHARDS]
-    }
-
-    fn shard_mut(&mut self, tag: u32) -> &mut HashTable<Slot> {
-        &mut self.shards[(tag >> 28) as usize % SHARDS]
-    }
-
     /// The slots of `tag`.
     fn of(&self, tag: u32) -> impl Iterator<Item = &Slot> {
-        self.shard(tag)
+        self.table
             .iter_hash(spread(tag))
             .filter(move |s| s.tag == tag)
     }
@@ -313,7 +298,7 @@ impl Slots {
     /// Removes the slot of `tag` at `loc`; whether it was there.
     fn remove(&mut self, tag: u32, loc: Loc) -> bool {
         match self
-            .shard_mut(tag)
+            .table
             .find_entry(spread(tag), |s| s.tag == tag && s.loc() == loc)
         {
             Ok(e) => {
@@ -327,7 +312,7 @@ impl Slots {
     /// Moves the slot of `tag` at `from` to `to`.
     fn relocate(&mut self, tag: u32, from: Loc, to: Loc) {
         if let Ok(mut e) = self
-            .shard_mut(tag)
+            .table
             .find_entry(spread(tag), |s| s.tag == tag && s.loc() == from)
         {
             let s = e.get_mut();
@@ -336,20 +321,20 @@ impl Slots {
     }
 
     fn insert(&mut self, slot: Slot) {
-        self.shard_mut(slot.tag)
+        self.table
             .insert_unique(spread(slot.tag), slot, |s| spread(s.tag));
     }
 
     fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.shards.iter().flat_map(|t| t.iter())
+        self.table.iter()
     }
 
     fn len(&self) -> usize {
-        self.shards.iter().map(HashTable::len).sum()
+        self.table.len()
     }
 
     fn capacity(&self) -> usize {
-        self.shards.iter().map(HashTable::capacity).sum()
+        self.table.capacity()
     }
 }
 
