@@ -398,6 +398,32 @@ impl Ledgers {
         Ok((k.to_vec(), v.to_vec()))
     }
 
+    /// Calls `each` with the key and value of the entries at `locs` of partition `p`, in
+    /// their order, reading each chunk once: `locs` sorted, a chunk's entries are together.
+    fn visit(
+        &self,
+        p: i32,
+        locs: &[Loc],
+        mut each: impl FnMut(Loc, &[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut held: Option<((u64, u16), fjall::Slice)> = None;
+        for &loc in locs {
+            let c = match &held {
+                Some((at, c)) if *at == (loc.seq, loc.chunk) => c,
+                _ => {
+                    let c = self.chunk(p, loc.seq, loc.chunk)?;
+                    &held.insert(((loc.seq, loc.chunk), c)).1
+                }
+            };
+            let (k, v) = record(c, loc.at).ok_or_else(|| StoreError::Corrupt {
+                what: "ledger chunk",
+                detail: format!("no record at {} of segment {}", loc.at, loc.seq),
+            })?;
+            each(loc, k, v)?;
+        }
+        Ok(())
+    }
+
     /// The slot of `key` in partition `p`, if held: slots of the same hash are told
     /// apart by the key read from their chunk.
     fn find(&self, p: i32, key: &[u8], tag: u32) -> Result<Option<(Loc, Vec<u8>)>, StoreError> {
@@ -589,22 +615,15 @@ impl Ledgers {
             locs.sort_unstable();
             let mut found = Vec::with_capacity(locs.len());
             let mut handed = HashMap::with_capacity(locs.len());
-            let mut i = 0;
-            while i < locs.len() {
-                let (seq, chunk) = (locs[i].seq, locs[i].chunk);
-                let c = self.chunk(partition, seq, chunk)?;
-                while i < locs.len() && (locs[i].seq, locs[i].chunk) == (seq, chunk) {
-                    if let Some((k, v)) = record(&c, locs[i].at) {
-                        let secs = value::ledger_issued_secs(v).unwrap_or(i64::MIN);
-                        let key = String::from_utf8_lossy(k);
-                        if let Some((user, receipt)) = key.split_once('\0') {
-                            found.push((user.to_owned(), receipt.to_owned(), secs));
-                            handed.insert(k.to_vec(), locs[i]);
-                        }
-                    }
-                    i += 1;
+            self.visit(partition, &locs, |loc, k, v| {
+                let secs = value::ledger_issued_secs(v).unwrap_or(i64::MIN);
+                let key = String::from_utf8_lossy(k);
+                if let Some((user, receipt)) = key.split_once('\0') {
+                    found.push((user.to_owned(), receipt.to_owned(), secs));
+                    handed.insert(k.to_vec(), loc);
                 }
-            }
+                Ok(())
+            })?;
             found.sort_unstable_by_key(|d| std::cmp::Reverse(d.2));
             let part = self.parts.get_mut(&partition).ok_or(StoreError::Poisoned)?;
             part.due = found;
@@ -627,21 +646,11 @@ impl Ledgers {
         for (p, part) in &self.parts {
             let mut locs: Vec<Loc> = part.table.iter().map(Slot::loc).collect();
             locs.sort_unstable();
-            let mut held: Option<((u64, u16), fjall::Slice)> = None;
-            for loc in locs {
-                let c = match &held {
-                    Some((at, c)) if *at == (loc.seq, loc.chunk) => c.clone(),
-                    _ => {
-                        let c = self.chunk(*p, loc.seq, loc.chunk)?;
-                        held = Some(((loc.seq, loc.chunk), c.clone()));
-                        c
-                    }
-                };
+            self.visit(*p, &locs, |_, k, v| {
                 let corrupt = |detail: &str| StoreError::Corrupt {
                     what: "ledger entry",
                     detail: detail.to_owned(),
                 };
-                let (k, v) = record(&c, loc.at).ok_or_else(|| corrupt("missing record"))?;
                 let key = std::str::from_utf8(k).map_err(|_| corrupt("key not UTF-8"))?;
                 let (user, receipt) = key
                     .split_once('\0')
@@ -652,7 +661,8 @@ impl Ledgers {
                     receipt.to_owned(),
                     value::decode_ledger(v)?,
                 ));
-            }
+                Ok(())
+            })?;
         }
         out.sort_unstable_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
         Ok(out)
@@ -714,19 +724,18 @@ impl Ledgers {
             ..Change::default()
         };
         let mut moved = Vec::with_capacity(locs.len());
-        for loc in &locs {
-            let (key, value) = self.read(partition, *loc)?;
-            let secs = value::ledger_issued_secs(&value).unwrap_or(i64::MIN);
+        self.visit(partition, &locs, |loc, key, value| {
             change.entries.push(NewEntry {
-                tag: tag_of(&key),
-                key,
-                value,
-                secs,
+                tag: tag_of(key),
+                key: key.to_vec(),
+                value: value.to_vec(),
+                secs: value::ledger_issued_secs(value).unwrap_or(i64::MIN),
                 chunk: 0,
                 at: 0,
             });
-            moved.push(*loc);
-        }
+            moved.push(loc);
+            Ok(())
+        })?;
         let chunks = change.chunks()?;
         let removed: Vec<(u64, u16)> = sparse
             .iter()
