@@ -15,9 +15,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mallquest::http::path_segment as encode;
 use serde_json::Value;
 use support::broker::Broker;
-use support::browser::{artifacts_dir, encode, tool};
+use support::browser::{artifacts_dir, tool};
 use support::processor::{write_config, Run};
 use support::streams::Records;
 

@@ -63,7 +63,7 @@ fn relay(a: Answer) -> Response {
 /// A user id as one path segment of a forwarded query: every byte but the unreserved
 /// ones percent-encoded, so that an id with `/`, `?`, `#`, `%` or a space reaches the peer
 /// as the same id.
-fn path_segment(user_id: &str) -> String {
+pub fn path_segment(user_id: &str) -> String {
     const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'_')

@@ -24,6 +24,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
 pub use forward::{HEADER_FORWARDED, HEADER_PARTITIONS};
+pub use handlers::path_segment;
 
 use crate::status::Status;
 use crate::store::Store;

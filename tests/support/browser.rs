@@ -26,13 +26,3 @@ pub fn artifacts_dir(name: &str) -> PathBuf {
         .join("artifacts")
         .join(name)
 }
-
-/// A path segment, percent-encoded (everything but the unreserved characters).
-pub fn encode(s: &str) -> String {
-    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    percent_encoding::utf8_percent_encode(s, KEEP).to_string()
-}
