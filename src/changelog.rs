@@ -40,8 +40,8 @@ pub struct Meta {
 /// One changelog record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    /// A user's state.
-    User(UserState),
+    /// A user's state (boxed: it is most of the enum's size).
+    User(Box<UserState>),
     /// A ledger entry of a user's receipt.
     Ledger {
         user_id: String,
@@ -123,7 +123,7 @@ impl EntryRef<'_> {
     /// The record as an [`Entry`] of its own.
     pub fn to_entry(&self) -> Entry {
         match self {
-            EntryRef::User(u) => Entry::User((*u).clone()),
+            EntryRef::User(u) => Entry::User(Box::new((*u).clone())),
             EntryRef::Ledger {
                 user_id,
                 receipt_id,
@@ -232,7 +232,7 @@ impl Entry {
                 if u.user_id != user_id {
                     return Err(bad(format!("holds user {:?}", u.user_id)));
                 }
-                Ok(Entry::User(u))
+                Ok(Entry::User(Box::new(u)))
             }
             Some(("l", rest)) => {
                 let (user_id, receipt_id) = rest
@@ -270,9 +270,11 @@ mod tests {
             earned_xp: 22,
             refunded: 0,
             campaign_coins: vec![("opening-week".into(), 5)],
+            tier_bonus: 0,
+            taken: Vec::new(),
         };
         let all = [
-            Entry::User(u),
+            Entry::User(Box::new(u)),
             Entry::Ledger {
                 user_id: "u-1".into(),
                 receipt_id: "r-9".into(),
@@ -308,16 +310,17 @@ mod tests {
         assert_eq!(Entry::decode(&gone.key(), None).unwrap(), gone);
         assert!(Entry::decode(b"m", None).is_err());
         assert!(Entry::decode(b"l\0u-1", None).is_err());
-        let user = Entry::User(UserState::new("u-2"));
+        let user = Entry::User(Box::new(UserState::new("u-2")));
         let value = user.value().unwrap();
         assert!(Entry::decode(b"x\0u-2", Some(&value)).is_err());
         assert!(Entry::decode(b"u\0u-3", Some(&value)).is_err());
         assert!(Entry::decode(&user.key(), None).is_err());
         let mut other = value;
-        other[0] = 3;
+        other[0] = value::FORMAT + 1;
+        let unknown = format!("format {}", value::FORMAT + 1);
         assert!(Entry::decode(&user.key(), Some(&other))
             .unwrap_err()
             .to_string()
-            .contains("format 3"));
+            .contains(&unknown));
     }
 }

@@ -484,6 +484,34 @@ pub struct ProjectionJson {
     pub redemptions: u64,
     /// Coins redeemed, net of reversals.
     pub coins_redeemed: i64,
+    /// The status tier held (`[tiers]`), or null.
+    #[serde(default)]
+    pub tier: Option<TierJson>,
+    /// The qualifying figure: spend as a money string, or XP; null without `[tiers]`.
+    #[serde(default)]
+    pub tier_figure: Option<serde_json::Value>,
+    /// Coins expired, ever (0 without `[expiry]`).
+    #[serde(default)]
+    pub coins_expired: i64,
+    /// The soonest non-empty lot's expiry, or null.
+    #[serde(default)]
+    pub next_expiry: Option<NextExpiryJson>,
+}
+
+/// `tier` of a projection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierJson {
+    pub id: String,
+    pub since: String,
+}
+
+/// `next_expiry` of a projection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextExpiryJson {
+    pub at: String,
+    pub coins: i64,
 }
 
 /// One mission instance of a projection.
@@ -558,6 +586,16 @@ impl ProjectionJson {
             badges: s.badges.clone(),
             redemptions: s.redemptions,
             coins_redeemed: s.coins_redeemed,
+            tier: s.tier.as_ref().map(|t| TierJson {
+                id: t.id.clone(),
+                since: t.since.to_rfc3339(),
+            }),
+            tier_figure: s.tier_figure.map(crate::domain::Figure::to_json),
+            coins_expired: s.coins_expired,
+            next_expiry: s.next_expiry.map(|(at, coins)| NextExpiryJson {
+                at: at.to_rfc3339(),
+                coins,
+            }),
         }
     }
 }
@@ -609,6 +647,31 @@ pub struct BadgeEventJson {
     pub at: String,
 }
 
+/// A `coins_expired` event as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoinsExpiredJson {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub user_id: String,
+    pub coins: i64,
+    pub earned_in: String,
+    pub at: String,
+}
+
+/// A `tier_changed` event as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierChangedJson {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub user_id: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub reason: String,
+    pub at: String,
+}
+
 /// Encodes any event for the events topic.
 pub fn encode_event(e: &Event) -> Vec<u8> {
     let mission = |kind: &str, m: &MissionEvent| MissionEventJson {
@@ -634,6 +697,21 @@ pub fn encode_event(e: &Event) -> Vec<u8> {
         Event::MissionCompleted(m) => serde_json::to_vec(&mission("mission_completed", m)),
         Event::MissionRevoked(m) => serde_json::to_vec(&mission("mission_revoked", m)),
         Event::BadgeEarned(b) => serde_json::to_vec(&badge(b)),
+        Event::CoinsExpired(x) => serde_json::to_vec(&CoinsExpiredJson {
+            kind: "coins_expired".into(),
+            user_id: x.user_id.clone(),
+            coins: x.coins,
+            earned_in: x.earned_in.clone(),
+            at: x.at.to_rfc3339(),
+        }),
+        Event::TierChanged(t) => serde_json::to_vec(&TierChangedJson {
+            kind: "tier_changed".into(),
+            user_id: t.user_id.clone(),
+            from: t.from.clone(),
+            to: t.to.clone(),
+            reason: t.reason.as_str().into(),
+            at: t.at.to_rfc3339(),
+        }),
     }
     .unwrap_or_default()
 }

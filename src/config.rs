@@ -61,6 +61,10 @@ pub struct Config {
     streaks: crate::domain::game::Streaks,
     #[serde(default)]
     badges: Vec<crate::domain::game::Badge>,
+    #[serde(default)]
+    expiry: Option<crate::domain::Expiry>,
+    #[serde(default)]
+    tiers: Option<crate::domain::Tiers>,
 }
 
 /// `[http]`: the query API, health checks and `/metrics`.
@@ -415,6 +419,8 @@ impl Config {
                 i64::from(config.processing.dedup_window_days) * crate::domain::game::SECS_PER_DAY,
             ),
             periods_kept: Some(config.processing.periods_kept),
+            expiry: config.expiry.take(),
+            tiers: config.tiers.take(),
         };
         config.validate()?;
         Ok(config)

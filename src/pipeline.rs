@@ -9,13 +9,13 @@
 //! republishes identical outputs (at-least-once outputs, exactly-once state).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::changelog;
 use crate::codec;
-use crate::domain::{self, Effect, Event, LevelUp, Reject, Rules, UserState};
+use crate::domain::{self, timers, Effect, Event, LevelUp, Reject, Rules, UserState};
 use crate::store::{Store, StoreError, WriteSet};
 use crate::telemetry;
 
@@ -287,6 +287,10 @@ pub struct BatchStats {
     pub missions_revoked: u64,
     /// Badges earned.
     pub badges_earned: u64,
+    /// Coins expired (`[expiry]`).
+    pub coins_expired: u64,
+    /// Tier changes, by the tier moved to (`None`: no tier).
+    pub tier_changes: BTreeMap<Option<String>, u64>,
     /// Campaign coins granted.
     pub campaign_coins: u64,
     /// Coins spent by redemptions (reversals not subtracted).
@@ -327,6 +331,10 @@ impl BatchStats {
             Event::MissionCompleted(_) => self.missions_completed += 1,
             Event::MissionRevoked(_) => self.missions_revoked += 1,
             Event::BadgeEarned(_) => self.badges_earned += 1,
+            Event::CoinsExpired(x) => {
+                self.coins_expired += u64::try_from(x.coins).unwrap_or(0);
+            }
+            Event::TierChanged(t) => *self.tier_changes.entry(t.to.clone()).or_default() += 1,
         }
     }
 
@@ -369,6 +377,10 @@ impl BatchStats {
         self.missions_completed += o.missions_completed;
         self.missions_revoked += o.missions_revoked;
         self.badges_earned += o.badges_earned;
+        self.coins_expired += o.coins_expired;
+        for (to, n) in &o.tier_changes {
+            *self.tier_changes.entry(to.clone()).or_default() += n;
+        }
         self.campaign_coins += o.campaign_coins;
         self.coins_redeemed += o.coins_redeemed;
         self.coins_awarded += o.coins_awarded;
@@ -459,6 +471,10 @@ pub struct Processor {
     window_secs: i64,
     /// Whether batches count purchases and refunds by store ([`BatchStats::by_store`]).
     tally_stores: bool,
+    /// Each partition's timers (`[expiry]`, `[tiers]`): (instant, user_id), read from its
+    /// users the first time a record of it needs them; an entry may be stale (the user's
+    /// timer moved since), which is found out when it comes up.
+    timers: HashMap<i32, BTreeSet<(domain::Timestamp, String)>>,
 }
 
 impl Processor {
@@ -487,6 +503,7 @@ impl Processor {
             positions: Positions::default(),
             window_secs,
             tally_stores: false,
+            timers: HashMap::new(),
         }
     }
 
@@ -674,6 +691,9 @@ impl Processor {
             partition: p,
             offset: rec.offset,
         };
+        if self.rules.game.has_timers() {
+            self.ensure_timers(p)?;
+        }
         // Apply in place when the user is already in the batch; otherwise load it and
         // keep it only if the receipt changed it, so that rejects publish nothing.
         let mut loaded = None;
@@ -688,6 +708,8 @@ impl Processor {
             loaded = Some(stored.unwrap_or_else(|| UserState::new(&receipt.user_id)));
         }
         let fresh = loaded.is_some();
+        let timed = self.timers.contains_key(&p);
+        let mark_before = self.mark(p);
         let task = self.tasks.entry(p).or_default();
         let state = match &mut loaded {
             Some(s) => s,
@@ -697,32 +719,73 @@ impl Processor {
                 .get_mut(&user_key)
                 .ok_or(StoreError::Poisoned)?,
         };
-        // A state loaded for this receipt is dropped if it is rejected: no copy to roll
-        // back to is needed.
-        let apply = if fresh {
+        // Step (1) of the time rules: the user's own timers due at or before its record
+        // fire first, whatever is then decided about the record.
+        let mut early = Vec::new();
+        let fired = timed && timers::fire_until(state, &self.rules, receipt.issued_at, &mut early)?;
+        // A state loaded for this receipt is dropped if it is rejected (and no timer
+        // changed it): no copy to roll back to is needed.
+        let apply = if fresh && !fired {
             domain::apply_discarding
         } else {
             domain::apply
         };
-        let effect = apply(
+        let result = apply(
             state,
             existing.as_ref(),
             original.as_ref(),
             &receipt,
             source,
             &self.rules,
-        )?;
-        match effect {
+        );
+        let applied = matches!(result, Ok(Effect::Applied { .. }));
+        let mut late = Vec::new();
+        if fired && !applied {
+            // The record changed nothing itself, but its user's timers did: that is a new
+            // version, from this record.
+            state.version = state.version.checked_add(1).ok_or(Reject::Overflow)?;
+            state.source = Some(source);
+        }
+        if applied && timed {
+            let mark = mark_before.map_or(receipt.issued_at, |secs| domain::Timestamp {
+                secs,
+                nanos: 0,
+            });
+            timers::qualify(state, &self.rules, receipt.issued_at.max(mark), &mut late);
+        }
+        let next = timed
+            .then(|| timers::next_timer(state, &self.rules))
+            .flatten();
+        if applied || fired {
+            let task = self.task(p);
+            task.unsent.insert(receipt.user_id.clone());
+            if let (Some(state), Some(previous)) = (loaded, previous) {
+                task.pending
+                    .previous_scores
+                    .insert(user_key.clone(), previous);
+                task.pending.users.insert(user_key, state);
+            }
+            for event in &early {
+                self.stats.count(event);
+            }
+            let task = self.task(p);
+            task.events.append(&mut early);
+            if let (Some(next), Some(q)) = (next, self.timers.get_mut(&p)) {
+                q.insert((next, receipt.user_id.clone()));
+            }
+        }
+        match result? {
             Effect::Duplicate => {
                 self.stats.duplicates += 1;
             }
             Effect::Applied {
                 entry,
                 original: updated,
-                events,
+                mut events,
                 coins_delta,
                 attributed: _,
             } => {
+                events.append(&mut late);
                 self.stats.applied_one(&entry, coins_delta);
                 if self.tally_stores {
                     self.stats.tally_store(&entry, coins_delta);
@@ -732,13 +795,6 @@ impl Processor {
                 }
                 self.advance_mark(p, receipt.issued_at.secs, rec.timestamp_ms);
                 let task = self.task(p);
-                task.unsent.insert(receipt.user_id.clone());
-                if let (Some(state), Some(previous)) = (loaded, previous) {
-                    task.pending
-                        .previous_scores
-                        .insert(user_key.clone(), previous);
-                    task.pending.users.insert(user_key, state);
-                }
                 if let (Some(updated), Some(refund_of)) = (updated, receipt.kind.refund_of()) {
                     task.pending
                         .ledger
@@ -751,7 +807,147 @@ impl Processor {
                 task.events.extend(events);
             }
         }
+        if applied || fired {
+            self.after_record(p, source, &receipt.user_id, applied)?;
+        }
         Ok(())
+    }
+
+    /// Partition `p`'s timers, read from its users (stored, being written and in hand)
+    /// the first time a record of it needs them.
+    fn ensure_timers(&mut self, p: i32) -> Result<(), StoreError> {
+        if self.timers.contains_key(&p) {
+            return Ok(());
+        }
+        let mut queue = BTreeSet::new();
+        for user in self.store.users_of(p) {
+            let user = user?;
+            if let Some(t) = timers::next_timer(&user, &self.rules) {
+                queue.insert((t, user.user_id));
+            }
+        }
+        // Later states than the store's: their timers are the ones that count. The
+        // store's may stay queued too; a stale entry is found out when it comes up.
+        let landing = self.landing.as_ref().and_then(|l| l.sets.get(&p));
+        let pending = self.tasks.get(&p).map(|t| &t.pending);
+        for set in landing.into_iter().chain(pending) {
+            for ((_, id), user) in &set.users {
+                if let Some(t) = timers::next_timer(user, &self.rules) {
+                    queue.insert((t, id.clone()));
+                }
+            }
+        }
+        self.timers.insert(p, queue);
+        Ok(())
+    }
+
+    /// Loads a user into the batch in hand of its partition, if it is not there.
+    fn hold(&mut self, key: &(i32, String)) -> Result<(), StoreError> {
+        let held = self
+            .tasks
+            .get(&key.0)
+            .is_some_and(|t| t.pending.users.contains_key(key));
+        if !held {
+            let stored = self.load(key)?;
+            let previous = stored.as_ref().map(crate::store::indexed);
+            let state = stored.unwrap_or_else(|| UserState::new(&key.1));
+            let task = self.task(key.0);
+            task.pending.previous_scores.insert(key.clone(), previous);
+            task.pending.users.insert(key.clone(), state);
+        }
+        Ok(())
+    }
+
+    /// The end of a record of `own` that changed it (`applied`, or only by its timers):
+    /// when it was applied, step (3) of the time rules ([`Self::fire_due`]); then every
+    /// user the record changed gets its figure at the partition's mark and its next
+    /// expiry, and is published.
+    fn after_record(
+        &mut self,
+        p: i32,
+        source: domain::Source,
+        own: &str,
+        applied: bool,
+    ) -> Result<(), Folded> {
+        let mark = domain::Timestamp {
+            secs: self.mark(p).unwrap_or(i64::MIN),
+            nanos: 0,
+        };
+        let mut changed = if applied {
+            self.fire_due(p, mark, source, own)?
+        } else {
+            BTreeSet::new()
+        };
+        changed.insert(own.to_owned());
+        let rules = &self.rules;
+        let task = self.tasks.entry(p).or_default();
+        for user in changed {
+            let key = (p, user);
+            if let Some(state) = task.pending.users.get_mut(&key) {
+                timers::refresh(state, rules, mark);
+            }
+            task.unsent.insert(key.1);
+        }
+        Ok(())
+    }
+
+    /// Step (3) of the time rules: every timer of partition `p` due at or before `mark`
+    /// fires, in (instant, user_id) order; each user a timer changed, other than `own`
+    /// (whose record gave it its new version), gets one new version from this record
+    /// (`source`). Returns the users changed.
+    fn fire_due(
+        &mut self,
+        p: i32,
+        mark: domain::Timestamp,
+        source: domain::Source,
+        own: &str,
+    ) -> Result<BTreeSet<String>, Folded> {
+        let mut changed = BTreeSet::new();
+        // Timers are whole seconds: due when their second is the mark's or before.
+        let limit = domain::Timestamp {
+            secs: mark.secs,
+            nanos: 999_999_999,
+        };
+        while let Some((at, user)) = self.timers.get_mut(&p).and_then(|q| {
+            let due = q.first().is_some_and(|(t, _)| *t <= limit);
+            due.then(|| q.pop_first()).flatten()
+        }) {
+            let key = (p, user);
+            self.hold(&key)?;
+            let state = self
+                .tasks
+                .get_mut(&p)
+                .and_then(|t| t.pending.users.get_mut(&key))
+                .ok_or(StoreError::Poisoned)?;
+            match timers::next_timer(state, &self.rules) {
+                Some(due) if due == at => {}
+                Some(due) => {
+                    // A stale entry: the user's timer moved since.
+                    if let Some(q) = self.timers.get_mut(&p) {
+                        q.insert((due, key.1));
+                    }
+                    continue;
+                }
+                None => continue,
+            }
+            let mut events = Vec::new();
+            if timers::fire_at(state, &self.rules, at, &mut events)?
+                && key.1 != own
+                && changed.insert(key.1.clone())
+            {
+                state.version = state.version.checked_add(1).ok_or(Reject::Overflow)?;
+                state.source = Some(source);
+            }
+            let next = timers::next_timer(state, &self.rules);
+            for event in &events {
+                self.stats.count(event);
+            }
+            self.task(p).events.append(&mut events);
+            if let (Some(next), Some(q)) = (next, self.timers.get_mut(&p)) {
+                q.insert((next, key.1));
+            }
+        }
+        Ok(changed)
     }
 
     fn ledger(
@@ -1122,6 +1318,7 @@ impl Processor {
         debug_assert!(self.inflight_stats.is_none());
         debug_assert!(self.landing.is_none());
         self.tasks.retain(|p, _| !partitions.contains(p));
+        self.timers.retain(|p, _| !partitions.contains(p));
         self.positions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1150,6 +1347,8 @@ impl Processor {
         // A dropped batch's expiries did not happen, and a restore may bring entries
         // back: every task goes, expiry marks with it.
         self.tasks.clear();
+        // Timers are read again from the store: the dropped batch's moves did not happen.
+        self.timers.clear();
         self.stats = BatchStats::default();
         self.inflight_stats = None;
         self.positions

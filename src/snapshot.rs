@@ -99,7 +99,7 @@ enum Line {
     },
     User {
         partition: i32,
-        state: UserState,
+        state: Box<UserState>,
     },
     Ledger {
         partition: i32,
@@ -182,7 +182,10 @@ pub fn export(
     );
     for u in store.users_by_partition() {
         let (partition, state) = u.map_err(&stored)?;
-        write(&Line::User { partition, state })?;
+        write(&Line::User {
+            partition,
+            state: Box::new(state),
+        })?;
         counts.users += 1;
         progress.inc(1);
     }
@@ -309,7 +312,7 @@ fn fill(file: &Path, staging: &Path) -> Result<Counts, SnapshotError> {
             Some(Line::User { partition, state }) => {
                 let key = (partition, state.user_id.clone());
                 batch.previous_scores.insert(key.clone(), None);
-                batch.users.insert(key, state);
+                batch.users.insert(key, *state);
                 counts.users += 1;
                 in_batch += 1;
             }

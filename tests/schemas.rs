@@ -189,3 +189,52 @@ fn receipt_schema_agrees_on_hand_written_edge_cases() {
         assert_eq!(receipt.is_valid(&value), decoder_ok, "{text}");
     }
 }
+
+#[test]
+fn the_time_vectors_outputs_match_their_schemas() {
+    let config = mallquest::config::Config::parse(&golden::time::config_text("")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(mallquest::store::Store::open(dir.path()).unwrap());
+    let mut processor = mallquest::pipeline::Processor::new(store, config.rules.clone());
+    let mut sink = MemorySink::default();
+    for r in golden::time::receipts() {
+        golden::feed(&mut processor, &r);
+    }
+    processor.commit(&mut sink).unwrap();
+    drop(processor);
+    let projection = schema("projection.schema.json");
+    let mut tiered = 0;
+    for p in sink.projections.values() {
+        let v: Value = serde_json::from_slice(&codec::encode_projection(p)).unwrap();
+        assert!(projection.is_valid(&v), "{v}");
+        tiered += usize::from(!v["tier"].is_null());
+    }
+    assert!(tiered > 0);
+    let events = [
+        ("coins_expired", schema("coins-expired.schema.json")),
+        ("tier_changed", schema("tier-changed.schema.json")),
+    ];
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for e in &sink.events {
+        let v: Value = serde_json::from_slice(&codec::encode_event(e)).unwrap();
+        if let Some((kind, s)) = events.iter().find(|(k, _)| v["type"] == *k) {
+            assert!(s.is_valid(&v), "{v}");
+            *seen.entry(kind).or_default() += 1;
+        }
+        // No event validates against another type's schema.
+        assert!(events
+            .iter()
+            .all(|(k, s)| v["type"] == *k || !s.is_valid(&v)));
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Not vacuous: a figure that is no amount, an expiry with no coins.
+    let mut bad: Value = serde_json::from_slice(&codec::encode_projection(
+        sink.projections
+            .values()
+            .find(|p| p.tier.is_some())
+            .unwrap(),
+    ))
+    .unwrap();
+    bad["tier_figure"] = Value::from("12.5");
+    assert!(!projection.is_valid(&bad));
+}

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::game::{streak_unit, Goal, Mission, MissionPeriod, OnRefund, Period};
+use super::timers::{self, CoinsExpired, Figure, TierChanged, TierHeld};
 use super::{Minor, Reject, Rules, Timestamp};
 
 /// A decoded, validated receipt event.
@@ -127,6 +128,30 @@ pub struct UserState {
     /// `periods_kept` of each kind, by key): what the period boards index.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub periods: Vec<PeriodScore>,
+    /// Coins held by the mall-local month they were earned in (`[expiry]`): `(month
+    /// number, coins > 0)`, oldest first. Empty when the user is in debt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lots: Vec<(i32, i64)>,
+    /// Coins expired, ever.
+    #[serde(default)]
+    pub coins_expired: i64,
+    /// The status tier held (`[tiers]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<TierHeld>,
+    /// The next monthly review of the tier held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_review: Option<Timestamp>,
+    /// The tier figure's monthly scores (spend or XP, by `[tiers] basis`): `(month
+    /// number, score)`, the months a window can still read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tier_months: Vec<(i32, i64)>,
+    /// The qualifying figure at the partition's mark after the record that last changed
+    /// the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_figure: Option<Figure>,
+    /// The soonest non-empty lot's expiry and coins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_expiry: Option<(Timestamp, i64)>,
 }
 
 /// What the fold attributed to one user in one period.
@@ -199,6 +224,13 @@ impl UserState {
             redemptions: 0,
             coins_redeemed: 0,
             periods: Vec::new(),
+            lots: Vec::new(),
+            coins_expired: 0,
+            tier: None,
+            next_review: None,
+            tier_months: Vec::new(),
+            tier_figure: None,
+            next_expiry: None,
         }
     }
 
@@ -309,6 +341,16 @@ pub struct LedgerEntry {
     /// Coins the purchase got from each campaign, in config order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub campaign_coins: Vec<(String, i64)>,
+    /// Coins the purchase got from the tier held (`[tiers]`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tier_bonus: i64,
+    /// Coins a redemption took from each lot, oldest first (`[expiry]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taken: Vec<(i32, i64)>,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 impl LedgerEntry {
@@ -380,6 +422,10 @@ pub enum Event {
     MissionRevoked(MissionEvent),
     /// `badge_earned`.
     BadgeEarned(BadgeEarned),
+    /// `coins_expired`.
+    CoinsExpired(CoinsExpired),
+    /// `tier_changed`.
+    TierChanged(TierChanged),
 }
 
 impl Event {
@@ -389,6 +435,8 @@ impl Event {
             Event::LevelUp(e) => &e.user_id,
             Event::MissionCompleted(e) | Event::MissionRevoked(e) => &e.user_id,
             Event::BadgeEarned(e) => &e.user_id,
+            Event::CoinsExpired(e) => &e.user_id,
+            Event::TierChanged(e) => &e.user_id,
         }
     }
 }
@@ -472,12 +520,13 @@ pub fn apply_discarding(
     let effect = match &receipt.kind {
         ReceiptKind::Purchase => purchase(state, receipt, rules)?,
         ReceiptKind::Refund { .. } => refund(state, original, receipt, rules)?,
-        ReceiptKind::Redemption { coins } => redemption(state, receipt, *coins)?,
-        ReceiptKind::RedemptionReversal { .. } => reversal(state, original, receipt)?,
+        ReceiptKind::Redemption { coins } => redemption(state, receipt, *coins, rules)?,
+        ReceiptKind::RedemptionReversal { .. } => reversal(state, original, receipt, rules)?,
     };
     if let Effect::Applied { attributed, .. } = &effect {
         for a in attributed {
             state.attribute(a, rules)?;
+            timers::count_month(state, rules, a.at, a.spent, a.xp)?;
         }
     }
     state.version = state.version.checked_add(1).ok_or(Reject::Overflow)?;
@@ -633,7 +682,10 @@ fn purchase(s: &mut UserState, r: &Receipt, rules: &Rules) -> Result<Effect, Rej
             at: r.issued_at,
         }));
     }
-    s.coins = add(s.coins, coins_delta)?;
+    // The tier held when the purchase is applied (its own upgrade comes after).
+    let tier_bonus = timers::tier_bonus(s, rules, earned_coins)?;
+    coins_delta = add(coins_delta, tier_bonus)?;
+    timers::credit(s, rules, rules.calendar().month(r.issued_at), coins_delta)?;
     s.xp = xp;
     s.level = level;
     s.total_spent = add(s.total_spent, r.amount)?;
@@ -663,6 +715,8 @@ fn purchase(s: &mut UserState, r: &Receipt, rules: &Rules) -> Result<Effect, Rej
             earned_xp,
             refunded: 0,
             campaign_coins,
+            tier_bonus,
+            taken: Vec::new(),
         },
         original: None,
         events,
@@ -751,7 +805,7 @@ fn refund(
             scale(earned, r0, orig.amount)?,
         )
     };
-    let mut coins_back = back(orig.earned_coins)?;
+    let mut coins_back = add(back(orig.earned_coins)?, back(orig.tier_bonus)?)?;
     let xp_back = back(orig.earned_xp)?;
     for (id, got) in &orig.campaign_coins {
         let c = back(*got)?;
@@ -825,8 +879,11 @@ fn refund(
             }));
         }
     }
-    let coins_delta = -add(coins_back, revoked_coins)?;
-    s.coins = add(s.coins, coins_delta)?;
+    let taken_back = add(coins_back, revoked_coins)?;
+    let coins_delta = -taken_back;
+    // From the refunded purchase's lot first, then the oldest.
+    let lot = rules.calendar().month(orig.issued_at);
+    timers::debit(s, rules, Some(lot), taken_back)?;
     s.xp = sub(sub(s.xp, xp_back)?, revoked_xp)?;
     s.total_spent = sub(s.total_spent, r.amount)?;
     s.refund_count += 1;
@@ -853,18 +910,24 @@ fn entry_of(r: &Receipt) -> LedgerEntry {
         earned_xp: 0,
         refunded: 0,
         campaign_coins: Vec::new(),
+        tier_bonus: 0,
+        taken: Vec::new(),
     }
 }
 
-fn redemption(s: &mut UserState, r: &Receipt, coins: i64) -> Result<Effect, Reject> {
+fn redemption(s: &mut UserState, r: &Receipt, coins: i64, rules: &Rules) -> Result<Effect, Reject> {
     if s.coins < coins {
         return Err(Reject::InsufficientCoins);
     }
-    s.coins = sub(s.coins, coins)?;
+    // The oldest lots first.
+    let taken = timers::debit(s, rules, None, coins)?;
     s.coins_redeemed = add(s.coins_redeemed, coins)?;
     s.redemptions += 1;
     Ok(Effect::Applied {
-        entry: entry_of(r),
+        entry: LedgerEntry {
+            taken,
+            ..entry_of(r)
+        },
         original: None,
         events: Vec::new(),
         coins_delta: 0,
@@ -876,6 +939,7 @@ fn reversal(
     s: &mut UserState,
     original: Option<&LedgerEntry>,
     r: &Receipt,
+    rules: &Rules,
 ) -> Result<Effect, Reject> {
     let (orig, coins) = match original {
         Some(e) => match e.kind {
@@ -887,7 +951,9 @@ fn reversal(
     if orig.refunded != 0 {
         return Err(Reject::RefundExceedsOriginal);
     }
-    s.coins = add(s.coins, coins)?;
+    // Debt first, then back to the lots they were taken from, oldest first.
+    let month = rules.calendar().month(r.issued_at);
+    timers::give_back(s, rules, &orig.taken, month, coins)?;
     s.coins_redeemed = sub(s.coins_redeemed, coins)?;
     let mut updated = orig.clone();
     updated.refunded = coins;
@@ -1119,6 +1185,8 @@ mod tests {
             earned_xp: 0,
             refunded: 0,
             campaign_coins: Vec::new(),
+            tier_bonus: 0,
+            taken: Vec::new(),
         };
         assert_eq!(
             apply(&mut s, None, Some(&refund_entry), &r, SRC, &rules),
@@ -1284,6 +1352,8 @@ mod tests {
                     Event::MissionCompleted(_) => "mission_completed",
                     Event::MissionRevoked(_) => "mission_revoked",
                     Event::BadgeEarned(_) => "badge_earned",
+                    Event::CoinsExpired(_) => "coins_expired",
+                    Event::TierChanged(_) => "tier_changed",
                 })
                 .collect()
         }

@@ -40,6 +40,12 @@ pub struct Game {
     /// period boards keep (default [`DEFAULT_PERIODS_KEPT`]).
     #[serde(skip)]
     pub periods_kept: Option<usize>,
+    /// `[expiry]`: coins expire in monthly lots; `None`, they never expire.
+    #[serde(skip)]
+    pub expiry: Option<super::timers::Expiry>,
+    /// `[tiers]`: status tiers; `None`, no tiers.
+    #[serde(skip)]
+    pub tiers: Option<super::timers::Tiers>,
 }
 
 /// Default of `[processing] periods_kept`.
@@ -270,6 +276,11 @@ impl Game {
         self.periods_kept.unwrap_or(DEFAULT_PERIODS_KEPT)
     }
 
+    /// Whether any rule fires timers (`[expiry]` or `[tiers]`).
+    pub fn has_timers(&self) -> bool {
+        self.expiry.is_some() || self.tiers.is_some()
+    }
+
     /// The category of a store, if listed.
     pub fn category(&self, store_id: &str) -> Option<&str> {
         self.store_categories.get(store_id).map(String::as_str)
@@ -462,6 +473,45 @@ impl Calendar {
     /// The key of the instant's period: `2026-11-30`, `2026-W49` or `2026-12`.
     pub fn key(self, period: Period, t: Timestamp) -> String {
         period_key(period, self.date(t))
+    }
+
+    /// The number of the instant's mall-local month: `year * 12 + month - 1`, so that
+    /// consecutive months differ by one.
+    pub fn month(self, t: Timestamp) -> i32 {
+        let d = self.date(t);
+        d.year() * 12 + d.month0() as i32
+    }
+
+    /// The start of month number `month` ([`Self::month`]): the first instant whose
+    /// mall-local date is its 1st (local midnight, or the first local time after a
+    /// midnight that a clock change skips).
+    pub fn month_start(self, month: i32) -> Timestamp {
+        let (year, month0) = (month.div_euclid(12), month.rem_euclid(12));
+        let Some(first) = NaiveDate::from_ymd_opt(year, month0 as u32 + 1, 1) else {
+            return Timestamp {
+                secs: if month < 0 {
+                    i64::MIN / 2
+                } else {
+                    i64::MAX / 2
+                },
+                nanos: 0,
+            };
+        };
+        let midnight = first.and_time(chrono::NaiveTime::MIN);
+        // A clock change skips at most a few hours; step a minute at a time past a gap.
+        for minute in 0..24 * 60 {
+            let local = midnight + chrono::Duration::minutes(minute);
+            if let Some(dt) = self.tz.from_local_datetime(&local).earliest() {
+                return Timestamp {
+                    secs: dt.timestamp(),
+                    nanos: 0,
+                };
+            }
+        }
+        Timestamp {
+            secs: midnight.and_utc().timestamp(),
+            nanos: 0,
+        }
     }
 }
 

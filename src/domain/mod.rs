@@ -8,6 +8,7 @@ pub mod game;
 pub mod money;
 pub mod rules;
 pub mod time;
+pub mod timers;
 
 pub use fold::{
     apply, apply_discarding, Attribution, BadgeEarned, Effect, Event, LedgerEntry, LevelUp,
@@ -17,6 +18,7 @@ pub use game::{Calendar, Game, Period};
 pub use money::Minor;
 pub use rules::Rules;
 pub use time::Timestamp;
+pub use timers::{CoinsExpired, Expiry, Figure, TierChanged, TierHeld, TierReason, Tiers};
 
 /// Why a receipt was rejected; the string form is the DLQ `reason` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

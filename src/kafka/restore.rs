@@ -286,7 +286,7 @@ fn position(
 fn apply(set: &mut WriteSet, p: i32, entry: Entry) -> Option<Meta> {
     match entry {
         Entry::User(u) => {
-            set.users.insert((p, u.user_id.clone()), u);
+            set.users.insert((p, u.user_id.clone()), *u);
         }
         Entry::Ledger {
             user_id,

@@ -788,6 +788,8 @@ mod tests {
             earned_xp: 10,
             refunded,
             campaign_coins: Vec::new(),
+            tier_bonus: 0,
+            taken: Vec::new(),
         }
     }
 

@@ -870,6 +870,18 @@ impl Store {
         self.users_under(&[])
     }
 
+    /// Every user state of one partition, in user_id order.
+    pub fn users_of(
+        &self,
+        partition: i32,
+    ) -> impl Iterator<Item = Result<UserState, StoreError>> + '_ {
+        let prefix = partition.to_be_bytes();
+        self.users.prefix(prefix).map(|kv| {
+            let v = kv.value().map_err(io("scan users"))?;
+            value::decode_user(&v)
+        })
+    }
+
     /// The user states whose keys start with `prefix`, with their partition, in key order.
     fn users_under(
         &self,
@@ -1462,6 +1474,8 @@ mod tests {
             earned_xp: 1,
             refunded: 0,
             campaign_coins: vec![],
+            tier_bonus: 0,
+            taken: vec![],
         }
     }
 

@@ -11,7 +11,9 @@
 //! - JSON with no format byte (a value starting with `{`): what stores before this
 //!   encoding wrote. Still read, so that such a store keeps working with no migration
 //!   step; every value written again is written in the current format.
-//! - [`FORMAT`] (2): this layout.
+//! - 2: this layout without the time section.
+//! - [`FORMAT`] (3): this layout: format 2's fields, then the time section (lots, tier
+//!   and expiry figures of users; the tier bonus and lots taken of ledger entries).
 //!
 //! A later layout takes the next format byte and keeps the readers of the earlier ones,
 //! so that stores, snapshots and changelogs survive schema changes. Any other first byte,
@@ -20,13 +22,17 @@
 use std::collections::BTreeMap;
 
 use crate::domain::{
-    LedgerEntry, MissionInstance, Period, PeriodScore, ReceiptKind, Source, Timestamp, UserState,
+    Figure, LedgerEntry, MissionInstance, Period, PeriodScore, ReceiptKind, Source, TierHeld,
+    Timestamp, UserState,
 };
 
 use super::StoreError;
 
 /// The value format this build writes.
-pub const FORMAT: u8 = 2;
+pub const FORMAT: u8 = 3;
+
+/// The format before the time section, still read.
+const FORMAT_2: u8 = 2;
 
 /// The first byte of a value written as JSON, before the format byte existed.
 const LEGACY_JSON: u8 = b'{';
@@ -87,6 +93,43 @@ pub fn encode_user(u: &UserState) -> Vec<u8> {
         w.int(p.coins);
         w.int(p.spent);
     });
+    w.int(u.coins_expired);
+    w.list(&u.lots, |w, (m, c)| {
+        w.int(i64::from(*m));
+        w.int(*c);
+    });
+    match &u.tier {
+        Some(t) => {
+            w.byte(1);
+            w.str(&t.id);
+            w.time(&t.since);
+        }
+        None => w.byte(0),
+    }
+    w.opt_time(u.next_review.as_ref());
+    w.list(&u.tier_months, |w, (m, v)| {
+        w.int(i64::from(*m));
+        w.int(*v);
+    });
+    match u.tier_figure {
+        None => w.byte(0),
+        Some(Figure::Spend(v)) => {
+            w.byte(1);
+            w.int(v);
+        }
+        Some(Figure::Xp(v)) => {
+            w.byte(2);
+            w.int(v);
+        }
+    }
+    match &u.next_expiry {
+        Some((at, coins)) => {
+            w.byte(1);
+            w.time(at);
+            w.int(*coins);
+        }
+        None => w.byte(0),
+    }
     w.0
 }
 
@@ -138,6 +181,40 @@ pub fn decode_user(bytes: &[u8]) -> Result<UserState, StoreError> {
                     spent: r.int()?,
                 })
             })?,
+            lots: Vec::new(),
+            coins_expired: 0,
+            tier: None,
+            next_review: None,
+            tier_months: Vec::new(),
+            tier_figure: None,
+            next_expiry: None,
+        })
+        .and_then(|mut u| {
+            if r.format < FORMAT {
+                return Ok(u);
+            }
+            u.coins_expired = r.int()?;
+            u.lots = r.list(|r| Ok((r.i32()?, r.int()?)))?;
+            u.tier = match r.flag()? {
+                true => Some(TierHeld {
+                    id: r.string()?,
+                    since: r.time()?,
+                }),
+                false => None,
+            };
+            u.next_review = r.opt_time()?;
+            u.tier_months = r.list(|r| Ok((r.i32()?, r.int()?)))?;
+            u.tier_figure = match r.byte()? {
+                0 => None,
+                1 => Some(Figure::Spend(r.int()?)),
+                2 => Some(Figure::Xp(r.int()?)),
+                other => return Err(r.corrupt(&format!("figure kind {other}"))),
+            };
+            u.next_expiry = match r.flag()? {
+                true => Some((r.time()?, r.int()?)),
+                false => None,
+            };
+            Ok(u)
         })
     })
 }
@@ -172,6 +249,11 @@ pub fn encode_ledger(e: &LedgerEntry) -> Vec<u8> {
         w.str(id);
         w.int(*coins);
     });
+    w.int(e.tier_bonus);
+    w.list(&e.taken, |w, (m, c)| {
+        w.int(i64::from(*m));
+        w.int(*c);
+    });
     w.0
 }
 
@@ -199,6 +281,15 @@ pub fn decode_ledger(bytes: &[u8]) -> Result<LedgerEntry, StoreError> {
             earned_xp: r.int()?,
             refunded: r.int()?,
             campaign_coins: r.list(|r| Ok((r.string()?, r.int()?)))?,
+            tier_bonus: 0,
+            taken: Vec::new(),
+        })
+        .and_then(|mut e| {
+            if r.format >= FORMAT {
+                e.tier_bonus = r.int()?;
+                e.taken = r.list(|r| Ok((r.i32()?, r.int()?)))?;
+            }
+            Ok(e)
         })
     })
 }
@@ -225,15 +316,16 @@ enum Opened<'a> {
 
 fn open<'a>(what: &'static str, bytes: &'a [u8]) -> Result<Opened<'a>, StoreError> {
     match bytes.first() {
-        Some(&FORMAT) => Ok(Opened::Binary(Reader {
+        Some(&(format @ FORMAT | format @ FORMAT_2)) => Ok(Opened::Binary(Reader {
             what,
+            format,
             rest: &bytes[1..],
         })),
         Some(&LEGACY_JSON) => Ok(Opened::Json(bytes)),
         Some(other) => Err(StoreError::Corrupt {
             what,
             detail: format!(
-                "value format {other}: this build reads format {FORMAT} and the JSON of earlier builds; \
+                "value format {other}: this build reads formats {FORMAT_2} and {FORMAT} and the JSON of earlier builds; \
                  the store was written by a newer mallquest"
             ),
         }),
@@ -321,6 +413,8 @@ impl Writer {
 
 struct Reader<'a> {
     what: &'static str,
+    /// The value's format byte.
+    format: u8,
     rest: &'a [u8],
 }
 
@@ -368,6 +462,11 @@ impl Reader<'_> {
     fn int(&mut self) -> Result<i64, StoreError> {
         let z = self.uint()?;
         Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
+    }
+
+    fn i32(&mut self) -> Result<i32, StoreError> {
+        let v = self.int()?;
+        i32::try_from(v).map_err(|_| self.corrupt("i32 out of range"))
     }
 
     fn u32(&mut self) -> Result<u32, StoreError> {
@@ -490,6 +589,16 @@ mod tests {
             coins: 20,
             spent: 30,
         }];
+        u.lots = vec![(24_316, 40), (24_318, i64::MAX)];
+        u.coins_expired = 9;
+        u.tier = Some(TierHeld {
+            id: "gold".into(),
+            since: ts(1_764_000_002, 7),
+        });
+        u.next_review = Some(ts(1_764_500_000, 0));
+        u.tier_months = vec![(24_316, -5), (24_317, 123_456)];
+        u.tier_figure = Some(Figure::Spend(123_451));
+        u.next_expiry = Some((ts(1_790_000_000, 0), 40));
         u
     }
 
@@ -503,6 +612,8 @@ mod tests {
             earned_xp: 123,
             refunded: 0,
             campaign_coins: vec![("c-1".into(), 7)],
+            tier_bonus: 3,
+            taken: vec![(24_316, 5), (24_317, 2)],
         };
         vec![
             base.clone(),
@@ -539,6 +650,26 @@ mod tests {
             let bytes = encode_ledger(&e);
             assert_eq!(decode_ledger(&bytes).unwrap(), e);
             assert_eq!(ledger_issued_secs(&bytes), Some(e.issued_at.secs));
+        }
+    }
+
+    /// A value of format 2 (before the time section) reads with the time fields empty.
+    #[test]
+    fn format_2_values_are_still_read() {
+        let u = UserState::new("u-3");
+        let mut bytes = encode_user(&u);
+        // The empty time section: coins expired, lots, tier, next review, tier months,
+        // figure, next expiry; one byte each.
+        bytes.truncate(bytes.len() - 7);
+        bytes[0] = FORMAT_2;
+        assert_eq!(decode_user(&bytes).unwrap(), u);
+        for mut e in ledger_entries() {
+            e.tier_bonus = 0;
+            e.taken = Vec::new();
+            let mut bytes = encode_ledger(&e);
+            bytes.truncate(bytes.len() - 2);
+            bytes[0] = FORMAT_2;
+            assert_eq!(decode_ledger(&bytes).unwrap(), e);
         }
     }
 

@@ -133,13 +133,17 @@ fn projection_diff(actual: &Value, expected: &Value) -> Option<String> {
 }
 
 /// Projection fields of the game, absent from the core golden vectors.
-pub const GAME_FIELDS: [&str; 6] = [
+pub const GAME_FIELDS: [&str; 10] = [
     "coins_by_campaign",
     "missions",
     "streak",
     "badges",
     "redemptions",
     "coins_redeemed",
+    "tier",
+    "tier_figure",
+    "coins_expired",
+    "next_expiry",
 ];
 
 /// The game's golden vectors (`tests/golden/game/`, copied from the shared set).
@@ -231,6 +235,59 @@ pub mod game {
     /// Expected boards: `period`, `at`, `by`, `of` and the top 10 `entries`.
     pub fn boards() -> Vec<Value> {
         lines("expected-boards.jsonl")
+    }
+}
+
+/// The time vectors (`tests/golden/time/`: coin expiry, tiers and event-time timers,
+/// copied from the shared set), with the `to-qualified/` variant's expectations.
+pub mod time {
+    use super::*;
+
+    fn lines(dir: &str, name: &str) -> Vec<Value> {
+        read_lines(&format!(
+            "{}/tests/golden/time/{dir}{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+    }
+
+    /// The configuration of the set in `dir` (`""` or `"to-qualified/"`), as written.
+    pub fn config_text(dir: &str) -> String {
+        let path = format!(
+            "{}/tests/golden/time/{dir}config.toml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+    }
+
+    /// The receipt stream (one for both sets).
+    pub fn receipts() -> Vec<GoldenRecord> {
+        records(lines("", "receipts.jsonl"))
+    }
+
+    /// Expected final projection per user.
+    pub fn projections(dir: &str) -> BTreeMap<String, Value> {
+        lines(dir, "expected-projections.jsonl")
+            .into_iter()
+            .map(|v| (v["user_id"].as_str().unwrap().to_owned(), v))
+            .collect()
+    }
+
+    /// Every event, in emission order.
+    pub fn events(dir: &str) -> Vec<Value> {
+        lines(dir, "expected-events.jsonl")
+    }
+
+    /// Expected (offset, reason) of every rejected record.
+    pub fn dlq(dir: &str) -> Vec<(i64, String)> {
+        lines(dir, "expected-dlq.jsonl")
+            .into_iter()
+            .map(|v| {
+                (
+                    v["offset"].as_i64().unwrap(),
+                    v["reason"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
     }
 }
 

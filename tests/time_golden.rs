@@ -1,0 +1,142 @@
+//! The team's time vectors (`tests/golden/time/`: coin expiry in monthly lots, status
+//! tiers, event-time timers, worked out independently of mallquest) folded through the
+//! real pipeline (in-process source, durable store): projections, events in order and
+//! rejections must match exactly, whatever the batch size, under both downgrade rules.
+
+mod support;
+
+use std::sync::Arc;
+
+use mallquest::codec::{self, ProjectionJson};
+use mallquest::domain::Timestamp;
+use mallquest::pipeline::{MemorySink, Processor};
+use mallquest::store::Store;
+use serde_json::Value;
+use support::golden::{self, time};
+
+/// The two sets: `one_down` and `to_qualified`.
+const SETS: [&str; 2] = ["", "to-qualified/"];
+
+fn fold(dir: &str, commit_every: usize) -> (MemorySink, Arc<Store>, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(tmp.path()).unwrap());
+    let config = mallquest::config::Config::parse(&time::config_text(dir)).unwrap();
+    let mut processor = Processor::new(Arc::clone(&store), config.rules.clone())
+        .with_dedup_window_days(config.processing.dedup_window_days);
+    let mut sink = MemorySink::default();
+    for (i, r) in time::receipts().iter().enumerate() {
+        golden::feed(&mut processor, r);
+        if (i + 1) % commit_every == 0 {
+            processor.commit(&mut sink).unwrap();
+        }
+    }
+    processor.commit(&mut sink).unwrap();
+    drop(processor);
+    (sink, store, tmp)
+}
+
+/// Every instant in `v` (nested ones too) as its canonical text, so that instants written
+/// with another offset or fraction compare equal.
+fn instants(v: &mut Value) {
+    match v {
+        Value::String(s) => {
+            if let Some(t) = Timestamp::parse_rfc3339(s) {
+                *s = t.to_rfc3339();
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(instants),
+        Value::Object(o) => o.values_mut().for_each(instants),
+        _ => {}
+    }
+}
+
+/// The projection as compared: mission progress left out (the vectors leave it out) and
+/// zero campaign entries out.
+fn comparable(p: &ProjectionJson) -> Value {
+    let mut v = serde_json::to_value(p).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.remove("missions");
+    o["coins_by_campaign"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|_, n| n.as_i64() != Some(0));
+    instants(&mut v);
+    v
+}
+
+#[test]
+fn time_vectors_give_the_expected_projections_in_store_and_outputs() {
+    for dir in SETS {
+        for commit_every in [1, 97, 100_000] {
+            let (sink, store, _tmp) = fold(dir, commit_every);
+            let expected = time::projections(dir);
+            let mut wrong = Vec::new();
+            for (user, want) in &expected {
+                let mut want = want.clone();
+                instants(&mut want);
+                for (place, state) in [
+                    ("published", sink.projections.get(user).cloned()),
+                    ("stored", store.find_user(user).unwrap()),
+                ] {
+                    let Some(state) = state else {
+                        wrong.push(format!("{place} {user}: missing"));
+                        continue;
+                    };
+                    let got = comparable(&ProjectionJson::from_state(&state));
+                    if got != want {
+                        wrong.push(format!("{place} {user}:\n  got  {got}\n  want {want}"));
+                    }
+                }
+            }
+            assert!(
+                wrong.is_empty(),
+                "{} projections differ ({dir:?}, commits of {commit_every}):\n{}",
+                wrong.len(),
+                wrong.join("\n")
+            );
+            assert_eq!(sink.projections.len(), expected.len(), "users ({dir:?})");
+        }
+    }
+}
+
+#[test]
+fn time_vectors_give_the_expected_events_in_order() {
+    for dir in SETS {
+        for commit_every in [1, 50, 100_000] {
+            let (sink, _store, _tmp) = fold(dir, commit_every);
+            let got: Vec<Value> = sink
+                .events
+                .iter()
+                .map(|e| {
+                    let mut v = serde_json::from_slice(&codec::encode_event(e)).unwrap();
+                    instants(&mut v);
+                    v
+                })
+                .collect();
+            let want: Vec<Value> = time::events(dir)
+                .into_iter()
+                .map(|mut v| {
+                    instants(&mut v);
+                    v
+                })
+                .collect();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g, w, "event {i} ({dir:?}, commits of {commit_every})");
+            }
+            assert_eq!(got.len(), want.len(), "number of events ({dir:?})");
+        }
+    }
+}
+
+#[test]
+fn time_vectors_reject_exactly_the_expected_records() {
+    for dir in SETS {
+        let (sink, _store, _tmp) = fold(dir, 50);
+        let got: Vec<(i64, String)> = sink
+            .dead_letters
+            .iter()
+            .map(|d| (d.offset, d.reason.as_str().to_owned()))
+            .collect();
+        assert_eq!(got, time::dlq(dir), "{dir:?}");
+    }
+}
