@@ -263,6 +263,7 @@ async fn start_api(
             forward_timeout: Duration::from_millis(config.http.forward_timeout_ms),
             calendar: config.rules.calendar(),
             levels: config.rules.level_scale(),
+            expiry: config.rules.game.expiry,
         },
         timeout,
     );

@@ -29,6 +29,19 @@ pub const MISSIONS_COMPLETED_TOTAL: &str = "mallquest_missions_completed_total";
 pub const MISSIONS_REVOKED_TOTAL: &str = "mallquest_missions_revoked_total";
 /// Badges earned.
 pub const BADGES_EARNED_TOTAL: &str = "mallquest_badges_earned_total";
+/// Coins removed by expiry (`[expiry]`).
+pub const COINS_EXPIRED_TOTAL: &str = "mallquest_coins_expired_total";
+/// Tier changes (`[tiers]`), by the tier moved to (`to="none"`: no tier).
+pub const TIER_CHANGES_TOTAL: &str = "mallquest_tier_changes_total";
+/// Coins held by the users of the partitions this instance holds, by the mall-local
+/// month whose start is their expiry (`expiry_month="never"`: coins in no lot).
+pub const LIABILITY_OUTSTANDING_COINS: &str = "mallquest_liability_outstanding_coins";
+/// What those users owe (negative balances, negated).
+pub const LIABILITY_DEBT_COINS: &str = "mallquest_liability_debt_coins";
+/// Coins those users have had expire, ever.
+pub const LIABILITY_EXPIRED_COINS: &str = "mallquest_liability_expired_coins";
+/// Coins those users have redeemed, net of reversals.
+pub const LIABILITY_REDEEMED_COINS: &str = "mallquest_liability_redeemed_coins";
 /// Time to publish and persist one batch.
 pub const BATCH_DURATION_SECONDS: &str = "mallquest_batch_duration_seconds";
 /// Failed commits (publish or store) and pauses for disk space (disk), by stage.
@@ -103,7 +116,7 @@ pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
 pub const PROCESS_THREADS: &str = "process_threads";
 
 /// Every metric name this module exports (the dashboard test checks against it).
-pub const ALL_METRICS: [&str; 42] = [
+pub const ALL_METRICS: [&str; 48] = [
     RECEIPTS_TOTAL,
     REJECTED_TOTAL,
     COINS_AWARDED_TOTAL,
@@ -114,6 +127,12 @@ pub const ALL_METRICS: [&str; 42] = [
     MISSIONS_COMPLETED_TOTAL,
     MISSIONS_REVOKED_TOTAL,
     BADGES_EARNED_TOTAL,
+    COINS_EXPIRED_TOTAL,
+    TIER_CHANGES_TOTAL,
+    LIABILITY_OUTSTANDING_COINS,
+    LIABILITY_DEBT_COINS,
+    LIABILITY_EXPIRED_COINS,
+    LIABILITY_REDEEMED_COINS,
     BATCH_DURATION_SECONDS,
     COMMIT_FAILURES_TOTAL,
     KAFKA_ERRORS_TOTAL,
@@ -231,6 +250,30 @@ fn describe() {
         "Mission rewards revoked by refunds."
     );
     describe_counter!(BADGES_EARNED_TOTAL, "Badges earned.");
+    describe_counter!(
+        COINS_EXPIRED_TOTAL,
+        "Coins removed by expiry ([expiry]): what was left of each lot at its expiry."
+    );
+    describe_counter!(
+        TIER_CHANGES_TOTAL,
+        "Status tier changes ([tiers]), by the tier moved to (to=\"none\": no tier)."
+    );
+    describe_gauge!(
+        LIABILITY_OUTSTANDING_COINS,
+        "Coins held by the users of the partitions this instance holds, by the mall-local month whose start is their expiry (expiry_month=\"never\": coins in no lot). Summed over instances: GET /v1/stats/coins."
+    );
+    describe_gauge!(
+        LIABILITY_DEBT_COINS,
+        "What the users of the partitions this instance holds owe: negative balances, negated."
+    );
+    describe_gauge!(
+        LIABILITY_EXPIRED_COINS,
+        "Coins the users of the partitions this instance holds have had expire, ever."
+    );
+    describe_gauge!(
+        LIABILITY_REDEEMED_COINS,
+        "Coins the users of the partitions this instance holds have redeemed, net of reversals."
+    );
     describe_counter!(
         RECEIPTS_TOTAL,
         "Receipts folded, by outcome (applied, duplicate, rejected)."
@@ -402,6 +445,34 @@ pub fn store_sampled(store: &crate::store::Store) {
     gauge!(LEDGER_BYTES).set(ledger.bytes as f64);
 }
 
+/// The coin liability of the partitions held here, sampled when `/metrics` is scraped:
+/// coins held by expiry month (`never`: in no lot), debt, expired and redeemed. A month
+/// sampled before and gone now reads 0.
+pub fn liability_sampled(
+    by_expiry_month: &std::collections::BTreeMap<String, i128>,
+    outside_lots: i128,
+    debt: i128,
+    expired: i128,
+    redeemed: i128,
+) {
+    static MONTHS: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut months = MONTHS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for gone in months.iter().filter(|m| !by_expiry_month.contains_key(*m)) {
+        gauge!(LIABILITY_OUTSTANDING_COINS, "expiry_month" => gone.clone()).set(0.0);
+    }
+    months.clone_from(&by_expiry_month.keys().cloned().collect());
+    for (month, coins) in by_expiry_month {
+        gauge!(LIABILITY_OUTSTANDING_COINS, "expiry_month" => month.clone()).set(*coins as f64);
+    }
+    gauge!(LIABILITY_OUTSTANDING_COINS, "expiry_month" => "never").set(outside_lots as f64);
+    gauge!(LIABILITY_DEBT_COINS).set(debt as f64);
+    gauge!(LIABILITY_EXPIRED_COINS).set(expired as f64);
+    gauge!(LIABILITY_REDEEMED_COINS).set(redeemed as f64);
+}
+
 /// A batch was published and persisted.
 ///
 /// The receipt counters count committed batches only: a batch folded again after a failed
@@ -422,6 +493,11 @@ pub fn batch_committed(stats: &BatchStats, took: Duration, users: u64) {
     counter!(MISSIONS_COMPLETED_TOTAL).increment(stats.missions_completed);
     counter!(MISSIONS_REVOKED_TOTAL).increment(stats.missions_revoked);
     counter!(BADGES_EARNED_TOTAL).increment(stats.badges_earned);
+    counter!(COINS_EXPIRED_TOTAL).increment(stats.coins_expired);
+    for (to, n) in &stats.tier_changes {
+        let to = to.clone().unwrap_or_else(|| "none".to_owned());
+        counter!(TIER_CHANGES_TOTAL, "to" => to).increment(*n);
+    }
     self::users(users);
     debug!(
         message = "Batch committed.",

@@ -42,6 +42,7 @@ impl Server {
                 forward_timeout: std::time::Duration::from_secs(2),
                 calendar: mallquest::domain::Rules::default().calendar(),
                 levels: mallquest::domain::Rules::default().level_scale(),
+                expiry: None,
             },
             timeout,
         );

@@ -33,6 +33,7 @@ fn fixture(token: Option<&str>) -> Fixture {
             forward_timeout: std::time::Duration::from_secs(2),
             calendar: mallquest::domain::Rules::default().calendar(),
             levels: mallquest::domain::Rules::default().level_scale(),
+            expiry: None,
         },
         _dir: dir,
     }
@@ -338,6 +339,7 @@ fn game_fixture_with(config: mallquest::config::Config) -> Fixture {
             forward_timeout: std::time::Duration::from_secs(2),
             calendar: config.rules.calendar(),
             levels: config.rules.level_scale(),
+            expiry: config.rules.game.expiry,
         },
         _dir: dir,
     }

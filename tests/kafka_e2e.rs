@@ -199,10 +199,12 @@ fn golden_stream_through_real_broker_matches_expected() {
         "started at {started}, now {now}"
     );
     for name in mallquest::telemetry::ALL_METRICS {
-        // These show only once something failed, or a commit waited for the store.
+        // These show only once something failed, a commit waited for the store, or a
+        // tier changed (no [tiers] here; tests/kafka_time.rs sees it).
         if name != mallquest::telemetry::COMMIT_FAILURES_TOTAL
             && name != mallquest::telemetry::KAFKA_ERRORS_TOTAL
             && name != mallquest::telemetry::STORE_WRITE_STALL_SECONDS
+            && name != mallquest::telemetry::TIER_CHANGES_TOTAL
         {
             assert!(text.contains(name), "{name} missing from /metrics");
         }

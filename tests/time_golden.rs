@@ -8,6 +8,7 @@ mod support;
 use std::sync::Arc;
 
 use mallquest::codec::{self, ProjectionJson};
+use mallquest::domain::timers::month_label;
 use mallquest::domain::Timestamp;
 use mallquest::pipeline::{MemorySink, Processor};
 use mallquest::store::Store;
@@ -138,5 +139,78 @@ fn time_vectors_reject_exactly_the_expected_records() {
             .map(|d| (d.offset, d.reason.as_str().to_owned()))
             .collect();
         assert_eq!(got, time::dlq(dir), "{dir:?}");
+    }
+}
+
+/// What `/v1/stats/coins` answers from a store holding `store`'s users.
+async fn coin_stats(store: Arc<Store>, expiry: Option<mallquest::domain::Expiry>) -> Value {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+    let status = Arc::new(mallquest::status::Status::default());
+    status.committed(&store.offsets().unwrap());
+    let state = mallquest::http::AppState {
+        store,
+        status,
+        metrics: None,
+        token: None,
+        forward_timeout: std::time::Duration::from_secs(2),
+        calendar: mallquest::domain::Rules::default().calendar(),
+        levels: mallquest::domain::Rules::default().level_scale(),
+        expiry,
+    };
+    let app = mallquest::http::router(state, std::time::Duration::from_secs(5));
+    let req = Request::get("/v1/stats/coins").body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let bad = Request::get("/v1/stats/coins?x=1")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.oneshot(bad).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// The coin liability the API serves (moved by each commit, rebuilt at open) is what the
+/// expected projections add up to, and its lots by expiry month are the stored users'.
+#[tokio::test]
+async fn the_coin_liability_adds_up_the_users_and_survives_a_reopen() {
+    let expected = time::projections("");
+    let n = |v: &Value| v.as_i64().unwrap();
+    let held: i64 = expected.values().map(|p| n(&p["coins"]).max(0)).sum();
+    let debt: i64 = expected.values().map(|p| (-n(&p["coins"])).max(0)).sum();
+    let expired: i64 = expected.values().map(|p| n(&p["coins_expired"])).sum();
+    let redeemed: i64 = expected.values().map(|p| n(&p["coins_redeemed"])).sum();
+    assert!(held > 0 && debt > 0 && expired > 0 && redeemed > 0);
+    let config = mallquest::config::Config::parse(&time::config_text("")).unwrap();
+    let expiry = config.rules.game.expiry;
+    for commit_every in [1, 97, 100_000] {
+        let (_sink, store, tmp) = fold("", commit_every);
+        // The lots of the stored users, by the month they expire in.
+        let mut by_month = std::collections::BTreeMap::<String, i64>::new();
+        for u in store.users() {
+            let u = u.unwrap();
+            for (earned, coins) in &u.lots {
+                // `[expiry] months = 2`: a lot earned in M expires at the start of M + 2.
+                *by_month.entry(month_label(earned + 2)).or_default() += coins;
+            }
+        }
+        assert_eq!(by_month.values().sum::<i64>(), held);
+        let want = serde_json::json!({
+            "outstanding": {"total": held, "by_expiry_month": by_month},
+            "debt": debt,
+            "expired": expired,
+            "redeemed": redeemed,
+        });
+        assert_eq!(coin_stats(Arc::clone(&store), expiry).await, want);
+        // Rebuilt from the users when the store opens again.
+        drop(store);
+        let reopened = Arc::new(Store::open(tmp.path()).unwrap());
+        assert_eq!(coin_stats(reopened, expiry).await, want);
     }
 }

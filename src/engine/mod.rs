@@ -79,13 +79,16 @@ fn kind_index(kind: Period) -> usize {
     }
 }
 
-/// What the boards hold for a stored user: its all-time scores and its period scores.
+/// What the boards hold for a stored user: its all-time scores, its period scores and
+/// its part of the coin liability.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Indexed {
     /// All-time scores, in [`Board::ALL`] order.
     pub scores: Scores,
     /// Period scores.
     pub periods: Vec<PeriodScore>,
+    /// Its coins, as the liability counts them.
+    pub coins: CoinParts,
 }
 
 /// What the boards hold for `u`.
@@ -93,6 +96,83 @@ pub fn indexed(u: &UserState) -> Indexed {
     Indexed {
         scores: scores(u),
         periods: u.periods.clone(),
+        coins: CoinParts::of(u),
+    }
+}
+
+/// One user's coins as the liability counts them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoinParts {
+    /// Coins held (a positive balance; 0 in debt).
+    held: i64,
+    /// Coins held by the month they were earned in (`[expiry]`).
+    lots: Vec<(i32, i64)>,
+    /// What the user owes (a negative balance, negated).
+    debt: i64,
+    /// Coins expired, ever.
+    expired: i64,
+    /// Coins redeemed, net of reversals.
+    redeemed: i64,
+}
+
+impl CoinParts {
+    /// `u`'s parts.
+    pub fn of(u: &UserState) -> Self {
+        CoinParts {
+            held: u.coins.max(0),
+            lots: u.lots.clone(),
+            debt: u.coins.saturating_neg().max(0),
+            expired: u.coins_expired,
+            redeemed: u.coins_redeemed,
+        }
+    }
+}
+
+/// The coin liability of some users: sums of their [`CoinParts`], in i128 so that no sum
+/// of i64 balances can overflow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoinTotals {
+    /// Coins held.
+    pub held: i128,
+    /// Coins held in lots, by the month they were earned in (no zero entries).
+    pub lots: BTreeMap<i32, i128>,
+    /// What users owe.
+    pub debt: i128,
+    /// Coins expired.
+    pub expired: i128,
+    /// Coins redeemed, net of reversals.
+    pub redeemed: i128,
+}
+
+impl CoinTotals {
+    /// Adds (`sign` 1) or takes away (`sign` -1) one user's parts.
+    fn count(&mut self, parts: &CoinParts, sign: i128) {
+        self.held += sign * i128::from(parts.held);
+        self.debt += sign * i128::from(parts.debt);
+        self.expired += sign * i128::from(parts.expired);
+        self.redeemed += sign * i128::from(parts.redeemed);
+        for &(month, coins) in &parts.lots {
+            let at = self.lots.entry(month).or_default();
+            *at += sign * i128::from(coins);
+            if *at == 0 {
+                self.lots.remove(&month);
+            }
+        }
+    }
+
+    /// Adds another set of totals.
+    pub fn merge(&mut self, other: &CoinTotals) {
+        self.held += other.held;
+        self.debt += other.debt;
+        self.expired += other.expired;
+        self.redeemed += other.redeemed;
+        for (&month, &coins) in &other.lots {
+            let at = self.lots.entry(month).or_default();
+            *at += coins;
+            if *at == 0 {
+                self.lots.remove(&month);
+            }
+        }
     }
 }
 
@@ -111,12 +191,19 @@ pub struct BoardChange {
 #[derive(Debug, Default)]
 pub struct BoardChanges {
     changes: Vec<BoardChange>,
+    /// Users whose coins moved: (partition, parts before, parts after).
+    coins: Vec<(i32, Option<CoinParts>, CoinParts)>,
 }
 
 impl BoardChanges {
     /// Adds the difference between a user's state before (`None`: new) and after the
     /// batch. A board whose score did not change is not touched.
     pub fn add(&mut self, partition: i32, before: Option<&Indexed>, user: &UserState) {
+        let parts = CoinParts::of(user);
+        if before.map(|b| &b.coins) != Some(&parts) {
+            self.coins
+                .push((partition, before.map(|b| b.coins.clone()), parts));
+        }
         let now = scores(user);
         if before.map(|b| b.scores) != Some(now) {
             self.changes.push(BoardChange {
@@ -157,7 +244,7 @@ impl BoardChanges {
 
     /// Whether there is nothing to change.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.changes.is_empty() && self.coins.is_empty()
     }
 }
 
@@ -171,6 +258,8 @@ struct PartitionBoards {
     all_time: Three,
     /// By period kind (day, week, month): the kept keys, each with its boards.
     periods: [BTreeMap<String, Three>; 3],
+    /// The partition's coin liability.
+    coins: CoinTotals,
 }
 
 impl PartitionBoards {
@@ -228,6 +317,7 @@ type Unsorted = [Vec<(i64, u32)>; 3];
 /// periods, as the commits that wrote them would have.
 pub struct Builder {
     kept: usize,
+    coins: CoinTotals,
     ids: Ids,
     all: Unsorted,
     /// By period kind: each key's entries.
@@ -239,6 +329,7 @@ impl Builder {
     pub fn new(kept: usize) -> Self {
         Self {
             kept,
+            coins: CoinTotals::default(),
             ids: Ids::default(),
             all: Default::default(),
             periods: Default::default(),
@@ -247,6 +338,7 @@ impl Builder {
 
     /// Adds one user (each user once).
     pub fn add(&mut self, u: &UserState) {
+        self.coins.count(&CoinParts::of(u), 1);
         let at = self.ids.intern(&u.user_id);
         for (i, s) in scores(u).into_iter().enumerate() {
             self.all[i].push((s, at));
@@ -270,12 +362,14 @@ impl Builder {
     fn finish(self) -> PartitionBoards {
         let Builder {
             kept,
+            coins,
             ids,
             all,
             periods,
         } = self;
         let mut built = PartitionBoards {
             all_time: all.map(|e| Ranked::build(&ids, e)),
+            coins,
             ..PartitionBoards::default()
         };
         for (kind, keys) in periods.into_iter().enumerate() {
@@ -361,6 +455,13 @@ impl Boards {
                 }
             }
         }
+        for (p, old, new) in &changes.coins {
+            let coins = &mut self.partitions.entry(*p).or_default().coins;
+            if let Some(old) = old {
+                coins.count(old, -1);
+            }
+            coins.count(new, 1);
+        }
         for c in changes.changes {
             let boards = self.partitions.entry(c.partition).or_default();
             touched.insert(c.partition);
@@ -369,6 +470,7 @@ impl Boards {
                 ids,
                 all_time,
                 periods,
+                ..
             } = boards;
             let three = match &c.period {
                 None => all_time,
@@ -408,6 +510,17 @@ impl Boards {
         self.partitions
             .get(&partition)
             .map_or(0, |b| b.all_time[0].len())
+    }
+
+    /// The coin liability of the partitions `keep` accepts.
+    pub fn coins(&self, keep: impl Fn(i32) -> bool) -> CoinTotals {
+        let mut out = CoinTotals::default();
+        for (p, b) in &self.partitions {
+            if keep(*p) {
+                out.merge(&b.coins);
+            }
+        }
+        out
     }
 
     /// Partitions with boards.

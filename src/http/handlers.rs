@@ -690,6 +690,106 @@ pub(super) async fn levels(State(state): State<AppState>, RawQuery(query): RawQu
     .into_response()
 }
 
+/// `GET /v1/stats/coins`'s answer: the coin liability of every user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CoinStats {
+    /// Coins held.
+    pub(super) outstanding: Outstanding,
+    /// What users owe: the sum of negative balances, negated.
+    pub(super) debt: i128,
+    /// Coins expired so far.
+    pub(super) expired: i128,
+    /// Coins redeemed so far, net of reversals.
+    pub(super) redeemed: i128,
+}
+
+/// `outstanding` of [`CoinStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Outstanding {
+    /// Every coin held.
+    pub(super) total: i128,
+    /// Coins held in lots (`[expiry]`), by the mall-local month whose start is their
+    /// expiry: `2027-03`.
+    pub(super) by_expiry_month: std::collections::BTreeMap<String, i128>,
+}
+
+impl CoinStats {
+    /// The answer for `totals`, lots labelled by the month they expire in.
+    fn of(totals: &crate::engine::CoinTotals, expiry: Option<crate::domain::Expiry>) -> Self {
+        let mut by_expiry_month = std::collections::BTreeMap::new();
+        if let Some(x) = expiry {
+            for (&earned, &coins) in &totals.lots {
+                let label = crate::domain::timers::month_label(earned + x.months as i32);
+                *by_expiry_month.entry(label).or_default() += coins;
+            }
+        }
+        CoinStats {
+            outstanding: Outstanding {
+                total: totals.held,
+                by_expiry_month,
+            },
+            debt: totals.debt,
+            expired: totals.expired,
+            redeemed: totals.redeemed,
+        }
+    }
+
+    /// Adds another instance's answer.
+    fn merge(&mut self, o: CoinStats) {
+        self.outstanding.total += o.outstanding.total;
+        for (month, coins) in o.outstanding.by_expiry_month {
+            *self.outstanding.by_expiry_month.entry(month).or_default() += coins;
+        }
+        self.outstanding.by_expiry_month.retain(|_, c| *c != 0);
+        self.debt += o.debt;
+        self.expired += o.expired;
+        self.redeemed += o.redeemed;
+    }
+}
+
+/// `GET /v1/stats/coins`: the coin liability (coins held, by expiry month; debt; expired
+/// and redeemed so far) of every user, gathered from every instance like the boards.
+pub(super) async fn coins(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    if query.is_some_and(|q| !q.is_empty()) {
+        return Err(ApiError::bad_request(
+            "unknown_parameter",
+            "this route takes no parameters",
+        ));
+    }
+    let held = Held::now(&state);
+    let mut stats = CoinStats::of(&state.store.coin_totals(|p| held.has(p)), state.expiry);
+    let mut offsets = state.status.offsets_header();
+    if !headers.contains_key(HEADER_FORWARDED) && state.status.in_group() {
+        let replies = Replies::<CoinStats>::sort(
+            cluster::gather(&state, "/v1/stats/coins").await,
+            NotFound::Fails,
+        );
+        let missing = held.uncovered(&state, &replies.covered);
+        if !missing.is_empty() {
+            return Err(owners_missing(
+                "the coin liability",
+                &missing,
+                &replies.failed,
+            ));
+        }
+        offsets = cluster::joined_header(offsets, &replies.ok, HEADER_OFFSETS);
+        for r in replies.ok {
+            stats.merge(r.value);
+        }
+    }
+    let mut r = with_freshness(&state, Json(stats).into_response());
+    if let Ok(v) = HeaderValue::from_str(&offsets) {
+        r.headers_mut().insert(HEADER_OFFSETS, v);
+    }
+    Ok(r)
+}
+
 /// `GET /readyz`: partitions assigned and positioned, last commit good.
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     match state.status.ready() {
@@ -708,6 +808,16 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
             telemetry::allocator_sampled();
             telemetry::process_sampled();
             telemetry::store_sampled(&state.store);
+            let held = Held::now(&state);
+            let coins = CoinStats::of(&state.store.coin_totals(|p| held.has(p)), state.expiry);
+            let in_lots: i128 = coins.outstanding.by_expiry_month.values().sum();
+            telemetry::liability_sampled(
+                &coins.outstanding.by_expiry_month,
+                coins.outstanding.total - in_lots,
+                coins.debt,
+                coins.expired,
+                coins.redeemed,
+            );
             (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                 h.render(),

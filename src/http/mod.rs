@@ -34,11 +34,12 @@ use crate::telemetry;
 pub const OPENAPI: &str = include_str!("../../schemas/openapi.json");
 
 /// Every route, as its pattern (the OpenAPI test checks the document against it).
-pub const ROUTES: [&str; 11] = [
+pub const ROUTES: [&str; 12] = [
     "/v1/users/{user_id}",
     "/v1/users/{user_id}/rank",
     "/v1/leaderboard",
     "/v1/levels",
+    "/v1/stats/coins",
     "/board",
     "/me/{user_id}",
     "/pages/{file}",
@@ -68,6 +69,8 @@ pub struct AppState {
     pub calendar: crate::domain::Calendar,
     /// How levels follow XP, for `/v1/levels` (the shopper's page shows progress from it).
     pub levels: crate::domain::rules::LevelScale,
+    /// `[expiry]`, for `/v1/stats/coins` (lots by the month they expire in).
+    pub expiry: Option<crate::domain::Expiry>,
 }
 
 /// The whole HTTP app.
@@ -77,6 +80,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/v1/users/{user_id}/rank", get(handlers::rank))
         .route("/v1/leaderboard", get(handlers::leaderboard))
         .route("/v1/levels", get(handlers::levels))
+        .route("/v1/stats/coins", get(handlers::coins))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(v1)

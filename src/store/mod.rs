@@ -717,6 +717,15 @@ impl Store {
             .sum()
     }
 
+    /// The coin liability of the users of the partitions `keep` accepts (held with the
+    /// boards, moved by each commit).
+    pub fn coin_totals(&self, keep: impl Fn(i32) -> bool) -> crate::engine::CoinTotals {
+        self.boards
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .coins(keep)
+    }
+
     /// Bytes the boards hold in memory, by structure.
     pub fn board_bytes(&self) -> crate::engine::BoardBytes {
         self.boards
