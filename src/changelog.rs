@@ -35,6 +35,13 @@ pub struct Meta {
     pub next_offset: i64,
     /// The event-time mark (seconds), if any receipt was applied.
     pub mark: Option<i64>,
+    /// The mark's nanoseconds (absent from records of builds before the time rules).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mark_nanos: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// One changelog record.
@@ -189,7 +196,7 @@ impl Entry {
         };
         let text = std::str::from_utf8(key).map_err(|_| ChangelogError::Key(shown()))?;
         let value = match value {
-            Some(v @ [FORMAT | value::FORMAT, ..]) => v,
+            Some(v @ [FORMAT | value::FORMAT_2 | value::FORMAT, ..]) => v,
             Some([other, ..]) => {
                 return Err(bad(format!(
                     "format {other}, expected {FORMAT} or {}",
@@ -284,6 +291,7 @@ mod tests {
                 topic: "receipts".into(),
                 next_offset: 42,
                 mark: Some(1_700_000_000),
+                mark_nanos: 250_000_000,
             }),
         ];
         for e in &all {

@@ -525,12 +525,13 @@ impl Processor {
     /// The oldest issued_at (seconds) partition `p` still checks: its mark (pending or
     /// committed) less the window. `None` before any receipt was applied.
     fn cutoff(&self, p: i32) -> Option<i64> {
-        self.mark(p).map(|m| m.saturating_sub(self.window_secs))
+        self.mark(p)
+            .map(|m| m.secs.saturating_sub(self.window_secs))
     }
 
     /// Partition `p`'s mark: the batch in hand's, else the batch being written's, else the
     /// store's.
-    fn mark(&self, p: i32) -> Option<i64> {
+    fn mark(&self, p: i32) -> Option<domain::Timestamp> {
         self.tasks
             .get(&p)
             .and_then(|t| t.pending.marks.get(&p))
@@ -653,14 +654,17 @@ impl Processor {
         self.store.user(key.0, &key.1)
     }
 
-    /// A receipt issued at `issued_secs` was applied in partition `p`: the partition's
-    /// event-time mark moves up to it, but never more than the clock skew allowed past the
-    /// record's Kafka timestamp (a POS clock set far ahead cannot make every later
-    /// receipt `too_old`).
-    fn advance_mark(&mut self, p: i32, issued_secs: i64, timestamp_ms: Option<i64>) {
+    /// A receipt issued at `issued_at` was applied in partition `p`: the partition's
+    /// event-time mark moves up to it (to its full precision), but never more than the
+    /// clock skew allowed past the record's Kafka timestamp (a POS clock set far ahead
+    /// cannot make every later receipt `too_old`).
+    fn advance_mark(&mut self, p: i32, issued_at: domain::Timestamp, timestamp_ms: Option<i64>) {
         let at = match timestamp_ms {
-            Some(ms) => issued_secs.min(ms.div_euclid(1000).saturating_add(MAX_CLOCK_SKEW_SECS)),
-            None => issued_secs,
+            Some(ms) => issued_at.min(domain::Timestamp {
+                secs: ms.div_euclid(1000).saturating_add(MAX_CLOCK_SKEW_SECS),
+                nanos: ms.rem_euclid(1000) as u32 * 1_000_000,
+            }),
+            None => issued_at,
         };
         if self.mark(p).is_none_or(|m| at > m) {
             self.task(p).pending.marks.insert(p, at);
@@ -747,11 +751,8 @@ impl Processor {
             state.source = Some(source);
         }
         if applied && timed {
-            let mark = mark_before.map_or(receipt.issued_at, |secs| domain::Timestamp {
-                secs,
-                nanos: 0,
-            });
-            timers::qualify(state, &self.rules, receipt.issued_at.max(mark), &mut late);
+            let at = mark_before.map_or(receipt.issued_at, |m| m.max(receipt.issued_at));
+            timers::qualify(state, &self.rules, at, &mut late);
         }
         let next = timed
             .then(|| timers::next_timer(state, &self.rules))
@@ -793,7 +794,7 @@ impl Processor {
                 for event in &events {
                     self.stats.count(event);
                 }
-                self.advance_mark(p, receipt.issued_at.secs, rec.timestamp_ms);
+                self.advance_mark(p, receipt.issued_at, rec.timestamp_ms);
                 let task = self.task(p);
                 if let (Some(updated), Some(refund_of)) = (updated, receipt.kind.refund_of()) {
                     task.pending
@@ -869,10 +870,10 @@ impl Processor {
         own: &str,
         applied: bool,
     ) -> Result<(), Folded> {
-        let mark = domain::Timestamp {
-            secs: self.mark(p).unwrap_or(i64::MIN),
+        let mark = self.mark(p).unwrap_or(domain::Timestamp {
+            secs: i64::MIN,
             nanos: 0,
-        };
+        });
         let mut changed = if applied {
             self.fire_due(p, mark, source, own)?
         } else {
@@ -903,13 +904,8 @@ impl Processor {
         own: &str,
     ) -> Result<BTreeSet<String>, Folded> {
         let mut changed = BTreeSet::new();
-        // Timers are whole seconds: due when their second is the mark's or before.
-        let limit = domain::Timestamp {
-            secs: mark.secs,
-            nanos: 999_999_999,
-        };
         while let Some((at, user)) = self.timers.get_mut(&p).and_then(|q| {
-            let due = q.first().is_some_and(|(t, _)| *t <= limit);
+            let due = q.first().is_some_and(|(t, _)| *t <= mark);
             due.then(|| q.pop_first()).flatten()
         }) {
             let key = (p, user);
@@ -1203,7 +1199,8 @@ impl Processor {
                     changelog::EntryRef::Meta(changelog::Meta {
                         topic: topic.clone(),
                         next_offset: *next,
-                        mark: self.mark(p),
+                        mark: self.mark(p).map(|m| m.secs),
+                        mark_nanos: self.mark(p).map_or(0, |m| m.nanos),
                     }),
                 ));
             }

@@ -81,6 +81,10 @@ pub const FORMAT_VERSION: u32 = 1;
 const IMPORT_BATCH: usize = 20_000;
 
 /// One line of a snapshot file.
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Line {
@@ -96,6 +100,9 @@ enum Line {
     Mark {
         partition: i32,
         secs: i64,
+        /// The mark's nanoseconds (absent from files of builds before the time rules).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        nanos: u32,
     },
     User {
         partition: i32,
@@ -169,10 +176,11 @@ pub fn export(
     let marks = store.marks();
     let mut sorted: Vec<_> = marks.iter().collect();
     sorted.sort();
-    for (partition, secs) in sorted {
+    for (partition, mark) in sorted {
         write(&Line::Mark {
             partition: *partition,
-            secs: *secs,
+            secs: mark.secs,
+            nanos: mark.nanos,
         })?;
         counts.marks += 1;
     }
@@ -192,7 +200,7 @@ pub fn export(
     let window = i64::from(dedup_window_days) * 86_400;
     let cutoffs: HashMap<i32, i64> = marks
         .iter()
-        .map(|(p, m)| (*p, m.saturating_sub(window)))
+        .map(|(p, m)| (*p, m.secs.saturating_sub(window)))
         .collect();
     for e in store.ledger_entries() {
         let (partition, user_id, receipt_id, entry) = e.map_err(&stored)?;
@@ -305,8 +313,13 @@ fn fill(file: &Path, staging: &Path) -> Result<Counts, SnapshotError> {
                 tail.offsets.insert((topic, partition), next);
                 counts.offsets += 1;
             }
-            Some(Line::Mark { partition, secs }) => {
-                tail.marks.insert(partition, secs);
+            Some(Line::Mark {
+                partition,
+                secs,
+                nanos,
+            }) => {
+                tail.marks
+                    .insert(partition, crate::domain::Timestamp { secs, nanos });
                 counts.marks += 1;
             }
             Some(Line::User { partition, state }) => {

@@ -214,3 +214,103 @@ async fn the_coin_liability_adds_up_the_users_and_survives_a_reopen() {
         assert_eq!(coin_stats(reopened, expiry).await, want);
     }
 }
+
+/// A processor stopped after every commit and started again on the reopened store (its
+/// timers read again from the stored users, its mark from the store, to the full
+/// precision of `issued_at`) publishes exactly what one processor does.
+#[test]
+fn a_restart_after_every_commit_changes_nothing() {
+    for dir in SETS {
+        let config = mallquest::config::Config::parse(&time::config_text(dir)).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sink = MemorySink::default();
+        let receipts = time::receipts();
+        for chunk in receipts.chunks(61) {
+            let store = Arc::new(Store::open(tmp.path()).unwrap());
+            let mut processor = Processor::new(Arc::clone(&store), config.rules.clone())
+                .with_dedup_window_days(config.processing.dedup_window_days);
+            for r in chunk {
+                golden::feed(&mut processor, r);
+            }
+            processor.commit(&mut sink).unwrap();
+        }
+        let expected = time::projections(dir);
+        for (user, want) in &expected {
+            let mut want = want.clone();
+            instants(&mut want);
+            let got = comparable(&ProjectionJson::from_state(&sink.projections[user]));
+            assert_eq!(got, want, "{user} ({dir:?})");
+        }
+        let want: Vec<Value> = time::events(dir)
+            .into_iter()
+            .map(|mut v| {
+                instants(&mut v);
+                v
+            })
+            .collect();
+        let got: Vec<Value> = sink
+            .events
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::from_slice(&codec::encode_event(e)).unwrap();
+                instants(&mut v);
+                v
+            })
+            .collect();
+        assert_eq!(got, want, "{dir:?}");
+    }
+}
+
+/// The mark keeps the fraction of a second of the `issued_at` that set it, in the store
+/// too: a late record that qualifies a user after a restart gets the mark's exact instant
+/// as its `tier_changed` `at` and its tier's `since`.
+#[test]
+fn the_mark_keeps_its_fraction_across_a_restart() {
+    let config = mallquest::config::Config::parse(
+        "[rules]\ntimezone = \"Europe/Berlin\"\n\n[tiers]\n[[tiers.levels]]\nid = \"silver\"\nmin = \"50.00\"\n",
+    )
+    .unwrap();
+    let receipt = |id: &str, user: &str, amount: &str, at: &str| {
+        let v = serde_json::json!({
+            "receipt_id": id, "user_id": user, "store_id": "s-1", "amount": amount, "issued_at": at,
+        });
+        (user.to_owned(), serde_json::to_vec(&v).unwrap())
+    };
+    let records = [
+        receipt("r-1", "u-a", "10.00", "2027-03-10T10:00:00.750+01:00"),
+        // Late: issued before the mark, and enough for silver.
+        receipt("r-2", "u-b", "60.00", "2027-03-09T10:00:00Z"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sink = MemorySink::default();
+    for (offset, (user, value)) in records.iter().enumerate() {
+        // A processor a record, each on the store the one before left.
+        let store = Arc::new(Store::open(tmp.path()).unwrap());
+        let mut processor = Processor::new(Arc::clone(&store), config.rules.clone());
+        processor
+            .process(mallquest::pipeline::Record {
+                topic: "receipts",
+                partition: 0,
+                offset: offset as i64,
+                key: Some(user.as_bytes()),
+                payload: Some(value),
+                timestamp_ms: None,
+            })
+            .unwrap();
+        processor.commit(&mut sink).unwrap();
+    }
+    let mark = Timestamp::parse_rfc3339("2027-03-10T09:00:00.750Z").unwrap();
+    let changed: Vec<Value> = sink
+        .events
+        .iter()
+        .map(|e| serde_json::from_slice(&codec::encode_event(e)).unwrap())
+        .filter(|v: &Value| v["type"] == "tier_changed")
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(
+        Timestamp::parse_rfc3339(changed[0]["at"].as_str().unwrap()),
+        Some(mark)
+    );
+    let b = &sink.projections["u-b"];
+    assert_eq!(b.tier.as_ref().map(|t| t.since), Some(mark));
+}

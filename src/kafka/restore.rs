@@ -272,8 +272,10 @@ fn position(
 ) {
     if let Some(m) = metas.remove(&p) {
         set.offsets.insert((m.topic.clone(), p), m.next_offset);
-        if let Some(mark) = m.mark {
-            set.marks.insert(p, mark);
+        if let Some(secs) = m.mark {
+            let nanos = m.mark_nanos;
+            set.marks
+                .insert(p, crate::domain::Timestamp { secs, nanos });
         }
     }
     if let Some(n) = next.remove(&p) {

@@ -34,6 +34,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use batch::Batch;
 
+use crate::domain::Timestamp;
 use crate::domain::{LedgerEntry, UserState};
 use crate::engine::{BoardChanges, Boards, Builder};
 
@@ -116,7 +117,7 @@ pub struct WriteSet {
     /// Next offset to read, by (topic, partition).
     pub offsets: BTreeMap<(String, i32), i64>,
     /// New event-time marks (seconds), by partition.
-    pub marks: BTreeMap<i32, i64>,
+    pub marks: BTreeMap<i32, Timestamp>,
     /// Next offset to read of each partition's changelog, once this batch is stored.
     pub changelog: BTreeMap<i32, i64>,
     /// For users in `users`: their scores as stored before this batch (`None`: new user),
@@ -153,7 +154,7 @@ pub struct Prepared {
     /// The batch's moves on the boards, applied with its writes.
     boards: BoardChanges,
     /// The batch's new event-time marks.
-    marks: BTreeMap<i32, i64>,
+    marks: BTreeMap<i32, Timestamp>,
     /// Partitions the batch holds offsets of.
     partitions: Vec<i32>,
     /// Hashes of the user keys the batch writes, by partition ([`seen`]).
@@ -278,7 +279,7 @@ struct Expiry {
     /// The window in seconds; 0 until a processor sets it (then nothing expires).
     window_secs: AtomicI64,
     /// Committed marks by partition.
-    marks: RwLock<HashMap<i32, i64>>,
+    marks: RwLock<HashMap<i32, Timestamp>>,
 }
 
 impl Expiry {
@@ -291,7 +292,7 @@ impl Expiry {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(p, m)| (*p, m.saturating_sub(window)))
+            .map(|(p, m)| (*p, m.secs.saturating_sub(window)))
             .collect()
     }
 }
@@ -760,8 +761,9 @@ impl Store {
         self.expiry.window_secs.store(secs, Ordering::Relaxed);
     }
 
-    /// The committed event-time mark of a partition, in seconds.
-    pub fn mark(&self, partition: i32) -> Option<i64> {
+    /// The committed event-time mark of a partition (the newest applied `issued_at`, to
+    /// its full precision).
+    pub fn mark(&self, partition: i32) -> Option<Timestamp> {
         self.expiry
             .marks
             .read()
@@ -771,7 +773,7 @@ impl Store {
     }
 
     /// Every committed mark, by partition.
-    pub fn marks(&self) -> HashMap<i32, i64> {
+    pub fn marks(&self) -> HashMap<i32, Timestamp> {
         self.expiry
             .marks
             .read()
@@ -779,7 +781,9 @@ impl Store {
             .clone()
     }
 
-    fn scan_marks(&self) -> Result<HashMap<i32, i64>, StoreError> {
+    /// The stored marks: seconds (i64 BE), then nanoseconds (u32 BE); stores before the
+    /// time rules wrote the seconds alone.
+    fn scan_marks(&self) -> Result<HashMap<i32, Timestamp>, StoreError> {
         let mut out = HashMap::new();
         for kv in self.marks_ks.iter() {
             let (k, v) = kv.into_inner().map_err(io("scan marks"))?;
@@ -788,8 +792,20 @@ impl Store {
                 detail: "malformed key or value".into(),
             };
             let p: [u8; 4] = k.as_ref().try_into().map_err(|_| corrupt())?;
-            let m: [u8; 8] = v.as_ref().try_into().map_err(|_| corrupt())?;
-            out.insert(i32::from_be_bytes(p), i64::from_be_bytes(m));
+            let secs: [u8; 8] = v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(corrupt)?;
+            let nanos = match v.get(8..) {
+                Some([]) => 0,
+                Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+                _ => return Err(corrupt()),
+            };
+            if nanos >= 1_000_000_000 {
+                return Err(corrupt());
+            }
+            let secs = i64::from_be_bytes(secs);
+            out.insert(i32::from_be_bytes(p), Timestamp { secs, nanos });
         }
         Ok(out)
     }
@@ -1002,7 +1018,10 @@ impl Store {
                 );
             }
             for (p, mark) in &set.marks {
-                batch.insert(&self.marks_ks, p.to_be_bytes(), mark.to_be_bytes());
+                let mut v = [0u8; 12];
+                v[..8].copy_from_slice(&mark.secs.to_be_bytes());
+                v[8..].copy_from_slice(&mark.nanos.to_be_bytes());
+                batch.insert(&self.marks_ks, p.to_be_bytes(), v);
             }
             for (p, next) in &set.changelog {
                 batch.insert(&self.changelog, p.to_be_bytes(), next.to_be_bytes());
@@ -1514,7 +1533,13 @@ mod tests {
             assert_eq!(found(&store, 1, "never"), None);
             // Partition 1's mark at 5,000: its entries issued before 2,000 leave the window.
             let mut set = WriteSet::default();
-            set.marks.insert(1, 5_000);
+            set.marks.insert(
+                1,
+                Timestamp {
+                    secs: 5_000,
+                    nanos: 0,
+                },
+            );
             for i in 0..2_000 {
                 set.ledger_expired.insert((1, "u".into(), format!("r-{i}")));
                 live.remove(&(1, format!("r-{i}")));

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::PoisonError;
 
 use super::{Board, Store, StoreError};
-use crate::domain::{Calendar, Period, Timestamp, UserState};
+use crate::domain::{Calendar, Period, UserState};
 
 impl Store {
     /// How many of the latest periods of each kind are kept (`[processing] periods_kept`;
@@ -40,13 +40,13 @@ impl Store {
         calendar: Calendar,
         keep: impl Fn(i32) -> bool,
     ) -> Option<String> {
-        let secs = self
+        let mark = self
             .marks()
             .into_iter()
             .filter(|(p, _)| keep(*p))
             .map(|(_, m)| m)
             .max()?;
-        Some(calendar.key(kind, Timestamp { secs, nanos: 0 }))
+        Some(calendar.key(kind, mark))
     }
 
     /// The kept keys of `kind` over the partitions `keep` accepts: the latest

@@ -32,7 +32,7 @@ use super::StoreError;
 pub const FORMAT: u8 = 3;
 
 /// The format before the time section, still read.
-const FORMAT_2: u8 = 2;
+pub const FORMAT_2: u8 = 2;
 
 /// The first byte of a value written as JSON, before the format byte existed.
 const LEGACY_JSON: u8 = b'{';
