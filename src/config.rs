@@ -571,6 +571,94 @@ mod tests {
         assert!(err.to_string().contains("rules.history"), "{err}");
     }
 
+    #[test]
+    fn expiry_and_tiers_reach_the_rules_with_their_defaults_and_bad_ones_are_named() {
+        use crate::domain::timers::{Basis, Downgrade};
+        let c = Config::parse("").unwrap();
+        assert!(c.rules.game.expiry.is_none() && c.rules.game.tiers.is_none());
+        let c = Config::parse(
+            "[expiry]\n[tiers]\n[[tiers.levels]]\nid = \"silver\"\nmin = \"1000.00\"\n\
+             [[tiers.levels]]\nid = \"gold\"\nmin = \"5000.00\"\nbonus_percent = 25\n",
+        )
+        .unwrap();
+        assert_eq!(c.rules.game.expiry.map(|x| x.months), Some(12));
+        let t = c.rules.game.tiers.as_ref().unwrap();
+        assert_eq!(
+            (t.basis, t.window_months, t.downgrade),
+            (Basis::Spend, 12, Downgrade::OneDown)
+        );
+        assert_eq!(
+            t.levels
+                .iter()
+                .map(|l| (l.id.as_str(), l.min, l.bonus_percent))
+                .collect::<Vec<_>>(),
+            [("silver", 100_000, 0), ("gold", 500_000, 25)]
+        );
+        let c = Config::parse(
+            "[tiers]\nbasis = \"xp\"\nwindow_months = 3\ndowngrade = \"to_qualified\"\n\
+             [[tiers.levels]]\nid = \"a\"\nmin = 500\n",
+        )
+        .unwrap();
+        let t = c.rules.game.tiers.as_ref().unwrap();
+        assert_eq!(
+            (t.basis, t.window_months, t.downgrade, t.levels[0].min),
+            (Basis::Xp, 3, Downgrade::ToQualified, 500)
+        );
+        let level = |id: &str, min: &str| format!("[[tiers.levels]]\nid = \"{id}\"\nmin = {min}\n");
+        for (text, named) in [
+            ("[expiry]\nmonths = 0\n".to_owned(), "expiry.months"),
+            ("[expiry]\nmonths = 121\n".to_owned(), "expiry.months"),
+            ("[expiry]\nmonth = 3\n".to_owned(), "month"),
+            ("[tiers]\n".to_owned(), "tiers.levels"),
+            (
+                format!("[tiers]\n{}", level("a", "100")),
+                "tiers.levels.min",
+            ),
+            (
+                format!("[tiers]\nbasis = \"xp\"\n{}", level("a", "\"1.00\"")),
+                "tiers.levels.min",
+            ),
+            (
+                format!(
+                    "[tiers]\n{}{}",
+                    level("a", "\"5.00\""),
+                    level("a", "\"6.00\"")
+                ),
+                "tiers.levels.id",
+            ),
+            (
+                format!(
+                    "[tiers]\n{}{}",
+                    level("a", "\"5.00\""),
+                    level("b", "\"5.00\"")
+                ),
+                "tiers.levels.min",
+            ),
+            (
+                format!("[tiers]\nwindow_months = 0\n{}", level("a", "\"5.00\"")),
+                "tiers.window_months",
+            ),
+            (
+                format!(
+                    "[tiers]\ndowngrade = \"two_down\"\n{}",
+                    level("a", "\"5.00\"")
+                ),
+                "two_down",
+            ),
+            (
+                format!("[tiers]\n{}bonus = 3\n", level("a", "\"5.00\"")),
+                "bonus",
+            ),
+            (
+                format!("[tiers]\n{}bonus_percent = -1\n", level("a", "\"5.00\"")),
+                "tiers.levels.bonus_percent",
+            ),
+        ] {
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(named), "{text:?}: {err}");
+        }
+    }
+
     use super::*;
 
     #[test]

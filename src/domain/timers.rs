@@ -292,11 +292,14 @@ pub struct TierChanged {
 
 /// `2026-03`: the label of month number `month` ([`super::Calendar::month`]).
 pub fn month_label(month: i32) -> String {
-    format!(
-        "{:04}-{:02}",
-        month.div_euclid(12),
-        month.rem_euclid(12) + 1
-    )
+    let (year, m) = (month.div_euclid(12), month.rem_euclid(12) + 1);
+    // As a month's period key prints it (chrono's `%Y`): four digits, and a sign before
+    // a year before 1 (never from a receipt, whose year is checked).
+    if year < 0 {
+        format!("-{:04}-{m:02}", -i64::from(year))
+    } else {
+        format!("{year:04}-{m:02}")
+    }
 }
 
 fn add(a: i64, b: i64) -> Result<i64, Reject> {
@@ -625,4 +628,149 @@ pub fn qualify(s: &mut UserState, rules: &Rules, at: Timestamp, events: &mut Vec
 pub fn refresh(s: &mut UserState, rules: &Rules, mark: Timestamp) {
     s.tier_figure = figure_at(s, rules, mark);
     s.next_expiry = next_expiry(s, rules);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn rules(extra: &str) -> Rules {
+        Config::parse(&format!("[rules]\ntimezone = \"Europe/Berlin\"\n{extra}"))
+            .unwrap()
+            .rules
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(s).unwrap()
+    }
+
+    const EXPIRY: &str = "[expiry]\nmonths = 2\n";
+    const TIERS: &str = "[tiers]\nwindow_months = 2\n[[tiers.levels]]\nid = \"silver\"\nmin = \"600.00\"\nbonus_percent = 10\n[[tiers.levels]]\nid = \"gold\"\nmin = \"2000.00\"\nbonus_percent = 25\n";
+
+    #[test]
+    fn a_month_starts_at_local_midnight_on_either_side_of_a_clock_change() {
+        let cal = rules("").calendar();
+        let jan = cal.month(ts("2027-01-15T12:00:00Z"));
+        assert_eq!(month_label(jan), "2027-01");
+        assert_eq!(cal.month_start(jan + 2), ts("2027-02-28T23:00:00Z"));
+        assert_eq!(cal.month_start(jan + 3), ts("2027-03-31T22:00:00Z"));
+        // 2027-01-31T23:30Z is already February in Berlin.
+        assert_eq!(cal.month(ts("2027-01-31T23:30:00Z")), jan + 1);
+        assert_eq!(month_label(-1), "-0001-12");
+    }
+
+    #[test]
+    fn credits_pay_debt_first_and_fill_the_month_s_lot() {
+        let r = rules(EXPIRY);
+        let mut s = UserState::new("u");
+        credit(&mut s, &r, 100, 50).unwrap();
+        credit(&mut s, &r, 101, 30).unwrap();
+        credit(&mut s, &r, 100, 5).unwrap();
+        assert_eq!((s.coins, s.lots.clone()), (85, vec![(100, 55), (101, 30)]));
+        // A refund of the month-101 purchase: its lot first, then the oldest; the rest is debt.
+        let taken = debit(&mut s, &r, Some(101), 100).unwrap();
+        assert_eq!(taken, vec![(100, 55), (101, 30)]);
+        assert_eq!((s.coins, s.lots.clone()), (-15, vec![]));
+        credit(&mut s, &r, 102, 10).unwrap();
+        assert_eq!((s.coins, s.lots.clone()), (-5, vec![]));
+        credit(&mut s, &r, 102, 12).unwrap();
+        assert_eq!((s.coins, s.lots.clone()), (7, vec![(102, 7)]));
+    }
+
+    #[test]
+    fn a_redemption_takes_the_oldest_lots_and_its_reversal_gives_them_back() {
+        let r = rules(EXPIRY);
+        let mut s = UserState::new("u");
+        credit(&mut s, &r, 100, 50).unwrap();
+        credit(&mut s, &r, 101, 80).unwrap();
+        let taken = debit(&mut s, &r, None, 70).unwrap();
+        assert_eq!(taken, vec![(100, 50), (101, 20)]);
+        assert_eq!(s.lots, vec![(101, 60)]);
+        // In debt meanwhile: the reversal pays it, then refills the oldest lots taken.
+        debit(&mut s, &r, None, 90).unwrap();
+        assert_eq!(s.coins, -30);
+        give_back(&mut s, &r, &taken, 103, 70).unwrap();
+        assert_eq!((s.coins, s.lots.clone()), (40, vec![(100, 40)]));
+    }
+
+    #[test]
+    fn timers_fire_in_time_order_expiry_before_review_and_only_when_due() {
+        let r = rules(&format!("{EXPIRY}{TIERS}"));
+        let mut s = UserState::new("u");
+        let jan = r.calendar().month(ts("2027-01-10T10:00:00Z"));
+        credit(&mut s, &r, jan, 150).unwrap();
+        count_month(&mut s, &r, ts("2027-01-10T10:00:00Z"), 210_000, 0).unwrap();
+        let mut events = Vec::new();
+        assert!(qualify(&mut s, &r, ts("2027-01-10T10:00:00Z"), &mut events));
+        assert_eq!(s.tier.as_ref().map(|t| t.id.as_str()), Some("gold"));
+        assert_eq!(s.next_review, Some(ts("2027-01-31T23:00:00Z")));
+        // Reviews keep gold on Feb 1 and Mar 1 (January counts); the lot expires on Mar 1
+        // first; Apr 1 reads Feb + Mar: nothing, one level down.
+        assert!(!fire_until(&mut s, &r, ts("2027-02-28T22:59:59Z"), &mut events).unwrap());
+        assert_eq!(events.len(), 1);
+        assert!(fire_until(&mut s, &r, ts("2027-04-15T00:00:00Z"), &mut events).unwrap());
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|e| match e {
+                Event::TierChanged(t) => format!("{:?}>{:?}@{}", t.from, t.to, t.at.to_rfc3339()),
+                Event::CoinsExpired(x) => format!("expired {}@{}", x.coins, x.at.to_rfc3339()),
+                _ => "other".into(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "None>Some(\"gold\")@2027-01-10T10:00:00Z",
+                "expired 150@2027-02-28T23:00:00Z",
+                "Some(\"gold\")>Some(\"silver\")@2027-03-31T22:00:00Z",
+            ]
+        );
+        assert_eq!((s.coins, s.coins_expired), (0, 150));
+        assert_eq!(
+            s.tier.as_ref().map(|t| t.since),
+            Some(ts("2027-03-31T22:00:00Z"))
+        );
+        assert_eq!(next_timer(&s, &r), Some(ts("2027-04-30T22:00:00Z")));
+    }
+
+    #[test]
+    fn to_qualified_drops_to_what_the_figure_reaches() {
+        let r = rules(&TIERS.replace(
+            "window_months = 2",
+            "window_months = 2\ndowngrade = \"to_qualified\"",
+        ));
+        let mut s = UserState::new("u");
+        count_month(&mut s, &r, ts("2027-01-10T10:00:00Z"), 210_000, 0).unwrap();
+        let mut events = Vec::new();
+        qualify(&mut s, &r, ts("2027-01-10T10:00:00Z"), &mut events);
+        fire_until(&mut s, &r, ts("2027-04-01T00:00:00Z"), &mut events).unwrap();
+        assert_eq!(s.tier, None);
+        assert_eq!(s.next_review, None);
+        assert_eq!(next_timer(&s, &r), None);
+    }
+
+    #[test]
+    fn the_tier_bonus_is_the_held_tier_s_percent_of_base_coins_floored() {
+        let r = rules(TIERS);
+        let mut s = UserState::new("u");
+        assert_eq!(tier_bonus(&s, &r, 199).unwrap(), 0);
+        s.tier = Some(TierHeld {
+            id: "silver".into(),
+            since: ts("2027-01-10T10:00:00Z"),
+        });
+        assert_eq!(tier_bonus(&s, &r, 199).unwrap(), 19);
+        assert_eq!(tier_bonus(&s, &rules(""), 199).unwrap(), 0);
+    }
+
+    #[test]
+    fn without_the_sections_coins_only_move_and_nothing_is_timed() {
+        let r = rules("");
+        let mut s = UserState::new("u");
+        credit(&mut s, &r, 100, 50).unwrap();
+        assert!(debit(&mut s, &r, None, 20).unwrap().is_empty());
+        assert_eq!((s.coins, s.lots.is_empty()), (30, true));
+        assert_eq!(next_timer(&s, &r), None);
+        assert_eq!(figure_at(&s, &r, ts("2027-01-10T10:00:00Z")), None);
+    }
 }
