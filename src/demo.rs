@@ -42,16 +42,20 @@ pub struct DemoOptions {
     /// Keep the store (and its temporary directory) in the summary, for `--serve`.
     pub keep_store: bool,
     /// The stream of earlier versions: 50 ms apart, no redemptions (the fold benchmarks'
-    /// stream). Otherwise receipts span four weeks and 3% are redemptions.
+    /// stream). Otherwise receipts span `span_days` and 3% are redemptions.
     pub plain: bool,
+    /// Days of event time the receipts span from 2026-11-01 (not with `plain`):
+    /// [`GAME_SPAN_DAYS`] for `demo`.
+    pub span_days: u64,
 }
 
 /// The game `demo` plays when given no config (README, "The game").
 pub const DEMO_GAME: &str = include_str!("../config/demo-game.toml");
 
 /// Days of event time the simulated receipts span (but with `plain`): enough for streaks,
-/// weekly missions and period boards to mean something.
-const GAME_SPAN_DAYS: u64 = 28;
+/// weekly missions and period boards to mean something, and past a month start, so that
+/// the demo game's November coins expire and its tiers are reviewed.
+pub const GAME_SPAN_DAYS: u64 = 42;
 
 /// A row of a top 10: (user_id, xp, level, coins).
 pub type TopRow = (String, i64, u32, i64);
@@ -309,7 +313,7 @@ pub fn run(config: &Config, opts: &DemoOptions, progress: bool) -> anyhow::Resul
     };
     let mut sim = Simulator::new(opts.seed, opts.users, opts.stores, mix);
     if !opts.plain {
-        sim = sim.spread_over(GAME_SPAN_DAYS, opts.receipts);
+        sim = sim.spread_over(opts.span_days, opts.receipts);
     }
     if opts.every_user {
         sim = sim.every_user_first();
@@ -464,6 +468,23 @@ impl std::fmt::Display for DemoSummary {
             .collect();
         if !rejected.is_empty() {
             writeln!(f, "  rejects      {}", rejected.join(", "))?;
+        }
+        if s.coins_expired > 0 || !s.tier_changes.is_empty() {
+            let tiers: Vec<String> = s
+                .tier_changes
+                .iter()
+                .map(|(to, n)| format!("{} {n}", to.as_deref().unwrap_or("none")))
+                .collect();
+            writeln!(
+                f,
+                "  time         coins expired {}  tier changes to: {}",
+                s.coins_expired,
+                if tiers.is_empty() {
+                    "-".to_owned()
+                } else {
+                    tiers.join(", ")
+                }
+            )?;
         }
         let (title, rows) = match &self.week {
             Some((key, rows)) => {

@@ -66,6 +66,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 every_user,
                 keep_store: serve.is_some(),
                 plain,
+                span_days: demo::GAME_SPAN_DAYS,
             };
             commands::demo(opts, config, serve)
         }
@@ -89,6 +90,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 every_user,
                 keep_store: false,
                 plain: true,
+                span_days: demo::GAME_SPAN_DAYS,
             };
             commands::bench(&opts, config, json)
         }

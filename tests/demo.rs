@@ -22,6 +22,7 @@ fn options(keep_store: bool, plain: bool) -> DemoOptions {
         every_user: false,
         keep_store,
         plain,
+        span_days: demo::GAME_SPAN_DAYS,
     }
 }
 
@@ -46,12 +47,16 @@ fn the_demo_plays_the_game_and_its_summary_fits_one_screen() {
     let expected: Vec<(String, i64)> = board.into_iter().map(|(s, u)| (u.user_id, s)).collect();
     let shown: Vec<(String, i64)> = rows.iter().map(|r| (r.0.clone(), r.1)).collect();
     assert_eq!(shown, expected);
-    // The receipts span four weeks: the shown week is the last one (2026-11-28/29).
-    assert_eq!(week, "2026-W48");
+    // The receipts span six weeks: the shown week is the last one (2026-12-07 to 13).
+    assert_eq!(week, "2026-W50");
+    // November's coins expired on 1 December, and tiers changed.
+    assert!(s.coins_expired > 0, "coins expired");
+    assert!(s.tier_changes.values().sum::<u64>() > 0, "tier changes");
     let text = summary.to_string();
     let lines = text.lines().count();
     assert!(lines <= 45, "{lines} lines:\n{text}");
     assert!(text.contains("game         campaign coins"), "{text}");
+    assert!(text.contains("time         coins expired"), "{text}");
     assert!(
         text.contains("look further") && text.contains("--serve"),
         "{text}"
