@@ -726,10 +726,14 @@ impl Processor {
         // Step (1) of the time rules: the user's own timers due at or before its record
         // fire first, whatever is then decided about the record.
         let mut early = Vec::new();
-        let fired = timed && timers::fire_until(state, &self.rules, receipt.issued_at, &mut early)?;
+        let fired = if timed {
+            timers::fire_until(state, &self.rules, receipt.issued_at, &mut early)
+        } else {
+            timers::Fired::default()
+        };
         // A state loaded for this receipt is dropped if it is rejected (and no timer
-        // changed it): no copy to roll back to is needed.
-        let apply = if fresh && !fired {
+        // moved it): no copy to roll back to is needed.
+        let apply = if fresh && !fired.any {
             domain::apply_discarding
         } else {
             domain::apply
@@ -744,10 +748,10 @@ impl Processor {
         );
         let applied = matches!(result, Ok(Effect::Applied { .. }));
         let mut late = Vec::new();
-        if fired && !applied {
+        if fired.changed && !applied {
             // The record changed nothing itself, but its user's timers did: that is a new
             // version, from this record.
-            state.version = state.version.checked_add(1).ok_or(Reject::Overflow)?;
+            state.version = state.version.saturating_add(1);
             state.source = Some(source);
         }
         if applied && timed {
@@ -757,9 +761,10 @@ impl Processor {
         let next = timed
             .then(|| timers::next_timer(state, &self.rules))
             .flatten();
-        if applied || fired {
+        // A state a timer moved is kept even when the record is rejected: a review that
+        // kept the tier moved its next review, and a replay must find it moved.
+        if applied || fired.any {
             let task = self.task(p);
-            task.unsent.insert(receipt.user_id.clone());
             if let (Some(state), Some(previous)) = (loaded, previous) {
                 task.pending
                     .previous_scores
@@ -775,17 +780,18 @@ impl Processor {
                 q.insert((next, receipt.user_id.clone()));
             }
         }
-        match result? {
-            Effect::Duplicate => {
+        let outcome = match result {
+            Ok(Effect::Duplicate) => {
                 self.stats.duplicates += 1;
+                Ok(())
             }
-            Effect::Applied {
+            Ok(Effect::Applied {
                 entry,
                 original: updated,
                 mut events,
                 coins_delta,
                 attributed: _,
-            } => {
+            }) => {
                 events.append(&mut late);
                 self.stats.applied_one(&entry, coins_delta);
                 if self.tally_stores {
@@ -806,12 +812,18 @@ impl Processor {
                     entry,
                 );
                 task.events.extend(events);
+                Ok(())
+            }
+            Err(reject) => Err(Folded::Rejected(reject)),
+        };
+        if applied || fired.changed {
+            if timed {
+                self.after_record(p, source, &receipt.user_id, applied)?;
+            } else {
+                self.task(p).unsent.insert(receipt.user_id.clone());
             }
         }
-        if applied || fired {
-            self.after_record(p, source, &receipt.user_id, applied)?;
-        }
-        Ok(())
+        outcome
     }
 
     /// Partition `p`'s timers, read from its users (stored, being written and in hand)
@@ -842,6 +854,30 @@ impl Processor {
         Ok(())
     }
 
+    /// A user's next timer, read where its newest state is (the batch in hand, the batch
+    /// being written, the hot set, the store) without moving it.
+    fn next_timer_of(&self, key: &(i32, String)) -> Result<Option<domain::Timestamp>, StoreError> {
+        let next = |u: &UserState| timers::next_timer(u, &self.rules);
+        if let Some(u) = self
+            .tasks
+            .get(&key.0)
+            .and_then(|t| t.pending.users.get(key))
+        {
+            return Ok(next(u));
+        }
+        if let Some(u) = self
+            .landing
+            .as_ref()
+            .and_then(|l| l.sets.get(&key.0)?.users.get(key))
+        {
+            return Ok(next(u));
+        }
+        if let Some(u) = self.hot.as_ref().and_then(|h| h.peek(key)) {
+            return Ok(next(u));
+        }
+        Ok(self.store.user(key.0, &key.1)?.as_ref().and_then(next))
+    }
+
     /// Loads a user into the batch in hand of its partition, if it is not there.
     fn hold(&mut self, key: &(i32, String)) -> Result<(), StoreError> {
         let held = self
@@ -869,7 +905,7 @@ impl Processor {
         source: domain::Source,
         own: &str,
         applied: bool,
-    ) -> Result<(), Folded> {
+    ) -> Result<(), StoreError> {
         let mark = self.mark(p).unwrap_or(domain::Timestamp {
             secs: i64::MIN,
             nanos: 0,
@@ -902,23 +938,18 @@ impl Processor {
         mark: domain::Timestamp,
         source: domain::Source,
         own: &str,
-    ) -> Result<BTreeSet<String>, Folded> {
+    ) -> Result<BTreeSet<String>, StoreError> {
         let mut changed = BTreeSet::new();
         while let Some((at, user)) = self.timers.get_mut(&p).and_then(|q| {
             let due = q.first().is_some_and(|(t, _)| *t <= mark);
             due.then(|| q.pop_first()).flatten()
         }) {
             let key = (p, user);
-            self.hold(&key)?;
-            let state = self
-                .tasks
-                .get_mut(&p)
-                .and_then(|t| t.pending.users.get_mut(&key))
-                .ok_or(StoreError::Poisoned)?;
-            match timers::next_timer(state, &self.rules) {
+            // Read first, held only if a timer is due: a stale entry (the user's timer
+            // moved since) costs no write.
+            match self.next_timer_of(&key)? {
                 Some(due) if due == at => {}
                 Some(due) => {
-                    // A stale entry: the user's timer moved since.
                     if let Some(q) = self.timers.get_mut(&p) {
                         q.insert((due, key.1));
                     }
@@ -926,12 +957,18 @@ impl Processor {
                 }
                 None => continue,
             }
+            self.hold(&key)?;
+            let state = self
+                .tasks
+                .get_mut(&p)
+                .and_then(|t| t.pending.users.get_mut(&key))
+                .ok_or(StoreError::Poisoned)?;
             let mut events = Vec::new();
-            if timers::fire_at(state, &self.rules, at, &mut events)?
+            if timers::fire_at(state, &self.rules, at, &mut events)
                 && key.1 != own
                 && changed.insert(key.1.clone())
             {
-                state.version = state.version.checked_add(1).ok_or(Reject::Overflow)?;
+                state.version = state.version.saturating_add(1);
                 state.source = Some(source);
             }
             let next = timers::next_timer(state, &self.rules);

@@ -77,9 +77,24 @@ impl Status {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Partitions were assigned and positioned at the store's offsets.
+    /// The partitions held changed to `partitions` (assigned and positioned at the
+    /// store's offsets): the offsets served stop naming the ones given up, whose state
+    /// another instance serves now.
     pub fn assigned(&self, partitions: Vec<i32>) {
-        self.write().assigned = Some(partitions);
+        let mut w = self.write();
+        let kept: Vec<String> = w
+            .offsets
+            .split(',')
+            .filter(|part| {
+                part.split_once('=')
+                    .and_then(|(tp, _)| tp.rsplit_once('/'))
+                    .and_then(|(_, p)| p.parse::<i32>().ok())
+                    .is_some_and(|p| partitions.contains(&p))
+            })
+            .map(str::to_owned)
+            .collect();
+        w.offsets = kept.join(",");
+        w.assigned = Some(partitions);
     }
 
     /// Partitions are being restored from the changelog.
@@ -257,8 +272,12 @@ mod tests {
         o.insert(("receipts".to_string(), 0), 120);
         s.committed(&o);
         assert_eq!(s.offsets_header(), "receipts/0=120,receipts/1=98");
+        // A partition given up is no longer named: its state is served elsewhere.
+        s.assigned(vec![0]);
+        assert_eq!(s.offsets_header(), "receipts/0=120");
         s.assigned(Vec::new());
         assert!(s.ready().is_err());
+        assert_eq!(s.offsets_header(), "");
         s.assigned(vec![0]);
         s.broker_unreachable("cannot reach the Kafka brokers at 127.0.0.1:9092: refused".into());
         assert!(s.ready().unwrap_err().contains("127.0.0.1:9092"));

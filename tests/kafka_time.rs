@@ -156,16 +156,70 @@ fn field_diff(got: &Value, want: &Value) -> Vec<String> {
 }
 
 /// The partition -> offset pairs of an `x-mallquest-offsets` header (`topic/p=o,...`).
+/// A merged answer's header may name a partition more than once: an instance keeps
+/// naming, at the offset it had reached, a partition that has moved away from it (its
+/// store still holds it); the newest is the current owner's.
 fn offsets_of(header: Option<&String>) -> BTreeMap<i32, i64> {
-    header
-        .map(String::as_str)
-        .unwrap_or("")
+    let mut out = BTreeMap::<i32, i64>::new();
+    for kv in header.map(String::as_str).unwrap_or("").split(',') {
+        let Some((tp, o)) = kv.trim().split_once('=') else {
+            continue;
+        };
+        let (Some(p), Ok(o)) = (
+            tp.rsplit_once('/').and_then(|(_, p)| p.parse().ok()),
+            o.parse::<i64>(),
+        ) else {
+            continue;
+        };
+        let e = out.entry(p).or_insert(o);
+        *e = (*e).max(o);
+    }
+    out
+}
+
+/// An instance's own `/v1/stats/coins` (not gathered from the others, as a forwarded
+/// request is answered): the answer, the offsets of the partitions it holds, those
+/// partitions. `None` unless it answered 200.
+fn local_stats(http: &str) -> Option<(Value, BTreeMap<i32, i64>, BTreeSet<i32>)> {
+    let request = format!(
+        "GET /v1/stats/coins HTTP/1.1\r\nHost: {http}\r\n{}: 1\r\nConnection: close\r\n\r\n",
+        mallquest::http::HEADER_FORWARDED
+    );
+    let r = support::http::raw(http, request.as_bytes()).ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    let held: BTreeSet<i32> = r
+        .headers
+        .get(mallquest::http::HEADER_PARTITIONS)?
         .split(',')
-        .filter_map(|kv| {
-            let (tp, o) = kv.trim().split_once('=')?;
-            Some((tp.rsplit_once('/')?.1.parse().ok()?, o.parse().ok()?))
-        })
-        .collect()
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    let mut offsets = offsets_of(r.headers.get("x-mallquest-offsets"));
+    offsets.retain(|p, _| held.contains(p));
+    Some((serde_json::from_slice(&r.body).ok()?, offsets, held))
+}
+
+/// Two `/v1/stats/coins` answers of disjoint partitions added up, as a gathered answer
+/// adds them.
+fn add_stats(a: &Value, b: &Value) -> Value {
+    let n = |v: &Value| v.as_i64().unwrap();
+    let mut months = BTreeMap::<String, i64>::new();
+    for s in [a, b] {
+        for (m, c) in s["outstanding"]["by_expiry_month"].as_object().unwrap() {
+            *months.entry(m.clone()).or_default() += n(c);
+        }
+    }
+    months.retain(|_, c| *c != 0);
+    serde_json::json!({
+        "outstanding": {
+            "total": n(&a["outstanding"]["total"]) + n(&b["outstanding"]["total"]),
+            "by_expiry_month": months,
+        },
+        "debt": n(&a["debt"]) + n(&b["debt"]),
+        "expired": n(&a["expired"]) + n(&b["expired"]),
+        "redeemed": n(&a["redeemed"]) + n(&b["redeemed"]),
+    })
 }
 
 /// The next offset of each partition of a topic read back whole.
@@ -606,17 +660,12 @@ fn logs(instances: &[Instance]) -> String {
 fn four_partitions_two_instances(broker: &Broker) {
     const PARTITIONS: i32 = 4;
     create_topic_for_any_time(broker, "receipts-4", PARTITIONS);
-    broker
-        .client()
-        .produce_timed("receipts-4", &timed_receipts());
-    let receipts = broker.read_all("receipts-4");
-    assert_eq!(receipts.len(), time::receipts().len());
-    let ends = ends(&receipts);
-    assert_eq!(
-        ends.len(),
-        PARTITIONS as usize,
-        "every partition has receipts"
-    );
+    // The first half before the instances start (whoever folds it, the other restores its
+    // share from the changelog, timers included), the second half once both hold
+    // partitions (each folds its own).
+    let records = timed_receipts();
+    let (first, second) = records.split_at(records.len() / 2);
+    broker.client().produce_timed("receipts-4", first);
 
     let mut pair = [Instance::start(broker, "a"), Instance::start(broker, "b")];
     // Both hold partitions, all four between them, each once.
@@ -639,28 +688,45 @@ fn four_partitions_two_instances(broker: &Broker) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Everything committed, and each instance's answer covers every partition at its end
-    // and equals the other's.
+    broker.client().produce_timed("receipts-4", second);
+    let receipts = broker.read_all("receipts-4");
+    assert_eq!(receipts.len(), records.len());
+    let ends = ends(&receipts);
+    assert_eq!(
+        ends.len(),
+        PARTITIONS as usize,
+        "every partition has receipts"
+    );
+    // Everything committed: each instance's own answer is at the end of the partitions it
+    // holds, and the two hold every partition once. Then the answer gathered by either
+    // covers every partition at its end, and is the same from both, and is the two own
+    // answers added up.
     let deadline = Instant::now() + Duration::from_secs(90);
     let stats = loop {
-        let mut served = support::http::served_offsets(&pair[0].http);
-        served.extend(support::http::served_offsets(&pair[1].http));
+        let local: Vec<_> = pair.iter().map(|i| local_stats(&i.http)).collect();
         let answers: Vec<_> = pair
             .iter()
             .map(|i| get_json(&i.http, "/v1/stats/coins"))
             .collect();
-        if served == ends {
-            if let [Some((a, oa)), Some((b, ob))] = &answers[..] {
-                if oa == &ends && ob == &ends {
-                    assert_eq!(a, b, "the two instances answer /v1/stats/coins differently");
-                    break a.clone();
-                }
+        if let ([Some((la, oa, ha)), Some((lb, ob, hb))], [Some((a, ga)), Some((b, gb))]) =
+            (&local[..], &answers[..])
+        {
+            let mut served = oa.clone();
+            served.extend(ob);
+            if served == ends && ha.is_disjoint(hb) && ga == &ends && gb == &ends {
+                assert_eq!(a, b, "the two instances answer /v1/stats/coins differently");
+                assert_eq!(
+                    a,
+                    &add_stats(la, lb),
+                    "the gathered answer is not the instances' own answers added up"
+                );
+                break a.clone();
             }
         }
         assert!(
             Instant::now() < deadline,
-            "not all committed and answered after 90 s: served {served:?} of {ends:?}, \
-             answers {answers:?}\n{}",
+            "not all committed and answered after 90 s (ends {ends:?}): own answers \
+             {local:?}, gathered answers {answers:?}\n{}",
             logs(&pair)
         );
         std::thread::sleep(Duration::from_millis(300));
@@ -689,26 +755,41 @@ fn four_partitions_two_instances(broker: &Broker) {
     check_liability(&stats, &projections, "two instances");
     eprintln!("/v1/stats/coins from both instances: {stats}");
 
-    // The metrics: the new series are there, and each instance's liability gauges (its
-    // partitions) add up to the answer.
+    // The metrics: the new series are there (a counter from the first committed batch that
+    // moves it on; the liability gauges at every scrape), and each instance's liability
+    // gauges (its partitions) add up to the answer.
     let texts: Vec<String> = pair.iter().map(|i| metrics(&i.http)).collect();
-    for name in [
-        "mallquest_coins_expired_total",
-        "mallquest_liability_outstanding_coins",
-    ] {
-        for (i, t) in pair.iter().zip(&texts) {
-            assert!(
-                t.contains(name),
-                "{name} missing from {}'s /metrics",
-                i.name
-            );
-        }
+    for (i, t) in pair.iter().zip(&texts) {
+        assert!(
+            t.contains("mallquest_liability_outstanding_coins{"),
+            "mallquest_liability_outstanding_coins missing from {}'s /metrics",
+            i.name
+        );
+    }
+    // Both committed batches in the second half, so both count expired coins; a tier
+    // change (and with it its counter) is on at least one.
+    for (i, t) in pair.iter().zip(&texts) {
+        assert!(
+            t.contains("mallquest_coins_expired_total "),
+            "mallquest_coins_expired_total missing from {}'s /metrics",
+            i.name
+        );
     }
     assert!(
         texts
             .iter()
-            .any(|t| t.contains("mallquest_tier_changes_total")),
-        "mallquest_tier_changes_total on neither instance"
+            .any(|t| t.contains("mallquest_tier_changes_total{to=")),
+        "mallquest_tier_changes_total on neither instance's /metrics"
+    );
+    // Every batch is counted once, by the instance that committed it.
+    let counted: f64 = texts
+        .iter()
+        .map(|t| support::prometheus::sample(t, "mallquest_coins_expired_total"))
+        .sum();
+    assert_eq!(
+        counted,
+        stats["expired"].as_f64().unwrap(),
+        "mallquest_coins_expired_total summed over the instances"
     );
     for (gauge, field) in [
         ("mallquest_liability_debt_coins", "debt"),

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::fold::{Event, UserState};
-use super::money::{format_minor, parse_amount, Minor};
+use super::money::{format_minor, Minor};
 use super::{Reject, Rules, Timestamp};
 
 /// Default of `[expiry] months`.
@@ -157,8 +157,7 @@ impl TryFrom<RawTiers> for Tiers {
                 ));
             }
             let min = match (raw.basis, l.min) {
-                (Basis::Spend, RawMin::Amount(text)) => parse_amount(&text)
-                    .or_else(|| (text == "0" || text == "0.00").then_some(0))
+                (Basis::Spend, RawMin::Amount(text)) => parse_threshold(&text)
                     .ok_or_else(|| {
                         format!("tiers.levels.min: {:?} of {:?} is not an amount such as \"1000.00\"", text, l.id)
                     })?,
@@ -201,6 +200,22 @@ impl TryFrom<RawTiers> for Tiers {
             levels,
         })
     }
+}
+
+/// A spend threshold: a non-negative decimal with at most two decimals (`"1000"`,
+/// `"2500000.50"`), in minor units; no cap but i64's (a figure sums many receipts).
+fn parse_threshold(text: &str) -> Option<i64> {
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(frac) || frac.len() > 2 {
+        return None;
+    }
+    let cents = format!("{frac:0<2}").parse::<i64>().ok()?;
+    whole
+        .parse::<i64>()
+        .ok()?
+        .checked_mul(100)?
+        .checked_add(cents)
 }
 
 impl Tiers {
@@ -425,7 +440,8 @@ pub(crate) fn tier_bonus(s: &UserState, rules: &Rules, base: i64) -> Result<i64,
 }
 
 /// Counts what a receipt attributed to the instant `at` (spend or XP, by the basis) in
-/// the month of `at`, for the tier figure; months no window can reach any more go.
+/// the month of `at`, for the tier figure. Months no window can read any more are dropped
+/// by [`refresh`], which knows the partition's mark.
 pub(crate) fn count_month(
     s: &mut UserState,
     rules: &Rules,
@@ -448,11 +464,6 @@ pub(crate) fn count_month(
         Ok(i) => s.tier_months[i].1 = add(s.tier_months[i].1, v)?,
         Err(i) => s.tier_months.insert(i, (month, v)),
     }
-    // A review at the start of month N reads N - window .. N - 1, and the latest month
-    // counted is at most the mark's: months before `latest - window` are never read.
-    let latest = s.tier_months.last().map_or(month, |m| m.0);
-    let oldest = latest.saturating_sub(tiers.window_months as i32);
-    s.tier_months.retain(|m| m.0 >= oldest);
     Ok(())
 }
 
@@ -464,24 +475,39 @@ fn figure_over(s: &UserState, first: i32, last: i32) -> i64 {
         .fold(0i64, |acc, m| acc.saturating_add(m.1))
 }
 
+/// The window's months ending with `month`: `month - window + 1 ..= month`.
+fn window_ending(tiers: &Tiers, month: i32) -> (i32, i32) {
+    let back = i32::try_from(tiers.window_months).unwrap_or(i32::MAX);
+    (month.saturating_sub(back).saturating_add(1), month)
+}
+
 /// The qualifying figure at instant `at`: the months of the window ending with `at`'s.
 pub fn figure_at(s: &UserState, rules: &Rules, at: Timestamp) -> Option<Figure> {
     let tiers = rules.game.tiers.as_ref()?;
-    let month = rules.calendar().month(at);
-    let v = figure_over(s, month - tiers.window_months as i32 + 1, month);
+    let (first, last) = window_ending(tiers, rules.calendar().month(at));
+    let v = figure_over(s, first, last);
     Some(match tiers.basis {
         Basis::Spend => Figure::Spend(v),
         Basis::Xp => Figure::Xp(v),
     })
 }
 
-/// The user's next timer: the soonest of its oldest lot's expiry and its next review.
+/// When a lot earned in `month` expires: the start of month `month + months`; `None`
+/// (never) past the year 9999, which no RFC 3339 instant can name.
+fn lot_expiry(rules: &Rules, x: Expiry, month: i32) -> Option<Timestamp> {
+    let at = month.checked_add(i32::try_from(x.months).ok()?)?;
+    (at.div_euclid(12) <= 9999).then(|| rules.calendar().month_start(at))
+}
+
+/// The user's next timer: the soonest of its oldest lot's expiry (with `[expiry]`) and
+/// its next review (with `[tiers]`).
 pub fn next_timer(s: &UserState, rules: &Rules) -> Option<Timestamp> {
-    let expiry = rules.game.expiry.and_then(|x| {
-        let (month, _) = s.lots.first()?;
-        Some(rules.calendar().month_start(month + x.months as i32))
-    });
-    match (expiry, s.next_review) {
+    let expiry = rules
+        .game
+        .expiry
+        .and_then(|x| lot_expiry(rules, x, s.lots.first()?.0));
+    let review = rules.game.tiers.as_ref().and(s.next_review);
+    match (expiry, review) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
@@ -491,46 +517,48 @@ pub fn next_timer(s: &UserState, rules: &Rules) -> Option<Timestamp> {
 pub fn next_expiry(s: &UserState, rules: &Rules) -> Option<(Timestamp, i64)> {
     let x = rules.game.expiry?;
     let (month, coins) = s.lots.first()?;
-    Some((
-        rules.calendar().month_start(month + x.months as i32),
-        *coins,
-    ))
+    Some((lot_expiry(rules, x, *month)?, *coins))
+}
+
+/// What firing a user's timers did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fired {
+    /// A timer fired: the state moved (at least its next review), and must be kept.
+    pub any: bool,
+    /// Coins expired or the tier changed: a new version of the user.
+    pub changed: bool,
 }
 
 /// Fires the user's timers due at `t` or before, in time order (at one instant, an
-/// expiry before a review). Returns whether the user's coins or tier changed; a review
-/// that keeps the tier only moves the next review.
+/// expiry before a review).
 pub fn fire_until(
     s: &mut UserState,
     rules: &Rules,
     t: Timestamp,
     events: &mut Vec<Event>,
-) -> Result<bool, Reject> {
-    let mut changed = false;
+) -> Fired {
+    let mut fired = Fired::default();
     while let Some(at) = next_timer(s, rules).filter(|&at| at <= t) {
-        changed |= fire_at(s, rules, at, events)?;
+        fired.any = true;
+        fired.changed |= fire_at(s, rules, at, events);
     }
-    Ok(changed)
+    fired
 }
 
 /// Fires the user's timers due at `at` (its next timer): the lot expiring then, then the
-/// review due then.
-pub fn fire_at(
-    s: &mut UserState,
-    rules: &Rules,
-    at: Timestamp,
-    events: &mut Vec<Event>,
-) -> Result<bool, Reject> {
+/// review due then. Returns whether its coins or tier changed (a review that keeps the
+/// tier only moves the next review).
+pub fn fire_at(s: &mut UserState, rules: &Rules, at: Timestamp, events: &mut Vec<Event>) -> bool {
     let mut changed = false;
     if let Some(x) = rules.game.expiry {
         while let Some(&(month, coins)) = s.lots.first() {
-            let expires = rules.calendar().month_start(month + x.months as i32);
-            if expires > at {
+            let Some(expires) = lot_expiry(rules, x, month).filter(|e| *e <= at) else {
                 break;
-            }
+            };
             s.lots.remove(0);
-            s.coins = sub(s.coins, coins)?;
-            s.coins_expired = add(s.coins_expired, coins)?;
+            // A lot never holds more than the coins: neither can overflow.
+            s.coins = s.coins.saturating_sub(coins);
+            s.coins_expired = s.coins_expired.saturating_add(coins);
             events.push(Event::CoinsExpired(CoinsExpired {
                 user_id: s.user_id.clone(),
                 coins,
@@ -545,7 +573,7 @@ pub fn fire_at(
             changed |= review(s, rules, tiers, due, events);
         }
     }
-    Ok(changed)
+    changed
 }
 
 /// The review at month start `at`: the figure over the window's complete months before
@@ -559,7 +587,8 @@ fn review(
 ) -> bool {
     let cal = rules.calendar();
     let month = cal.month(at);
-    let figure = figure_over(s, month - tiers.window_months as i32, month - 1);
+    let (first, last) = window_ending(tiers, month.saturating_sub(1));
+    let figure = figure_over(s, first, last);
     let held = s.tier.as_ref().and_then(|t| tiers.level_of(&t.id));
     let keeps = held.is_some_and(|l| figure >= tiers.levels[l].min);
     let mut changed = false;
@@ -598,7 +627,8 @@ pub fn qualify(s: &mut UserState, rules: &Rules, at: Timestamp, events: &mut Vec
     };
     let cal = rules.calendar();
     let month = cal.month(at);
-    let figure = figure_over(s, month - tiers.window_months as i32 + 1, month);
+    let (first, last) = window_ending(tiers, month);
+    let figure = figure_over(s, first, last);
     let held = s.tier.as_ref().and_then(|t| tiers.level_of(&t.id));
     let reached = tiers.reached(figure);
     if reached <= held {
@@ -624,8 +654,13 @@ pub fn qualify(s: &mut UserState, rules: &Rules, at: Timestamp, events: &mut Vec
 }
 
 /// Brings the user's derived fields up to date after a record changed it: the figure at
-/// the partition's `mark` and the soonest expiry.
+/// the partition's `mark` and the soonest expiry; and drops the tier months no window can
+/// read any more (every later window ends in the mark's month or after it).
 pub fn refresh(s: &mut UserState, rules: &Rules, mark: Timestamp) {
+    if let Some(tiers) = &rules.game.tiers {
+        let (first, _) = window_ending(tiers, rules.calendar().month(mark).saturating_sub(1));
+        s.tier_months.retain(|m| m.0 >= first);
+    }
     s.tier_figure = figure_at(s, rules, mark);
     s.next_expiry = next_expiry(s, rules);
 }
@@ -707,9 +742,10 @@ mod tests {
         assert_eq!(s.next_review, Some(ts("2027-01-31T23:00:00Z")));
         // Reviews keep gold on Feb 1 and Mar 1 (January counts); the lot expires on Mar 1
         // first; Apr 1 reads Feb + Mar: nothing, one level down.
-        assert!(!fire_until(&mut s, &r, ts("2027-02-28T22:59:59Z"), &mut events).unwrap());
+        let fired = fire_until(&mut s, &r, ts("2027-02-28T22:59:59Z"), &mut events);
+        assert_eq!((fired.any, fired.changed), (true, false));
         assert_eq!(events.len(), 1);
-        assert!(fire_until(&mut s, &r, ts("2027-04-15T00:00:00Z"), &mut events).unwrap());
+        assert!(fire_until(&mut s, &r, ts("2027-04-15T00:00:00Z"), &mut events).changed);
         let kinds: Vec<String> = events
             .iter()
             .map(|e| match e {
@@ -744,7 +780,7 @@ mod tests {
         count_month(&mut s, &r, ts("2027-01-10T10:00:00Z"), 210_000, 0).unwrap();
         let mut events = Vec::new();
         qualify(&mut s, &r, ts("2027-01-10T10:00:00Z"), &mut events);
-        fire_until(&mut s, &r, ts("2027-04-01T00:00:00Z"), &mut events).unwrap();
+        fire_until(&mut s, &r, ts("2027-04-01T00:00:00Z"), &mut events);
         assert_eq!(s.tier, None);
         assert_eq!(s.next_review, None);
         assert_eq!(next_timer(&s, &r), None);
