@@ -790,6 +790,11 @@ impl Model {
             "badges": [],
             "redemptions": 0,
             "coins_redeemed": 0,
+            // The time rules' fields, for rules without [expiry] and [tiers].
+            "tier": null,
+            "tier_figure": null,
+            "coins_expired": 0,
+            "next_expiry": null,
         }))
     }
 }
