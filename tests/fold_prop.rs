@@ -140,7 +140,7 @@ fn run_case(specs: &[Spec], actions: &[Action]) {
     let rules = Rules::default();
     let logs = build(specs);
     let dir = tempfile::tempdir().unwrap();
-    let mut h = Harness::new(&logs, dir.path(), |store| processor(store, &rules));
+    let mut h: Harness<'_> = Harness::new(&logs, dir.path(), |store| processor(store, &rules));
     let mut step = 0usize;
     // A crash rewinds to the last commit, so a schedule of crashes without commits
     // would never finish: a few crashes per case, and later ones act as commits.

@@ -242,7 +242,7 @@ fn run(specs: Vec<Spec>, actions: Vec<Action>) {
     let rules = config.rules.clone();
     let logs = build(&specs);
     let dir = tempfile::tempdir().unwrap();
-    let mut h = Harness::new(&logs, dir.path(), |store| {
+    let mut h: Harness<'_> = Harness::new(&logs, dir.path(), |store| {
         Processor::new(Arc::clone(store), rules.clone())
     });
     let mut step = 0;

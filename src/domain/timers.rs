@@ -647,9 +647,10 @@ pub fn qualify(s: &mut UserState, rules: &Rules, at: Timestamp, events: &mut Vec
         at,
     }));
     s.tier = Some(TierHeld { id, since: at });
-    if s.next_review.is_none() {
-        s.next_review = Some(cal.month_start(month.saturating_add(1)));
-    }
+    // Reviewed at every month start after `at`: a record rejected past the mark may have
+    // reviewed the tier before already, at a month start after `at`.
+    let first = cal.month_start(month.saturating_add(1));
+    s.next_review = Some(s.next_review.map_or(first, |r| r.min(first)));
     true
 }
 

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use mallquest::pipeline::{MemorySink, Processor, Record};
+use mallquest::pipeline::{MemorySink, Processor, Record, Sink};
 use mallquest::store::Store;
 
 /// The topic the logs are read from.
@@ -35,8 +35,10 @@ type MakeProcessor<'a> = Box<dyn Fn(&Arc<Store>) -> Processor + 'a>;
 /// One record for a reference fold: partition, offset, key, value.
 pub type Logged = (i32, i64, Option<Vec<u8>>, Vec<u8>);
 
-/// Partitioned logs of (key, value) records, delivered to a processor with crashes.
-pub struct Harness<'a> {
+/// Partitioned logs of (key, value) records, delivered to a processor with crashes, its
+/// outputs to a sink `S` (a crash aborts what it was sent since its last `finish`: a
+/// memory sink keeps everything, replays included; a transactional one drops it).
+pub struct Harness<'a, S: Sink + Default = MemorySink> {
     logs: &'a [Vec<(Vec<u8>, Vec<u8>)>],
     dir: &'a Path,
     make: MakeProcessor<'a>,
@@ -44,12 +46,12 @@ pub struct Harness<'a> {
     store: Option<Arc<Store>>,
     /// The processor as it is now (made again by each crash); `None` only inside a crash.
     processor: Option<Processor>,
-    /// Everything published, replays included.
-    pub sink: MemorySink,
+    /// Everything published (for a memory sink, replays included).
+    pub sink: S,
     cursor: Vec<usize>,
 }
 
-impl<'a> Harness<'a> {
+impl<'a, S: Sink + Default> Harness<'a, S> {
     /// A harness over a store in `dir`, whose processors `make` builds.
     pub fn new(
         logs: &'a [Vec<(Vec<u8>, Vec<u8>)>],
@@ -64,7 +66,7 @@ impl<'a> Harness<'a> {
             make: Box::new(make),
             store: Some(store),
             processor: Some(processor),
-            sink: MemorySink::default(),
+            sink: S::default(),
             cursor: vec![0; logs.len()],
         }
     }
@@ -106,8 +108,10 @@ impl<'a> Harness<'a> {
             }
             Action::Compact => self.store().compact_ledger().unwrap(),
             Action::Crash => {
-                // The batch in hand and every handle are lost; the store is reopened.
+                // The batch in hand and every handle are lost, the open transaction is
+                // aborted; the store is reopened.
                 self.processor = None;
+                self.sink.abort();
                 self.store = None;
                 let store = Arc::new(Store::open(self.dir).unwrap());
                 self.processor = Some((self.make)(&store));

@@ -40,6 +40,28 @@
 //! `overflow`); history entries accept only `until`, `coins_per_unit`, `xp_per_receipt`,
 //! `xp_per_unit`, `store_multipliers`; missions default to `on_refund = "keep"` and 0
 //! rewards, campaigns to 0 bonus and no cap.
+//!
+//! Time (issue 33: `[expiry]`, `[tiers]`, event-time timers), from the issue's text and
+//! `tests/golden/time/README.md` (whose "readings" it follows), still sharing no code with
+//! mallquest (the calendar is chrono-tz's, as above). Each user keeps coin lots by the
+//! mall-local month of the crediting receipt's `issued_at` and a debt; a record's coins
+//! move all one way (a purchase only credits, a refund or redemption only debits, a
+//! reversal only credits), so they are settled once per record: a credit pays the debt,
+//! then fills its lot; a refund's take-backs (base, campaign, tier bonus, revoked missions'
+//! rewards) come from the purchase's lot, then the oldest, the rest becoming debt; a
+//! redemption takes the oldest lots first and its ledger entry remembers which; its
+//! reversal pays the debt, then refills those lots oldest first (a lot already expired is
+//! made again and expires at once, at its own past instant). The mark is the partition's
+//! newest applied `issued_at` (full precision; the model has no Kafka timestamps). Timers
+//! are not queued: a user's soonest one is derived from their oldest lot and their next
+//! review, and step (3) scans the partition's users (naive, as everything here). Step (1)
+//! runs for every record that decodes (key check included), before the dedup window's
+//! `too_old` (whose timers, being older than the mark, have all fired: no difference).
+//! The tier's review after an upgrade is the first month start after `since` even when
+//! the user's own timers already ran past it (a rejected record's step (1) past the mark):
+//! "reviewed at every month start after the instant they got it". Without the sections
+//! nothing changes but the projection's new fields (`tier` null, `tier_figure` null,
+//! `coins_expired` 0, `next_expiry` null).
 
 #![allow(dead_code)]
 
@@ -67,6 +89,10 @@ pub const UNLISTED_STORE_PCT: i64 = 100;
 pub const DEFAULT_WINDOW_DAYS: i64 = 90;
 /// `processing.periods_kept` default.
 pub const DEFAULT_PERIODS_KEPT: usize = 3;
+/// `[expiry] months` default.
+pub const DEFAULT_EXPIRY_MONTHS: i64 = 12;
+/// `[tiers] window_months` default.
+pub const DEFAULT_TIER_WINDOW_MONTHS: i64 = 12;
 
 const MAX_RECORD_BYTES: usize = 64 * 1024;
 const MAX_ID_BYTES: usize = 128;
@@ -100,6 +126,39 @@ fn week_key(d: NaiveDate) -> String {
 
 fn month_key(d: NaiveDate) -> String {
     format!("{:04}-{:02}", d.year(), d.month())
+}
+
+/// A mall-local month as a number: `year * 12 + month - 1`.
+type Month = i32;
+
+/// The mall-local month of an instant.
+fn month_of(tz: Tz, t: Instant) -> Month {
+    let d = local_date(tz, t);
+    d.year() * 12 + d.month0() as i32
+}
+
+/// `2027-03` of a month number.
+fn month_label(m: Month) -> String {
+    format!("{:04}-{:02}", m.div_euclid(12), m.rem_euclid(12) + 1)
+}
+
+/// The month's start: the first instant whose mall-local date is the month's 1st (local
+/// midnight, or the end of a gap in the local clock that swallows it).
+fn month_start(tz: Tz, m: Month) -> Instant {
+    use chrono::TimeZone as _;
+    let first = NaiveDate::from_ymd_opt(m.div_euclid(12), m.rem_euclid(12) as u32 + 1, 1)
+        .expect("a month within chrono's range");
+    let mut local = first.and_hms_opt(0, 0, 0).expect("midnight");
+    loop {
+        if let Some(t) = tz.from_local_datetime(&local).earliest() {
+            return Instant {
+                secs: t.timestamp(),
+                nanos: 0,
+            };
+        }
+        // A gap: the first local minute that exists.
+        local += chrono::Duration::minutes(1);
+    }
 }
 
 /// The four board periods of an instant: (kind, key).
@@ -231,6 +290,57 @@ pub struct Badge {
     pub threshold: i64,
 }
 
+/// `[expiry]`: coins expire at the start of the `months`-th mall-local month after the
+/// month they were earned in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiryRule {
+    pub months: i32,
+}
+
+/// `[tiers] basis`: which monthly board the qualifying figure reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// Net spend (cents): the monthly `spent` board.
+    Spend,
+    /// The monthly `xp` board.
+    Xp,
+}
+
+/// `[tiers] downgrade`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downgrade {
+    OneDown,
+    ToQualified,
+}
+
+/// One `[[tiers.levels]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierLevel {
+    pub id: String,
+    /// Cents for `spend`, XP for `xp`.
+    pub min: i64,
+    pub bonus_percent: i64,
+}
+
+/// `[tiers]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierRules {
+    pub basis: Basis,
+    pub window_months: i32,
+    pub downgrade: Downgrade,
+    /// Strictly ascending by `min`.
+    pub levels: Vec<TierLevel>,
+}
+
+impl TierRules {
+    /// The highest level whose `min` the figure reaches.
+    fn reached(&self, figure: i128) -> Option<usize> {
+        self.levels
+            .iter()
+            .rposition(|l| figure >= i128::from(l.min))
+    }
+}
+
 /// Everything the model reads from the configuration.
 #[derive(Debug, Clone)]
 pub struct GameConfig {
@@ -252,6 +362,10 @@ pub struct GameConfig {
     pub badges: Vec<Badge>,
     pub window_days: i64,
     pub periods_kept: usize,
+    /// `[expiry]`, when present.
+    pub expiry: Option<ExpiryRule>,
+    /// `[tiers]`, when present.
+    pub tiers: Option<TierRules>,
 }
 
 impl GameConfig {
@@ -296,6 +410,8 @@ impl GameConfig {
                 "missions",
                 "streaks",
                 "badges",
+                "expiry",
+                "tiers",
             ],
         )?;
         let empty = toml::Table::new();
@@ -545,6 +661,78 @@ impl GameConfig {
             ),
         };
 
+        let expiry = match opt_table(&root, "expiry")? {
+            None => None,
+            Some(e) => {
+                check_keys(e, "expiry", &["months"])?;
+                let months = opt_int(e, "months")?.unwrap_or(DEFAULT_EXPIRY_MONTHS);
+                if !(1..=120).contains(&months) {
+                    return Err(format!("expiry.months: {months} is not within 1..=120"));
+                }
+                Some(ExpiryRule {
+                    months: months as i32,
+                })
+            }
+        };
+
+        let tiers = match opt_table(&root, "tiers")? {
+            None => None,
+            Some(t) => {
+                check_keys(
+                    t,
+                    "tiers",
+                    &["basis", "window_months", "downgrade", "levels"],
+                )?;
+                let basis = match opt_str(t, "basis")?.as_deref() {
+                    None | Some("spend") => Basis::Spend,
+                    Some("xp") => Basis::Xp,
+                    Some(other) => return Err(format!("tiers.basis: {other:?}")),
+                };
+                let window_months =
+                    opt_int(t, "window_months")?.unwrap_or(DEFAULT_TIER_WINDOW_MONTHS);
+                if !(1..=1200).contains(&window_months) {
+                    return Err(format!("tiers.window_months: {window_months}"));
+                }
+                let downgrade = match opt_str(t, "downgrade")?.as_deref() {
+                    None | Some("one_down") => Downgrade::OneDown,
+                    Some("to_qualified") => Downgrade::ToQualified,
+                    Some(other) => return Err(format!("tiers.downgrade: {other:?}")),
+                };
+                let mut levels: Vec<TierLevel> = Vec::new();
+                for (i, l) in opt_array(t, "levels")?.unwrap_or(&[]).iter().enumerate() {
+                    let w = format!("tiers.levels[{i}]");
+                    let l = l.as_table().ok_or(format!("{w}: not a table"))?;
+                    check_keys(l, &w, &["id", "min", "bonus_percent"])?;
+                    let id = opt_str(l, "id")?.ok_or(format!("{w}.id is required"))?;
+                    let min = match basis {
+                        Basis::Spend => opt_money(l, "min")?,
+                        Basis::Xp => opt_int(l, "min")?,
+                    }
+                    .ok_or(format!("{w}.min is required"))?;
+                    if levels.iter().any(|x| x.id == id) {
+                        return Err(format!("{w}.id: {id:?} twice"));
+                    }
+                    if levels.last().is_some_and(|x| x.min >= min) {
+                        return Err(format!("{w}.min: levels must ascend strictly"));
+                    }
+                    levels.push(TierLevel {
+                        id,
+                        min,
+                        bonus_percent: opt_int(l, "bonus_percent")?.unwrap_or(0),
+                    });
+                }
+                if levels.is_empty() {
+                    return Err("[tiers] needs at least one [[tiers.levels]]".into());
+                }
+                Some(TierRules {
+                    basis,
+                    window_months: window_months as i32,
+                    downgrade,
+                    levels,
+                })
+            }
+        };
+
         Ok(Self {
             currency,
             level_xp_base,
@@ -560,6 +748,8 @@ impl GameConfig {
             badges,
             window_days,
             periods_kept,
+            expiry,
+            tiers,
         })
     }
 }
@@ -931,6 +1121,10 @@ struct Entry {
     refunded: i128,
     /// Reversed already (redemptions).
     reversed: bool,
+    /// Tier bonus coins earned (purchases).
+    tier_bonus: i128,
+    /// The lots a redemption took its coins from, oldest first: (month earned, coins).
+    taken: Vec<(Month, i128)>,
 }
 
 /// A mission instance held as completed: the completing receipt's time (its periods get
@@ -965,6 +1159,22 @@ pub struct User {
     purchases: Vec<Purchase>,
     /// (mission index, instance key) -> completed and held.
     held: BTreeMap<(usize, String), Held>,
+    /// Coin lots: month earned -> coins left (non-empty lots only). `coins` is always
+    /// their sum less `debt`, and a user with debt holds none.
+    pub lots: BTreeMap<Month, i128>,
+    /// Coins owed (a negative balance, as a positive number).
+    pub debt: i128,
+    /// Coins expired, ever.
+    pub coins_expired: i128,
+    /// The tier held: (level index, since).
+    pub tier: Option<(usize, Instant)>,
+    /// The next monthly review (only while a tier is held).
+    pub next_review: Option<Instant>,
+    /// The qualifying figure at the partition's mark after the record that last changed
+    /// the user (`[tiers]` only).
+    pub tier_figure: Option<i128>,
+    /// The partition whose records carry the user (their timers are that partition's).
+    pub partition: Option<i32>,
 }
 
 impl Default for User {
@@ -989,11 +1199,74 @@ impl Default for User {
             completions: 0,
             purchases: Vec::new(),
             held: BTreeMap::new(),
+            lots: BTreeMap::new(),
+            debt: 0,
+            coins_expired: 0,
+            tier: None,
+            next_review: None,
+            tier_figure: None,
+            partition: None,
         }
     }
 }
 
 impl User {
+    /// A credit into the lot of `month`, after paying any debt.
+    fn credit_lot(&mut self, month: Month, c: i128) {
+        let pay = c.min(self.debt);
+        self.debt -= pay;
+        if c > pay {
+            *self.lots.entry(month).or_insert(0) += c - pay;
+        }
+    }
+
+    /// A debit from the lot of `first` (if any) first, then the oldest lots; what they
+    /// cannot cover becomes debt. Returns the lots taken from, (month, coins), in the
+    /// order taken.
+    fn debit_lots(&mut self, first: Option<Month>, c: i128) -> Vec<(Month, i128)> {
+        let order: Vec<Month> = first
+            .into_iter()
+            .chain(self.lots.keys().copied().filter(|m| Some(*m) != first))
+            .collect();
+        let mut rest = c;
+        let mut taken = Vec::new();
+        for m in order {
+            let Some(lot) = self.lots.get_mut(&m) else {
+                continue;
+            };
+            let t = (*lot).min(rest);
+            *lot -= t;
+            rest -= t;
+            if *lot == 0 {
+                self.lots.remove(&m);
+            }
+            if t > 0 {
+                taken.push((m, t));
+            }
+        }
+        self.debt += rest;
+        taken
+    }
+
+    /// A redemption reversal's coins: any debt first, then back into the lots the
+    /// redemption took them from, oldest first (a lot already expired is made again; its
+    /// timer is then due at once).
+    fn give_back(&mut self, c: i128, taken: &[(Month, i128)]) {
+        let pay = c.min(self.debt);
+        self.debt -= pay;
+        let mut rest = c - pay;
+        let mut taken = taken.to_vec();
+        taken.sort();
+        for (m, t) in taken {
+            let put = t.min(rest);
+            if put > 0 {
+                *self.lots.entry(m).or_insert(0) += put;
+            }
+            rest -= put;
+        }
+        assert_eq!(rest, 0, "a redemption's lots add up to its coins");
+    }
+
     /// (current, best) runs of consecutive units.
     pub fn streak(&self) -> (u64, u64) {
         let (mut best, mut run, mut prev) = (0u64, 0u64, None::<i64>);
@@ -1098,7 +1371,16 @@ impl GameModel {
         }
     }
 
-    /// Folds one record; the error is the DLQ reason. On error nothing changes.
+    /// Folds one record; the error is the DLQ reason. Around the record (issue 33's
+    /// order): (1) a record that decodes (applied, duplicate, or rejected by the dedup
+    /// window, a ledger or a balance decision) first fires every timer of its user due at
+    /// or before its `issued_at`; (2) the record is decided as the game decides it (its
+    /// tier bonus with it), and when applied, the upgrade check runs at the mark as the
+    /// record leaves it; (3) when applied, every timer of the partition due at or before
+    /// the mark fires, by (instant, user_id), expiry before review. Every user the record's
+    /// processing changed then gets one new version with the record as `source`, and (with
+    /// `[tiers]`) the figure at the partition's mark as `tier_figure`. Records rejected in
+    /// decoding change nothing.
     pub fn apply(
         &mut self,
         partition: i32,
@@ -1107,6 +1389,184 @@ impl GameModel {
         value: &[u8],
     ) -> Result<Outcome, &'static str> {
         let r = decode(key, value, &self.cfg.currency)?;
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        // (1) The user's own timers, up to the record's issued_at, even past the mark.
+        self.fire_user(&r.user_id, r.at, &mut changed);
+        let outcome = self.decide(partition, r.clone());
+        if let Ok(Outcome::Applied(_)) = &outcome {
+            changed.insert(r.user_id.clone());
+            // (2) The upgrade check, at max(mark, issued_at): the mark as the record leaves it.
+            let m = self.newest[&partition];
+            self.upgrade(&r.user_id, m);
+            // (3) Every timer of the partition up to the mark.
+            self.fire_partition(partition, m, &mut changed);
+        }
+        let mark = self.newest.get(&partition).copied();
+        for id in changed {
+            let figure = match (&self.cfg.tiers, mark) {
+                (Some(t), Some(mark)) => {
+                    Some(self.figure(&id, month_of(self.cfg.timezone, mark), t.window_months))
+                }
+                _ => None,
+            };
+            let u = self.users.get_mut(&id).expect("a changed user exists");
+            u.version += 1;
+            u.source = Some((partition, offset));
+            u.tier_figure = figure;
+        }
+        outcome
+    }
+
+    /// The user's qualifying figure over the `n` months ending with `last`: the sum of
+    /// their scores on those months' `spent` (or `xp`) boards.
+    fn figure(&self, user_id: &str, last: Month, n: i32) -> i128 {
+        let Some(t) = &self.cfg.tiers else { return 0 };
+        let i = match t.basis {
+            Basis::Spend => 2,
+            Basis::Xp => 0,
+        };
+        (last - n + 1..=last)
+            .filter_map(|m| {
+                self.boards
+                    .get(&("month".to_owned(), month_label(m)))?
+                    .get(user_id)
+                    .map(|s| s[i])
+            })
+            .sum()
+    }
+
+    /// The user's soonest timer: (instant, 0 for a lot's expiry or 1 for a review, the
+    /// lot's month). A lot earned in M expires at the start of M + `months`, so the
+    /// oldest lot expires first.
+    fn next_timer(&self, u: &User) -> Option<(Instant, u8, Month)> {
+        let expiry = self.cfg.expiry.and_then(|e| {
+            let (&m, _) = u.lots.iter().next()?;
+            Some((month_start(self.cfg.timezone, m + e.months), 0, m))
+        });
+        let review = u.next_review.map(|at| (at, 1, 0));
+        match (expiry, review) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires every timer of one user due at or before `upto`, in time order.
+    fn fire_user(&mut self, user_id: &str, upto: Instant, changed: &mut BTreeSet<String>) {
+        loop {
+            let Some(u) = self.users.get(user_id) else {
+                return;
+            };
+            match self.next_timer(u) {
+                Some((at, kind, m)) if at <= upto => self.fire(user_id, at, kind, m, changed),
+                _ => return,
+            }
+        }
+    }
+
+    /// Fires every timer of the partition's users due at or before `mark`, ordered by
+    /// (instant, user_id), a user's expiry before their review at one instant.
+    fn fire_partition(&mut self, partition: i32, mark: Instant, changed: &mut BTreeSet<String>) {
+        loop {
+            let next = self
+                .users
+                .iter()
+                .filter(|(_, u)| u.partition == Some(partition))
+                .filter_map(|(id, u)| {
+                    let (at, kind, m) = self.next_timer(u)?;
+                    (at <= mark).then(|| (at, id.clone(), kind, m))
+                })
+                .min();
+            let Some((at, id, kind, m)) = next else {
+                return;
+            };
+            self.fire(&id, at, kind, m, changed);
+        }
+    }
+
+    /// Fires one timer: the expiry of the lot earned in `m` (kind 0), or a review (1).
+    fn fire(
+        &mut self,
+        user_id: &str,
+        at: Instant,
+        kind: u8,
+        m: Month,
+        changed: &mut BTreeSet<String>,
+    ) {
+        let tz = self.cfg.timezone;
+        if kind == 0 {
+            let u = self.users.get_mut(user_id).expect("a user with timers");
+            let coins = u.lots.remove(&m).unwrap_or(0);
+            if coins == 0 {
+                return;
+            }
+            u.coins -= coins;
+            u.coins_expired += coins;
+            changed.insert(user_id.to_owned());
+            self.events.push(json!({
+                "type": "coins_expired",
+                "user_id": user_id,
+                "coins": coins as i64,
+                "earned_in": month_label(m),
+                "at": format_instant(at),
+            }));
+            return;
+        }
+        let t = self.cfg.tiers.clone().expect("reviews only with [tiers]");
+        let month = month_of(tz, at);
+        // The complete months before the month start.
+        let figure = self.figure(user_id, month - 1, t.window_months);
+        let u = self.users.get_mut(user_id).expect("a user with timers");
+        let (held, _) = u.tier.expect("reviews only while a tier is held");
+        if figure < i128::from(t.levels[held].min) {
+            let to = match t.downgrade {
+                Downgrade::OneDown => held.checked_sub(1),
+                Downgrade::ToQualified => t.reached(figure),
+            };
+            u.tier = to.map(|i| (i, at));
+            changed.insert(user_id.to_owned());
+            self.events.push(json!({
+                "type": "tier_changed",
+                "user_id": user_id,
+                "from": t.levels[held].id,
+                "to": to.map(|i| t.levels[i].id.clone()),
+                "reason": "review",
+                "at": format_instant(at),
+            }));
+        }
+        u.next_review = u.tier.map(|_| month_start(tz, month + 1));
+    }
+
+    /// The upgrade check after an applied record, at `m` (the mark as the record leaves
+    /// it): up at once to the highest level the figure at `m` reaches.
+    fn upgrade(&mut self, user_id: &str, m: Instant) {
+        let Some(t) = self.cfg.tiers.clone() else {
+            return;
+        };
+        let tz = self.cfg.timezone;
+        let month = month_of(tz, m);
+        let Some(to) = t.reached(self.figure(user_id, month, t.window_months)) else {
+            return;
+        };
+        let u = self.users.get_mut(user_id).expect("an applied user exists");
+        let from = u.tier.map(|(i, _)| i);
+        if from.is_some_and(|f| f >= to) {
+            return;
+        }
+        u.tier = Some((to, m));
+        u.next_review = Some(month_start(tz, month + 1));
+        self.events.push(json!({
+            "type": "tier_changed",
+            "user_id": user_id,
+            "from": from.map(|i| t.levels[i].id.clone()),
+            "to": t.levels[to].id,
+            "reason": "qualified",
+            "at": format_instant(m),
+        }));
+    }
+
+    /// Decides one decoded record as the game does (with its tier bonus and coin lots);
+    /// on error nothing changes.
+    fn decide(&mut self, partition: i32, r: Decoded) -> Result<Outcome, &'static str> {
         let window_secs = self.cfg.window_days * SECS_PER_DAY;
         let oldest = self.newest.get(&partition).map(|n| Instant {
             secs: n.secs - window_secs,
@@ -1127,6 +1587,7 @@ impl GameModel {
 
         let tz = self.cfg.timezone;
         let mut u = self.users.get(&r.user_id).cloned().unwrap_or_default();
+        let coins_before = u.coins;
         let mut events: Vec<Value> = Vec::new();
         // Board deltas: (time whose periods get it, [xp, coins, spent]).
         let mut deltas: Vec<(Instant, Scores)> = Vec::new();
@@ -1220,6 +1681,17 @@ impl GameModel {
                         }));
                     }
                 }
+                // The tier bonus, at the tier held now (after step (1), before this
+                // purchase's own upgrade check), on the coins boards of the purchase's
+                // periods.
+                let tier_bonus = match (&self.cfg.tiers, u.tier) {
+                    (Some(t), Some((i, _))) => coins * i128::from(t.levels[i].bonus_percent) / 100,
+                    _ => 0,
+                };
+                if tier_bonus != 0 {
+                    u.coins += tier_bonus;
+                    deltas.push((r.at, [0, tier_bonus, 0]));
+                }
                 ledger_updates.push((
                     lkey.clone(),
                     Entry {
@@ -1229,6 +1701,8 @@ impl GameModel {
                         campaigns: got,
                         refunded: 0,
                         reversed: false,
+                        tier_bonus,
+                        taken: Vec::new(),
                     },
                 ));
             }
@@ -1266,6 +1740,12 @@ impl GameModel {
                     u.coins -= cb;
                     *u.campaign_net.entry(cid.clone()).or_insert(0) -= cb;
                     deltas.push((pat, [0, -cb, 0]));
+                }
+                // The tier bonus, proportionally, as campaign coins.
+                let tb = back(orig.tier_bonus);
+                if tb != 0 {
+                    u.coins -= tb;
+                    deltas.push((pat, [0, -tb, 0]));
                 }
                 let p = u
                     .purchases
@@ -1318,6 +1798,8 @@ impl GameModel {
                         campaigns: Vec::new(),
                         refunded: 0,
                         reversed: false,
+                        tier_bonus: 0,
+                        taken: Vec::new(),
                     },
                 ));
             }
@@ -1329,6 +1811,9 @@ impl GameModel {
                 u.coins -= c;
                 u.redemptions += 1;
                 u.coins_redeemed += c;
+                // Oldest lots first (no debt: the balance covers it); the lots taken are
+                // remembered for a reversal.
+                let taken = u.debit_lots(None, c);
                 ledger_updates.push((
                     lkey.clone(),
                     Entry {
@@ -1338,6 +1823,8 @@ impl GameModel {
                         campaigns: Vec::new(),
                         refunded: 0,
                         reversed: false,
+                        tier_bonus: 0,
+                        taken,
                     },
                 ));
             }
@@ -1359,6 +1846,8 @@ impl GameModel {
                 let c = i128::from(orig.content.coins.unwrap());
                 u.coins += c;
                 u.coins_redeemed -= c;
+                // Debt first, then back into the lots they were taken from, oldest first.
+                u.give_back(c, &orig.taken);
                 let mut o = orig;
                 o.reversed = true;
                 ledger_updates.push((okey, o));
@@ -1371,6 +1860,8 @@ impl GameModel {
                         campaigns: Vec::new(),
                         refunded: 0,
                         reversed: false,
+                        tier_bonus: 0,
+                        taken: Vec::new(),
                     },
                 ));
             }
@@ -1422,6 +1913,31 @@ impl GameModel {
             }
         }
 
+        // Coin lots: a purchase's credits (all of them: base, campaign, tier bonus,
+        // mission rewards, level-up bonus) pay the debt first, then go into the lot of
+        // its month; a refund's take-backs come from the purchase's lot first, then the
+        // oldest, the rest becoming debt. (Redemptions and reversals moved theirs above.)
+        let delta = u.coins - coins_before;
+        match r.kind {
+            Kind::Purchase => {
+                assert!(delta >= 0, "a purchase only credits");
+                u.credit_lot(month_of(tz, r.at), delta);
+            }
+            Kind::Refund => {
+                assert!(delta <= 0, "a refund only takes back");
+                let of = r.refund_of.clone().expect("refund_of");
+                let pat = self.ledger[&(r.user_id.clone(), of)].content.at;
+                u.debit_lots(Some(month_of(tz, pat)), -delta);
+            }
+            Kind::Redemption | Kind::RedemptionReversal => {}
+        }
+        assert_eq!(
+            u.coins,
+            u.lots.values().sum::<i128>() - u.debt,
+            "coins = lots - debt for {}",
+            r.user_id
+        );
+
         // Board deltas, then every total checked against i64 before anything is kept.
         let mut boards_after: Vec<((String, String), Scores)> = Vec::new();
         for (t, d) in &deltas {
@@ -1456,9 +1972,8 @@ impl GameModel {
             }
         }
 
-        // Commit.
-        u.version += 1;
-        u.source = Some((partition, offset));
+        // Commit (the version is bumped by `apply`, once for every user changed).
+        u.partition = Some(partition);
         self.users.insert(r.user_id.clone(), u);
         for (bk, s) in boards_after {
             self.boards
@@ -1521,6 +2036,23 @@ impl GameModel {
             "badges": u.badges,
             "redemptions": u.redemptions,
             "coins_redeemed": u.coins_redeemed as i64,
+            "tier": u.tier.map(|(i, since)| json!({
+                "id": self.cfg.tiers.as_ref().expect("a tier only with [tiers]").levels[i].id,
+                "since": format_instant(since),
+            })),
+            "tier_figure": match (&self.cfg.tiers, u.tier_figure) {
+                (Some(t), Some(f)) if t.basis == Basis::Spend => json!(money(f)),
+                (Some(_), Some(f)) => json!(f as i64),
+                _ => Value::Null,
+            },
+            "coins_expired": u.coins_expired as i64,
+            "next_expiry": self.cfg.expiry.and_then(|e| {
+                let (&m, &coins) = u.lots.iter().next()?;
+                Some(json!({
+                    "at": format_instant(month_start(self.cfg.timezone, m + e.months)),
+                    "coins": coins as i64,
+                }))
+            }),
         }))
     }
 }
