@@ -30,6 +30,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::Value;
 use support::broker::{Broker, Read, Timed};
 use support::golden::time;
+use support::golden::time::instants;
 use support::processor::{write_config, write_config_with, Run};
 use support::streams::last_per_key;
 
@@ -105,34 +106,9 @@ fn timed_receipts() -> Vec<Timed> {
         .collect()
 }
 
-/// Every instant in `v` (nested ones too) as its canonical text.
-fn instants(v: &mut Value) {
-    match v {
-        Value::String(s) => {
-            if let Some(t) = Timestamp::parse_rfc3339(s) {
-                *s = t.to_rfc3339();
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(instants),
-        Value::Object(o) => o.values_mut().for_each(instants),
-        _ => {}
-    }
-}
-
-/// A projection as the vectors write it: mission progress left out, zero campaign entries
-/// left out, instants canonical.
+/// A projection as the vectors write it (`time::comparable`).
 fn comparable(p: &Value) -> Value {
-    let mut v = p.clone();
-    let o = v.as_object_mut().unwrap();
-    o.remove("missions");
-    if let Some(c) = o
-        .get_mut("coins_by_campaign")
-        .and_then(Value::as_object_mut)
-    {
-        c.retain(|_, n| n.as_i64() != Some(0));
-    }
-    instants(&mut v);
-    v
+    time::comparable(p.clone())
 }
 
 /// The fields where two (comparable) projections differ, with both values.

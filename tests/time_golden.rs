@@ -13,6 +13,7 @@ use mallquest::domain::Timestamp;
 use mallquest::pipeline::{MemorySink, Processor};
 use mallquest::store::Store;
 use serde_json::Value;
+use support::golden::time::instants;
 use support::golden::{self, time};
 
 /// The two sets: `one_down` and `to_qualified`.
@@ -36,33 +37,9 @@ fn fold(dir: &str, commit_every: usize) -> (MemorySink, Arc<Store>, tempfile::Te
     (sink, store, tmp)
 }
 
-/// Every instant in `v` (nested ones too) as its canonical text, so that instants written
-/// with another offset or fraction compare equal.
-fn instants(v: &mut Value) {
-    match v {
-        Value::String(s) => {
-            if let Some(t) = Timestamp::parse_rfc3339(s) {
-                *s = t.to_rfc3339();
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(instants),
-        Value::Object(o) => o.values_mut().for_each(instants),
-        _ => {}
-    }
-}
-
-/// The projection as compared: mission progress left out (the vectors leave it out) and
-/// zero campaign entries out.
+/// The projection as compared (`time::comparable`).
 fn comparable(p: &ProjectionJson) -> Value {
-    let mut v = serde_json::to_value(p).unwrap();
-    let o = v.as_object_mut().unwrap();
-    o.remove("missions");
-    o["coins_by_campaign"]
-        .as_object_mut()
-        .unwrap()
-        .retain(|_, n| n.as_i64() != Some(0));
-    instants(&mut v);
-    v
+    time::comparable(serde_json::to_value(p).unwrap())
 }
 
 #[test]
