@@ -1185,6 +1185,7 @@ impl Processor {
                 return Err(CommitError::Publish(e));
             }
         }
+        crash_point(CrashPoint::Sent);
         self.inflight_stats = Some(std::mem::take(&mut self.stats));
         for task in self.tasks.values_mut() {
             task.inflight = Some(std::mem::take(&mut task.pending));
@@ -1264,6 +1265,7 @@ impl Processor {
             .collect();
         match sink.finish(&offsets) {
             Ok(changelog) => {
+                crash_point(CrashPoint::Committed);
                 for (p, next) in changelog {
                     flights.entry(p).or_default().changelog.insert(p, next);
                 }
@@ -1333,6 +1335,7 @@ impl Processor {
             self.revoke();
             return Err(CommitError::Store(e));
         }
+        crash_point(CrashPoint::Stored);
         for set in sets.into_values() {
             if let Some(hot) = &mut self.hot {
                 for (k, u) in set.users {
@@ -1389,6 +1392,49 @@ impl Processor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+    }
+}
+
+/// A point of a commit where a test may kill the process (`MALLQUEST_CRASH_AT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrashPoint {
+    /// Every output of the batch sent (its transaction open).
+    Sent,
+    /// Its transaction committed (outputs and offsets final), the store not written yet.
+    Committed,
+    /// The store written.
+    Stored,
+}
+
+impl CrashPoint {
+    fn name(self) -> &'static str {
+        match self {
+            CrashPoint::Sent => "sent",
+            CrashPoint::Committed => "committed",
+            CrashPoint::Stored => "stored",
+        }
+    }
+}
+
+/// The test hook of the crash tests (tests/kafka_e2e.rs): with `MALLQUEST_CRASH_AT=
+/// <point>:<n>` in the environment the process aborts, as a SIGKILL would end it (no
+/// drop, no flush, no leaving the group), the `n`-th time a commit reaches `point`
+/// (`sent`, `committed` or `stored`). Unset, it costs one relaxed load per commit.
+fn crash_point(point: CrashPoint) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static AT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("MALLQUEST_CRASH_AT").ok()?;
+        let (name, n) = v.split_once(':')?;
+        Some((name.to_owned(), n.parse().ok()?))
+    });
+    if let Some((name, n)) = at {
+        if name == point.name() && SEEN.fetch_add(1, Ordering::Relaxed) + 1 == *n {
+            eprintln!("MALLQUEST_CRASH_AT={name}:{n}: aborting");
+            std::process::abort();
+        }
     }
 }
 

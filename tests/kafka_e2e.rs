@@ -274,6 +274,105 @@ fn sigkill_with_manual_assignment_loses_and_doubles_nothing() {
     crash_test(Mode::Manual, "MALLQUEST_MANUAL_CRASH_KILLS", 10);
 }
 
+/// A kill at each point of a commit, in turn, while receipts arrive: after the batch's
+/// outputs were sent (its transaction open), after its transaction committed (outputs and
+/// offsets final, the store not written: the restart restores the batch from the
+/// changelog rather than folding it again), after the store was written. Each start
+/// aborts (`MALLQUEST_CRASH_AT`, as a SIGKILL would) at its fifth commit reaching that
+/// point; the last start runs on. State and outputs are exact: nothing lost, nothing
+/// doubled.
+#[test]
+fn a_kill_at_each_point_of_a_commit_loses_and_doubles_nothing() {
+    const PARTITIONS: i32 = 3;
+    let broker = Broker::start();
+    broker.create_topic("receipts", PARTITIONS, false);
+    let n = 9_000;
+    let records = simulated(13, n, 400);
+    let producer = broker.client().produce_at_rate("receipts", records, 1_000);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, store, http) = write_config_with(
+        dir.path(),
+        &broker.bootstrap(),
+        "instance_id = \"mq-points-1\"",
+        "",
+        "",
+    );
+    let mut run = Run::new(config, store.clone());
+    let mut restored_after_commit = None;
+    for point in ["sent", "committed", "stored"] {
+        let at = format!("{point}:5");
+        run.env = vec![("MALLQUEST_CRASH_AT", at.clone())];
+        let from = run.log().len();
+        run.start();
+        let status = run.wait_exit(Duration::from_secs(60));
+        assert!(!status.success(), "{at}: exit {status:?}\n{}", run.log());
+        let log = run.log()[from..].to_owned();
+        assert!(
+            log.contains(&format!("MALLQUEST_CRASH_AT={at}: aborting")),
+            "{at}: not killed there\n{log}"
+        );
+        if point == "stored" {
+            // The start after the kill between the transaction and the store write took
+            // that batch from the changelog.
+            let re = regex::Regex::new(r"Restored partitions from the changelog.*records=(\d+)")
+                .unwrap();
+            restored_after_commit = re
+                .captures_iter(&log)
+                .map(|c| c[1].parse::<u64>().unwrap())
+                .max();
+        }
+    }
+    assert!(
+        restored_after_commit.is_some_and(|r| r > 0),
+        "no changelog records restored after the kill past the transaction: {restored_after_commit:?}\n{}",
+        run.log()
+    );
+    assert!(
+        !producer.is_finished(),
+        "the receipts all arrived before the last kill"
+    );
+    run.env.clear();
+    run.start();
+    producer.join().unwrap();
+    let receipts = broker.read_all("receipts");
+    assert_eq!(receipts.len(), n);
+    let expected = reference_of(&receipts);
+    wait_for_projections(
+        &broker,
+        &mut run,
+        &expected.projections,
+        Duration::from_secs(120),
+    );
+    let ends: BTreeMap<i32, i64> = (0..PARTITIONS)
+        .map(|p| {
+            (
+                p,
+                receipts.iter().filter(|r| r.partition == p).count() as i64,
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while support::http::served_offsets(&http) != ends {
+        assert!(run.is_running(), "exited\n{}", run.log());
+        assert!(Instant::now() < deadline, "not stored\n{}", run.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = run.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}\n{}", run.log());
+    assert_eq!(stored_projections(&store), expected.projections);
+    assert_eq!(dlq_by_source(&broker, &receipts), expected.dlq);
+    assert_eq!(
+        support::outputs::level_ups(&broker.read_all("gamification-events")),
+        expected.level_ups,
+        "level-ups on the topic differ from the reference's"
+    );
+    assert_eq!(
+        last_per_key(&broker.read_all("user-projections")),
+        expected.projections,
+        "the last projection per user on the topic"
+    );
+}
+
 /// The partitions a "Partitions assigned" log line names, with the offsets they resume at.
 fn assigned_in(line: &str) -> Vec<(i32, Option<i64>)> {
     let re = regex::Regex::new(r"\((\d+), (None|Some\((\d+)\))\)").unwrap();

@@ -9,6 +9,8 @@ pub struct Run {
     pub store: PathBuf,
     /// The subcommand: `run` (default) or `rebuild`.
     pub command: &'static str,
+    /// Extra environment of the next starts (`MALLQUEST_CRASH_AT`).
+    pub env: Vec<(&'static str, String)>,
     child: Option<Child>,
     log: PathBuf,
     starts: u32,
@@ -55,6 +57,7 @@ impl Run {
             config,
             store,
             command: "run",
+            env: Vec::new(),
             child: None,
             log,
             starts: 0,
@@ -73,6 +76,7 @@ impl Run {
             .args([self.command, "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
