@@ -299,6 +299,8 @@ fn a_kill_at_each_point_of_a_commit_loses_and_doubles_nothing() {
     );
     let mut run = Run::new(config, store.clone());
     let mut restored_after_commit = None;
+    let restored =
+        regex::Regex::new(r"Restored partitions from the changelog.*records=(\d+)").unwrap();
     for point in ["sent", "committed", "stored"] {
         let at = format!("{point}:5");
         run.env = vec![("MALLQUEST_CRASH_AT", at.clone())];
@@ -314,8 +316,7 @@ fn a_kill_at_each_point_of_a_commit_loses_and_doubles_nothing() {
         if point == "stored" {
             // The start after the kill between the transaction and the store write took
             // that batch from the changelog.
-            let re = regex::Regex::new(r"Restored partitions from the changelog.*records=(\d+)")
-                .unwrap();
+            let re = &restored;
             restored_after_commit = re
                 .captures_iter(&log)
                 .map(|c| c[1].parse::<u64>().unwrap())
