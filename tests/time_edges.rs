@@ -282,3 +282,53 @@ fn a_lot_expiring_past_the_year_9999_never_expires() {
     assert_eq!(r.proj("u1")["next_expiry"], serde_json::Value::Null);
     assert_eq!(r.proj("u1")["coins"], 100);
 }
+
+/// `[expiry]` removed for a while, then configured again: what was redeemed meanwhile is
+/// not in a lot any more, so nothing of it expires and no debt appears.
+#[test]
+fn expiry_removed_then_restored_never_expires_coins_already_spent() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(d.path()).unwrap());
+    let with = format!("{BASE}[expiry]\nmonths = 1\n");
+    let mut sink = MemorySink::default();
+    let steps = [
+        (
+            with.as_str(),
+            "u1",
+            buy("u1", "a", "2027-01-10T10:00:00Z", "100.00"),
+        ),
+        (
+            BASE,
+            "u1",
+            rec(
+                "u1",
+                "red",
+                "2027-01-11T10:00:00Z",
+                r#","type":"redemption","coins":100"#,
+            ),
+        ),
+        (
+            with.as_str(),
+            "u2",
+            buy("u2", "x", "2027-03-10T10:00:00Z", "1.00"),
+        ),
+    ];
+    for (offset, (cfg, user, value)) in steps.iter().enumerate() {
+        // A processor a record, each with its config, on the same store.
+        let config = mallquest::config::Config::parse(cfg).unwrap();
+        let mut p = Processor::new(Arc::clone(&store), config.rules.clone());
+        p.process(Record {
+            topic: "receipts",
+            partition: 0,
+            offset: offset as i64,
+            key: Some(user.as_bytes()),
+            payload: Some(value.as_bytes()),
+            timestamp_ms: None,
+        })
+        .unwrap();
+        p.commit(&mut sink).unwrap();
+    }
+    let u1 = &sink.projections["u1"];
+    assert_eq!((u1.coins, u1.coins_expired), (0, 0));
+    assert!(u1.lots.is_empty());
+}

@@ -350,10 +350,13 @@ pub(crate) fn credit(
     }
     let debt = s.coins.saturating_neg().max(0);
     s.coins = add(s.coins, coins)?;
-    if rules.game.expiry.is_some() {
-        fill(s, month, coins - coins.min(debt))?;
+    if rules.game.expiry.is_none() {
+        // Lots kept from a run with `[expiry]` no longer match the coins: they go, and
+        // the coins are in no lot (as if earned before `[expiry]` was configured).
+        s.lots.clear();
+        return Ok(());
     }
-    Ok(())
+    fill(s, month, coins - coins.min(debt))
 }
 
 /// Takes `coins` (0 or more): from lot `first` when given, then from the oldest lots
@@ -368,6 +371,7 @@ pub(crate) fn debit(
     s.coins = sub(s.coins, coins)?;
     let mut taken = Vec::new();
     if rules.game.expiry.is_none() {
+        s.lots.clear();
         return Ok(taken);
     }
     let mut left = coins;
@@ -415,6 +419,7 @@ pub(crate) fn give_back(
     let debt = s.coins.saturating_neg().max(0);
     s.coins = add(s.coins, coins)?;
     if rules.game.expiry.is_none() {
+        s.lots.clear();
         return Ok(());
     }
     let mut rest = coins - coins.min(debt);
@@ -492,11 +497,16 @@ pub fn figure_at(s: &UserState, rules: &Rules, at: Timestamp) -> Option<Figure> 
     })
 }
 
-/// When a lot earned in `month` expires: the start of month `month + months`; `None`
+/// The month whose start a lot earned in `month` expires at: `month + months`; `None`
 /// (never) past the year 9999, which no RFC 3339 instant can name.
-fn lot_expiry(rules: &Rules, x: Expiry, month: i32) -> Option<Timestamp> {
+pub fn expiry_month(x: Expiry, month: i32) -> Option<i32> {
     let at = month.checked_add(i32::try_from(x.months).ok()?)?;
-    (at.div_euclid(12) <= 9999).then(|| rules.calendar().month_start(at))
+    (at.div_euclid(12) <= 9999).then_some(at)
+}
+
+/// When a lot earned in `month` expires ([`expiry_month`]'s start).
+fn lot_expiry(rules: &Rules, x: Expiry, month: i32) -> Option<Timestamp> {
+    expiry_month(x, month).map(|at| rules.calendar().month_start(at))
 }
 
 /// The user's next timer: the soonest of its oldest lot's expiry (with `[expiry]`) and
@@ -556,8 +566,13 @@ pub fn fire_at(s: &mut UserState, rules: &Rules, at: Timestamp, events: &mut Vec
                 break;
             };
             s.lots.remove(0);
-            // A lot never holds more than the coins: neither can overflow.
-            s.coins = s.coins.saturating_sub(coins);
+            // A lot never holds more than the coins held (credits and debits keep them
+            // together); were it to, only the coins held expire.
+            let coins = coins.min(s.coins.max(0));
+            if coins == 0 {
+                continue;
+            }
+            s.coins -= coins;
             s.coins_expired = s.coins_expired.saturating_add(coins);
             events.push(Event::CoinsExpired(CoinsExpired {
                 user_id: s.user_id.clone(),

@@ -721,8 +721,11 @@ impl CoinStats {
         let mut by_expiry_month = std::collections::BTreeMap::new();
         if let Some(x) = expiry {
             for (&earned, &coins) in &totals.lots {
-                let label = crate::domain::timers::month_label(earned + x.months as i32);
-                *by_expiry_month.entry(label).or_default() += coins;
+                // A lot that never expires (past the year 9999) is in no month.
+                if let Some(at) = crate::domain::timers::expiry_month(x, earned) {
+                    let label = crate::domain::timers::month_label(at);
+                    *by_expiry_month.entry(label).or_default() += coins;
+                }
             }
         }
         CoinStats {
