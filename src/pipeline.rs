@@ -1231,14 +1231,15 @@ impl Processor {
                     },
                 )
             }));
+            let mark = self.mark(p);
             for ((topic, _), next) in &pending.offsets {
                 out.push((
                     p,
                     changelog::EntryRef::Meta(changelog::Meta {
                         topic: topic.clone(),
                         next_offset: *next,
-                        mark: self.mark(p).map(|m| m.secs),
-                        mark_nanos: self.mark(p).map_or(0, |m| m.nanos),
+                        mark: mark.map(|m| m.secs),
+                        mark_nanos: mark.map_or(0, |m| m.nanos),
                     }),
                 ));
             }
